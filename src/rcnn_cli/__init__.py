@@ -1,0 +1,7 @@
+"""rcnn: region-based CNN object detection (R-CNN, Fast R-CNN, Faster R-CNN) as a toolkit.
+
+The command-line interface (``rcnn ...``) is a thin layer over this package; every stage is
+usable from Python. Boxes are ``x1, y1, x2, y2`` in pixels unless a name says otherwise.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,125 @@
+"""The package's one home for box operations.
+
+Boxes are ``(N, 4)`` arrays/tensors of ``x1, y1, x2, y2`` in pixels. Overlaps used for training
+and proposals are continuous (``torchvision.ops.box_iou``); the evaluation protocol of the PASCAL
+VOC devkit counts both end pixels (``+1``) and lives in :func:`voc_iou`.
+
+Box coding (R-CNN's regression targets, shared by Fast and Faster R-CNN) is torchvision's
+``BoxCoder``: ``dx = wx * (gx - px) / pw``, ``dy = wy * (gy - py) / ph``,
+``dw = ww * log(gw / pw)``, ``dh = wh * log(gh / ph)`` with centres and sizes ``w = x2 - x1``.
+R-CNN uses weights ``(1, 1, 1, 1)``; Fast/Faster R-CNN normalise targets by stds
+``(0.1, 0.1, 0.2, 0.2)``, i.e. weights ``(10, 10, 5, 5)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import box_area, box_iou, clip_boxes_to_image, nms, batched_nms, remove_small_boxes
+
+__all__ = [
+    "BoxCoder",
+    "box_area",
+    "box_iou",
+    "batched_nms",
+    "nms",
+    "clip_boxes_to_image",
+    "remove_small_boxes",
+    "iou_matrix",
+    "voc_iou",
+    "encode",
+    "decode",
+    "box_problems",
+    "valid_box_mask",
+    "BBOX_CLIP",
+]
+
+#: Upper bound on ``dw``/``dh`` before ``exp`` when decoding, as in torchvision.
+BBOX_CLIP = math.log(1000.0 / 16)
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(-1, 4))
+
+
+def iou_matrix(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Continuous IoU between ``a (N, 4)`` and ``b (M, 4)`` as a float32 ``(N, M)`` numpy array."""
+    ta, tb = _as_tensor(a).float(), _as_tensor(b).float()
+    if len(ta) == 0 or len(tb) == 0:
+        return np.zeros((len(ta), len(tb)), dtype=np.float32)
+    return box_iou(ta, tb).numpy()
+
+
+def voc_iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU of one box ``(4,)`` with ``gts (M, 4)`` as the VOC devkit computes it (float64).
+
+    Widths and heights count both end pixels: ``w = x2 - x1 + 1``.
+    """
+    gts = np.asarray(gts, dtype=np.float64).reshape(-1, 4)
+    box = np.asarray(box, dtype=np.float64)
+    ixmin = np.maximum(gts[:, 0], box[0])
+    iymin = np.maximum(gts[:, 1], box[1])
+    ixmax = np.minimum(gts[:, 2], box[2])
+    iymax = np.minimum(gts[:, 3], box[3])
+    iw = np.maximum(ixmax - ixmin + 1.0, 0.0)
+    ih = np.maximum(iymax - iymin + 1.0, 0.0)
+    inter = iw * ih
+    union = (
+        (box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
+        + (gts[:, 2] - gts[:, 0] + 1.0) * (gts[:, 3] - gts[:, 1] + 1.0)
+        - inter
+    )
+    return inter / union
+
+
+def encode(gt: torch.Tensor, proposals: torch.Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
+    """Regression targets ``(N, 4)`` that take ``proposals (N, 4)`` onto matched ``gt (N, 4)``."""
+    coder = BoxCoder(tuple(float(w) for w in weights), bbox_xform_clip=BBOX_CLIP)
+    return coder.encode_single(gt.float(), proposals.float())
+
+
+def decode(deltas: torch.Tensor, proposals: torch.Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
+    """Apply ``deltas (N, 4*K)`` to ``proposals (N, 4)``; returns boxes ``(N, 4*K)`` (or ``(N, 4)``)."""
+    coder = BoxCoder(tuple(float(w) for w in weights), bbox_xform_clip=BBOX_CLIP)
+    return coder.decode_single(deltas.float(), proposals.float())
+
+
+def box_problems(boxes: np.ndarray, width: int | None = None, height: int | None = None) -> list[tuple[int, str]]:
+    """List ``(index, problem)`` for boxes that are zero-area, inverted or reach outside the image.
+
+    ``problem`` is one of ``"zero-area"`` (x2 == x1 or y2 == y1), ``"inverted"`` (x2 < x1 or
+    y2 < y1), ``"out-of-image"`` (a corner outside ``[0, width] x [0, height]``, checked only when
+    the size is known).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    problems: list[tuple[int, str]] = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        if x2 < x1 or y2 < y1:
+            problems.append((i, "inverted"))
+        elif x2 == x1 or y2 == y1:
+            problems.append((i, "zero-area"))
+        if width is not None and height is not None:
+            if min(x1, y1, x2, y2) < 0 or max(x1, x2) > width or max(y1, y2) > height:
+                problems.append((i, "out-of-image"))
+    return problems
+
+
+def valid_box_mask(boxes: np.ndarray, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """The training policy for bad boxes, in one place: ``True`` where a box is kept.
+
+    A box is dropped when it is zero-area or inverted, or when it lies entirely outside the image.
+    A box that only reaches past the border is kept (callers clip it to the image).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if width is not None and height is not None:
+        inside_x = (np.minimum(boxes[:, 2], width) - np.maximum(boxes[:, 0], 0)) > 0
+        inside_y = (np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0)) > 0
+        keep &= inside_x & inside_y
+    return keep

@@ -1,0 +1,56 @@
+"""Command-line interface: parses arguments and calls the library; nothing else lives here.
+
+User errors (:class:`rcnn_cli.errors.UserError`) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from rcnn_cli.cli.app import app, state
+from rcnn_cli.errors import UserError
+from rcnn_cli.log import console
+
+# Command modules register themselves on the app when imported.
+from rcnn_cli.cli import data as _data  # noqa: F401,E402
+from rcnn_cli.cli import evaluate as _evaluate  # noqa: F401,E402
+from rcnn_cli.cli import propose as _propose  # noqa: F401,E402
+from rcnn_cli.cli import features as _features  # noqa: F401,E402
+from rcnn_cli.cli import rcnn as _rcnn  # noqa: F401,E402
+from rcnn_cli.cli import fast as _fast  # noqa: F401,E402
+from rcnn_cli.cli import faster as _faster  # noqa: F401,E402
+from rcnn_cli.cli import compare as _compare  # noqa: F401,E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``rcnn`` console script."""
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="rcnn")
+    except UserError as e:
+        if state["verbose"]:
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume.")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume.")
+        sys.exit(130)
+    except click.exceptions.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BrokenPipeError:  # e.g. `rcnn detect ... | head`
+        sys.stderr.close()
+        sys.exit(0)
+    except Exception as e:  # a bug, not a user error: one line unless --verbose
+        if state["verbose"]:
+            traceback.print_exc()
+        else:
+            console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,38 @@
+"""The typer application and its command groups. Command modules register on these objects."""
+
+from __future__ import annotations
+
+import typer
+
+from rcnn_cli import __version__
+from rcnn_cli.log import setup_logging
+
+SETTINGS = dict(rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                context_settings={"help_option_names": ["-h", "--help"]})
+
+app = typer.Typer(help="Region-based CNN object detection: R-CNN, Fast R-CNN and Faster R-CNN, stage by stage.", **SETTINGS)
+data_app = typer.Typer(help="Datasets: generate the built-in shapes data, inspect, convert.", **SETTINGS)
+proposals_app = typer.Typer(help="Inspect region proposals (recall, MABO).", **SETTINGS)
+fast_app = typer.Typer(help="Fast R-CNN: RoI pooling over one forward pass per image, trained end to end.", **SETTINGS)
+faster_app = typer.Typer(help="Faster R-CNN: a region proposal network and a Fast R-CNN head, trained jointly.", **SETTINGS)
+app.add_typer(data_app, name="data")
+app.add_typer(proposals_app, name="proposals")
+app.add_typer(fast_app, name="fast")
+app.add_typer(faster_app, name="faster")
+
+state = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rcnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and full tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    state["verbose"] = verbose
+    setup_logging(verbose)

@@ -1,0 +1,3 @@
+"""CLI commands: features (see the library module of the same responsibility)."""
+
+from rcnn_cli.cli.app import app  # noqa: F401
