@@ -1,3 +1,114 @@
-"""CLI commands: data (see the library module of the same responsibility)."""
+"""CLI commands: ``rcnn data make-shapes | info | convert``."""
 
-from rcnn_cli.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rcnn_cli.cli.app import data_app
+from rcnn_cli.errors import UserError
+from rcnn_cli.log import console
+
+
+def parse_classes(classes: Optional[str]) -> list[str] | None:
+    """``"a,b,c"`` -> ``["a", "b", "c"]`` (``None`` stays ``None``)."""
+    if not classes:
+        return None
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    if len(set(names)) != len(names):
+        raise UserError(f"--classes has duplicates: {classes}")
+    return names
+
+
+@data_app.command("make-shapes")
+def make_shapes_cmd(
+    out: Path = typer.Argument(..., help="Output folder (VOC layout)."),
+    train: int = typer.Option(200, "--train", help="Images in the trainval split."),
+    test: int = typer.Option(50, "--test", help="Images in the test split."),
+    size: int = typer.Option(256, "--size", help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
+) -> None:
+    """Generate the built-in shapes dataset (circle, square, star, triangle) in VOC layout."""
+    from rcnn_cli.data.shapes import make_shapes
+    from rcnn_cli.io import write_run_record
+
+    if train < 0 or test < 0 or size < 32:
+        raise UserError("--train/--test must be >= 0 and --size >= 32")
+    make_shapes(out, train=train, test=test, size=size, seed=seed)
+    write_run_record(out, "rcnn data make-shapes", {"train": train, "test": test, "size": size, "seed": seed})
+    console.print(f"wrote {train} trainval + {test} test images to {out}")
+
+
+@data_app.command("info")
+def info_cmd(
+    dataset: Path = typer.Argument(..., help="VOC root or COCO instances JSON."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="VOC split (ImageSets/Main/<split>.txt); all annotations when omitted."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list (default: from the data, sorted)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    max_problems: int = typer.Option(20, "--max-problems", help="Problems listed in the table (all are in --json)."),
+) -> None:
+    """Images, objects per class, image sizes and the problems found (bad boxes, missing images)."""
+    from rcnn_cli.data.info import dataset_info
+    from rcnn_cli.data.inputs import load_dataset
+
+    info = dataset_info(load_dataset(dataset, split, images, parse_classes(classes)))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    out = Console()  # results go to stdout
+    out.print(f"[bold]{info['root']}[/] ({info['format']}, split {info['split'] or 'all'}): "
+              f"{info['num_images']} images, {info['num_objects']} objects, "
+              f"{info['images_without_objects']} images without objects")
+    table = Table(title="objects per class")
+    table.add_column("class")
+    table.add_column("objects", justify="right")
+    table.add_column("difficult", justify="right")
+    for c in info["classes"]:
+        table.add_row(c, str(info["objects_per_class"][c]), str(info["difficult_per_class"][c]))
+    out.print(table)
+    sizes = list(info["image_sizes"].items())
+    shown = ", ".join(f"{s} ({n})" for s, n in sizes[:5]) + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else "")
+    out.print(f"image sizes: {shown or 'unknown'}")
+    if info["problems"]:
+        counts = ", ".join(f"{n} {p}" for p, n in info["problem_counts"].items())
+        ptable = Table(title=f"problems: {counts}")
+        for col in ("image", "problem", "detail"):
+            ptable.add_column(col)
+        for p in info["problems"][:max_problems]:
+            detail = p.get("detail") or f"{p['label']} {[round(v, 1) for v in p['box']]}"
+            ptable.add_row(p["image_id"], p["problem"], detail)
+        out.print(ptable)
+        if len(info["problems"]) > max_problems:
+            out.print(f"... {len(info['problems']) - max_problems} more (use --json)")
+    else:
+        out.print("problems: none found")
+    out.print(f"policy: {info['bad_box_policy']}")
+
+
+@data_app.command("convert")
+def convert_cmd(
+    source: Path = typer.Argument(..., help="VOC root or COCO instances JSON."),
+    out: Path = typer.Option(..., "--out", "-o", help="COCO: output .json; VOC: output folder."),
+    to: str = typer.Option(..., "--to", help="Target format: coco or voc."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="VOC split to read / name of the split written."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON source."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list."),
+) -> None:
+    """Convert between Pascal VOC layout and COCO instances JSON."""
+    from rcnn_cli.data.convert import to_coco, to_voc
+    from rcnn_cli.data.inputs import load_dataset
+
+    ds = load_dataset(source, split, images, parse_classes(classes))
+    if to == "coco":
+        to_coco(ds, out)
+    elif to == "voc":
+        to_voc(ds, out, split=split or "all")
+    else:
+        raise UserError(f"--to must be coco or voc, not {to!r}")
+    console.print(f"wrote {len(ds)} images as {to} to {out}")
