@@ -1,0 +1,161 @@
+"""``DetectionDataset``: a labelled :class:`~rcnn_cli.data.dataset.Dataset` as a torch dataset for
+Fast and Faster R-CNN training.
+
+Items are ``(image, target)``: ``image`` ``(3, H, W)`` float32 in ``[0, 1]`` at the original size
+(the models resize internally) and ``target`` ``{"boxes": (M, 4) float32 pixels, "labels": (M,)
+int64 in 1..K, "image_id": str, "proposals": (P, 4) float32 (only with a proposals file)}``.
+Bad boxes follow the package policy (:meth:`Dataset.training_targets`); images without objects give
+``M = 0``. A horizontal flip (probability 0.5) is applied to the image, boxes and proposals alike; the
+decision is a pure function of ``(seed, epoch, index)`` so runs, resumes and DDP ranks are
+reproducible without any saved RNG state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rcnn_cli.data.dataset import Dataset
+from rcnn_cli.data.images import load_image, to_tensor
+from rcnn_cli.errors import ImageError, UserError
+from rcnn_cli.log import logger
+
+__all__ = ["DetectionDataset", "flip_boxes"]
+
+
+def flip_boxes(boxes: np.ndarray | torch.Tensor, width: int | float):
+    """Mirror ``(N, 4)`` boxes horizontally in an image ``width`` pixels wide."""
+    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
+    out[:, 0] = width - boxes[:, 2]
+    out[:, 2] = width - boxes[:, 0]
+    return out
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """A detection dataset for the training engine (see the module docstring).
+
+    ``proposals``: a :class:`rcnn_cli.proposals.ProposalReader` or the path of a proposals HDF5 file
+    (opened lazily, once per worker process); ``max_proposals`` keeps the top-ranked ones.
+    ``keep_difficult``: VOC "difficult" objects are trained on by default (as torchvision does).
+    """
+
+    def __init__(self, dataset: Dataset, flip: bool = True, proposals: Any = None, seed: int = 0,
+                 max_proposals: int | None = None, keep_difficult: bool = True) -> None:
+        self.dataset = dataset
+        self.records = list(dataset.records)
+        self.flip = flip
+        self.seed = int(seed)
+        self.epoch = 0
+        self.max_proposals = max_proposals
+        self.keep_difficult = keep_difficult
+        self._reader = None
+        self._reader_pid: int | None = None
+        self._proposals_path: Path | None = None
+        if proposals is None:
+            pass
+        elif isinstance(proposals, (str, os.PathLike)):
+            self._proposals_path = Path(proposals)
+            if not self._proposals_path.is_file():
+                raise UserError(f"{self._proposals_path}: proposals file not found")
+            self._check_coverage(self._open())
+        else:
+            self._reader = proposals
+            self._reader_pid = os.getpid()
+            self._check_coverage(proposals)
+
+    @property
+    def has_proposals(self) -> bool:
+        return self._reader is not None or self._proposals_path is not None
+
+    def _open(self):
+        if self._proposals_path is not None and (self._reader is None or self._reader_pid != os.getpid()):
+            from rcnn_cli.proposals import load
+
+            self._reader = load(self._proposals_path)
+            self._reader_pid = os.getpid()
+        return self._reader
+
+    def _check_coverage(self, reader) -> None:
+        missing = [r.image_id for r in self.records if r.image_id not in reader]
+        if len(missing) == len(self.records):
+            raise UserError("the proposals file has none of this split's images (wrong file or split?)")
+        if missing:
+            logger.warning("%d of %d images have no proposals in the file (e.g. %s); they train on ground truth only",
+                           len(missing), len(self.records), missing[0])
+
+    def __getstate__(self) -> dict:  # DataLoader workers: reopen the HDF5 file in each process
+        state = dict(self.__dict__)
+        if self._proposals_path is not None:
+            state["_reader"] = None
+            state["_reader_pid"] = None
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the engine before each epoch: the flips of epoch ``e`` are fixed by ``(seed, e)``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def is_flipped(self, index: int) -> bool:
+        if not self.flip:
+            return False
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return bool(rng.random() < 0.5)
+
+    def proposals_for(self, image_id: str, width: int, height: int) -> np.ndarray:
+        """Proposals ``(P, 4)`` float32 for an image, in this image's pixels (rescaled if the file saw
+        another size), clipped, degenerate ones dropped."""
+        reader = self._open()
+        if reader is None or image_id not in reader:
+            return np.zeros((0, 4), np.float32)
+        boxes = np.asarray(reader.boxes(image_id), np.float32).reshape(-1, 4)
+        if self.max_proposals is not None:
+            boxes = boxes[: self.max_proposals]
+        try:
+            pw, ph = reader.image_size(image_id)
+        except Exception:  # noqa: BLE001 - an older file without sizes: assume the same image
+            pw, ph = width, height
+        if (pw, ph) != (width, height) and pw and ph:
+            boxes = boxes * np.array([width / pw, height / ph, width / pw, height / ph], np.float32)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0] + 1e-3) & (boxes[:, 3] > boxes[:, 1] + 1e-3)
+        return boxes[keep]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        for attempt in range(len(self.records)):
+            i = (index + attempt) % len(self.records)
+            record = self.records[i]
+            try:
+                image = load_image(record.path)
+            except ImageError as e:
+                logger.warning("%s; using another image in its place", e)
+                continue
+            return self._item(i if attempt else index, record, image)
+        raise UserError("no training image could be read")
+
+    def _item(self, index: int, record, image) -> tuple[torch.Tensor, dict[str, Any]]:
+        width, height = image.size
+        if record.width and record.height and (record.width, record.height) != (width, height):
+            # Annotation size disagrees with the file (e.g. EXIF rotation ignored by the annotator): trust the file.
+            logger.debug("%s: annotation size %dx%d, image %dx%d", record.image_id, record.width, record.height, width, height)
+        boxes, labels = self.dataset.training_targets(record, width, height, keep_difficult=self.keep_difficult)
+        tensor = to_tensor(image)
+        target: dict[str, Any] = {"image_id": record.image_id, "flipped": False}
+        proposals = self.proposals_for(record.image_id, width, height) if self.has_proposals else None
+        if self.is_flipped(index):
+            tensor = tensor.flip(-1)
+            boxes = flip_boxes(boxes, width)
+            if proposals is not None:
+                proposals = flip_boxes(proposals, width)
+            target["flipped"] = True
+        target["boxes"] = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4)
+        target["labels"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1)
+        if proposals is not None:
+            target["proposals"] = torch.from_numpy(np.ascontiguousarray(proposals, dtype=np.float32)).reshape(-1, 4)
+        return tensor, target
