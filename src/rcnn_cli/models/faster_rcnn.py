@@ -1,0 +1,646 @@
+"""Faster R-CNN on torchvision's detection modules, with the package's backbone registry.
+
+The network (Ren et al., 2015) is torchvision's :class:`~torchvision.models.detection.FasterRCNN`
+wired to a trunk of :mod:`rcnn_cli.backbones`:
+
+- **Resize and normalise** inside the model (``GeneralizedRCNNTransform``): shorter side
+  ``min_size`` (600), longer side at most ``max_size`` (1000); the registry's mean/std of the
+  backbone (e.g. EfficientNet-Lite's TF ``(x-127)/128``) become ``image_mean``/``image_std``. The
+  model takes RGB ``(3, H, W)`` tensors in ``[0, 1]`` at any size and returns boxes in original
+  pixels.
+- **Trunk**: ``build_trunk`` (stride 16: EfficientNet-Lite0 blocks 0-4, 112 channels; VGG16
+  conv5_3, 512; ResNet-50 layer3, 1024; AlexNet conv5, 256) with frozen batch norms (batches of 2
+  images cannot estimate statistics) and the first layers frozen as in the papers (VGG16
+  conv1-conv2; ResNet-50 conv1 + layer1; EfficientNet-Lite0 stem + blocks 0-1). Or ResNet-50 with
+  an FPN (``fpn=True``: torchvision's ``resnet_fpn_backbone``, registry weights copied in).
+- **RPN**: a 3x3 conv and two 1x1 convs (objectness and 4 deltas per anchor, torchvision's
+  ``RPNHead``); anchors ``anchor_sizes`` x ``aspect_ratios`` (paper: 128, 256, 512 and 0.5, 1, 2)
+  at every feature cell, centred on ``(x * 16, y * 16)`` (torchvision's convention; the Caffe
+  original centred them on ``x * 16 + 7.5``). Anchors with IoU >= 0.7 with a ground-truth box (and
+  the best anchor of each box) are positive, < 0.3 negative, the rest ignored; 256 anchors per
+  image with at most half positive. Proposals: top ``pre_nms_top_n`` by objectness, NMS at 0.7,
+  top ``post_nms_top_n`` kept (12000/2000 in training, 6000/300 at test).
+- **Head**: ``MultiScaleRoIAlign`` to 7x7 and two fully connected layers of 1024 (``TwoMLPHead``),
+  or the backbone's own layers after the trunk (``head="backbone"``: VGG16 fc6/fc7 as in the paper,
+  ResNet-50 layer4, EfficientNet-Lite0 blocks 5-6), then a softmax over K+1 classes and
+  class-specific box deltas (``FastRCNNPredictor``). 128 RoIs per image with 25 % foreground
+  (IoU >= 0.5), as py-faster-rcnn.
+- **Losses** (the four the lecture lists, each logged by the engine): ``loss_objectness`` (RPN
+  classification, binary cross-entropy), ``loss_rpn_box_reg`` (RPN regression, smooth L1),
+  ``loss_classifier`` (head classification, cross-entropy), ``loss_box_reg`` (head regression,
+  smooth L1 on foreground).
+
+**Box coding**: torchvision's RPN and RoI heads encode and decode with its ``BoxCoder`` (RPN
+weights ``(1, 1, 1, 1)``, head ``(10, 10, 5, 5)``, i.e. targets normalised by stds 0.1/0.2). That is
+the same coding as :mod:`rcnn_cli.boxes` (``encode``/``decode`` wrap the very same ``BoxCoder``):
+one implementation in the package.
+
+Model directory (``rcnn faster train --out RUN_DIR``): ``model.safetensors`` (weights) and
+``config.json`` (everything needed to rebuild the network; see :func:`load_model`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rcnn_cli.errors import UserError
+from rcnn_cli.log import logger
+
+__all__ = [
+    "MODEL_KIND",
+    "default_config",
+    "build_model",
+    "make_anchor_generator",
+    "fit_anchor_sizes",
+    "load_model",
+    "FasterRCNNDetector",
+    "rpn_proposer",
+    "parse_floats",
+]
+
+MODEL_KIND = "faster_rcnn"
+MODEL_VERSION = 1
+
+# Leading children of each trunk (``build_trunk``'s Sequential) whose parameters stay frozen.
+_FROZEN_DEFAULT = {
+    "efficientnet_lite0": 4,  # conv_stem, bn1, blocks 0-1 (stride 4)
+    "vgg16": 10,  # conv1_1 .. conv2_2 (+ ReLUs and pool): the paper fine-tunes conv3_1 and up
+    "alexnet": 3,  # conv1
+    "resnet50": 5,  # conv1, bn1, relu, maxpool, layer1 (torchvision's trainable_layers=3)
+}
+
+
+def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0", **overrides: Any) -> dict:
+    """The model configuration (JSON-serialisable) with the paper's defaults; ``overrides`` win.
+
+    Keys not known here are a :class:`UserError` (typos must not pass silently).
+    """
+    from rcnn_cli.backbones import get_spec
+
+    spec = get_spec(backbone)
+    cfg: dict[str, Any] = {
+        "kind": MODEL_KIND,
+        "version": MODEL_VERSION,
+        "classes": list(classes),
+        "backbone": backbone,
+        "fpn": False,
+        "weights_id": None,
+        "head": "mlp",  # "mlp" (TwoMLPHead 1024) or "backbone" (build_head)
+        "representation_size": 1024,
+        "frozen_modules": None,  # None: the backbone's default (_FROZEN_DEFAULT)
+        "image_mean": list(spec.mean),
+        "image_std": list(spec.std),
+        "min_size": 600,
+        "max_size": 1000,
+        "anchor_sizes": [128.0, 256.0, 512.0],
+        "aspect_ratios": [0.5, 1.0, 2.0],
+        "rpn_nms_thresh": 0.7,
+        "rpn_pre_nms_top_n_train": 12000,
+        "rpn_post_nms_top_n_train": 2000,
+        "rpn_pre_nms_top_n_test": 6000,
+        "rpn_post_nms_top_n_test": 300,
+        "rpn_fg_iou_thresh": 0.7,
+        "rpn_bg_iou_thresh": 0.3,
+        "rpn_batch_size_per_image": 256,
+        "rpn_positive_fraction": 0.5,
+        "roi_output_size": 7,
+        "roi_sampling_ratio": 2,
+        "box_fg_iou_thresh": 0.5,
+        "box_bg_iou_thresh": 0.5,
+        "box_batch_size_per_image": 128,
+        "box_positive_fraction": 0.25,
+        "box_score_thresh": 0.05,
+        "box_nms_thresh": 0.3,
+        "box_detections_per_img": 100,
+    }
+    for key, value in overrides.items():
+        if key not in cfg:
+            raise UserError(f"unknown Faster R-CNN setting '{key}'")
+        if value is not None:
+            cfg[key] = value
+    if not cfg["classes"]:
+        raise UserError("Faster R-CNN needs at least one class")
+    if cfg["fpn"] and backbone != "resnet50":
+        raise UserError(f"--fpn is available for resnet50 only (not {backbone})")
+    if cfg["head"] not in ("mlp", "backbone"):
+        raise UserError(f"head must be 'mlp' or 'backbone' (got '{cfg['head']}')")
+    if cfg["fpn"] and cfg["head"] == "backbone":
+        raise UserError("head 'backbone' is not available with --fpn (use the MLP head)")
+    _check_anchors(cfg)
+    return cfg
+
+
+def _check_anchors(cfg: dict) -> None:
+    sizes, ratios = cfg["anchor_sizes"], cfg["aspect_ratios"]
+    if not sizes or any(float(s) <= 0 for s in sizes):
+        raise UserError(f"anchor sizes must be positive numbers (got {sizes})")
+    if not ratios or any(float(r) <= 0 for r in ratios):
+        raise UserError(f"aspect ratios must be positive numbers (got {ratios})")
+    if cfg["fpn"] and len(sizes) != 5:
+        raise UserError(f"with --fpn give 5 anchor sizes, one per pyramid level P2-P6 (got {len(sizes)})")
+
+
+def parse_floats(text: str | Sequence[float] | None, what: str) -> list[float] | None:
+    """``"128,256,512"`` -> ``[128.0, 256.0, 512.0]``; ``None`` stays ``None``; bad text is a UserError."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return [float(v) for v in text]
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UserError(f"{what}: expected comma-separated numbers, got '{text}'") from None
+    if not values:
+        raise UserError(f"{what}: expected comma-separated numbers, got '{text}'")
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Building the network
+
+
+def make_anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float], levels: int = 1):
+    """torchvision ``AnchorGenerator``: with one level, every size x every ratio at each cell;
+    with ``levels`` > 1 (FPN), one size per level and every ratio.
+
+    A ratio ``r`` is height / width: the anchor of size ``s`` is ``s / sqrt(r)`` wide and
+    ``s * sqrt(r)`` high (area ``s^2``), centred on the cell's top-left pixel times the stride,
+    coordinates rounded to integers.
+    """
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple(float(s) for s in sizes)
+    ratios = tuple(float(r) for r in aspect_ratios)
+    if levels == 1:
+        return AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
+    if len(sizes) != levels:
+        raise UserError(f"{levels} feature levels need {levels} anchor sizes (got {len(sizes)})")
+    return AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=(ratios,) * levels)
+
+
+class _Trunk(nn.Module):
+    """A stride-16 trunk; ``out_channels`` as torchvision's FasterRCNN expects."""
+
+    def __init__(self, body: nn.Module, out_channels: int):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _freeze_leading(body: nn.Module, n: int) -> None:
+    children = list(body.children())
+    for child in children[: max(0, n)]:
+        for p in child.parameters():
+            p.requires_grad_(False)
+
+
+def _resnet_fpn(weights: str) -> nn.Module:
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    fpn = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3,
+                              norm_layer=FrozenBatchNorm2d)
+    if weights != "none":
+        from rcnn_cli.backbones import build_feature_extractor
+
+        src = build_feature_extractor("resnet50", weights).net.state_dict()
+        body = fpn.body.state_dict()
+        mapped = {k: src[k] for k in body if k in src and src[k].shape == body[k].shape}
+        missing = [k for k in body if k not in mapped and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise UserError(f"resnet50 weights do not fit the FPN body ({len(missing)} tensors missing, e.g. {missing[0]})")
+        fpn.body.load_state_dict(mapped, strict=False)
+    return fpn
+
+
+def build_model(cfg: dict, weights: str = "none") -> nn.Module:
+    """The torchvision ``FasterRCNN`` described by ``cfg`` (see :func:`default_config`).
+
+    ``weights`` initialises the backbone: ``"imagenet"``, ``"none"`` or a safetensors file of the
+    registry's network (at training time); loading a trained model uses ``"none"`` and then the
+    run's ``model.safetensors``. Train mode: ``model(images, targets) -> {4 losses}``; eval mode:
+    ``model(images) -> [{"boxes" (N,4) original pixels, "scores" (N,), "labels" (N,) 1..K}]``.
+    """
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.rpn import RPNHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from rcnn_cli.backbones import build_head, build_trunk
+
+    num_classes = len(cfg["classes"]) + 1
+    name = cfg["backbone"]
+    roi_size = int(cfg["roi_output_size"])
+    box_head = None
+    representation = int(cfg["representation_size"])
+    if cfg["fpn"]:
+        backbone = _resnet_fpn(str(weights))
+        featmap_names = ["0", "1", "2", "3"]
+        anchor_gen = make_anchor_generator(cfg["anchor_sizes"], cfg["aspect_ratios"], levels=5)
+    else:
+        body, channels, _stride = build_trunk(name, weights, freeze_bn=True)
+        frozen = cfg.get("frozen_modules")
+        _freeze_leading(body, _FROZEN_DEFAULT.get(name, 0) if frozen is None else int(frozen))
+        backbone = _Trunk(body, channels)
+        featmap_names = ["0"]
+        anchor_gen = make_anchor_generator(cfg["anchor_sizes"], cfg["aspect_ratios"], levels=1)
+        if cfg["head"] == "backbone":
+            box_head, representation = build_head(name, weights, freeze_bn=True)
+            roi_size = int(box_head.roi_size)
+    if box_head is None:
+        box_head = TwoMLPHead(backbone.out_channels * roi_size**2, representation)
+    rpn_head = RPNHead(backbone.out_channels, anchor_gen.num_anchors_per_location()[0])
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=int(cfg["min_size"]),
+        max_size=int(cfg["max_size"]),
+        image_mean=list(cfg["image_mean"]),
+        image_std=list(cfg["image_std"]),
+        rpn_anchor_generator=anchor_gen,
+        rpn_head=rpn_head,
+        rpn_pre_nms_top_n_train=int(cfg["rpn_pre_nms_top_n_train"]),
+        rpn_pre_nms_top_n_test=int(cfg["rpn_pre_nms_top_n_test"]),
+        rpn_post_nms_top_n_train=int(cfg["rpn_post_nms_top_n_train"]),
+        rpn_post_nms_top_n_test=int(cfg["rpn_post_nms_top_n_test"]),
+        rpn_nms_thresh=float(cfg["rpn_nms_thresh"]),
+        rpn_fg_iou_thresh=float(cfg["rpn_fg_iou_thresh"]),
+        rpn_bg_iou_thresh=float(cfg["rpn_bg_iou_thresh"]),
+        rpn_batch_size_per_image=int(cfg["rpn_batch_size_per_image"]),
+        rpn_positive_fraction=float(cfg["rpn_positive_fraction"]),
+        box_roi_pool=MultiScaleRoIAlign(featmap_names, roi_size, int(cfg["roi_sampling_ratio"])),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        box_score_thresh=float(cfg["box_score_thresh"]),
+        box_nms_thresh=float(cfg["box_nms_thresh"]),
+        box_detections_per_img=int(cfg["box_detections_per_img"]),
+        box_fg_iou_thresh=float(cfg["box_fg_iou_thresh"]),
+        box_bg_iou_thresh=float(cfg["box_bg_iou_thresh"]),
+        box_batch_size_per_image=int(cfg["box_batch_size_per_image"]),
+        box_positive_fraction=float(cfg["box_positive_fraction"]),
+    )
+    model.rcnn_config = dict(cfg)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Anchors fitted to a dataset
+
+
+def _resize_scale(width: float, height: float, min_size: float, max_size: float) -> float:
+    """The factor GeneralizedRCNNTransform resizes an image by (shorter side to min_size, longer <= max_size)."""
+    return min(min_size / min(width, height), max_size / max(width, height))
+
+
+def fit_anchor_sizes(dataset, n: int = 3, min_size: int = 600, max_size: int = 1000) -> list[float]:
+    """``n`` anchor sizes (sqrt of area, pixels of the *resized* image) fitted to ``dataset``'s boxes.
+
+    Each training box's ``sqrt(w * h)`` is scaled as the model resizes its image; the sizes are
+    class-balanced quantiles of their logarithm at ``(i + 0.5) / n`` (every class weighs the same,
+    so 3000 red cells do not drown 300 platelets), rounded to integers. On BCCD at 480 px this gives
+    about 40, 100, 190 (platelets, red and white cells) where the paper's 128-512 fit VOC objects.
+    """
+    from rcnn_cli.boxes import valid_box_mask
+    from rcnn_cli.data.images import image_size
+
+    sizes, names = [], []
+    for rec in dataset.records:
+        boxes = np.asarray(rec.boxes, np.float64).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        w, h = rec.width, rec.height
+        if not w or not h:
+            try:
+                w, h = image_size(rec.path)
+            except UserError:
+                continue
+        keep = valid_box_mask(boxes, w, h)
+        b = boxes[keep]
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        ok = area > 0
+        sizes.append(np.sqrt(area[ok]) * _resize_scale(w, h, min_size, max_size))
+        names += list(np.asarray(rec.labels, dtype=object)[keep][ok])
+    if not sizes or sum(len(s) for s in sizes) == 0:
+        raise UserError("--auto-anchors: the training split has no usable boxes")
+    s = np.log(np.concatenate(sizes))
+    names_arr = np.asarray(names, dtype=object)
+    weights = np.zeros(len(s))
+    for c in set(names):
+        m = names_arr == c
+        weights[m] = 1.0 / m.sum()
+    order = np.argsort(s)
+    s, weights = s[order], weights[order]
+    cdf = (np.cumsum(weights) - 0.5 * weights) / weights.sum()
+    qs = (np.arange(n) + 0.5) / n
+    fitted = np.exp(np.interp(qs, cdf, s))
+    out = [float(max(4, round(v))) for v in fitted]
+    for i in range(1, len(out)):  # distinct, increasing
+        out[i] = max(out[i], out[i - 1] + 1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a trained model
+
+
+def _model_config_from(record: dict, path: Path) -> dict:
+    """Find the model configuration in a run's config.json, whatever wrapping the engine used."""
+    candidates = [record]
+    for key in ("model_config", "model", "config"):
+        if isinstance(record.get(key), dict):
+            candidates.append(record[key])
+            for sub in ("model_config", "model"):
+                if isinstance(record[key].get(sub), dict):
+                    candidates.append(record[key][sub])
+    for c in candidates:
+        if c.get("kind") == MODEL_KIND:
+            return c
+    for c in candidates:
+        if c.get("kind"):
+            raise UserError(f"{path}: a '{c['kind']}' model, not a Faster R-CNN one (use the matching command)")
+    raise UserError(f"{path}: not a Faster R-CNN model configuration")
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from ``RUN_DIR/config.json`` + ``RUN_DIR/model.safetensors``.
+
+    Returns ``(model in eval mode on device, model configuration)``. A missing directory, a
+    configuration of another model or weights that do not fit are one-line :class:`UserError`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from rcnn_cli.io import read_json
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"{model_dir}: model directory not found")
+    cfg_path, weights_path = model_dir / "config.json", model_dir / "model.safetensors"
+    if not weights_path.is_file():
+        raise UserError(f"{weights_path}: not found (is the training finished? `rcnn faster train --resume` goes on)")
+    cfg = _model_config_from(read_json(cfg_path), cfg_path)
+    if int(cfg.get("version", 0)) > MODEL_VERSION:
+        raise UserError(f"{cfg_path}: model version {cfg['version']} is newer than this rcnn ({MODEL_VERSION})")
+    model = build_model(cfg, weights="none")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        example = (wrong + missing + unexpected)[0]
+        raise UserError(f"{weights_path}: weights do not match the model in config.json ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. {example})")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), cfg
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    from rcnn_cli.engine import resolve_device
+
+    return resolve_device(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class FasterRCNNDetector:
+    """A trained Faster R-CNN, ready to detect: ``detector(image, image_id) -> ImageDetections``.
+
+    ``score_threshold`` / ``nms`` / ``top_k`` / ``rpn_post_nms_top_n`` override the run's defaults
+    (0.05, 0.3, 100 and 300). Timings: ``"network"`` (resize, trunk, RPN, RoI head) and ``"post"``
+    (softmax, box decoding, per-class NMS, rescaling to original pixels).
+    """
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "auto", score_threshold: float | None = None,
+                 nms: float | None = None, top_k: int | None = None, rpn_post_nms_top_n: int | None = None):
+        self.device = _resolve_device(device)
+        self.model, self.config = load_model(model_dir, self.device)
+        self.classes: list[str] = list(self.config["classes"])
+        heads = self.model.roi_heads
+        if score_threshold is not None:
+            if not 0.0 <= score_threshold <= 1.0:
+                raise UserError(f"--score-threshold must be in [0, 1] (got {score_threshold})")
+            heads.score_thresh = float(score_threshold)
+        if nms is not None:
+            if not 0.0 < nms <= 1.0:
+                raise UserError(f"--nms must be in (0, 1] (got {nms})")
+            heads.nms_thresh = float(nms)
+        if top_k is not None:
+            if top_k < 1:
+                raise UserError(f"--top-k must be at least 1 (got {top_k})")
+            heads.detections_per_img = int(top_k)
+        if rpn_post_nms_top_n is not None:
+            _set_rpn_top_n(self.model, rpn_post_nms_top_n)
+
+    def settings(self) -> dict:
+        """The detection settings in effect (for the run record)."""
+        h, rpn = self.model.roi_heads, self.model.rpn
+        return {"score_threshold": h.score_thresh, "nms": h.nms_thresh, "top_k": h.detections_per_img,
+                "rpn_post_nms_top_n": rpn._post_nms_top_n["testing"], "device": str(self.device)}
+
+    @torch.inference_mode()
+    def __call__(self, image, image_id: str):
+        from rcnn_cli.data.images import to_tensor
+        from rcnn_cli.detections import ImageDetections
+
+        model = self.model
+        t0 = time.perf_counter()
+        x = to_tensor(image).to(self.device, non_blocking=True)
+        original = (x.shape[-2], x.shape[-1])
+        images, _ = model.transform([x])
+        features = model.backbone(images.tensors)
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        proposals, _ = model.rpn(images, features)
+        heads = model.roi_heads
+        pooled = heads.box_roi_pool(features, proposals, images.image_sizes)
+        logits, deltas = heads.box_predictor(heads.box_head(pooled))
+        _sync(self.device)
+        t1 = time.perf_counter()
+        boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
+        dets = [{"boxes": boxes[0], "scores": scores[0], "labels": labels[0]}]
+        dets = model.transform.postprocess(dets, images.image_sizes, [original])[0]
+        boxes_np = dets["boxes"].float().cpu().numpy().astype(np.float32)
+        scores_np = dets["scores"].float().cpu().numpy().astype(np.float32)
+        names = [self.classes[int(i) - 1] for i in dets["labels"].cpu().tolist()]
+        t2 = time.perf_counter()
+        return ImageDetections(image_id=image_id, boxes=boxes_np.reshape(-1, 4), scores=scores_np, labels=names,
+                               timings={"network": t1 - t0, "post": t2 - t1})
+
+
+def _set_rpn_top_n(model: nn.Module, post_nms_top_n: int) -> None:
+    if post_nms_top_n < 1:
+        raise UserError(f"the number of RPN proposals must be at least 1 (got {post_nms_top_n})")
+    rpn = model.rpn
+    rpn._post_nms_top_n["testing"] = int(post_nms_top_n)
+    rpn._pre_nms_top_n["testing"] = max(int(rpn._pre_nms_top_n["testing"]), int(post_nms_top_n))
+
+
+def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
+                 post_nms_top_n: int = 2000) -> Callable[[Any], np.ndarray]:
+    """The RPN of a trained Faster R-CNN as a region proposal method.
+
+    Returns ``propose(image: PIL.Image) -> (N, 4) float32`` boxes in original image pixels, in
+    decreasing objectness, at most ``post_nms_top_n`` after the RPN's NMS at 0.7 (pre-NMS top-N is
+    raised to at least that many). Give it to ``rcnn_cli.proposals.run_propose(proposer=...)`` to
+    write the standard proposals file.
+    """
+    from torchvision.models.detection.transform import resize_boxes
+
+    from rcnn_cli.data.images import to_tensor
+
+    dev = _resolve_device(device)
+    model, _cfg = load_model(model_dir, dev)
+    _set_rpn_top_n(model, post_nms_top_n)
+
+    @torch.inference_mode()
+    def propose(image) -> np.ndarray:
+        x = to_tensor(image).to(dev)
+        images, _ = model.transform([x])
+        features = model.backbone(images.tensors)
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        boxes, _ = model.rpn(images, features)
+        boxes = resize_boxes(boxes[0], images.image_sizes[0], (x.shape[-2], x.shape[-1]))
+        return boxes.float().cpu().numpy().astype(np.float32).reshape(-1, 4)
+
+    propose.model = model  # type: ignore[attr-defined]
+    return propose
+
+
+def rpn_attrs(model_dir: str | Path, post_nms_top_n: int) -> dict:
+    """Attributes recorded in a proposals file written by :func:`rpn_proposer`."""
+    from rcnn_cli.io import read_json
+
+    model_dir = Path(model_dir)
+    cfg = _model_config_from(read_json(model_dir / "config.json"), model_dir / "config.json")
+    return {"method": "rpn", "model": str(model_dir.resolve()), "backbone": cfg["backbone"],
+            "post_nms_top_n": int(post_nms_top_n), "min_size": int(cfg["min_size"]), "max_size": int(cfg["max_size"])}
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def detect_dataset(model: nn.Module, dataset, classes: Sequence[str], progress: bool = False) -> dict:
+    """Run ``model`` (eval mode, on its own device) over every image of ``dataset``.
+
+    Returns ``{image_id: ImageDetections}``; unreadable images are logged and skipped.
+    """
+    from rcnn_cli.data.images import load_image, to_tensor
+    from rcnn_cli.detections import ImageDetections
+    from rcnn_cli.errors import ImageError
+    from rcnn_cli.log import progress_bar
+
+    device = next(model.parameters()).device
+    out = {}
+    was_training = model.training
+    model.eval()
+    with progress_bar(enabled=progress) as bar, torch.inference_mode():
+        task = bar.add_task("detect", total=len(dataset.records), status="")
+        for rec in dataset.records:
+            try:
+                image = load_image(rec.path)
+            except ImageError as e:
+                logger.warning("%s; skipped", e)
+                bar.advance(task)
+                continue
+            det = model([to_tensor(image).to(device)])[0]
+            out[rec.image_id] = ImageDetections(
+                image_id=rec.image_id, boxes=det["boxes"].float().cpu().numpy().astype(np.float32).reshape(-1, 4),
+                scores=det["scores"].float().cpu().numpy().astype(np.float32),
+                labels=[classes[int(i) - 1] for i in det["labels"].cpu().tolist()])
+            bar.advance(task)
+    model.train(was_training)
+    return out
+
+
+def make_evaluate_fn(dataset, classes: Sequence[str], metrics: Sequence[str] = ("voc12",)) -> Callable[[nn.Module, int], dict]:
+    """``evaluate_fn(model, epoch) -> {"mAP_voc12": ...}`` for the engine's per-epoch validation."""
+    from rcnn_cli.evaluation import evaluate
+
+    def evaluate_fn(model: nn.Module, epoch: int) -> dict:
+        dets = detect_dataset(model, dataset, classes)
+        return {f"mAP_{m}": float(evaluate(dataset, dets, metric=m)["mAP"]) for m in metrics}
+
+    return evaluate_fn
+
+
+def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
+                 images: str | Path | None = None, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                 fpn: bool = False, head: str = "mlp", anchor_sizes: Sequence[float] | None = None,
+                 aspect_ratios: Sequence[float] | None = None, auto_anchors: bool = False,
+                 min_size: int = 600, max_size: int = 1000, val_split: str | None = None, resume: bool = False,
+                 model_overrides: dict | None = None, command: str = "rcnn faster train") -> dict:
+    """Train a Faster R-CNN on a labelled dataset split with :func:`rcnn_cli.engine.train`.
+
+    ``train_config`` is an :class:`rcnn_cli.engine.TrainConfig`. ``auto_anchors`` replaces the
+    anchor sizes by :func:`fit_anchor_sizes` of the training boxes (as many sizes as given, 3 by
+    default, 5 with ``fpn``). ``resume`` continues ``out``'s checkpoint with the model configuration
+    recorded there. Writes ``out/model.safetensors`` and ``out/config.json`` (model + training
+    settings); returns the engine's summary (+ ``"model_config"``).
+    """
+    from rcnn_cli.backbones import weights_id
+    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine import read_run_config, seed_everything, train
+
+    out = Path(out)
+    ds = load_dataset(dataset_path, split, images)
+    if not ds.records:
+        raise UserError(f"{dataset_path}: split '{split}' has no images")
+    cfg = None
+    if resume and (out / "config.json").is_file():
+        try:
+            cfg = _model_config_from(read_run_config(out), out / "config.json")
+            logger.info("resuming with the model configuration recorded in %s", out / "config.json")
+        except UserError:
+            cfg = None
+    if cfg is None:
+        sizes = list(anchor_sizes) if anchor_sizes else ([32.0, 64.0, 128.0, 256.0, 512.0] if fpn else None)
+        if auto_anchors:
+            n = len(sizes) if sizes else 3
+            sizes = fit_anchor_sizes(ds, n=n, min_size=min_size, max_size=max_size)
+            logger.info("anchor sizes fitted to the training boxes: %s", ", ".join(f"{s:g}" for s in sizes))
+        overrides = dict(model_overrides or {})
+        overrides.update(fpn=fpn, head=head, min_size=int(min_size), max_size=int(max_size),
+                         anchor_sizes=[float(s) for s in sizes] if sizes else None,
+                         aspect_ratios=[float(r) for r in aspect_ratios] if aspect_ratios else None)
+        cfg = default_config(ds.classes, backbone, **overrides)
+        cfg["weights_id"] = weights_id(backbone, weights)
+        cfg["auto_anchors"] = bool(auto_anchors)
+        cfg["trained_on"] = {"dataset": str(Path(dataset_path).resolve()), "split": split,
+                             "images": len(ds.records)}
+    elif list(cfg["classes"]) != list(ds.classes):
+        raise UserError(f"{out}: the checkpoint was trained on classes {cfg['classes']}, this split has {ds.classes}")
+    seed_everything(train_config.seed)  # the new layers' initialisation
+    model = build_model(cfg, weights=weights)
+    evaluate_fn = None
+    if val_split:
+        val = load_dataset(dataset_path, val_split, images, classes=list(ds.classes))
+        evaluate_fn = make_evaluate_fn(val, ds.classes)
+    train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed)
+    summary = train(model, train_ds, out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
+                    command=command)
+    summary["model_config"] = cfg
+    return summary
