@@ -64,6 +64,10 @@ class ImageDetections:
     scores: np.ndarray
     labels: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    #: Optional ``(N,)`` int64 position of each detection in its source (set by the readers).
+    #: Evaluation breaks score ties by it, as the devkit's stable sort keeps a file's line order
+    #: (VOC files are per class, so this order can interleave images).
+    order: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.image_id = str(self.image_id)
@@ -73,6 +77,10 @@ class ImageDetections:
         if not (len(self.boxes) == len(self.scores) == len(self.labels)):
             raise ValueError(f"{self.image_id}: {len(self.boxes)} boxes, {len(self.scores)} scores, "
                              f"{len(self.labels)} labels")
+        if self.order is not None:
+            self.order = np.asarray(self.order, dtype=np.int64).reshape(-1)
+            if len(self.order) != len(self.scores):
+                raise ValueError(f"{self.image_id}: {len(self.order)} order entries for {len(self.scores)} detections")
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -294,21 +302,27 @@ class _Acc:
         self.boxes: dict[str, list] = {}
         self.scores: dict[str, list] = {}
         self.labels: dict[str, list] = {}
+        self.order: dict[str, list] = {}
         self.timings: dict[str, dict] = {}
+        self.n = 0
 
     def image(self, image_id: str) -> None:
         if image_id not in self.boxes:
             self.boxes[image_id], self.scores[image_id], self.labels[image_id] = [], [], []
+            self.order[image_id] = []
 
     def add(self, image_id: str, box: list[float], score: float, label: str) -> None:
         self.image(image_id)
         self.boxes[image_id].append(box)
         self.scores[image_id].append(score)
         self.labels[image_id].append(label)
+        self.order[image_id].append(self.n)
+        self.n += 1
 
     def result(self) -> dict[str, ImageDetections]:
         return {i: ImageDetections(i, np.asarray(self.boxes[i], np.float32).reshape(-1, 4),
-                                   np.asarray(self.scores[i], np.float32), self.labels[i], self.timings.get(i, {}))
+                                   np.asarray(self.scores[i], np.float32), self.labels[i], self.timings.get(i, {}),
+                                   np.asarray(self.order[i], np.int64))
                 for i in self.boxes}
 
 
@@ -554,6 +568,7 @@ def check_known(detections: Mapping[str, ImageDetections], dataset: "Dataset", i
             keep = np.array([lab in classes for lab in det.labels], bool)
             if not keep.all():
                 det = ImageDetections(image_id, det.boxes[keep], det.scores[keep],
-                                      [lab for lab, k in zip(det.labels, keep) if k], det.timings)
+                                      [lab for lab, k in zip(det.labels, keep) if k], det.timings,
+                                      det.order[keep] if det.order is not None else None)
         out[image_id] = det
     return out

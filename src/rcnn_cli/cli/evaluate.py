@@ -1,3 +1,73 @@
-"""CLI commands: evaluate (see the library module of the same responsibility)."""
+"""CLI command: ``rcnn evaluate`` (library: :mod:`rcnn_cli.evaluation`, :mod:`rcnn_cli.detections`)."""
 
-from rcnn_cli.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from rcnn_cli.cli.app import app
+from rcnn_cli.errors import UserError
+
+
+class Metric(str, Enum):
+    voc07 = "voc07"
+    voc12 = "voc12"
+    coco = "coco"
+
+
+@app.command("evaluate")
+def evaluate_command(
+    dataset: Path = typer.Argument(..., help="Ground truth: a VOC root (with --split) or a COCO instances JSON."),
+    detections: str = typer.Option(..., "--detections", "-d",
+                                   help="Detections: JSON lines (what `rcnn detect` writes), a COCO results JSON, "
+                                        "a folder or file of VOC comp4_det_<split>_<class>.txt, or '-' for stdin."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="Split of a VOC dataset (ImageSets/Main/<split>.txt)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset (not needed to evaluate)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list (default: from the data)."),
+    metric: Metric = typer.Option(Metric.voc07, "--metric", "-m", case_sensitive=False,
+                                  help="voc07: 11-point AP (VOC devkit); voc12: area under the PR envelope; "
+                                       "coco: AP@[.5:.95], AP50, AP75, APs/m/l via pycocotools."),
+    iou: Optional[float] = typer.Option(None, "--iou", help="IoU threshold for voc07/voc12 (default 0.5, devkit's >=)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (AP as fractions) here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write precision/recall PNGs (one per class + overview) here."),
+    ignore_unknown: bool = typer.Option(False, "--ignore-unknown",
+                                        help="Warn about and skip detections of images/classes not in the split "
+                                             "(default: error)."),
+) -> None:
+    """Evaluate detections against ground truth: per-class AP and mAP (VOC07, VOC12 or COCO).
+
+    Example: [bold]rcnn detect imgs/ --model M | rcnn evaluate data/voc --split test --detections -[/]
+    """
+    from rcnn_cli.data import load_dataset
+    from rcnn_cli.data.voc import is_voc_root
+    from rcnn_cli.detections import read_detections
+    from rcnn_cli.evaluation import evaluate, json_summary, results_table
+    from rcnn_cli.io import write_json, write_run_record
+    from rcnn_cli.log import logger
+
+    if is_voc_root(dataset) and not split:
+        raise UserError(f"{dataset} is a VOC dataset: say which split to evaluate with --split (e.g. --split test)")
+    if metric is Metric.coco and iou is not None:
+        logger.warning("--iou is ignored by --metric coco (it averages IoU 0.50:0.95)")
+    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    ds = load_dataset(dataset, split, images, class_list)
+    dets = read_detections(detections, ds, ignore_unknown=ignore_unknown)
+    result = evaluate(ds, dets, metric=metric.value, iou=0.5 if iou is None else iou,
+                      ignore_unknown=ignore_unknown, curves=plot is not None)
+    Console().print(results_table(result))  # the results go to stdout
+    if json_out is not None:
+        write_json(json_out, json_summary(result))
+        write_run_record(json_out, "evaluate", {
+            "dataset": str(dataset), "split": split, "detections": detections, "metric": metric.value,
+            "iou": result.get("iou"), "classes": ds.classes, "ignore_unknown": ignore_unknown})
+        logger.info("wrote %s", json_out)
+    if plot is not None:
+        from rcnn_cli.visualize import plot_precision_recall
+
+        name = "COCO (precision at IoU 0.5)" if metric is Metric.coco else f"{metric.value.upper()} IoU {result['iou']:g}"
+        written = plot_precision_recall(result["curves"], result["AP"], plot, title=name, classes=ds.classes)
+        logger.info("wrote %d plots to %s", len(written), plot)
