@@ -1,0 +1,518 @@
+"""Fast R-CNN (Girshick, ICCV 2015): one convolutional pass per image, RoI pooling of each proposal,
+a classifier over N+1 classes and class-specific box regressors trained jointly.
+
+Pieces reused from torchvision: ``GeneralizedRCNNTransform`` (normalise, resize so the shorter side
+is ``min_size`` and the longer at most ``max_size``, batch), ``BalancedPositiveNegativeSampler``,
+``fastrcnn_loss`` (cross-entropy + smooth L1 on foreground RoIs), ``roi_pool``/``roi_align`` and
+``batched_nms``. Box targets use the package's one box coder (:func:`rcnn_cli.boxes.encode`) with
+weights ``(10, 10, 5, 5)``, i.e. targets normalised by stds ``(0.1, 0.1, 0.2, 0.2)``.
+
+torchvision's ``FasterRCNN``/``RoIHeads`` only accept ``MultiScaleRoIAlign``, so the classic RoI max
+pooling of the paper is wired here by hand.
+
+Interface (torchvision's detection convention)::
+
+    train: model(images, targets) -> {"loss_classifier", "loss_box_reg"}
+           images: list[(3, H, W) float in [0, 1]]; targets: list[{"boxes" (M, 4), "labels" (M,) 1..K,
+           "proposals" (P, 4)}] (proposals may instead be passed as ``proposals=``), original pixels
+    eval:  model(images, proposals=list[(P, 4)]) -> list[{"boxes" (D, 4) original pixels,
+           "scores" (D,), "labels" (D,) int64 1..K}]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
+
+from rcnn_cli.boxes import decode, encode
+from rcnn_cli.errors import UserError
+
+__all__ = ["FastRCNNConfig", "FastRCNN", "build_fast_rcnn", "sample_rois", "BOX_WEIGHTS", "DEFAULT_FROZEN"]
+
+#: Box-coder weights of Fast/Faster R-CNN (targets divided by stds 0.1, 0.1, 0.2, 0.2).
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
+#: Leading trunk modules kept frozen by default (the paper does not fine-tune conv1-conv2 of VGG16).
+DEFAULT_FROZEN = {"efficientnet_lite0": 3, "alexnet": 3, "vgg16": 10, "resnet50": 5}
+
+
+@dataclass
+class FastRCNNConfig:
+    """Everything needed to rebuild the network (stored in the run's ``config.json``)."""
+
+    backbone: str = "efficientnet_lite0"
+    classes: list[str] = field(default_factory=list)
+    weights_id: str = ""
+    head: str = "auto"              # "fc": 7x7 RoI pool + two new FC layers; "backbone": the backbone's own head
+    roi_size: int = 7
+    roi_align: bool = False
+    representation_size: int = 1024  # width of the two FC layers of head "fc"
+    frozen_layers: int | None = None  # leading trunk modules not trained (None: the backbone default)
+    min_size: int = 600
+    max_size: int = 1000
+    # training
+    rois_per_image: int = 64
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.1
+    max_proposals: int = 2000
+    # inference
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    detections_per_img: int = 100
+    # how proposals were made for training (detect without a file makes them the same way)
+    proposals: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def resolved_head(self) -> str:
+        if self.head != "auto":
+            return self.head
+        return "backbone" if self.backbone in ("vgg16", "alexnet") else "fc"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arch"] = "fast_rcnn"
+        d["head"] = self.resolved_head()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FastRCNNConfig":
+        if d.get("arch", "fast_rcnn") != "fast_rcnn":
+            raise UserError(f"the model is a {d.get('arch')} model, not Fast R-CNN")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class TwoMLPHead(nn.Module):
+    """Flatten + fc6 + ReLU + fc7 + ReLU: ``(R, C, P, P)`` -> ``(R, representation_size)``."""
+
+    def __init__(self, in_features: int, representation_size: int) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.out_dim = representation_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc6(x.flatten(1)))
+        return F.relu(self.fc7(x))
+
+
+def sample_rois(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                sampler: BalancedPositiveNegativeSampler, fg_iou: float = 0.5, bg_iou_low: float = 0.1,
+                weights=BOX_WEIGHTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fast R-CNN minibatch sampling for one image.
+
+    ``proposals (P, 4)`` already include the ground truth. A RoI is foreground when its best IoU with
+    a gt box is ``>= fg_iou`` (label of that gt), background when it lies in ``[bg_iou_low, fg_iou)``;
+    when that leaves fewer backgrounds than the minibatch needs, ``[0, fg_iou)`` is used instead
+    (images without objects: every proposal is background). Returns ``rois (R, 4)``, ``labels (R,)``
+    (0 = background) and regression targets ``(R, 4)`` (zeros for backgrounds).
+    """
+    device = proposals.device
+    if gt_boxes.numel() == 0:
+        max_iou = torch.zeros(len(proposals), device=device)
+        matched = torch.zeros(len(proposals), dtype=torch.long, device=device)
+    else:
+        iou = box_iou(gt_boxes, proposals)  # (M, P)
+        max_iou, matched = iou.max(dim=0)
+    fg = max_iou >= fg_iou
+    bg = (max_iou < fg_iou) & (max_iou >= bg_iou_low)
+    n_fg_wanted = min(int(fg.sum()), int(sampler.batch_size_per_image * sampler.positive_fraction))
+    if int(bg.sum()) < sampler.batch_size_per_image - n_fg_wanted:
+        bg = max_iou < fg_iou
+    labels = torch.full((len(proposals),), -1, dtype=torch.long, device=device)
+    labels[bg] = 0
+    if gt_boxes.numel():
+        labels[fg] = gt_labels[matched[fg]]
+    pos_mask, neg_mask = sampler([labels])
+    keep = torch.where(pos_mask[0] | neg_mask[0])[0]
+    rois, labels = proposals[keep], labels[keep]
+    targets = torch.zeros_like(rois)
+    if gt_boxes.numel():
+        is_fg = labels > 0
+        if is_fg.any():
+            targets[is_fg] = encode(gt_boxes[matched[keep][is_fg]], rois[is_fg], weights)
+    return rois, labels, targets
+
+
+class FastRCNN(nn.Module):
+    """Fast R-CNN on any convolutional trunk (see the module docstring for the interface).
+
+    ``trunk``: ``(B, 3, H, W)`` normalised -> ``(B, C, H/stride, W/stride)``; ``head``: pooled RoIs
+    ``(R, C, roi_size, roi_size)`` -> ``(R, D)`` (``head.out_dim`` = D), or None for two new FC layers.
+    """
+
+    def __init__(self, trunk: nn.Module, trunk_channels: int, stride: int, config: FastRCNNConfig,
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), head: nn.Module | None = None) -> None:
+        super().__init__()
+        if config.num_classes < 1:
+            raise UserError("Fast R-CNN needs at least one class")
+        self.config = config
+        self.stride = stride
+        self.transform = GeneralizedRCNNTransform(config.min_size, config.max_size, list(mean), list(std))
+        self.trunk = trunk
+        if head is None:
+            head = TwoMLPHead(trunk_channels * config.roi_size ** 2, config.representation_size)
+        self.head = head
+        dim = head.out_dim
+        k1 = config.num_classes + 1
+        self.cls_score = nn.Linear(dim, k1)
+        self.bbox_pred = nn.Linear(dim, 4 * k1)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+        self.sampler = BalancedPositiveNegativeSampler(config.rois_per_image, config.fg_fraction)
+
+    # ------------------------------------------------------------------------------------------
+    def _pool(self, features: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
+        size = self.config.roi_size
+        rois = [r.to(features.dtype) for r in rois]
+        if self.config.roi_align:
+            return roi_align(features, rois, output_size=size, spatial_scale=1.0 / self.stride, sampling_ratio=2,
+                             aligned=True)
+        return roi_pool(features, rois, output_size=size, spatial_scale=1.0 / self.stride)
+
+    def _scale(self, boxes: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
+        """Boxes from original ``(h, w)`` pixels to resized pixels."""
+        ry, rx = resized[0] / original[0], resized[1] / original[1]
+        return boxes * torch.tensor([rx, ry, rx, ry], dtype=boxes.dtype, device=boxes.device)
+
+    def _prepare_proposals(self, props: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
+        props = props.reshape(-1, 4).float()[: self.config.max_proposals]
+        props = clip_boxes_to_image(self._scale(props, original, resized), resized)
+        keep = remove_small_boxes(props, 1e-2)
+        return props[keep]
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None,
+                proposals: list[torch.Tensor] | None = None):
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        if proposals is None:
+            if targets is None or any("proposals" not in t for t in targets):
+                raise ValueError("Fast R-CNN needs proposals: pass proposals= or targets[i]['proposals']")
+            proposals = [t["proposals"] for t in targets]
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        tv_targets = None
+        if targets is not None and self.training:
+            tv_targets = [{"boxes": t["boxes"].reshape(-1, 4).float(), "labels": t["labels"].reshape(-1)} for t in targets]
+        image_list, tv_targets = self.transform(images, tv_targets)
+        features = self.trunk(image_list.tensors)
+        rois = [self._prepare_proposals(p, o, r) for p, o, r in zip(proposals, original_sizes, image_list.image_sizes)]
+
+        if self.training:
+            assert tv_targets is not None
+            sampled, labels, reg_targets = [], [], []
+            for props, t in zip(rois, tv_targets):
+                gt = t["boxes"]
+                props = torch.cat([props, gt.to(props.dtype)]) if gt.numel() else props
+                if len(props) == 0:  # no proposals and no objects: one whole-image background RoI
+                    h, w = features.shape[-2] * self.stride, features.shape[-1] * self.stride
+                    props = torch.tensor([[0.0, 0.0, float(w - 1), float(h - 1)]], device=features.device)
+                r, lab, reg = sample_rois(props, gt, t["labels"], self.sampler, self.config.fg_iou,
+                                          self.config.bg_iou_low)
+                sampled.append(r)
+                labels.append(lab)
+                reg_targets.append(reg)
+            x = self.head(self._pool(features, sampled))
+            class_logits, box_regression = self.cls_score(x), self.bbox_pred(x)
+            loss_cls, loss_box = fastrcnn_loss(class_logits.float(), box_regression.float(), labels, reg_targets)
+            return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+
+        return self._detect(features, rois, image_list.image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def _detect(self, features, rois, image_sizes, original_sizes) -> list[dict[str, torch.Tensor]]:
+        counts = [len(r) for r in rois]
+        if sum(counts) == 0:
+            empty = features.new_zeros((0, 4))
+            return [{"boxes": empty, "scores": empty[:, 0], "labels": empty[:, 0].long()} for _ in rois]
+        x = self.head(self._pool(features, rois))
+        scores_all = F.softmax(self.cls_score(x).float(), dim=-1).split(counts)
+        deltas_all = self.bbox_pred(x).float().split(counts)
+        results = []
+        k1 = self.config.num_classes + 1
+        for props, scores, deltas, size, orig in zip(rois, scores_all, deltas_all, image_sizes, original_sizes):
+            if len(props) == 0:
+                empty = features.new_zeros((0, 4))
+                results.append({"boxes": empty, "scores": empty[:, 0], "labels": empty[:, 0].long()})
+                continue
+            boxes = decode(deltas, props.float(), BOX_WEIGHTS).reshape(-1, k1, 4)
+            boxes = clip_boxes_to_image(boxes, size)
+            labels = torch.arange(k1, device=boxes.device).view(1, -1).expand_as(scores)
+            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.config.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = remove_small_boxes(boxes, 1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.config.nms_thresh)[: self.config.detections_per_img]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            ry, rx = orig[0] / size[0], orig[1] / size[1]
+            boxes = boxes * torch.tensor([rx, ry, rx, ry], dtype=boxes.dtype, device=boxes.device)
+            results.append({"boxes": boxes, "scores": scores, "labels": labels})
+        return results
+
+
+def _freeze_leading(trunk: nn.Module, n: int) -> None:
+    children = list(trunk.children())
+    for module in children[: max(0, min(n, len(children)))]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def build_fast_rcnn(config: FastRCNNConfig, weights: str = "imagenet") -> FastRCNN:
+    """Fast R-CNN on a backbone of :mod:`rcnn_cli.backbones` (``weights``: imagenet | none | PATH).
+
+    Batch norms are frozen (statistics and affine), as in torchvision's detection models: minibatches of
+    two images cannot estimate them. The first ``config.frozen_layers`` trunk modules are not trained
+    (the backbone's :data:`DEFAULT_FROZEN` when None).
+    """
+    from rcnn_cli import backbones
+
+    spec = backbones.get_spec(config.backbone)
+    trunk, channels, stride = backbones.build_trunk(config.backbone, weights, freeze_bn=True)
+    head = None
+    if config.resolved_head() == "backbone":
+        head, _ = backbones.build_head(config.backbone, weights, freeze_bn=True)
+        fixed = getattr(head, "roi_size", None)
+        if fixed and config.backbone in ("vgg16", "alexnet"):
+            config.roi_size = int(fixed)  # flatten + fc6 need the exact pool5 size
+        elif fixed and config.roi_size == 7:
+            config.roi_size = int(fixed)
+    elif config.resolved_head() != "fc":
+        raise UserError(f"--head {config.head}: choose fc or backbone")
+    config.head = config.resolved_head()
+    if not config.weights_id:
+        config.weights_id = backbones.weights_id(config.backbone, weights)
+    frozen = DEFAULT_FROZEN.get(config.backbone, 0) if config.frozen_layers is None else config.frozen_layers
+    config.frozen_layers = frozen
+    _freeze_leading(trunk, frozen)
+    return FastRCNN(trunk, channels, stride, config, spec.mean, spec.std, head=head)
+
+
+# ----------------------------------------------------------------------------------------------
+# run directories: training and detection
+# ----------------------------------------------------------------------------------------------
+
+def _proposal_settings(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The selective-search settings of a proposals file, as recorded in a run (for detect)."""
+    keep = ("method", "mode", "max_size", "min_size", "limit")
+    out = {}
+    for k in keep:
+        if k in attrs:
+            v = attrs[k]
+            out[k] = v.item() if hasattr(v, "item") else (v.decode() if isinstance(v, bytes) else v)
+    return out
+
+
+def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig, proposals,
+                    weights: str = "imagenet", resume: bool = False, val_dataset=None,
+                    val_proposals=None, val_metric: str = "voc12", command: str = "rcnn fast train") -> dict[str, Any]:
+    """Train Fast R-CNN on ``dataset`` (a :class:`rcnn_cli.data.Dataset`) with region ``proposals``
+    (path of a proposals file) into ``out_dir`` through :func:`rcnn_cli.engine.train`.
+
+    ``model_config.classes`` defaults to the dataset's classes. With ``val_dataset``, the mAP
+    (``val_metric``) on it is computed after every epoch from ``val_proposals`` (default: the same
+    file). Returns the engine's summary (+ ``"val"``: the last validation result).
+    """
+    from pathlib import Path
+
+    from rcnn_cli import engine
+    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.proposals import load as load_proposals
+
+    out_dir = Path(out_dir)
+    if not dataset.classes:
+        raise UserError("the dataset has no classes")
+    if not model_config.classes:
+        model_config.classes = list(dataset.classes)
+    reader = load_proposals(proposals)
+    try:
+        model_config.proposals = dict(_proposal_settings(dict(reader.attrs)), file=str(proposals))
+    finally:
+        reader.close()
+    train_set = DetectionDataset(dataset, flip=True, proposals=proposals, seed=train_config.seed,
+                                 max_proposals=model_config.max_proposals)
+    engine.seed_everything(train_config.seed)
+    model = build_fast_rcnn(model_config, "none" if resume and (out_dir / engine.CHECKPOINT_DIR).is_dir() else weights)
+    if resume and (out_dir / engine.CHECKPOINT_DIR).is_dir():
+        model.config.weights_id = engine.read_run_config(out_dir)["model"].get("weights_id", model.config.weights_id)
+
+    last_val: dict[str, Any] = {}
+    evaluate_fn = None
+    if val_dataset is not None:
+        def evaluate_fn(net: nn.Module, epoch: int) -> dict:
+            result = evaluate_model(net, val_dataset, val_proposals or proposals, metric=val_metric,
+                                    device=next(net.parameters()).device)
+            last_val.clear()
+            last_val.update(result)
+            return {"mAP": float(result["mAP"]), **{f"AP_{c}": float(v) for c, v in result["AP"].items() if v is not None}}
+
+    summary = engine.train(model, train_set, out_dir, train_config, resume=resume, model_config=model.config.to_dict(),
+                           evaluate_fn=evaluate_fn, command=command)
+    if last_val:
+        summary["val"] = {k: v for k, v in last_val.items() if k != "curves"}
+    return summary
+
+
+def load_fast_rcnn(run_dir, device: str | torch.device = "cpu") -> FastRCNN:
+    """The trained model of a run directory (``config.json`` + ``model.safetensors``), in eval mode."""
+    from pathlib import Path
+
+    from rcnn_cli import engine
+
+    run_dir = Path(run_dir)
+    config = FastRCNNConfig.from_dict(engine.read_run_config(run_dir)["model"])
+    weights_file = run_dir / "model.safetensors"
+    if not weights_file.is_file() and (run_dir / engine.CHECKPOINT_DIR / "model.safetensors").is_file():
+        weights_file = run_dir / engine.CHECKPOINT_DIR / "model.safetensors"
+    with torch.random.fork_rng(devices=[]):
+        model = build_fast_rcnn(config, "none")
+    engine.load_weights(model, weights_file)
+    device = engine.resolve_device(device) if isinstance(device, str) else device
+    return model.to(device).eval()
+
+
+class FastRCNNDetector:
+    """``detector(image, image_id) -> ImageDetections`` for :func:`rcnn_cli.inference.run_inference`.
+
+    Proposals come from ``proposals`` (a proposals file) when given, else from selective search run
+    on the fly with the settings the model was trained with. ``timings``: "proposals", "network"
+    (resize + trunk + RoI head + NMS on the device), "post" (conversion to class names).
+    """
+
+    def __init__(self, run_dir, device: str = "auto", score_threshold: float | None = None, nms: float | None = None,
+                 top_k: int | None = None, proposals=None, max_proposals: int | None = None) -> None:
+        from rcnn_cli import engine
+
+        self.device = engine.resolve_device(device)
+        self.model = load_fast_rcnn(run_dir, self.device)
+        cfg = self.model.config
+        if score_threshold is not None:
+            cfg.score_thresh = float(score_threshold)
+        if nms is not None:
+            if not 0 < nms <= 1:
+                raise UserError(f"--nms must be in (0, 1], got {nms}")
+            cfg.nms_thresh = float(nms)
+        if top_k is not None:
+            if top_k < 1:
+                raise UserError(f"--top-k must be at least 1, got {top_k}")
+            cfg.detections_per_img = int(top_k)
+        if max_proposals is not None:
+            cfg.max_proposals = int(max_proposals)
+        self.classes = list(cfg.classes)
+        self.reader = None
+        if proposals is not None:
+            from rcnn_cli.proposals import load as load_proposals
+
+            self.reader = proposals if hasattr(proposals, "boxes") else load_proposals(proposals)
+        self._warned = False
+
+    def close(self) -> None:
+        if self.reader is not None and hasattr(self.reader, "close"):
+            self.reader.close()
+
+    def propose(self, image) -> np.ndarray:
+        """Selective search with the training run's settings (``mode``, ``max_size``, ``min_size``)."""
+        from rcnn_cli.proposals import selective_search
+
+        settings = self.model.config.proposals or {}
+        method = settings.get("method", "selective-search")
+        if method not in ("selective-search", "selective_search", "ss") and not self._warned:
+            from rcnn_cli.log import logger
+
+            logger.warning("the model was trained on '%s' proposals; without --proposals, selective search is used", method)
+            self._warned = True
+        kwargs = {k: settings[k] for k in ("mode", "max_size", "min_size") if settings.get(k) is not None}
+        return selective_search(image, **kwargs)
+
+    def proposals_for(self, image, image_id: str) -> np.ndarray:
+        if self.reader is not None:
+            if image_id in self.reader:
+                boxes = np.asarray(self.reader.boxes(image_id), np.float32).reshape(-1, 4)
+                try:
+                    pw, ph = self.reader.image_size(image_id)
+                except Exception:  # noqa: BLE001
+                    pw, ph = image.size
+                w, h = image.size
+                if (pw, ph) != (w, h) and pw and ph:
+                    boxes = boxes * np.array([w / pw, h / ph, w / pw, h / ph], np.float32)
+                return boxes
+            from rcnn_cli.log import logger
+
+            logger.warning("%s: not in the proposals file; running selective search", image_id)
+        return np.asarray(self.propose(image), np.float32).reshape(-1, 4)
+
+    @torch.no_grad()
+    def __call__(self, image, image_id: str):
+        import time
+
+        from rcnn_cli.data.images import to_tensor
+        from rcnn_cli.detections import ImageDetections
+
+        t0 = time.perf_counter()
+        boxes = self.proposals_for(image, image_id)[: self.model.config.max_proposals]
+        t1 = time.perf_counter()
+        tensor = to_tensor(image).to(self.device)
+        out = self.model([tensor], proposals=[torch.from_numpy(boxes).to(self.device)])[0]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t2 = time.perf_counter()
+        labels = [self.classes[int(i) - 1] for i in out["labels"].tolist()]
+        det = ImageDetections(image_id, out["boxes"].float().cpu().numpy(), out["scores"].float().cpu().numpy(), labels)
+        t3 = time.perf_counter()
+        det.timings = {"proposals": t1 - t0, "network": t2 - t1, "post": t3 - t2}
+        return det
+
+
+@torch.no_grad()
+def evaluate_model(model: FastRCNN, dataset, proposals, metric: str = "voc12", device=None) -> dict[str, Any]:
+    """mAP of ``model`` on a labelled ``dataset`` with proposals from a file (path or reader); images
+    missing from the file are skipped with a warning. Returns :func:`rcnn_cli.evaluation.evaluate`'s dict."""
+    from rcnn_cli.data.images import load_image, to_tensor
+    from rcnn_cli.detections import ImageDetections
+    from rcnn_cli.errors import ImageError
+    from rcnn_cli.evaluation import evaluate
+    from rcnn_cli.log import logger
+    from rcnn_cli.proposals import load as load_proposals
+
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    reader = proposals if hasattr(proposals, "boxes") else load_proposals(proposals)
+    classes = model.config.classes
+    detections = {}
+    try:
+        for record in dataset.records:
+            if record.image_id not in reader:
+                logger.warning("%s: no proposals; left out of validation", record.image_id)
+                continue
+            try:
+                image = load_image(record.path)
+            except ImageError as e:
+                logger.warning("%s", e)
+                continue
+            boxes = torch.as_tensor(np.asarray(reader.boxes(record.image_id), np.float32)).reshape(-1, 4)
+            out = model([to_tensor(image).to(device)], proposals=[boxes.to(device)])[0]
+            detections[record.image_id] = ImageDetections(
+                record.image_id, out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
+                [classes[int(i) - 1] for i in out["labels"].tolist()])
+    finally:
+        if reader is not proposals:
+            reader.close()
+        model.train(was_training)
+    return evaluate(dataset, detections, metric=metric)
