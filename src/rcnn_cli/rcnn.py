@@ -1,0 +1,407 @@
+"""The R-CNN detector: the model directory (save, merge, load with checks) and detection of one image.
+
+A model directory holds
+
+* ``config.json``: ``format`` ("rcnn-model"), ``version``, ``rcnn_version``, ``backbone``,
+  ``weights`` ("imagenet", "none" or the file name of fine-tuned weights inside the directory),
+  ``weights_id``, ``layer``, ``warp_size``, ``padding``, ``feature_dim``, ``feature_scale``,
+  ``classes``, ``proposals`` (method, mode, max_size, min_size, limit), ``svm`` / ``bbox``
+  (training settings and statistics), ``detect`` (default score threshold, NMS, top-K), ``arrays``
+  (file -> tensor name -> shape);
+* ``svm.safetensors``: ``weight (K, D)``, ``bias (K,)``;
+* ``bbox.safetensors``: ``weight (K, D, 4)``, ``bias (K, 4)``, ``target_mean (K, 4)``, ``target_std (K, 4)``;
+* optionally ``backbone.safetensors``: fine-tuned feature-extractor weights.
+
+Detection: proposals -> warped-region features -> SVM margins ``m`` -> score ``sigmoid(m)`` (a
+monotone map, so rankings and AP are the SVM's; the default threshold 0.05 keeps margins above
+about -2.94) -> class-specific box regression -> per-class NMS -> top-K.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rcnn_cli import __version__
+from rcnn_cli.classifiers import BBoxRegressor, SVMModel
+from rcnn_cli.errors import UserError
+from rcnn_cli.io import read_json, write_json
+
+MODEL_FORMAT = "rcnn-model"
+MODEL_VERSION = 1
+WEIGHTS_FILE = "backbone.safetensors"
+SVM_FILE = "svm.safetensors"
+BBOX_FILE = "bbox.safetensors"
+
+DEFAULT_PROPOSALS = {"method": "selective-search", "mode": "fast", "max_size": 500, "min_size": 20, "limit": None}
+DEFAULT_DETECT = {"score_threshold": 0.05, "nms": 0.3, "top_k": 100}
+
+_SVM_ARRAYS = ("weight", "bias")
+_BBOX_ARRAYS = ("weight", "bias", "target_mean", "target_std")
+
+
+# ------------------------------------------------------------------------------ saving / merging
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.exists():
+        return {}
+    cfg = read_json(path)
+    if not isinstance(cfg, dict) or cfg.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path}: not an R-CNN model config (format is not '{MODEL_FORMAT}')")
+    return cfg
+
+
+_FEATURE_KEYS = ("backbone", "weights_id", "layer", "warp_size", "padding", "feature_dim")
+
+
+def feature_config(attrs: dict[str, Any], feature_dim: int, weights: str | None = None) -> dict[str, Any]:
+    """The model-config entries that describe the features, from a features store's attributes."""
+    missing = [k for k in ("backbone", "weights_id", "layer", "warp_size", "padding") if k not in attrs]
+    if missing:
+        raise UserError(f"features store lacks the attributes {', '.join(missing)}")
+    out = {
+        "backbone": str(attrs["backbone"]),
+        "weights_id": str(attrs["weights_id"]),
+        "layer": str(attrs["layer"]),
+        "warp_size": int(attrs["warp_size"]),
+        "padding": int(attrs["padding"]),
+        "feature_dim": int(feature_dim),
+        "normalization": str(attrs.get("normalization", "")),
+    }
+    if weights is not None:
+        out["weights"] = weights
+    return out
+
+
+def _merge_config(model_dir: Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``updates`` into ``model_dir/config.json``; refuse to mix features of other settings."""
+    cfg = _read_config(model_dir)
+    for key in _FEATURE_KEYS:
+        if key in cfg and key in updates and cfg[key] != updates[key]:
+            raise UserError(f"{model_dir}: the model was trained on features with {key}={cfg[key]!r}, these have "
+                            f"{updates[key]!r}; use another --out or the same features settings")
+    if "classes" in cfg and "classes" in updates and cfg["classes"] != updates["classes"]:
+        raise UserError(f"{model_dir}: the model has classes {cfg['classes']}, these features have {updates['classes']}")
+    arrays = dict(cfg.get("arrays", {}))
+    arrays.update(updates.pop("arrays", {}))
+    cfg.update(updates)
+    cfg.update({"format": MODEL_FORMAT, "version": MODEL_VERSION, "rcnn_version": __version__, "arrays": arrays})
+    cfg.setdefault("proposals", dict(DEFAULT_PROPOSALS))
+    cfg.setdefault("detect", dict(DEFAULT_DETECT))
+    cfg.setdefault("weights", "imagenet")
+    return cfg
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    from safetensors.numpy import save_file
+
+    from rcnn_cli.io import atomic_path
+
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp))
+    return {k: list(v.shape) for k, v in arrays.items()}
+
+
+def install_weights(model_dir: str | Path, weights: str | Path | None) -> str:
+    """Copy fine-tuned backbone weights into the model directory; returns the config's ``weights``."""
+    if weights is None or str(weights) in ("imagenet", "none"):
+        return str(weights or "imagenet")
+    src = Path(weights)
+    if not src.is_file():
+        raise UserError(f"--weights {src}: file not found")
+    dst = Path(model_dir) / WEIGHTS_FILE
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.resolve() != dst.resolve():
+        from rcnn_cli.io import atomic_path
+
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    return WEIGHTS_FILE
+
+
+def save_svm(model_dir: str | Path, svm: SVMModel, features_cfg: dict[str, Any], settings: dict[str, Any],
+             proposals: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``svm.safetensors`` and merge the config (features settings, scale, classes, SVM settings)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shapes = _save_arrays(model_dir / SVM_FILE, {"weight": svm.weights, "bias": svm.bias})
+    updates = dict(features_cfg)
+    updates.update({"classes": list(svm.classes), "feature_scale": float(svm.feature_scale), "svm": settings,
+                    "arrays": {SVM_FILE: shapes}})
+    if proposals:
+        updates["proposals"] = proposals
+    cfg = _merge_config(model_dir, updates)
+    write_json(model_dir / "config.json", cfg)
+    return cfg
+
+
+def save_bbox(model_dir: str | Path, reg: BBoxRegressor, features_cfg: dict[str, Any], settings: dict[str, Any],
+              proposals: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``bbox.safetensors`` and merge the config."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shapes = _save_arrays(model_dir / BBOX_FILE, {"weight": reg.weights, "bias": reg.bias,
+                                                  "target_mean": reg.target_mean, "target_std": reg.target_std})
+    updates = dict(features_cfg)
+    settings = dict(settings, feature_scale=float(reg.feature_scale))
+    updates.update({"classes": list(reg.classes), "bbox": settings, "arrays": {BBOX_FILE: shapes}})
+    updates.setdefault("feature_scale", float(reg.feature_scale))
+    if proposals:
+        updates["proposals"] = proposals
+    cfg = _read_config(model_dir)
+    if "feature_scale" in cfg:
+        updates.pop("feature_scale", None)  # keep the SVM's scale; the regressor records its own
+    cfg = _merge_config(model_dir, updates)
+    write_json(model_dir / "config.json", cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class RCNNModel:
+    """A loaded model directory."""
+
+    root: Path
+    config: dict[str, Any]
+    svm: SVMModel
+    bbox: BBoxRegressor | None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def weights(self) -> str:
+        """The ``weights`` argument for the feature extractor ("imagenet", "none" or a file path)."""
+        w = self.config.get("weights", "imagenet")
+        return w if w in ("imagenet", "none") else str(self.root / w)
+
+
+def _need(cfg: dict, key: str, types: type | tuple, where: Path) -> Any:
+    if key not in cfg:
+        raise UserError(f"{where}: config has no '{key}' (not a complete model: run train-svm into this directory)")
+    value = cfg[key]
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise UserError(f"{where}: config '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _load_arrays(path: Path, names: tuple[str, ...], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise UserError(f"{path}: missing model array file")
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    for name in names:
+        if name not in arrays:
+            raise UserError(f"{path}: missing array '{name}'")
+        a = arrays[name]
+        if tuple(a.shape) != shapes[name]:
+            raise UserError(f"{path}: array '{name}' has shape {tuple(a.shape)}, the config implies {shapes[name]}")
+        if not np.isfinite(a).all():
+            raise UserError(f"{path}: array '{name}' has non-finite values")
+    return {k: arrays[k].astype(np.float32) for k in names}
+
+
+def load_model(model_dir: str | Path) -> RCNNModel:
+    """Load and check a model directory; every problem is a one-line :class:`UserError`."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: model directory not found")
+    where = root / "config.json"
+    if not where.is_file():
+        raise UserError(f"{where}: not found (not a model directory)")
+    cfg = _read_config(root)
+    version = cfg.get("version")
+    if not isinstance(version, int) or version > MODEL_VERSION:
+        raise UserError(f"{where}: model format version {version!r} is not supported (this rcnn reads <= {MODEL_VERSION})")
+    classes = _need(cfg, "classes", list, where)
+    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise UserError(f"{where}: 'classes' must be a non-empty list of distinct names")
+    for key in ("backbone", "weights_id", "layer"):
+        _need(cfg, key, str, where)
+    for key in ("warp_size", "padding", "feature_dim"):
+        value = _need(cfg, key, int, where)
+        if value < 0 or (key != "padding" and value == 0):
+            raise UserError(f"{where}: '{key}' must be positive (got {value})")
+    scale = _need(cfg, "feature_scale", (int, float), where)
+    if not math.isfinite(scale) or scale <= 0:
+        raise UserError(f"{where}: 'feature_scale' must be a positive number (got {scale})")
+    from rcnn_cli.backbones import get_spec
+
+    spec = get_spec(cfg["backbone"])
+    if cfg["layer"] not in spec.layers:
+        raise UserError(f"{where}: backbone {cfg['backbone']} has no layer '{cfg['layer']}'")
+    weights = cfg.get("weights", "imagenet")
+    if not isinstance(weights, str):
+        raise UserError(f"{where}: 'weights' must be a string")
+    if weights not in ("imagenet", "none"):
+        wpath = root / weights
+        if Path(weights).is_absolute() or ".." in Path(weights).parts or not wpath.is_file():
+            raise UserError(f"{where}: weights file '{weights}' is missing from the model directory")
+    props = cfg.get("proposals", DEFAULT_PROPOSALS)
+    if not isinstance(props, dict):
+        raise UserError(f"{where}: 'proposals' must be an object")
+    k, d = len(classes), cfg["feature_dim"]
+    sv = _load_arrays(root / SVM_FILE, _SVM_ARRAYS, {"weight": (k, d), "bias": (k,)})
+    svm = SVMModel(sv["weight"], sv["bias"], float(scale), list(classes))
+    bbox = None
+    if (root / BBOX_FILE).exists() or BBOX_FILE in cfg.get("arrays", {}):
+        b = _load_arrays(root / BBOX_FILE, _BBOX_ARRAYS, {"weight": (k, d, 4), "bias": (k, 4), "target_mean": (k, 4),
+                                                          "target_std": (k, 4)})
+        bscale = cfg.get("bbox", {}).get("feature_scale", scale)
+        if not isinstance(bscale, (int, float)) or not math.isfinite(bscale) or bscale <= 0:
+            raise UserError(f"{where}: 'bbox.feature_scale' must be a positive number")
+        bbox = BBoxRegressor(b["weight"], b["bias"], b["target_mean"], b["target_std"], float(bscale), list(classes))
+    return RCNNModel(root, cfg, svm, bbox)
+
+
+# ----------------------------------------------------------------------------------- detection
+
+
+def postprocess(model: RCNNModel, features: np.ndarray, boxes: np.ndarray, width: int | None, height: int | None,
+                score_threshold: float = 0.05, nms: float = 0.3, top_k: int = 100, use_bbox: bool = True,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SVM scores, box regression, per-class NMS and top-K for one image's regions.
+
+    ``features (N, D)`` raw, ``boxes (N, 4)`` pixels -> ``(boxes (M, 4), scores (M,), class index (M,) 0..K-1)``
+    sorted by score.
+    """
+    from torchvision.ops import batched_nms, clip_boxes_to_image
+
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    margins = model.svm.scores(features)
+    scores = 1.0 / (1.0 + np.exp(-margins.astype(np.float64)))  # (N, K)
+    rows, cols = np.nonzero(scores > score_threshold)
+    if len(rows) == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    cand_boxes = boxes[rows]
+    if use_bbox and model.bbox is not None:
+        cand_boxes = model.bbox.predict(np.asarray(features, np.float32)[rows], cand_boxes, cols)
+    tb = torch.from_numpy(np.ascontiguousarray(cand_boxes, np.float32))
+    if width is not None and height is not None:
+        tb = clip_boxes_to_image(tb, (int(height), int(width)))
+    ts = torch.from_numpy(scores[rows, cols].astype(np.float32))
+    tc = torch.from_numpy(cols.astype(np.int64))
+    keep = batched_nms(tb, ts, tc, float(nms))[: int(top_k)]  # sorted by decreasing score
+    return tb[keep].numpy(), ts[keep].numpy(), tc[keep].numpy()
+
+
+class RCNNDetector:
+    """``detector(image, image_id) -> ImageDetections`` with an R-CNN model directory.
+
+    Proposals come from ``proposals`` (a proposals store, when it has the image) or selective
+    search with the model's settings; features from :class:`rcnn_cli.features.FeatureExtractor`.
+    """
+
+    def __init__(self, model: RCNNModel | str | Path, device: str = "auto", score_threshold: float | None = None,
+                 nms: float | None = None, top_k: int | None = None, proposals: Any = None, use_bbox: bool = True,
+                 batch_size: int = 64, extractor: Any = None):
+        self.model = model if isinstance(model, RCNNModel) else load_model(model)
+        d = dict(DEFAULT_DETECT, **self.model.config.get("detect", {}))
+        self.score_threshold = float(d["score_threshold"] if score_threshold is None else score_threshold)
+        self.nms = float(d["nms"] if nms is None else nms)
+        self.top_k = int(d["top_k"] if top_k is None else top_k)
+        if not 0.0 <= self.nms <= 1.0:
+            raise UserError(f"--nms {self.nms}: must be an IoU in [0, 1]")
+        if self.top_k < 1:
+            raise UserError(f"--top-k {self.top_k}: must be at least 1")
+        self.use_bbox = use_bbox
+        self.proposals = proposals
+        self.proposal_settings = dict(DEFAULT_PROPOSALS, **self.model.config.get("proposals", {}))
+        cfg = self.model.config
+        if extractor is None:
+            from rcnn_cli.features import FeatureExtractor
+
+            extractor = FeatureExtractor(cfg["backbone"], weights=self.model.weights, layer=cfg["layer"],
+                                         warp_size=cfg["warp_size"], padding=cfg["padding"], batch_size=batch_size,
+                                         device=device)
+            got = extractor.config.get("weights_id")
+            if got is not None and got != cfg["weights_id"]:
+                raise UserError(f"{self.model.root}: weights {self.model.weights} give weights id {got}, the model was "
+                                f"trained on {cfg['weights_id']}")
+        self.extractor = extractor
+
+    @property
+    def classes(self) -> list[str]:
+        return self.model.classes
+
+    def propose(self, image, image_id: str) -> np.ndarray:
+        """Proposals ``(N, 4)`` for one image: from the store when it has the image, else computed."""
+        if self.proposals is not None and image_id in self.proposals:
+            return np.asarray(self.proposals.boxes(image_id), np.float32)
+        from rcnn_cli import proposals as P
+
+        s = self.proposal_settings
+        if s.get("method", "selective-search") != "selective-search":
+            raise UserError(f"the model's proposals method '{s.get('method')}' cannot run on the fly; pass --proposals FILE")
+        return np.asarray(P.selective_search(image, mode=s.get("mode", "fast"), max_size=int(s.get("max_size", 500)),
+                                             min_size=int(s.get("min_size", 20)), limit=s.get("limit")), np.float32)
+
+    def __call__(self, image, image_id: str):
+        from rcnn_cli.detections import ImageDetections
+
+        t0 = time.perf_counter()
+        boxes = self.propose(image, image_id)
+        t1 = time.perf_counter()
+        feats = self.extractor(image, boxes) if len(boxes) else np.zeros((0, self.model.config["feature_dim"]), np.float32)
+        t2 = time.perf_counter()
+        width, height = image.size
+        b, s, c = postprocess(self.model, feats, boxes, width, height, self.score_threshold, self.nms, self.top_k,
+                              self.use_bbox)
+        t3 = time.perf_counter()
+        return ImageDetections(image_id, b, s, [self.classes[i] for i in c],
+                               timings={"proposals": t1 - t0, "network": t2 - t1, "post": t3 - t2})
+
+
+def detect_cached(model: RCNNModel, reader: Any, out: str | Path | None, fmt: str = "jsonl",
+                  score_threshold: float = 0.05, nms: float = 0.3, top_k: int = 100, use_bbox: bool = True,
+                  sizes: dict[str, tuple[int, int]] | None = None, progress: bool = True, **writer_kwargs: Any) -> dict:
+    """Detections from a features store (R-CNN's ``rcnn_test``): ground-truth rows are ignored.
+
+    The store must have been extracted with the model's settings. ``sizes`` maps image id ->
+    ``(width, height)`` for clipping. Streams through :func:`rcnn_cli.detections.open_writer`.
+    Returns ``{"images": n, "detections": m, "seconds": s}``.
+    """
+    from rcnn_cli.detections import ImageDetections, open_writer
+    from rcnn_cli.log import progress_bar
+
+    attrs = dict(reader.attrs)
+    for key in ("backbone", "weights_id", "layer", "warp_size", "padding"):
+        if key in attrs and str(attrs[key]) != str(model.config[key]):
+            raise UserError(f"features store has {key}={attrs[key]!r}, the model was trained on {model.config[key]!r}")
+    ids = reader.ids()
+    n_det = 0
+    t0 = time.perf_counter()
+    with open_writer(out, fmt, model.classes, **writer_kwargs) as writer, progress_bar(progress) as bar:
+        task = bar.add_task("detect", total=len(ids), status="")
+        for image_id in ids:
+            t = time.perf_counter()
+            item = reader.get(image_id)
+            keep = ~item["gt"].astype(bool) if "gt" in item else np.ones(len(item["boxes"]), bool)
+            w, h = (sizes or {}).get(image_id, (None, None))
+            b, s, c = postprocess(model, np.asarray(item["features"], np.float32)[keep], item["boxes"][keep], w, h,
+                                  score_threshold, nms, top_k, use_bbox)
+            writer.write(ImageDetections(image_id, b, s, [model.classes[i] for i in c],
+                                         timings={"post": time.perf_counter() - t}))
+            n_det += len(s)
+            bar.update(task, advance=1)
+    return {"images": len(ids), "detections": n_det, "seconds": time.perf_counter() - t0}
