@@ -532,8 +532,11 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
 
     sampler = _ResumableSampler(dataset, num_replicas=world, rank=rank, seed=config.seed)
+    # The loader draws its workers' base seed from its own generator, reseeded every epoch, so the global
+    # RNG (RoI sampling in the model) is untouched and a resumed epoch sees the same worker seeds.
+    loader_rng = torch.Generator()
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_fn,
-                        num_workers=config.workers, pin_memory=device.type == "cuda")
+                        num_workers=config.workers, pin_memory=device.type == "cuda", generator=loader_rng)
     iters_per_epoch = math.ceil(sampler.num_samples / config.batch_size)
     total_iters = iters_per_epoch * config.epochs
     if config.max_iters is not None:
@@ -571,6 +574,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
             train_model.train()
             sampler.set_epoch(epoch)
             sampler.start = batch_in_epoch * config.batch_size
+            loader_rng.manual_seed(config.seed * 100003 + epoch * 101 + rank)
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
             sums: dict[str, float] = {}

@@ -1,0 +1,232 @@
+"""The shared training engine (rcnn_cli.engine) and DetectionDataset: values, files, exact resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from rcnn_cli import engine
+from rcnn_cli.data.dataset import Dataset, ImageRecord
+from rcnn_cli.data.torch_dataset import DetectionDataset, flip_boxes
+from rcnn_cli.engine import TrainConfig, lr_at, seed_everything, train
+
+
+class ToyData(torch.utils.data.Dataset):
+    def __init__(self, n: int = 10) -> None:
+        self.n = n
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(i)
+        return torch.rand(3, 4, 4, generator=g), {"y": torch.tensor([float(i % 3)]), "image_id": str(i)}
+
+
+class ToyModel(nn.Module):
+    """Random inside forward (like RoI sampling), so exact resume needs the RNG state restored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(48, 1)
+
+    def forward(self, images, targets):
+        x = torch.stack([i.flatten() for i in images])
+        y = torch.cat([t["y"] for t in targets])
+        noise = torch.randn(len(y)) * 0.1
+        p = self.lin(x).squeeze(1) + noise
+        return {"loss_a": ((p - y) ** 2).mean(), "loss_b": 0.1 * p.abs().mean()}
+
+
+def _run(out: Path, epochs: int, resume: bool = False, **kw) -> nn.Module:
+    seed_everything(123)
+    model = ToyModel()
+    cfg = TrainConfig(epochs=epochs, lr=0.05, warmup_iters=3, lr_steps=(1,), batch_size=3, progress=False,
+                      log_every=2, **kw)
+    train(model, ToyData(), out, cfg, resume=resume, model_config={"arch": "toy"})
+    return model
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_lr_schedule_values():
+    cfg = TrainConfig(lr=0.1, warmup_iters=10, warmup_factor=0.001, lr_steps=(2, 4), lr_gamma=0.1)
+    assert lr_at(cfg, 0, 0) == pytest.approx(0.1 * 0.001)
+    assert lr_at(cfg, 5, 0) == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))
+    assert lr_at(cfg, 10, 0) == pytest.approx(0.1)
+    assert lr_at(cfg, 50, 2) == pytest.approx(0.01)
+    assert lr_at(cfg, 90, 5) == pytest.approx(0.001)
+
+
+def test_resume_is_exact_and_files(tmp_path):
+    straight = _run(tmp_path / "a", 2)
+    _run(tmp_path / "b", 1)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["iteration"] == 4 and state["batch_in_epoch"] == 0
+    resumed = _run(tmp_path / "b", 2, resume=True)
+    assert _same(straight, resumed)
+    final = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert torch.equal(final["lin.weight"], straight.lin.weight.detach())
+    # optimizer momentum lives in safetensors, everything else in JSON: no pickle anywhere
+    opt = load_file(str(tmp_path / "b" / "checkpoint" / "optimizer.safetensors"))
+    assert set(opt) == {"0.momentum_buffer", "1.momentum_buffer"}
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())["config"]
+    assert cfg["model"] == {"arch": "toy"} and cfg["train"]["epochs"] == 2 and cfg["complete"] is True
+    # metrics: the resumed log equals the straight one apart from timings
+    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "epoch_time_s")}
+                       for line in p.read_text().splitlines()]
+    a, b = strip(tmp_path / "a" / "metrics.jsonl"), strip(tmp_path / "b" / "metrics.jsonl")
+    assert a == b
+    iters = [r for r in a if r["type"] == "iter"]
+    assert [r["iteration"] for r in iters] == [1, 2, 4, 6, 8]
+    assert {"loss", "loss_a", "loss_b", "lr", "epoch"} <= set(iters[0])
+    assert iters[0]["loss"] == pytest.approx(iters[0]["loss_a"] + iters[0]["loss_b"], rel=1e-5)
+    epochs = [r for r in a if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and iters[-1]["lr"] == pytest.approx(0.005)
+
+
+def test_resume_mid_epoch_after_max_iters(tmp_path):
+    straight = _run(tmp_path / "a", 2)
+    _run(tmp_path / "b", 2, max_iters=3)  # stops inside epoch 1 (4 batches per epoch)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["iteration"], state["batch_in_epoch"]) == (0, 3, 3)
+    resumed = _run(tmp_path / "b", 2, resume=True)
+    assert _same(straight, resumed)
+
+
+def test_interrupted_checkpoint_swap_falls_back(tmp_path):
+    _run(tmp_path / "a", 1)
+    ckpt = tmp_path / "a" / "checkpoint"
+    # a kill between the two renames of a checkpoint swap leaves only checkpoint.old
+    ckpt.rename(tmp_path / "a" / "checkpoint.old")
+    assert engine._find_checkpoint(tmp_path / "a") == tmp_path / "a" / "checkpoint.old"
+    straight = _run(tmp_path / "s", 2)
+    resumed = _run(tmp_path / "a", 2, resume=True)
+    assert _same(straight, resumed)
+    assert (tmp_path / "a" / "checkpoint" / "state.json").is_file()
+    assert not (tmp_path / "a" / "checkpoint.old").exists()
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    _run(tmp_path / "a", 1)
+    before = (tmp_path / "a" / "checkpoint" / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_split_optimizer_state", boom)  # dies in the middle of writing
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "a", 2, resume=True)
+    monkeypatch.undo()
+    assert (tmp_path / "a" / "checkpoint" / "model.safetensors").read_bytes() == before
+    assert json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_amp_on_cpu_warns_and_trains(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="rcnn")
+    engine.logger.propagate = True
+    try:
+        model = _run(tmp_path / "a", 1, amp=True)
+    finally:
+        engine.logger.propagate = False
+    assert any("--amp needs CUDA" in r.getMessage() for r in caplog.records)
+    assert math.isfinite(float(model.lin.weight.detach().sum()))
+
+
+def test_resolve_device():
+    assert engine.resolve_device("cpu").type == "cpu"
+    assert engine.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(engine.UserError):
+            engine.resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------------------
+# DetectionDataset
+
+
+class FakeProposals:
+    def __init__(self, boxes: dict[str, np.ndarray], sizes: dict[str, tuple[int, int]]) -> None:
+        self._boxes, self._sizes = boxes, sizes
+
+    def __contains__(self, image_id):
+        return image_id in self._boxes
+
+    def boxes(self, image_id):
+        return self._boxes[image_id]
+
+    def image_size(self, image_id):
+        return self._sizes[image_id]
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path):
+    from PIL import Image
+
+    recs = []
+    for i, (boxes, labels) in enumerate([
+        ([[10, 20, 40, 50], [30, 30, 30, 60], [-5, 0, 20, 10], [200, 200, 220, 220]], ["a", "b", "a", "b"]),
+        ([], []),
+    ]):
+        arr = np.zeros((64, 80, 3), np.uint8)
+        arr[:, :40] = 255  # left half white: a flip is visible
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(arr).save(p)
+        recs.append(ImageRecord(f"im{i}", p, 80, 64, np.asarray(boxes, np.float32).reshape(-1, 4), labels))
+    return Dataset(tmp_path, "train", ["a", "b"], recs)
+
+
+def test_detection_dataset_targets_flips_and_proposals(tiny_dataset):
+    props = FakeProposals({"im0": np.array([[0, 0, 20, 20], [70, 10, 90, 30]], np.float32),
+                           "im1": np.array([[5, 5, 15, 15]], np.float32)},
+                          {"im0": (80, 64), "im1": (40, 32)})  # im1's proposals were made at half size
+    ds = DetectionDataset(tiny_dataset, flip=False, proposals=props)
+    img, t = ds[0]
+    assert img.shape == (3, 64, 80) and float(img.max()) == 1.0
+    # zero-area and wholly outside boxes dropped; the one reaching past the border clipped
+    np.testing.assert_array_equal(t["boxes"].numpy(), [[10, 20, 40, 50], [0, 0, 20, 10]])
+    assert t["labels"].tolist() == [1, 1] and t["image_id"] == "im0"
+    np.testing.assert_array_equal(t["proposals"].numpy(), [[0, 0, 20, 20], [70, 10, 80, 30]])
+    img1, t1 = ds[1]  # no objects: empty (0, 4) boxes, proposals rescaled to this image's size
+    assert t1["boxes"].shape == (0, 4) and t1["labels"].shape == (0,)
+    np.testing.assert_array_equal(t1["proposals"].numpy(), [[10, 10, 30, 30]])
+
+    flipped = DetectionDataset(tiny_dataset, flip=True, proposals=props, seed=0)
+    seen = set()
+    for epoch in range(8):
+        flipped.set_epoch(epoch)
+        im, tt = flipped[0]
+        seen.add(tt["flipped"])
+        if tt["flipped"]:
+            assert float(im[0, 0, -1]) == 1.0 and float(im[0, 0, 0]) == 0.0
+            np.testing.assert_array_equal(tt["boxes"].numpy(), [[40, 20, 70, 50], [60, 0, 80, 10]])
+            np.testing.assert_array_equal(tt["proposals"].numpy(), [[60, 0, 80, 20], [0, 10, 10, 30]])
+        else:
+            assert torch.equal(im, img)
+    assert seen == {True, False}
+    # deterministic: the same (seed, epoch, index) gives the same flip
+    a = [DetectionDataset(tiny_dataset, seed=3).is_flipped(i) for i in range(2)]
+    b = [DetectionDataset(tiny_dataset, seed=3).is_flipped(i) for i in range(2)]
+    assert a == b
+
+
+def test_flip_boxes_twice_is_identity():
+    boxes = np.array([[1.5, 2, 10, 20], [0, 0, 100, 50]], np.float32)
+    once = flip_boxes(boxes, 100)
+    np.testing.assert_array_equal(once, [[90, 2, 98.5, 20], [0, 0, 100, 50]])
+    np.testing.assert_array_equal(flip_boxes(once, 100), boxes)
