@@ -1,0 +1,894 @@
+"""Region proposals: selective search, sliding windows, the proposals HDF5 store, recall.
+
+Proposal methods
+----------------
+* ``selective-search`` (OpenCV contrib ``cv2.ximgproc.segmentation``, ``fast`` or ``quality``
+  strategy). The image is resized (``cv2.INTER_AREA``) so that its longer side is at most
+  ``max_size`` (never enlarged), boxes are mapped back to original pixels per axis, clipped to
+  the image, exact duplicates dropped (first occurrence kept, so OpenCV's ranking order is kept),
+  and boxes narrower **or** shorter than ``min(min_size, image width/height)`` **original** pixels
+  are dropped (an image smaller than ``min_size`` keeps its whole-image box). ``limit`` keeps the
+  top-K. OpenCV ranks regions with ``rand()``; ``srand(seed)`` is called before every image, so a
+  run is reproducible and independent of worker count and order.
+* Fallback: when OpenCV raises (``cv2.error``), when the resized image's shorter side is below
+  :data:`SS_MIN_SIDE` pixels (1x1 images, 50:1 strips at ``max_size`` 500), or when nothing
+  survives the filters, that image gets sliding windows instead; the per-image attribute
+  ``method`` records what was used, ``fallback`` is true and ``note`` says why; a warning is logged.
+* ``sliding-window``: dense multi-scale, multi-aspect windows (see :func:`sliding_windows`).
+* any callable ``proposer(image) -> (N, 4)`` (e.g. the RPN of Faster R-CNN), in process.
+
+Boxes are ``x1, y1, x2, y2`` float32 in original image pixels (continuous: OpenCV's rect
+``x, y, w, h`` becomes ``x, y, x + w, y + h`` before scaling).
+
+Store layout (HDF5, one file)
+-----------------------------
+File attributes: ``format="rcnn-proposals"``, ``format_version``, ``version`` (package),
+``method``, ``mode``, ``max_size``, ``min_size``, ``limit`` (``0`` = none; the reader gives
+``None``), ``seed``, ``filter_min_size``/``filter_limit`` (the box filter actually applied),
+``uuid``, ``config`` (JSON of the run record), plus any ``attrs`` given by the caller.
+Group ``/proposals`` (insertion order tracked) holds one float32 ``(N, 4)`` dataset per image,
+named by the image id with ``%`` -> ``%25`` and ``/`` -> ``%2F`` (and ``.`` -> ``%2E``);
+dataset attributes: ``image_id``, ``width``, ``height``, ``seconds`` (resize + search + filter),
+``load_seconds`` (decoding), ``method`` (actually used), ``fallback``, ``note``, ``complete``.
+
+Crash safety (why a SIGKILL at any moment cannot corrupt the file)
+------------------------------------------------------------------
+HDF5 updates metadata in place and a process killed while HDF5 writes (or flushes) can leave a
+file that no longer opens, so ``OUT`` is **never modified in place**:
+
+1. ``OUT`` is created at start by an atomic rename (empty, with its attributes), so it always
+   exists and always opens.
+2. Workers return each image's result to the parent, which appends it to the write-ahead journal
+   ``OUT.journal`` (length-prefixed records with a CRC32, each written with one ``write`` and
+   flushed to the OS: a SIGKILL cannot lose it, only tear the last record, which the CRC detects
+   and recovery drops) and only then counts the image as done.
+3. Every ``checkpoint_seconds`` (default 30 s, stretched so that checkpoints cost under 5 % of
+   the run) and at the end, the parent *commits*: it copies ``OUT`` to a temporary file beside
+   it, adds the journalled images (each with ``complete=True``), closes and fsyncs it and
+   ``os.replace``s it onto ``OUT`` (atomic), then truncates the journal. A kill before the rename
+   leaves the old ``OUT`` plus the journal; a kill after it leaves records that are already in
+   ``OUT``, which replay skips. A clean end removes the journal.
+4. Rerunning the same command replays the journal (records whose file ``uuid`` matches), commits,
+   and skips every image already done. :func:`load` also reads a journal left beside ``OUT`` (read
+   only), so every image whose record was written is visible even before a rerun.
+
+An exclusive ``flock`` on the journal refuses a second concurrent writer to the same ``OUT``.
+Rerunning into an existing file with different settings is refused (use a new ``--out`` or
+``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import struct
+import time
+import uuid as uuidlib
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from rcnn_cli import __version__
+from rcnn_cli.errors import ImageError, UserError
+from rcnn_cli.log import logger
+
+__all__ = [
+    "METHODS",
+    "MODES",
+    "ProposalReader",
+    "ProposalResult",
+    "load",
+    "run_propose",
+    "selective_search",
+    "sliding_windows",
+    "propose_image",
+    "filter_boxes",
+    "recall_stats",
+    "plot_recall",
+    "escape_id",
+    "unescape_id",
+]
+
+FORMAT = "rcnn-proposals"
+FORMAT_VERSION = 1
+GROUP = "proposals"
+METHODS = ("selective-search", "sliding-window")
+MODES = ("fast", "quality")
+#: Below this shorter side (pixels, after resizing) selective search is not run: sliding windows.
+SS_MIN_SIDE = 16
+#: Settings that must match to resume into an existing file.
+_IDENTITY_KEYS = ("method", "mode", "max_size", "min_size", "limit", "seed", "filter_min_size", "filter_limit")
+_META_KEYS = ("format", "format_version", "version", "uuid", "config", "created")
+
+
+# ----------------------------------------------------------------------------------------------
+# ids
+# ----------------------------------------------------------------------------------------------
+
+def escape_id(image_id: str) -> str:
+    """HDF5 link name for an image id: ``%`` -> ``%25``, ``/`` -> ``%2F``, a lone ``.`` -> ``%2E``."""
+    name = image_id.replace("%", "%25").replace("/", "%2F")
+    return "%2E" if name == "." else name
+
+
+def unescape_id(name: str) -> str:
+    """Inverse of :func:`escape_id`."""
+    return name.replace("%2E", ".").replace("%2F", "/").replace("%25", "%") if "%" in name else name
+
+
+# ----------------------------------------------------------------------------------------------
+# proposal methods
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ProposalResult:
+    """Proposals of one image: ``boxes (N, 4)`` float32 original pixels, in ranking order."""
+
+    boxes: np.ndarray
+    method: str
+    fallback: bool = False
+    note: str = ""
+    seconds: float = 0.0
+
+
+def _limit(limit: int | None) -> int | None:
+    return None if limit is None or int(limit) <= 0 else int(limit)
+
+
+def filter_boxes(boxes: np.ndarray, width: int, height: int, min_size: float = 20, limit: int | None = None) -> np.ndarray:
+    """Clip ``boxes (N, 4)`` to the image, drop boxes narrower or shorter than
+    ``min(min_size, width, height)`` pixels, drop exact duplicates (keeping the first, so the order
+    is kept) and keep the first ``limit`` (``None``/``0``: all). Returns float32 ``(M, 4)``."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    if len(b):
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
+        side = min(float(min_size), float(width), float(height))
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        b = b[(w >= side) & (h >= side) & (w > 0) & (h > 0)]
+    if len(b):
+        _, first = np.unique(b, axis=0, return_index=True)
+        b = b[np.sort(first)]
+    k = _limit(limit)
+    if k is not None:
+        b = b[:k]
+    return np.ascontiguousarray(b, dtype=np.float32)
+
+
+def sliding_windows(width: int, height: int, min_size: float = 20, limit: int | None = None,
+                    aspects: Sequence[float] = (1.0, 2.0, 0.5), scale_step: float = math.sqrt(2.0),
+                    overlap: float = 0.5) -> np.ndarray:
+    """Dense multi-scale, multi-aspect windows ``(N, 4)`` float32 in pixels, coarse to fine.
+
+    The whole image comes first; then for window sides ``s = short * scale_step**-k`` (``short`` =
+    the image's shorter side, down to ``max(min_size, short / 16)``) and each aspect ratio ``a =
+    w / h`` (``w = s * sqrt(a)``, ``h = s / sqrt(a)``, capped by the image), windows on a grid with
+    ``overlap`` (stride = ``(1 - overlap)`` x window side) that touches both borders, row-major.
+    Filtered by :func:`filter_boxes`.
+    """
+    W, H = float(width), float(height)
+    short = min(W, H)
+    out = [np.array([[0.0, 0.0, W, H]], np.float32)]
+    smallest = max(float(min_size), short / 16.0)
+    s = short
+    while True:
+        for a in aspects:
+            bw, bh = min(W, s * math.sqrt(a)), min(H, s / math.sqrt(a))
+            nx = max(1, math.ceil((W - bw) / max(1e-6, (1 - overlap) * bw)) + 1)
+            ny = max(1, math.ceil((H - bh) / max(1e-6, (1 - overlap) * bh)) + 1)
+            xs = np.linspace(0.0, W - bw, nx, dtype=np.float64)
+            ys = np.linspace(0.0, H - bh, ny, dtype=np.float64)
+            gy, gx = np.meshgrid(ys, xs, indexing="ij")
+            gx, gy = gx.ravel(), gy.ravel()
+            out.append(np.stack([gx, gy, gx + bw, gy + bh], axis=1).astype(np.float32))
+        s /= scale_step
+        if s < smallest - 1e-6:
+            break
+    return filter_boxes(np.concatenate(out), width, height, min_size, limit)
+
+
+_libc = None
+
+
+def _srand(seed: int) -> None:
+    """Seed the C library's ``rand()``, which OpenCV's selective search uses to rank regions."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None)
+        _libc.srand(ctypes.c_uint(int(seed) & 0xFFFFFFFF))
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
+        pass
+
+
+def _resized_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
+    if not max_size or max(width, height) <= max_size:
+        return width, height
+    s = max_size / max(width, height)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def opencv_selective_search(bgr: np.ndarray, mode: str = "fast", seed: int = 0) -> np.ndarray:
+    """Bare OpenCV selective search on a BGR ``uint8 (H, W, 3)`` array: rects ``(N, 4)`` ``x, y, w, h``."""
+    import cv2
+
+    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    ss.setBaseImage(bgr)
+    if mode == "quality":
+        ss.switchToSelectiveSearchQuality()
+    else:
+        ss.switchToSelectiveSearchFast()
+    _srand(seed)
+    rects = ss.process()
+    return np.asarray(rects, np.int64).reshape(-1, 4)
+
+
+def _check_settings(method: str, mode: str, max_size: int | None, min_size: float) -> None:
+    if method not in METHODS:
+        raise UserError(f"unknown proposal method '{method}' (choose from {', '.join(METHODS)})")
+    if mode not in MODES:
+        raise UserError(f"unknown selective-search mode '{mode}' (choose from {', '.join(MODES)})")
+    if max_size is not None and max_size < 1:
+        raise UserError(f"--max-size must be positive, got {max_size}")
+    if min_size < 0:
+        raise UserError(f"--min-size must be >= 0, got {min_size}")
+
+
+def propose_image(image, method: str = "selective-search", mode: str = "fast", max_size: int | None = 500,
+                  min_size: float = 20, limit: int | None = None, seed: int = 0) -> ProposalResult:
+    """Proposals for one RGB ``PIL.Image`` (or ``(H, W, 3)`` RGB uint8 array), with the fallback policy."""
+    t0 = time.perf_counter()
+    rgb = np.asarray(image)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    height, width = rgb.shape[:2]
+    if method == "sliding-window":
+        boxes = sliding_windows(width, height, min_size, limit)
+        return ProposalResult(boxes, "sliding-window", seconds=time.perf_counter() - t0)
+    import cv2
+
+    nw, nh = _resized_size(width, height, max_size)
+    note = ""
+    if min(nw, nh) < SS_MIN_SIDE:
+        note = f"image too small for selective search ({width}x{height}, {nw}x{nh} after resizing)"
+    else:
+        try:
+            bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+            if (nw, nh) != (width, height):
+                bgr = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
+            rects = opencv_selective_search(bgr, mode, seed).astype(np.float32)
+            boxes = rects.copy()
+            boxes[:, 2] += boxes[:, 0]
+            boxes[:, 3] += boxes[:, 1]
+            boxes *= np.array([width / nw, height / nh, width / nw, height / nh], np.float32)
+            boxes = filter_boxes(boxes, width, height, min_size, limit)
+            if len(boxes):
+                return ProposalResult(boxes, "selective-search", seconds=time.perf_counter() - t0)
+            note = f"selective search gave no box of at least {min_size} px"
+        except cv2.error as e:
+            msg = str(e).strip().splitlines()
+            note = f"OpenCV failed: {msg[-1] if msg else type(e).__name__}"
+    boxes = sliding_windows(width, height, min_size, limit)
+    return ProposalResult(boxes, "sliding-window", fallback=True, note=note, seconds=time.perf_counter() - t0)
+
+
+def selective_search(image, mode: str = "fast", max_size: int | None = 500, min_size: float = 20,
+                     limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """Selective-search proposals ``(N, 4)`` float32 in original pixels, ranking order (see the
+    module docstring for resizing, filtering and the sliding-window fallback)."""
+    result = propose_image(image, "selective-search", mode, max_size, min_size, limit, seed)
+    if result.fallback:
+        logger.warning("selective search fell back to sliding windows: %s", result.note)
+    return result.boxes
+
+
+# ----------------------------------------------------------------------------------------------
+# workers
+# ----------------------------------------------------------------------------------------------
+
+def _worker_init(threads: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    try:
+        import cv2
+
+        cv2.setNumThreads(max(1, int(threads)))
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _work(task: tuple[str, str, dict]) -> dict:
+    """Worker: load one image and propose. Never raises for a bad image (returns ``error``)."""
+    from rcnn_cli.data.images import load_image
+
+    image_id, path, settings = task
+    try:
+        t0 = time.perf_counter()
+        image = load_image(path)
+        load_seconds = time.perf_counter() - t0
+        result = propose_image(image, **settings)
+    except ImageError as e:
+        return {"image_id": image_id, "error": str(e)}
+    except Exception as e:  # noqa: BLE001 - one bad image must not stop the run
+        return {"image_id": image_id, "error": f"{path}: {type(e).__name__}: {e}"}
+    return {"image_id": image_id, "boxes": result.boxes, "width": image.size[0], "height": image.size[1],
+            "seconds": result.seconds, "load_seconds": load_seconds, "method": result.method,
+            "fallback": result.fallback, "note": result.note}
+
+
+def _work_proposer(proposer: Callable, image_id: str, path, limit: int | None, min_size: float, method: str) -> dict:
+    from rcnn_cli.data.images import load_image
+
+    try:
+        t0 = time.perf_counter()
+        image = load_image(path)
+        t1 = time.perf_counter()
+        boxes = np.asarray(proposer(image), np.float32).reshape(-1, 4)
+        boxes = filter_boxes(boxes, image.size[0], image.size[1], min_size, limit)
+        t2 = time.perf_counter()
+    except ImageError as e:
+        return {"image_id": image_id, "error": str(e)}
+    return {"image_id": image_id, "boxes": boxes, "width": image.size[0], "height": image.size[1],
+            "seconds": t2 - t1, "load_seconds": t1 - t0, "method": method, "fallback": False, "note": ""}
+
+
+# ----------------------------------------------------------------------------------------------
+# journal (write-ahead log of finished images)
+# ----------------------------------------------------------------------------------------------
+
+_MAGIC = b"RPJ1"
+_HEAD = struct.Struct("<4sIQI")  # magic, header length, payload length, crc32(header + payload)
+
+
+def _encode_record(header: dict, payload: bytes = b"") -> bytes:
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return _HEAD.pack(_MAGIC, len(h), len(payload), zlib.crc32(h + payload)) + h + payload
+
+
+def _read_records(data: bytes) -> tuple[list[tuple[dict, bytes]], int]:
+    """Parse journal bytes: the valid records and the byte length they span (a torn tail is dropped)."""
+    records, pos = [], 0
+    while pos + _HEAD.size <= len(data):
+        magic, hl, pl, crc = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + hl + pl
+        if magic != _MAGIC or end > len(data):
+            break
+        body = data[pos + _HEAD.size:end]
+        if zlib.crc32(body) != crc:
+            break
+        try:
+            header = json.loads(body[:hl].decode("utf-8"))
+        except ValueError:
+            break
+        records.append((header, bytes(body[hl:])))
+        pos = end
+    return records, pos
+
+
+def _journal_path(out: Path) -> Path:
+    return out.with_name(out.name + ".journal")
+
+
+def _record_to_result(header: dict, payload: bytes) -> dict:
+    rec = dict(header)
+    rec["boxes"] = np.frombuffer(payload, dtype="<f4").reshape(-1, 4).astype(np.float32)
+    return rec
+
+
+def _read_journal(out: Path, uuid: str) -> list[dict]:
+    """Image records of the journal beside ``out`` that belong to the file with ``uuid``."""
+    jp = _journal_path(out)
+    try:
+        data = jp.read_bytes()
+    except OSError:
+        return []
+    records, _ = _read_records(data)
+    if not records or records[0][0].get("kind") != "header" or records[0][0].get("uuid") != uuid:
+        return []
+    return [_record_to_result(h, p) for h, p in records[1:] if h.get("kind") == "image"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the writer
+# ----------------------------------------------------------------------------------------------
+
+def _attr_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _h5_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _write_image(group: h5py.Group, rec: dict) -> None:
+    name = escape_id(rec["image_id"])
+    if name in group:
+        del group[name]
+    ds = group.create_dataset(name, data=np.asarray(rec["boxes"], np.float32).reshape(-1, 4))
+    for key in ("image_id", "width", "height", "seconds", "load_seconds", "method", "fallback", "note"):
+        ds.attrs[key] = _h5_value(rec.get(key, ""))
+    ds.attrs["complete"] = True  # set last
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Store:
+    """The crash-safe writer described in the module docstring (parent process only)."""
+
+    def __init__(self, out: Path, file_attrs: dict, overwrite: bool = False, checkpoint_seconds: float = 30.0):
+        import fcntl
+
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.journal_path = _journal_path(self.out)
+        self.checkpoint_seconds = float(checkpoint_seconds)
+        self._interval = self.checkpoint_seconds
+        self.pending: list[dict] = []
+        self.done: set[str] = set()
+        self.journal = open(self.journal_path, "a+b")
+        try:
+            fcntl.flock(self.journal.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.journal.close()
+            raise UserError(f"{self.out}: another process is writing this proposals file") from None
+        try:
+            self._open(file_attrs, overwrite)
+        except BaseException:
+            self.journal.close()
+            raise
+
+    def _open(self, file_attrs: dict, overwrite: bool) -> None:
+        for stale in self.out.parent.glob(f".{self.out.name}.*.tmp"):  # from a kill during a commit
+            stale.unlink(missing_ok=True)
+        if overwrite and self.out.exists():
+            self.out.unlink()
+        if self.out.exists():
+            existing = _read_file_attrs(self.out)
+            requested = {k: _attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in _META_KEYS}
+            diffs = [f"{k}={existing.get(k)!r} (now {v!r})" for k, v in requested.items()
+                     if _attr_value(existing.get(k)) != v]
+            if diffs:
+                raise UserError(f"{self.out} was made with different settings: {', '.join(diffs)}; "
+                                "use a new --out or --overwrite")
+            self.uuid = str(existing["uuid"])
+            with h5py.File(self.out, "r") as f:
+                g = f[GROUP]
+                self.done = {str(_attr_value(ds.attrs["image_id"])) for ds in g.values()
+                             if bool(ds.attrs.get("complete", False))}
+        else:
+            self.uuid = uuidlib.uuid4().hex
+            from rcnn_cli.io import atomic_path
+
+            with atomic_path(self.out) as tmp:
+                with h5py.File(tmp, "w") as f:
+                    for k, v in file_attrs.items():
+                        f.attrs[k] = _h5_value(v)
+                    f.attrs["uuid"] = self.uuid
+                    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                    f.create_group(GROUP, track_order=True)
+                _fsync(tmp)
+        # Journal: replay records of this file, drop a torn tail and anything stale.
+        self.journal.seek(0)
+        records, valid_len = _read_records(self.journal.read())
+        if records and records[0][0].get("kind") == "header" and records[0][0].get("uuid") == self.uuid:
+            replay = [_record_to_result(h, p) for h, p in records[1:] if h.get("kind") == "image"]
+            self.journal.truncate(valid_len)
+        else:
+            if records:
+                logger.warning("%s: ignoring a journal that belongs to another file", self.journal_path)
+            replay = []
+            self._reset_journal()
+        recovered = [r for r in replay if r["image_id"] not in self.done]
+        if recovered:
+            logger.info("recovered %d image(s) from %s", len(recovered), self.journal_path)
+            self.pending = recovered
+            self.done |= {r["image_id"] for r in recovered}
+            self.commit()
+        self._last_commit = time.monotonic()
+
+    def _reset_journal(self) -> None:
+        self.journal.seek(0)
+        self.journal.truncate(0)
+        self.journal.write(_encode_record({"kind": "header", "uuid": self.uuid}))
+        self.journal.flush()
+
+    def add(self, rec: dict) -> None:
+        """Journal one finished image (kill-safe once this returns) and commit when due."""
+        boxes = np.ascontiguousarray(rec["boxes"], dtype="<f4").reshape(-1, 4)
+        header = {k: _attr_value(v) for k, v in rec.items() if k != "boxes"}
+        header["kind"] = "image"
+        self.journal.seek(0, os.SEEK_END)
+        self.journal.write(_encode_record(header, boxes.tobytes()))
+        self.journal.flush()
+        self.pending.append(dict(rec, boxes=boxes))
+        self.done.add(rec["image_id"])
+        if time.monotonic() - self._last_commit >= self._interval:
+            self.commit()
+
+    def commit(self) -> None:
+        """Copy ``out``, add the pending images, fsync, rename onto ``out``; then empty the journal."""
+        if not self.pending:
+            return
+        from rcnn_cli.io import atomic_path
+
+        t0 = time.monotonic()
+        with atomic_path(self.out) as tmp:
+            shutil.copyfile(self.out, tmp)
+            with h5py.File(tmp, "r+") as f:
+                g = f[GROUP]
+                for rec in self.pending:
+                    _write_image(g, rec)
+            _fsync(tmp)
+        try:
+            _fsync(self.out.parent)
+        except OSError:  # pragma: no cover
+            pass
+        self.pending = []
+        self._reset_journal()
+        took = time.monotonic() - t0
+        self._interval = max(self.checkpoint_seconds, 20.0 * took)  # checkpoints cost <= ~5 %
+        self._last_commit = time.monotonic()
+
+    def close(self, clean: bool = True) -> None:
+        try:
+            self.commit()
+            if clean and not self.pending:
+                self.journal_path.unlink(missing_ok=True)
+        finally:
+            self.journal.close()
+
+
+def _read_file_attrs(path: Path) -> dict:
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+            ok = attrs.get("format") == FORMAT and GROUP in f
+    except OSError as e:
+        raise UserError(f"{path}: not a readable HDF5 file ({e}); use a new --out or --overwrite") from None
+    if not ok:
+        raise UserError(f"{path}: not a proposals file; use a new --out or --overwrite")
+    return attrs
+
+
+# ----------------------------------------------------------------------------------------------
+# run
+# ----------------------------------------------------------------------------------------------
+
+def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-search", mode: str = "fast",
+                max_size: int | None = 500, min_size: float = 20, limit: int | None = None, workers: int | None = None,
+                progress: bool = True, proposer: Callable | None = None, attrs: dict | None = None, seed: int = 0,
+                overwrite: bool = False, checkpoint_seconds: float = 30.0, command: str = "rcnn propose") -> dict:
+    """Compute proposals for ``inputs`` (:class:`rcnn_cli.data.ImageInput`) into the HDF5 store ``out``.
+
+    Resumes: images already in ``out`` (or its journal) are skipped. A missing or unreadable image
+    is logged and skipped; :class:`UserError` if no image at all could be processed. With
+    ``proposer`` (``PIL.Image -> (N, 4)`` original pixels), that callable runs in process instead of
+    ``method`` (its boxes are clipped, filtered by ``min_size`` and deduplicated, ``limit`` applied);
+    ``attrs`` are added to the file attributes (e.g. ``{"method": "rpn", "model": ...}``).
+    Returns ``{"images", "processed", "resumed", "skipped", "fallbacks", "boxes_per_image",
+    "seconds_per_image" (median), "workers", "out"}``.
+    """
+    from rcnn_cli.io import run_record, write_run_record
+    from rcnn_cli.log import progress_bar
+
+    out = Path(out)
+    limit = _limit(limit)
+    if proposer is None:
+        _check_settings(method, mode, max_size, min_size)
+    cpu = os.cpu_count() or 1
+    workers = cpu if workers is None or workers <= 0 else int(workers)
+    seen: set[str] = set()
+    unique = []
+    for inp in inputs:
+        if inp.image_id in seen:
+            logger.warning("%s: duplicate image id (%s), kept the first", inp.image_id, inp.path)
+            continue
+        seen.add(inp.image_id)
+        unique.append(inp)
+    settings = {"method": method, "mode": mode, "max_size": int(max_size or 0), "min_size": float(min_size),
+                "limit": int(limit or 0), "seed": int(seed), "filter_min_size": float(min_size),
+                "filter_limit": int(limit or 0)}
+    file_attrs: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **settings}
+    if attrs:
+        file_attrs.update({k: v for k, v in attrs.items() if k not in _META_KEYS})
+    method_name = str(file_attrs.get("method", method))
+    config = dict({k: _attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
+                  out=str(out), images=len(unique))
+    file_attrs["config"] = json.dumps(run_record(command, config))
+
+    store = _Store(out, file_attrs, overwrite=overwrite, checkpoint_seconds=checkpoint_seconds)
+    resumed = sum(1 for inp in unique if inp.image_id in store.done)
+    todo = [inp for inp in unique if inp.image_id not in store.done]
+    processed, skipped, fallbacks, nboxes, secs = 0, 0, 0, [], []
+    workers = max(1, min(workers, len(todo))) if proposer is None else 1
+    clean = False
+    pool = None
+    try:
+        if proposer is not None:
+            results: Iterable[dict] = (_work_proposer(proposer, i.image_id, i.path, limit, min_size, method_name) for i in todo)
+        else:
+            ss = {"method": method, "mode": mode, "max_size": max_size, "min_size": min_size, "limit": limit, "seed": seed}
+            tasks = [(i.image_id, str(i.path), ss) for i in todo]
+            if workers == 1:
+                results = (_work(t) for t in tasks)
+            else:
+                pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(max(1, cpu // workers),))
+                results = pool.imap(_work, tasks, chunksize=1)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("proposals", total=len(unique), completed=resumed,
+                                status=f"{resumed} resumed" if resumed else "")
+            for res in results:
+                if "error" in res:
+                    skipped += 1
+                    logger.warning("skipping %s: %s", res["image_id"], res["error"])
+                else:
+                    store.add(res)
+                    processed += 1
+                    nboxes.append(len(res["boxes"]))
+                    secs.append(res["seconds"])
+                    if res.get("fallback"):
+                        fallbacks += 1
+                        logger.warning("%s: fell back to sliding windows: %s", res["image_id"], res["note"])
+                    bar.update(task, status=f"{len(res['boxes'])} boxes, {res['seconds']:.2f} s")
+                bar.advance(task)
+        clean = True
+    finally:
+        if pool is not None:
+            if clean:
+                pool.close()
+            else:
+                pool.terminate()
+            pool.join()
+        store.close(clean=clean)
+    if processed + resumed == 0 and len(unique) > 0:
+        raise UserError(f"no image could be processed ({skipped} skipped, see the log)")
+    write_run_record(out, command, config)
+    return {"images": len(unique), "processed": processed, "resumed": resumed, "skipped": skipped,
+            "fallbacks": fallbacks, "boxes_per_image": float(np.mean(nboxes)) if nboxes else 0.0,
+            "seconds_per_image": float(np.median(secs)) if secs else 0.0, "workers": workers, "out": str(out)}
+
+
+# ----------------------------------------------------------------------------------------------
+# reader
+# ----------------------------------------------------------------------------------------------
+
+class ProposalReader:
+    """Lazy reader of a proposals file (and of a journal left beside it by an interrupted run)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: proposals file not found")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise UserError(f"{self.path}: not a readable HDF5 file ({e})") from None
+        raw = {k: _attr_value(v) for k, v in self._f.attrs.items()}
+        if raw.get("format") != FORMAT or GROUP not in self._f:
+            self._f.close()
+            raise UserError(f"{self.path}: not a proposals file (made by `rcnn propose`)")
+        if raw.get("limit") in (0, ""):
+            raw["limit"] = None
+        self.attrs: dict = raw
+        self._group = self._f[GROUP]
+        self._journal = {r["image_id"]: r for r in _read_journal(self.path, str(raw.get("uuid")))}
+        self._ids: list[str] | None = None
+
+    def _dataset(self, image_id: str):
+        ds = self._group.get(escape_id(image_id))
+        if ds is None or not bool(ds.attrs.get("complete", False)):
+            return None
+        return ds
+
+    def ids(self) -> list[str]:
+        """Ids of complete images, in file order (journalled ones last)."""
+        if self._ids is None:
+            ids = [str(_attr_value(ds.attrs["image_id"])) for ds in self._group.values()
+                   if bool(ds.attrs.get("complete", False))]
+            have = set(ids)
+            ids += [i for i in self._journal if i not in have]
+            self._ids = ids
+        return list(self._ids)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._journal or self._dataset(image_id) is not None
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def _get(self, image_id: str):
+        ds = self._dataset(image_id)
+        if ds is not None:
+            return ds
+        if image_id in self._journal:
+            return self._journal[image_id]
+        raise KeyError(f"{image_id}: not in {self.path}")
+
+    def boxes(self, image_id: str) -> np.ndarray:
+        """``(N, 4)`` float32 boxes in original image pixels, ranking order."""
+        item = self._get(image_id)
+        if isinstance(item, dict):
+            return item["boxes"].copy()
+        return np.asarray(item[()], np.float32).reshape(-1, 4)
+
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """``(width, height)`` of the image the proposals were computed on."""
+        info = self.info(image_id)
+        return int(info["width"]), int(info["height"])
+
+    def info(self, image_id: str) -> dict:
+        """Per-image attributes: width, height, seconds, load_seconds, method, fallback, note, num_boxes."""
+        item = self._get(image_id)
+        if isinstance(item, dict):
+            d = {k: v for k, v in item.items() if k not in ("boxes", "kind")}
+            d["num_boxes"] = len(item["boxes"])
+        else:
+            d = {k: _attr_value(v) for k, v in item.attrs.items()}
+            d["num_boxes"] = int(item.shape[0])
+        return d
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __enter__(self) -> "ProposalReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ProposalReader({str(self.path)!r}, method={self.attrs.get('method')!r})"
+
+
+def load(path: str | os.PathLike) -> ProposalReader:
+    """Open a proposals file lazily; :class:`UserError` if it is missing or not a proposals file."""
+    return ProposalReader(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# recall (Hosang et al., "What makes for effective detection proposals?")
+# ----------------------------------------------------------------------------------------------
+
+_AR_IOUS = np.round(np.arange(0.5, 0.951, 0.05), 2)
+
+
+def _count_grid(max_boxes: int) -> list[int]:
+    base = [1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000, 3000, 5000, 10000, 20000]
+    grid = [k for k in base if k < max_boxes] + [max(1, max_boxes)]
+    return sorted(set(grid))
+
+
+def recall_stats(dataset, proposals: "ProposalReader | str | os.PathLike", thresholds: Sequence[float] = (0.5, 0.7)) -> dict:
+    """Recall of ground truth by proposals on a labelled ``dataset`` (:class:`rcnn_cli.data.Dataset`).
+
+    Ground truth: every box of the split (difficult ones included) except zero-area or inverted
+    ones. IoU is continuous (:func:`rcnn_cli.boxes.iou_matrix`). A ground-truth box is recalled at
+    ``t`` when some proposal has IoU >= ``t`` with it. ``abo`` = mean best overlap over all boxes;
+    ``mabo`` = mean over classes of the per-class ABO (Uijlings et al.); ``average_recall`` = mean
+    recall over IoU 0.5:0.05:0.95 (Hosang et al.). Images missing from the file count as zero
+    recall (``missing_images``). ``curve`` gives recall against the number of proposals kept
+    (the top-k of each image).
+    """
+    from rcnn_cli.boxes import iou_matrix
+
+    reader = proposals if isinstance(proposals, ProposalReader) else load(proposals)
+    own = reader is not proposals
+    try:
+        best_all: list[np.ndarray] = []      # per gt: best overlap at all proposals
+        cum_rows: list[np.ndarray] = []      # per image: (G, len(grid)) best overlap at top-k
+        labels: list[str] = []
+        nboxes: list[int] = []
+        missing = 0
+        per_image = []
+        for rec in dataset.records:
+            gt = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
+            keep = (gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])
+            gt = gt[keep]
+            names = [n for n, k in zip(rec.labels, keep) if k]
+            if rec.image_id in reader:
+                boxes = reader.boxes(rec.image_id)
+            else:
+                missing += 1
+                boxes = np.zeros((0, 4), np.float32)
+            nboxes.append(len(boxes))
+            per_image.append((gt, names, boxes))
+        grid = _count_grid(max(nboxes) if nboxes else 1)
+        for gt, names, boxes in per_image:
+            if not len(gt):
+                continue
+            if len(boxes):
+                cum = np.maximum.accumulate(iou_matrix(gt, boxes), axis=1)  # (G, N)
+                idx = np.minimum(np.asarray(grid), len(boxes)) - 1
+                cum_rows.append(cum[:, idx])
+                best_all.append(cum[:, -1])
+            else:
+                cum_rows.append(np.zeros((len(gt), len(grid)), np.float32))
+                best_all.append(np.zeros(len(gt), np.float32))
+            labels += names
+        best = np.concatenate(best_all) if best_all else np.zeros(0, np.float32)
+        at_k = np.concatenate(cum_rows) if cum_rows else np.zeros((0, len(grid)), np.float32)
+        labels_arr = np.asarray(labels, dtype=object)
+
+        def rec_at(b: np.ndarray, t: float) -> float:
+            return float(np.mean(b >= t - 1e-9)) if len(b) else 0.0
+
+        out: dict[str, Any] = {}
+        for t in thresholds:
+            out[f"recall@{t:g}"] = rec_at(best, t)
+        per_class = {}
+        for c in dataset.classes:
+            b = best[labels_arr == c] if len(best) else best
+            if not len(b):
+                continue
+            per_class[c] = {**{f"recall@{t:g}": rec_at(b, t) for t in thresholds},
+                            "abo": float(b.mean()), "num_gt": int(len(b))}
+        out["mabo"] = float(np.mean([v["abo"] for v in per_class.values()])) if per_class else 0.0
+        out["abo"] = float(best.mean()) if len(best) else 0.0
+        out["average_recall"] = float(np.mean([rec_at(best, t) for t in _AR_IOUS]))
+        out["boxes_per_image"] = float(np.mean(nboxes)) if nboxes else 0.0
+        out["num_images"] = len(dataset.records)
+        out["num_gt"] = int(len(best))
+        out["missing_images"] = int(missing)
+        out["per_class"] = per_class
+        out["curve"] = {"num_proposals": grid,
+                        **{f"recall@{t:g}": [rec_at(at_k[:, j], t) for j in range(len(grid))] for t in thresholds},
+                        "average_recall": [float(np.mean([rec_at(at_k[:, j], t) for t in _AR_IOUS])) for j in range(len(grid))]}
+        ious = np.round(np.arange(0.5, 1.0001, 0.025), 3)
+        out["recall_vs_iou"] = {"iou": ious.tolist(), "recall": [rec_at(best, t) for t in ious]}
+        out["proposals"] = str(reader.path)
+        out["method"] = reader.attrs.get("method")
+        out["mode"] = reader.attrs.get("mode")
+        return out
+    finally:
+        if own:
+            reader.close()
+
+
+def plot_recall(stats: dict, out_dir: str | os.PathLike, name: str = "") -> list[Path]:
+    """Write ``recall_vs_proposals.png`` (recall@0.5, @0.7 and AR against the number of proposals,
+    log x) and ``recall_vs_iou.png`` into ``out_dir``; returns the paths."""
+    from rcnn_cli.visualize import plot_lines
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = stats["curve"]
+    x = np.asarray(c["num_proposals"], np.float64)
+    curves = {k.replace("recall@", "IoU "): (x, np.asarray(v)) for k, v in c.items() if k.startswith("recall@")}
+    curves["average recall (0.5:0.95)"] = (x, np.asarray(c["average_recall"]))
+    title = f"{name or stats.get('method', '')} {stats.get('mode') or ''}".strip()
+    p1 = plot_lines(curves, out_dir / "recall_vs_proposals.png", "proposals per image", "recall",
+                    f"recall vs number of proposals ({title})", logx=True)
+    r = stats["recall_vs_iou"]
+    p2 = plot_lines({f"all proposals ({stats['boxes_per_image']:.0f}/image)": (np.asarray(r["iou"]), np.asarray(r["recall"]))},
+                    out_dir / "recall_vs_iou.png", "IoU threshold", "recall", f"recall vs IoU ({title})")
+    return [Path(p1 or out_dir / "recall_vs_proposals.png"), Path(p2 or out_dir / "recall_vs_iou.png")]
