@@ -2,17 +2,24 @@
 """Compare `rcnn_cli.evaluation.evaluate` (vectorised) with a line-by-line transcription of the
 PASCAL VOC devkit's VOCevaldet.m / VOCap.m on random detections over a real dataset.
 
-    python scripts/check_voc_eval.py [--dataset ../shared/datasets/bccd] [--split test] [--seed 0] [--trials 5]
+    python scripts/check_voc_eval.py [--dataset ../shared/datasets/bccd] [--split test] [--seed 0] [--trials 6]
 
 Random detections are jittered copies of ground-truth boxes (so that IoUs spread around the
 threshold, with duplicates and difficult matches) plus uniform random boxes. Prints the largest
-per-class |difference| for voc07 and voc12 at IoU 0.5 and 0.7; exits 1 if any exceeds 1e-9.
+per-class |difference| for voc07 and voc12 at IoU 0.5 and 0.7 (the later trials with ~10% of
+the objects marked difficult in memory; trial 0 also through a JSON-lines file and the
+`rcnn evaluate` CLI); exits 1 if any exceeds 1e-9.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
+import json
 import math
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -20,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from rcnn_cli.data import load_dataset
-from rcnn_cli.detections import ImageDetections
+from rcnn_cli.cli import main as cli_main
+from rcnn_cli.detections import ImageDetections, open_writer
 from rcnn_cli.evaluation import evaluate
 
 
@@ -144,7 +152,7 @@ def main() -> int:
     ap.add_argument("--dataset", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "bccd"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--trials", type=int, default=6)
     args = ap.parse_args()
     dataset = load_dataset(args.dataset, args.split)
     n_obj = sum(len(r.labels) for r in dataset.records)
@@ -153,9 +161,36 @@ def main() -> int:
           f"classes {', '.join(dataset.classes)}")
     rng = np.random.default_rng(args.seed)
     worst = 0.0
+    # Second half of the trials: a copy of the split with ~10% of objects marked difficult (in memory),
+    # so that the difficult rule is exercised even where the data has none (BCCD has none).
+    hard = copy.deepcopy(dataset)
+    for r in hard.records:
+        r.difficult = rng.random(len(r.labels)) < 0.1
     print(f"{'trial':>5} {'metric':>6} {'iou':>4} {'dets':>6} {'mAP (ours)':>12} {'mAP (devkit)':>13} {'max |diff| per class':>21}")
     for trial in range(args.trials):
+        if trial == (args.trials + 1) // 2:
+            print(f"-- from here on: {sum(int(r.difficult.sum()) for r in hard.records)} objects marked difficult")
+        if trial >= (args.trials + 1) // 2:
+            dataset = hard
         dets = random_detections(dataset, rng)
+        if trial == 0:
+            # Through the files and the CLI as well: JSON lines written, `rcnn evaluate` run.
+            with tempfile.TemporaryDirectory() as tmp:
+                with open_writer(Path(tmp) / "d.jsonl", "jsonl", dataset.classes) as w:
+                    for d in dets.values():
+                        w.write(d)
+                for metric, year in (("voc07", 2007), ("voc12", 2012)):
+                    try:
+                        with contextlib.redirect_stdout(io.StringIO()):
+                                cli_main(["evaluate", args.dataset, "--split", args.split, "--detections",
+                                      str(Path(tmp) / "d.jsonl"), "--metric", metric, "--json", str(Path(tmp) / "m.json")])
+                    except SystemExit as e:
+                        assert e.code == 0, e.code
+                    got = json.loads((Path(tmp) / "m.json").read_text())["AP"]
+                    d = max(abs(got[c] - devkit_ap(dataset, dets, c, 0.5, year)) for c in dataset.classes
+                            if got[c] is not None)
+                    worst = max(worst, d)
+                    print(f"  rcnn evaluate --metric {metric} (CLI, JSON lines file): max |diff| per class {d:.3e}")
         n_det = sum(len(d) for d in dets.values())
         for metric, year in (("voc07", 2007), ("voc12", 2012)):
             for thr in (0.5, 0.7):
