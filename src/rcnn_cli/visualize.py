@@ -204,7 +204,7 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], a
         ax.set_title(title or "precision / recall")
         ax.grid(True, alpha=0.3)
         if classes:
-            ax.legend(loc="lower left", fontsize="small")
+            ax.legend(loc="best", fontsize="small")
         written.append(_savefig(fig, out_dir / "pr_overview.png"))
     finally:
         plt.close(fig)
