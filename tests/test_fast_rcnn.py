@@ -136,7 +136,7 @@ def _jittered(gt: np.ndarray, rng: np.random.Generator, size: int, n_random: int
 
 
 def test_tiny_overfit_reaches_perfect_detections(tmp_path):
-    """One shapes image, ImageNet EfficientNet-Lite0 trunk (frozen for speed), 120 iterations on the CPU."""
+    """One shapes image, ImageNet EfficientNet-Lite0 trunk (frozen for speed), 100 iterations on the CPU."""
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.shapes import make_shapes
     from rcnn_cli.data.torch_dataset import DetectionDataset
@@ -155,7 +155,7 @@ def test_tiny_overfit_reaches_perfect_detections(tmp_path):
     target["proposals"] = props
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
     model.train()
-    for _ in range(120):
+    for _ in range(100):
         losses = model([image], [target])
         opt.zero_grad()
         sum(losses.values()).backward()
@@ -209,7 +209,7 @@ def test_cli_train_and_detect(shapes_root, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["fast", "train", str(shapes_root), "--split", "trainval", "--proposals", str(props_file), "--out", str(run),
               "--weights", "none", "--min-size", "128", "--max-size", "128", "--epochs", "2", "--no-progress",
-              "--lr", "0.005", "--val-split", "test", "--warmup-iters", "2", "--log-every", "1"])
+              "--lr", "0.005", "--frozen-layers", "100", "--val-split", "test", "--warmup-iters", "2", "--log-every", "1"])
     assert e.value.code == 0
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["model"]["classes"] == ["circle", "square", "star", "triangle"]
