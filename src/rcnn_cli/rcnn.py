@@ -405,3 +405,167 @@ def detect_cached(model: RCNNModel, reader: Any, out: str | Path | None, fmt: st
             n_det += len(s)
             bar.update(task, advance=1)
     return {"images": len(ids), "detections": n_det, "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------ training stages
+
+
+def proposal_settings(attrs: dict[str, Any] | None) -> dict[str, Any]:
+    """The proposal settings a model records (for on-the-fly selective search at detect time)."""
+    attrs = dict(attrs or {})
+    out = dict(DEFAULT_PROPOSALS)
+    for key in out:
+        for name in (key, f"proposals_{key}", key.replace("_", "-")):
+            if name in attrs:
+                value = attrs[name]
+                out[key] = value.item() if hasattr(value, "item") else value
+                break
+    if out["limit"] is not None:
+        out["limit"] = int(out["limit"]) if int(out["limit"]) > 0 else None
+    out["max_size"], out["min_size"] = int(out["max_size"]), int(out["min_size"])
+    out["method"], out["mode"] = str(out["method"]), str(out["mode"])
+    return out
+
+
+def _features_context(features: str | Path, proposals: str | Path | None, weights: str | Path | None,
+                      model_dir: Path) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """Open the features store; the model-config features entries; the proposal settings."""
+    from rcnn_cli.backbones import weights_id
+    from rcnn_cli.features import load_features
+
+    reader = load_features(features)
+    attrs = dict(reader.attrs)
+    ids = reader.ids()
+    if not ids:
+        reader.close()
+        raise UserError(f"{features}: no complete images in the features store")
+    dim = int(np.asarray(reader.get(ids[0])["features"]).shape[1])
+    wid = str(attrs.get("weights_id", ""))
+    if weights is None:
+        w = attrs.get("weights")
+        if isinstance(w, str) and w not in ("imagenet", "none") and Path(w).is_file() and weights_id(attrs["backbone"], w) == wid:
+            weights = w  # the store recorded the fine-tuned file it was made with
+        elif wid.startswith("file:"):
+            existing = _read_config(model_dir).get("weights")
+            if not (existing and existing not in ("imagenet", "none") and (model_dir / existing).is_file()):
+                reader.close()
+                raise UserError(f"{features} was extracted with fine-tuned weights ({wid}): pass --weights PATH (the "
+                                "finetune output's model.safetensors) so that the model can compute features")
+            weights = model_dir / existing
+        else:
+            weights = "none" if wid.endswith(":none-seed0") else "imagenet"
+    if str(weights) not in ("imagenet", "none") and weights_id(attrs["backbone"], weights) != wid:
+        reader.close()
+        raise UserError(f"--weights {weights} has weights id {weights_id(attrs['backbone'], weights)}, the features "
+                        f"were extracted with {wid}")
+    cfg = feature_config(attrs, dim, install_weights(model_dir, weights))
+    props = None
+    if proposals is not None:
+        from rcnn_cli.proposals import load as load_proposals
+
+        with load_proposals(proposals) as p:
+            props = proposal_settings(p.attrs)
+    elif any(k in attrs for k in ("proposals_method", "proposals_mode", "proposals_max_size")):
+        props = proposal_settings(attrs)
+    return reader, cfg, props
+
+
+def train_svm_model(features: str | Path, out: str | Path, C: float = 0.001, bias: float = 10.0,
+                    pos_weight: float = 2.0, neg_overlap: float = 0.3, hard_threshold: float = -1.0001,
+                    easy_threshold: float = -1.2, retrain_limit: int = 2000, passes: int = 1,
+                    proposals: str | Path | None = None, weights: str | Path | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """``rcnn train-svm``: train the SVMs on a features store into the model directory ``out``.
+
+    Returns the merged model config. ``proposals`` (the proposals file the features came from)
+    records the selective-search settings that ``detect`` reuses; ``weights`` names fine-tuned
+    backbone weights when the features were extracted with them (copied into ``out``).
+    """
+    from rcnn_cli.classifiers import train_svms
+
+    if C <= 0 or bias < 0 or pos_weight <= 0:
+        raise UserError("--C and --pos-weight must be positive, --bias non-negative")
+    out = Path(out)
+    reader, fcfg, props = _features_context(features, proposals, weights, out)
+    try:
+        svm, stats = train_svms(reader, C=C, bias=bias, pos_weight=pos_weight, neg_overlap=neg_overlap,
+                                hard_threshold=hard_threshold, easy_threshold=easy_threshold,
+                                retrain_limit=retrain_limit, passes=passes, progress=progress)
+        settings = {"C": C, "bias": bias, "pos_weight": pos_weight, "neg_overlap": neg_overlap,
+                    "hard_threshold": hard_threshold, "easy_threshold": easy_threshold, "retrain_limit": retrain_limit,
+                    "passes": passes, "loss": "hinge (liblinear -s 3)", "features": str(features),
+                    "feature_images": len(reader.ids()), "stats": stats}
+        return save_svm(out, svm, dict(fcfg, classes=list(svm.classes)), settings, props)
+    finally:
+        reader.close()
+
+
+def train_bbox_model(features: str | Path, out: str | Path, lam: float = 1000.0, min_overlap: float = 0.6,
+                     proposals: str | Path | None = None, weights: str | Path | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """``rcnn train-bbox``: fit the box regressors into the model directory ``out`` (merging its config).
+
+    Uses the model's feature scale when the SVMs are already there, else computes it.
+    """
+    from rcnn_cli.classifiers import train_bbox_regressors
+
+    if lam < 0 or not 0 < min_overlap <= 1:
+        raise UserError("--lambda must be >= 0 and --min-overlap in (0, 1]")
+    out = Path(out)
+    reader, fcfg, props = _features_context(features, proposals, weights, out)
+    try:
+        scale = _read_config(out).get("feature_scale")
+        reg, stats = train_bbox_regressors(reader, lam=lam, min_overlap=min_overlap, feature_scale=scale,
+                                           progress=progress)
+        settings = {"lambda": lam, "min_overlap": min_overlap, "coding": "boxes.encode weights (1, 1, 1, 1)",
+                    "features": str(features), "stats": stats}
+        return save_bbox(out, reg, dict(fcfg, classes=list(reg.classes)), settings, props)
+    finally:
+        reader.close()
+
+
+def run_detect(inputs: list[str], model: str | Path, split: str | None = None, images: str | None = None,
+               score_threshold: float = 0.05, nms: float = 0.3, top_k: int = 100, proposals: str | Path | None = None,
+               use_bbox: bool = True, fmt: str = "jsonl", out: str | None = None, draw: str | Path | None = None,
+               batch_size: int = 64, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """``rcnn detect``: resolve the inputs, build the detector, stream detections (see ``run_inference``)."""
+    from rcnn_cli.data.inputs import is_dataset, load_dataset, resolve_inputs
+    from rcnn_cli.detections import FORMATS
+    from rcnn_cli.inference import run_inference
+    from rcnn_cli.io import write_run_record
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got '{fmt}')")
+    if fmt in ("coco", "voc") and out in (None, "-"):
+        raise UserError(f"--format {fmt} needs --out")
+    loaded = load_model(model)
+    items = resolve_inputs(list(inputs), split=split, images=images)
+    if not items:
+        raise UserError("no input images")
+    reader = None
+    if proposals is not None:
+        from rcnn_cli.proposals import load as load_proposals
+
+        reader = load_proposals(proposals)
+    try:
+        detector = RCNNDetector(loaded, device=device, score_threshold=score_threshold, nms=nms, top_k=top_k,
+                                proposals=reader, use_bbox=use_bbox, batch_size=batch_size)
+        category_ids, coco_ids = None, None
+        datasets = [i for i in inputs if is_dataset(i)]
+        if len(datasets) == 1 and Path(datasets[0]).suffix.lower() == ".json":
+            from rcnn_cli.detections import coco_image_ids
+
+            ds = load_dataset(datasets[0], split, images)
+            category_ids = {c: ds.category_ids[c] for c in detector.classes if c in ds.category_ids} or None
+            coco_ids = coco_image_ids(ds)
+        result = run_inference(detector, items, out, fmt=fmt, classes=detector.classes, category_ids=category_ids,
+                               draw_dir=draw, progress=progress, coco_image_ids=coco_ids, split=split or "test")
+    finally:
+        if reader is not None:
+            reader.close()
+    if out not in (None, "-"):
+        write_run_record(Path(out), "rcnn detect", {
+            "inputs": list(inputs), "split": split, "model": str(model), "format": fmt, "proposals": str(proposals) if proposals else None,
+            "score_threshold": score_threshold, "nms": nms, "top_k": top_k, "use_bbox": use_bbox,
+            "model_config": {k: v for k, v in loaded.config.items() if k not in ("svm", "bbox")}, "result": result})
+    return result
