@@ -238,7 +238,7 @@ def finetune(dataset, proposals, out: str | Path, config: FinetuneConfig | None 
     ckpt = _find_checkpoint(out)
     if resume and ckpt is not None:
         state = _load_checkpoint(ckpt, model, optimizer)
-        if state.get("settings") != _jsonable(settings):
+        if _resume_key(state.get("settings", {})) != _resume_key(_jsonable(settings)):
             raise UserError(f"{out}: the checkpoint was made with other settings; use another --out or drop --resume")
         start = int(state["iteration"])
         logger.info("resuming fine-tuning at iteration %d of %d", start, total)
@@ -295,6 +295,11 @@ def finetune(dataset, proposals, out: str | Path, config: FinetuneConfig | None 
     write_run_record(out, command, dict(settings, summary=summary))
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _resume_key(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings that must match to resume (the run length and checkpoint period may change)."""
+    return {k: v for k, v in settings.items() if k not in ("epochs", "max_iters", "checkpoint_every")}
 
 
 def _jsonable(obj: Any) -> Any:
