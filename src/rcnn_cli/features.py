@@ -1,0 +1,771 @@
+"""R-CNN region features: warping with context padding, the extractor, and the HDF5 features store.
+
+Warping (Girshick et al. 2014, appendix A, "warp with context padding p=16")
+--------------------------------------------------------------------------
+Each box ``(x1, y1, x2, y2)`` (continuous pixels) is enlarged about its centre by
+``S / (S - 2p)`` so that, once the enlarged box is warped anisotropically to ``S x S``, the
+original box covers the central ``(S - 2p) x (S - 2p)`` pixels and ``p`` pixels of context
+surround it at the warped scale. Parts of the enlarged box outside the image are zero *after*
+mean subtraction: the image is normalised first and then padded with zeros. The warp is one
+batched ``torchvision.ops.roi_align`` call per chunk of boxes (``aligned=True``: pixel ``i``
+covers ``[i, i+1)``; ``sampling_ratio=0``: ``ceil(bin size)`` bilinear samples per output pixel
+and axis, i.e. plain bilinear interpolation when enlarging and an area average when shrinking).
+This matches PIL's ``Image.resize(BILINEAR, box=...)`` crop-and-resize to about 1/255 when
+enlarging and to a few percent (mean ~1 %) when shrinking by 4-6x, where PIL's triangle filter
+and roi_align's box average differ; R-CNN's MATLAB ``imresize(..., 'antialiasing', false)``
+would alias there instead (``sampling_ratio=1``, errors up to 0.5 against PIL).
+
+Features store (HDF5)
+---------------------
+File attributes: ``format="rcnn-features"``, ``format_version``, ``version`` (package),
+``backbone``, ``weights`` (as given), ``weights_id``, ``layer``, ``feature_dim``, ``warp_size``,
+``padding``, ``normalization``, ``dtype``, ``max_proposals`` (0 = all), ``labelled``,
+``classes`` (JSON list, dataset order; index ``i`` in ``labels`` is ``classes[i-1]``),
+``proposals`` (JSON of the proposal settings), ``input_count``, ``shard`` and ``config`` (JSON).
+Group ``/images`` holds one group per image (name: the id with ``%``, ``/`` and ``.`` escaped;
+attributes ``image_id``, ``width``, ``height``, ``order`` = index in the full input list):
+
+- ``features`` ``(N, D)`` ``dtype`` (float16 by default), chunked by rows, optional compression
+- ``boxes`` ``(N, 4)`` float32: ground-truth boxes first (labelled data), then proposals in rank order
+- ``gt`` ``(N,)`` bool, ``overlaps`` ``(N,)`` float32 (max continuous IoU with any ground truth),
+  ``labels`` ``(N,)`` int64 (class 1..K of that ground truth, 0 when it does not overlap any),
+  ``gt_index`` ``(N,)`` int64 (index into the image's training targets, -1 for none).
+
+Ground truth is ``Dataset.training_targets`` (the package's one bad-box policy: bad boxes are
+skipped with a warning, boxes past the border are clipped).
+
+Crash safety (why SIGKILL at any moment cannot corrupt anything)
+----------------------------------------------------------------
+HDF5 updates its metadata in place, so a file killed while open for writing may not open again.
+This module therefore never writes to a file under its final name:
+
+1. Finished images go into a *part* file ``OUT.parts/.part-<n>.tmp``. Every
+   ``checkpoint_seconds`` (and at the end) that part is closed, fsynced and atomically renamed
+   to ``OUT.parts/part-<n>.h5`` (then the folder is fsynced). A renamed part is never opened
+   for writing again. A kill loses at most the images of the unrenamed part (a ``.tmp`` file
+   that is ignored and deleted on the next run).
+2. When every image is done, the final file is built in a temporary file beside ``OUT`` (the
+   previous ``OUT`` if any, plus every part, in input order), closed, fsynced and
+   ``os.replace``d onto ``OUT``; only then is ``OUT.parts`` removed. A kill before the rename
+   leaves the old state (rerun rebuilds); a kill after it leaves parts whose images are already
+   in ``OUT`` (the rerun sees them done and removes the folder).
+3. A rerun reads ``OUT`` and the renamed parts, skips every image they hold, and continues.
+   Each image's features are computed from that image alone (batches never span images), so a
+   resumed or sharded run stores exactly the values of an uninterrupted one.
+
+An exclusive ``flock`` on ``OUT.lock`` refuses a second concurrent writer; settings that differ
+from those in ``OUT`` or its parts are refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from torchvision.ops import roi_align
+
+from rcnn_cli import __version__
+from rcnn_cli.backbones import build_feature_extractor, get_spec, normalize, weights_id as make_weights_id
+from rcnn_cli.boxes import iou_matrix
+from rcnn_cli.errors import ImageError, UserError
+from rcnn_cli.log import logger, progress_bar
+
+__all__ = [
+    "enlarge_boxes",
+    "warp_regions",
+    "region_targets",
+    "FeatureExtractor",
+    "FeatureReader",
+    "load_features",
+    "run_extract_features",
+    "merge_features",
+    "parse_shard",
+    "SETTING_KEYS",
+]
+
+FORMAT = "rcnn-features"
+FORMAT_VERSION = 1
+#: File attributes that must agree to resume into, or merge, feature files.
+SETTING_KEYS = ("format", "format_version", "backbone", "weights_id", "layer", "feature_dim", "warp_size", "padding",
+                "normalization", "dtype", "max_proposals", "labelled", "classes", "proposals")
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+# ------------------------------------------------------------------------------------ warping
+
+
+def enlarge_boxes(boxes: torch.Tensor, warp_size: int, padding: int = 16) -> torch.Tensor:
+    """Boxes ``(N, 4)`` enlarged about their centres by ``S / (S - 2p)`` (R-CNN context padding).
+
+    After warping the result to ``S x S`` the original box spans ``[p, S - p]`` on both axes.
+    """
+    boxes = boxes.float()
+    if padding <= 0:
+        return boxes.clone()
+    if 2 * padding >= warp_size:
+        raise UserError(f"--padding {padding} leaves no room in a {warp_size}-pixel warp (need 2*padding < warp size)")
+    scale = warp_size / (warp_size - 2.0 * padding)
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    return torch.cat([c - half, c + half], dim=1)
+
+
+def warp_regions(image: torch.Tensor, boxes: torch.Tensor, warp_size: int, padding: int = 16) -> torch.Tensor:
+    """Warp regions of one image as R-CNN does: ``(3, H, W)`` NORMALISED, boxes ``(N, 4)`` -> ``(N, 3, S, S)``.
+
+    Context padding ``padding`` pixels at the warped scale; outside the image = 0 (after
+    normalisation). Runs on ``image``'s device and dtype.
+    """
+    boxes = torch.as_tensor(boxes, device=image.device).reshape(-1, 4)
+    n = len(boxes)
+    if n == 0:
+        return image.new_zeros((0, 3, warp_size, warp_size))
+    # A 1-pixel zero border is enough: roi_align clamps samples within one pixel of the border to
+    # the edge (now zero) and returns 0 beyond it, so everything outside the image reads as 0.
+    padded = TF.pad(image, (1, 1, 1, 1))[None]
+    rois = enlarge_boxes(boxes.float(), warp_size, padding) + 1.0
+    rois = torch.cat([rois.new_zeros((n, 1)), rois], dim=1).to(image.dtype)
+    return roi_align(padded, rois, (warp_size, warp_size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+
+
+def region_targets(boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Regions = ground truth first, then ``boxes``; per region its max IoU with any ground truth.
+
+    Returns ``boxes (N, 4)`` float32, ``gt (N,)`` bool, ``overlaps (N,)`` float32, ``labels (N,)``
+    int64 (class of the best-overlapping ground truth, 0 if the overlap is 0) and ``gt_index``
+    ``(N,)`` int64 (-1 if none). Ties go to the lowest ground-truth index.
+    """
+    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+    gt_labels = np.asarray(gt_labels, np.int64).reshape(-1)
+    props = np.asarray(boxes, np.float32).reshape(-1, 4)
+    regions = np.concatenate([gt_boxes, props]).astype(np.float32)
+    n, m = len(regions), len(gt_boxes)
+    is_gt = np.zeros(n, bool)
+    is_gt[:m] = True
+    overlaps = np.zeros(n, np.float32)
+    labels = np.zeros(n, np.int64)
+    index = np.full(n, -1, np.int64)
+    if m and n:
+        iou = iou_matrix(regions, gt_boxes)
+        best = iou.argmax(axis=1)
+        overlaps = iou[np.arange(n), best].astype(np.float32)
+        hit = overlaps > 0
+        labels[hit] = gt_labels[best[hit]]
+        index[hit] = best[hit]
+    return {"boxes": regions, "gt": is_gt, "overlaps": overlaps, "labels": labels, "gt_index": index}
+
+
+# ---------------------------------------------------------------------------------- extractor
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device (auto, cpu, cuda, cuda:N)") from None
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """``(3, H, W)`` uint8 tensor from an RGB PIL image (the prefetch threads' output)."""
+    arr = np.array(image, dtype=np.uint8)  # a writable copy
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(arr[:, :, :3])).permute(2, 0, 1)
+
+
+class FeatureExtractor:
+    """R-CNN features of regions of one image at a time: warp, backbone, cast.
+
+    ``extractor(image, boxes)``: RGB PIL image (or ``(3, H, W)`` uint8 tensor) and ``(N, 4)``
+    boxes in its pixels -> ``(N, D)`` float32 features, rounded through ``dtype`` (float16 by
+    default) so that train-time (stored) and test-time features are the same numbers. Boxes are
+    processed in chunks of ``batch_size`` that never mix images, so values do not depend on what
+    else is processed. CUDA: bf16 autocast (fp16 where bf16 is unsupported); CPU: float32.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | os.PathLike = "imagenet",
+                 layer: str | None = None, warp_size: int | None = None, padding: int = 16, batch_size: int = 64,
+                 device: str | torch.device = "auto", dtype: str = "float16"):
+        self.spec = get_spec(backbone)
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype {dtype}: choose float16 or float32")
+        self.layer = layer or self.spec.default_layer
+        self.warp_size = int(warp_size or self.spec.native_size)
+        self.padding = int(padding)
+        if self.warp_size < 16:
+            raise UserError(f"--warp-size {self.warp_size}: too small (at least 16)")
+        if self.padding < 0 or 2 * self.padding >= self.warp_size:
+            raise UserError(f"--padding {self.padding}: must be >= 0 and less than half the warp size {self.warp_size}")
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size}: must be at least 1")
+        self.batch_size = int(batch_size)
+        self.dtype = dtype
+        self.device = _resolve_device(device)
+        self.model = build_feature_extractor(backbone, weights, self.layer).eval().to(self.device)
+        self.out_dim = int(self.model.out_dim)
+        self.weights = str(weights)
+        if self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.amp_dtype = None
+        self.config = {
+            "backbone": backbone,
+            "weights_id": make_weights_id(backbone, weights),
+            "layer": self.layer,
+            "feature_dim": self.out_dim,
+            "warp_size": self.warp_size,
+            "padding": self.padding,
+            "normalization": self.spec.normalization,
+            "dtype": dtype,
+            "version": __version__,
+        }
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, image) -> torch.Tensor:
+        """Normalised ``(3, H, W)`` float32 image on the device."""
+        t = image if isinstance(image, torch.Tensor) else image_to_tensor(image)
+        t = t.to(self.device, non_blocking=True)
+        t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+        return normalize(t, self.spec)
+
+    @torch.inference_mode()
+    def __call__(self, image, boxes: np.ndarray) -> np.ndarray:
+        boxes_t = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
+        out = np.empty((len(boxes_t), self.out_dim), dtype=DTYPES[self.dtype])
+        if len(boxes_t) == 0:
+            return out.astype(np.float32)
+        img = self.prepare(image)
+        boxes_t = boxes_t.to(self.device)
+        for start in range(0, len(boxes_t), self.batch_size):
+            chunk = boxes_t[start:start + self.batch_size]
+            crops = warp_regions(img, chunk, self.warp_size, self.padding)
+            with self._autocast():
+                feats = self.model(crops)
+            out[start:start + len(chunk)] = feats.float().cpu().numpy().astype(out.dtype)
+        return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- HDF5 helpers
+
+
+def escape_id(image_id: str) -> str:
+    """HDF5-safe name of an image id (``%``, ``/``, ``.`` escaped; reversible)."""
+    return image_id.replace("%", "%25").replace("/", "%2F").replace(".", "%2E")
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _read_attrs(f: h5py.File) -> dict[str, Any]:
+    out = {k: _attr(v) for k, v in f.attrs.items()}
+    for key in ("classes", "proposals"):
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = json.loads(out[key])
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def _settings(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: attrs.get(k) for k in SETTING_KEYS}
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in SETTING_KEYS if a.get(k) != b.get(k)]
+
+
+def _h5_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, (list, dict)) or v is None:
+            v = json.dumps(v)
+        out[k] = v
+    return out
+
+
+def _write_image(group: h5py.Group, image_id: str, rec: dict[str, np.ndarray], width: int, height: int,
+                 order: int, compression: str | None) -> None:
+    g = group.create_group(escape_id(image_id))
+    g.attrs.update({"image_id": image_id, "width": int(width), "height": int(height), "order": int(order)})
+    feats = rec["features"]
+    n, d = feats.shape
+    comp = {} if compression in (None, "none") else {"compression": compression}
+    g.create_dataset("features", data=feats, chunks=(max(1, min(n, 256)), d), **comp)
+    for key in ("boxes", "gt", "overlaps", "labels", "gt_index"):
+        g.create_dataset(key, data=rec[key])
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """fsync ``tmp``, rename it onto ``final`` (atomic), fsync the folder."""
+    _fsync_path(tmp)
+    os.replace(tmp, final)
+    _fsync_path(final.parent)
+
+
+# ------------------------------------------------------------------------------------ reader
+
+
+class FeatureReader:
+    """Lazy reader of a features store (also a context manager).
+
+    ``get(image_id)`` returns ``features (N, D)`` (stored dtype), ``boxes (N, 4)`` float32,
+    ``gt (N,)`` bool, ``overlaps (N,)`` float32, ``labels (N,)`` int64, ``gt_index (N,)`` int64.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            parts = _parts_dir(self.path)
+            if parts.is_dir():
+                raise UserError(f"{self.path}: extraction not finished (parts in {parts}); rerun the same command")
+            raise UserError(f"{self.path}: features file not found")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise UserError(f"{self.path}: not a readable HDF5 file ({e})") from None
+        self.attrs = _read_attrs(self._f)
+        if self.attrs.get("format") != FORMAT or "images" not in self._f:
+            self._f.close()
+            raise UserError(f"{self.path}: not an rcnn features file")
+        self.classes: list[str] = list(self.attrs.get("classes") or [])
+        self._names = {_attr(g.attrs["image_id"]): name for name, g in self._f["images"].items()}
+        order = {i: int(self._f["images"][n].attrs.get("order", 0)) for i, n in self._names.items()}
+        self._ids = sorted(self._names, key=lambda i: order[i])
+
+    def ids(self) -> list[str]:
+        """Image ids in file (input) order."""
+        return list(self._ids)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._names
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _group(self, image_id: str) -> h5py.Group:
+        try:
+            return self._f["images"][self._names[image_id]]
+        except KeyError:
+            raise UserError(f"{self.path}: no features for image '{image_id}'") from None
+
+    def get(self, image_id: str) -> dict[str, np.ndarray]:
+        g = self._group(image_id)
+        return {k: g[k][()] for k in ("features", "boxes", "gt", "overlaps", "labels", "gt_index")}
+
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """``(width, height)`` of the image."""
+        g = self._group(image_id)
+        return int(g.attrs["width"]), int(g.attrs["height"])
+
+    def close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> "FeatureReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureReader({self.path}, {len(self._ids)} images, {self.attrs.get('backbone')}/{self.attrs.get('layer')})"
+
+
+def load_features(path: str | os.PathLike) -> FeatureReader:
+    """Open a features store written by :func:`run_extract_features` or :func:`merge_features`."""
+    return FeatureReader(path)
+
+
+# --------------------------------------------------------------------------------- the store
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+@contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    lock_path = out.with_name(out.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another extract-features process is writing it") from None
+        yield
+    finally:
+        os.close(fd)
+        try:
+            lock_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class _PartWriter:
+    """Writes finished images to ``OUT.parts/.part-<n>.tmp``; ``commit`` renames it to ``part-<n>.h5``."""
+
+    def __init__(self, parts: Path, file_attrs: dict[str, Any], compression: str | None, first: int):
+        self.parts, self.file_attrs, self.compression = parts, file_attrs, compression
+        self.n = first
+        self.f: h5py.File | None = None
+        self.tmp: Path | None = None
+        self.count = 0
+
+    def add(self, image_id: str, rec: dict, width: int, height: int, order: int) -> None:
+        if self.f is None:
+            self.parts.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.parts / f".part-{self.n:06d}.tmp"
+            self.f = h5py.File(self.tmp, "w")
+            self.f.attrs.update(_h5_attrs(self.file_attrs))
+            self.f.create_group("images", track_order=True)
+        _write_image(self.f["images"], image_id, rec, width, height, order, self.compression)
+        self.count += 1
+
+    def commit(self) -> None:
+        if self.f is None:
+            return
+        self.f.close()
+        self.f = None
+        _publish(self.tmp, self.parts / f"part-{self.n:06d}.h5")
+        self.n += 1
+        self.count = 0
+
+    def abandon(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        if self.tmp is not None and self.tmp.exists():
+            self.tmp.unlink()
+
+
+def _existing(out: Path, settings: dict[str, Any]) -> tuple[dict[str, tuple[Path, str]], int]:
+    """Images already done (id -> (file, group name)) in OUT and renamed parts; next part number.
+
+    Refuses files whose settings differ from ``settings``; deletes stale ``.tmp`` parts.
+    """
+    done: dict[str, tuple[Path, str]] = {}
+    files = [out] if out.is_file() else []
+    parts = _parts_dir(out)
+    next_n = 0
+    if parts.is_dir():
+        for stale in parts.glob(".part-*.tmp"):
+            stale.unlink()
+        found = sorted(parts.glob("part-*.h5"))
+        files += found
+        if found:
+            next_n = int(found[-1].stem.split("-")[1]) + 1
+    for path in files:
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = _read_attrs(f)
+                if attrs.get("format") != FORMAT:
+                    raise UserError(f"{path}: exists and is not an rcnn features file (use another --out)")
+                diff = _diff(_settings(attrs), settings)
+                if diff:
+                    raise UserError(f"{out} was made with other settings ({'; '.join(diff)}): use another --out "
+                                    "or delete it")
+                for name, g in f["images"].items():
+                    done.setdefault(_attr(g.attrs["image_id"]), (path, name))
+        except OSError as e:
+            raise UserError(f"{path}: exists but is not a readable HDF5 file ({e}); use another --out") from None
+    return done, next_n
+
+
+def _finalize(out: Path, file_attrs: dict[str, Any], done: dict[str, tuple[Path, str]]) -> None:
+    """Build OUT from the previous OUT and all parts (in input order), atomically; remove the parts."""
+    parts = _parts_dir(out)
+    if not parts.is_dir() and out.is_file():
+        return
+    entries = []
+    opened: dict[Path, h5py.File] = {}
+    try:
+        for image_id, (path, name) in done.items():
+            if path not in opened:
+                opened[path] = h5py.File(path, "r")
+            order = int(opened[path]["images"][name].attrs.get("order", 0))
+            entries.append((order, image_id, path, name))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            with h5py.File(tmp, "w") as dst:
+                dst.attrs.update(_h5_attrs(file_attrs))
+                images = dst.create_group("images", track_order=True)
+                for _, _, path, name in entries:
+                    opened[path].copy(opened[path]["images"][name], images, name=name)
+            _publish(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    finally:
+        for f in opened.values():
+            f.close()
+    if parts.is_dir():
+        shutil.rmtree(parts)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; ``None`` -> ``None``."""
+    if text in (None, ""):
+        return None
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise UserError(f"--shard {text}: need 0 <= K < N")
+    return k, n
+
+
+def _load_uint8(path: Path) -> torch.Tensor:
+    from rcnn_cli.data.images import load_image
+
+    return image_to_tensor(load_image(path))
+
+
+def _proposal_settings(reader) -> dict[str, Any]:
+    a = dict(getattr(reader, "attrs", {}) or {})
+    keep = {}
+    for k in ("method", "mode", "max_size", "min_size", "limit"):
+        v = a.get(k)
+        keep[k] = v.item() if hasattr(v, "item") else v
+    return keep
+
+
+def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str = "efficientnet_lite0",
+                         weights: str | os.PathLike = "imagenet", layer: str | None = None,
+                         warp_size: int | None = None, padding: int = 16, batch_size: int = 64,
+                         dtype: str = "float16", device: str = "auto", shard: tuple[int, int] | str | None = None,
+                         max_proposals: int | None = None, compression: str | None = None, progress: bool = True,
+                         prefetch: int = 4, checkpoint_seconds: float = 20.0, overwrite: bool = False,
+                         command: str = "rcnn extract-features",
+                         extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+    """Extract R-CNN features of every region of every image into the HDF5 store ``out``.
+
+    ``data``: a labelled :class:`rcnn_cli.data.Dataset` (ground-truth boxes become regions, with
+    overlaps/labels) or a list of :class:`rcnn_cli.data.ImageInput` (unlabelled). ``proposals``: a
+    :class:`rcnn_cli.proposals.ProposalReader` or a path. ``shard=(K, N)``: every N-th image from
+    K. Resumable and crash-safe (see the module docstring); ``overwrite`` starts afresh. Images that fail to load or have no
+    proposals entry are skipped with a warning. Returns ``{"images", "done_before", "extracted",
+    "skipped", "regions", "seconds", "crops_per_second", "out"}``.
+    """
+    from rcnn_cli import proposals as P
+    from rcnn_cli.data.dataset import Dataset
+    from rcnn_cli.io import write_run_record
+
+    out = Path(out)
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
+    if max_proposals is not None and max_proposals < 0:
+        raise UserError(f"--max-proposals {max_proposals}: must be >= 0")
+    if compression not in (None, "none", "gzip", "lzf"):
+        raise UserError(f"--compression {compression}: choose none, gzip or lzf")
+    labelled = isinstance(data, Dataset)
+    if labelled:
+        items = [(r.image_id, r.path, r) for r in data.records]
+        classes = list(data.classes)
+    else:
+        items = [(i.image_id, i.path, None) for i in data]
+        classes = []
+    input_count = len(items)
+    indexed = list(enumerate(items))
+    if shard is not None:
+        k, n = shard
+        indexed = indexed[k::n]
+
+    own_reader = not hasattr(proposals, "boxes")
+    reader = P.load(proposals) if own_reader else proposals
+    try:
+        fx = extractor or FeatureExtractor(backbone, weights, layer, warp_size, padding, batch_size, device, dtype)
+        file_attrs = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, **fx.config, "weights": str(weights),
+            "max_proposals": int(max_proposals or 0), "labelled": bool(labelled), "classes": classes,
+            "proposals": _proposal_settings(reader), "input_count": input_count,
+            "shard": f"{shard[0]}/{shard[1]}" if shard else "all",
+        }
+        settings = _settings(file_attrs)
+        run_config = {k: v for k, v in file_attrs.items() if k not in ("format", "format_version")}
+        run_config.update({"batch_size": fx.batch_size, "device": str(fx.device), "compression": compression,
+                           "proposals_file": str(getattr(reader, "path", proposals))})
+        file_attrs["config"] = json.dumps(run_config)
+        with _lock(out):
+            if overwrite:
+                if _parts_dir(out).is_dir():
+                    shutil.rmtree(_parts_dir(out))
+                if out.exists():
+                    out.unlink()
+            done, next_part = _existing(out, settings)
+            todo = [(order, it) for order, it in indexed if it[0] not in done]
+            missing = [it[0] for _, it in todo if it[0] not in reader]
+            for image_id in missing:
+                logger.warning("%s: no proposals for this image in %s; skipped", image_id, getattr(reader, "path", ""))
+            todo = [(order, it) for order, it in todo if it[0] in reader]
+            stats = _extract_loop(fx, reader, data if labelled else None, todo, out, file_attrs, done, next_part,
+                                  max_proposals, compression, progress, prefetch, checkpoint_seconds, len(indexed))
+            done, _ = _existing(out, settings)
+            _finalize(out, file_attrs, done)
+        write_run_record(out, command, run_config)
+    finally:
+        if own_reader:
+            reader.close()
+    stats.update({"images": len(indexed), "skipped": stats["skipped"] + len(missing), "out": str(out)})
+    return stats
+
+
+def _extract_loop(fx: FeatureExtractor, reader, dataset, todo: list, out: Path, file_attrs: dict, done: dict,
+                  next_part: int, max_proposals: int | None, compression: str | None, progress: bool, prefetch: int,
+                  checkpoint_seconds: float, total: int) -> dict[str, Any]:
+    writer = _PartWriter(_parts_dir(out), file_attrs, compression, next_part)
+    extracted = skipped = regions = 0
+    t0 = time.perf_counter()
+    last_commit = t0
+    prefetch = max(1, int(prefetch))
+    pool = ThreadPoolExecutor(max_workers=min(2, prefetch), thread_name_prefix="rcnn-decode")
+    queue: deque = deque()
+    it = iter(todo)
+
+    def fill() -> None:
+        while len(queue) < prefetch:
+            nxt = next(it, None)
+            if nxt is None:
+                return
+            queue.append((nxt, pool.submit(_load_uint8, nxt[1][1])))
+
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task("extract-features", total=total, completed=total - len(todo), status="")
+            fill()
+            while queue:
+                (order, (image_id, path, record)), fut = queue.popleft()
+                fill()
+                try:
+                    img = fut.result()
+                except ImageError as e:
+                    logger.warning("%s; skipped", e)
+                    skipped += 1
+                    bar.update(task, advance=1)
+                    continue
+                height, width = int(img.shape[1]), int(img.shape[2])
+                boxes = np.asarray(reader.boxes(image_id), np.float32).reshape(-1, 4)
+                if max_proposals:
+                    boxes = boxes[:max_proposals]
+                if dataset is not None:
+                    gt_boxes, gt_labels = dataset.training_targets(record, width, height)
+                else:
+                    gt_boxes, gt_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+                rec = region_targets(boxes, gt_boxes, gt_labels)
+                feats = fx(img, rec["boxes"])
+                rec["features"] = feats.astype(DTYPES[fx.dtype])
+                writer.add(image_id, rec, width, height, order)
+                extracted += 1
+                regions += len(feats)
+                now = time.perf_counter()
+                if now - last_commit >= checkpoint_seconds:
+                    writer.commit()
+                    last_commit = time.perf_counter()
+                rate = regions / max(now - t0, 1e-9)
+                bar.update(task, advance=1, status=f"{rate:.0f} crops/s")
+        writer.commit()
+    except BaseException:
+        # Finished parts are kept; the open part is dropped (a rerun redoes its images).
+        writer.abandon()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    seconds = time.perf_counter() - t0
+    return {"done_before": len(done), "extracted": extracted, "skipped": skipped, "regions": regions,
+            "seconds": seconds, "crops_per_second": regions / seconds if seconds > 0 else 0.0}
+
+
+# ------------------------------------------------------------------------------------- merge
+
+
+def merge_features(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
+    """Join feature files (e.g. shards) into ``out``; refuses files made with different settings.
+
+    Images keep their input order (``order`` attribute) when all files come from the same input
+    list, else the order of ``inputs``. An image id present in two files is taken from the first.
+    """
+    from rcnn_cli.io import atomic_path, write_run_record
+
+    if not inputs:
+        raise UserError("merge-features: give at least one input file")
+    out = Path(out)
+    paths = [Path(p) for p in inputs]
+    if any(p.resolve() == out.resolve() for p in paths if out.exists()):
+        raise UserError(f"{out}: the output is also an input")
+    readers = [load_features(p) for p in paths]
+    try:
+        base = _settings(readers[0].attrs)
+        for p, r in zip(paths[1:], readers[1:]):
+            diff = _diff(base, _settings(r.attrs))
+            if diff:
+                raise UserError(f"{p} was made with other settings than {paths[0]} ({'; '.join(diff)}); not merged")
+        same_inputs = len({r.attrs.get("input_count") for r in readers}) == 1
+        entries, seen, dups = [], set(), 0
+        for fi, r in enumerate(readers):
+            for image_id in r.ids():
+                if image_id in seen:
+                    dups += 1
+                    continue
+                seen.add(image_id)
+                name = r._names[image_id]
+                order = int(r._f["images"][name].attrs.get("order", 0))
+                entries.append(((order, fi) if same_inputs else (fi, order), fi, name))
+        if dups:
+            logger.warning("merge-features: %d image(s) present in more than one input; the first copy is kept", dups)
+        entries.sort(key=lambda e: e[0])
+        attrs = dict(readers[0].attrs)
+        attrs["shard"] = "merged"
+        attrs["merged_from"] = [str(p) for p in paths]
+        with atomic_path(out) as tmp:
+            with h5py.File(tmp, "w") as dst:
+                dst.attrs.update(_h5_attrs(attrs))
+                images = dst.create_group("images", track_order=True)
+                for _, fi, name in entries:
+                    src = readers[fi]._f
+                    src.copy(src["images"][name], images, name=name)
+            _fsync_path(tmp)
+    finally:
+        for r in readers:
+            r.close()
+    write_run_record(out, "rcnn merge-features", {"inputs": [str(p) for p in paths], "images": len(entries)})
+    return {"images": len(entries), "inputs": len(paths), "duplicates": dups, "out": str(out)}
