@@ -113,13 +113,17 @@ def detect_cmd(
         raise UserError("no input images")
     detector = FasterRCNNDetector(model, device=device, score_threshold=score_threshold, nms=nms, top_k=top_k,
                                   rpn_post_nms_top_n=rpn_top_n)
-    category_ids = None
+    category_ids = coco_ids = None
     datasets = [i for i in inputs if is_dataset(i)]
-    if len(datasets) == 1 and Path(datasets[0]).suffix.lower() == ".json":
+    if len(datasets) == 1:
         ds = load_dataset(datasets[0], split, images)
-        category_ids = {c: ds.category_ids[c] for c in detector.classes if c in ds.category_ids} or None
+        if ds.format == "coco":
+            from rcnn_cli.detections import coco_image_ids
+
+            category_ids = {c: ds.category_ids[c] for c in detector.classes if c in ds.category_ids} or None
+            coco_ids = coco_image_ids(ds)
     result = run_inference(detector, items, out, fmt=fmt, classes=detector.classes, category_ids=category_ids,
-                           draw_dir=draw, progress=progress)
+                           draw_dir=draw, progress=progress, coco_image_ids=coco_ids, split=split or "test")
     if out not in (None, "-"):
         write_run_record(Path(out), "rcnn faster detect", {
             "inputs": list(inputs), "split": split, "model": str(model), "format": fmt,

@@ -1,0 +1,275 @@
+"""Faster R-CNN: anchors, RPN target assignment, anchor fitting, a tiny overfit, detect, RPN proposals."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rcnn_cli.data.dataset import Dataset, ImageRecord
+from rcnn_cli.data.images import load_image
+from rcnn_cli.errors import UserError
+from rcnn_cli.models import faster_rcnn as fr
+
+SMALL = dict(min_size=128, max_size=128, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+             rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64)
+
+
+# ------------------------------------------------------------------------------------------------
+# anchors
+
+
+def _anchors(gen, image_hw: tuple[int, int], feature_hw: tuple[int, int]) -> torch.Tensor:
+    from torchvision.models.detection.image_list import ImageList
+
+    images = ImageList(torch.zeros(1, 3, *image_hw), [image_hw])
+    return gen(images, [torch.zeros(1, 8, *feature_hw)])[0]
+
+
+def test_anchors_for_a_known_feature_map():
+    gen = fr.make_anchor_generator([32, 64], [0.5, 1.0, 2.0])
+    a = _anchors(gen, (64, 96), (4, 6))  # stride 16 both ways
+    assert a.shape == (4 * 6 * 6, 4)  # 24 cells x (3 ratios x 2 sizes)
+    # order: cell (row-major), then ratio, then size; cell (y=1, x=2) is index 1 * 6 + 2 = 8
+    cell = a[8 * 6:(8 + 1) * 6]
+    centres = (cell[:, :2] + cell[:, 2:]) / 2
+    assert torch.allclose(centres, torch.tensor([[32.0, 16.0]]).expand(6, 2))
+    w, h = cell[:, 2] - cell[:, 0], cell[:, 3] - cell[:, 1]
+    # ratio 0.5 (h/w), size 32: w = 32 / sqrt(0.5) = 45.25 -> +-23 (rounded), h = 22.6 -> +-11
+    assert cell[0].tolist() == [32 - 23, 16 - 11, 32 + 23, 16 + 11]
+    # ratio 1: square anchors of the exact sizes
+    assert (w[2].item(), h[2].item(), w[3].item(), h[3].item()) == (32.0, 32.0, 64.0, 64.0)
+    # ratio 2: tall; area stays about size^2
+    assert h[5] > w[5] and math.isclose((w[5] * h[5]).item(), 64 * 64, rel_tol=0.03)
+    # first cell is centred on (0, 0) (torchvision's convention)
+    assert torch.allclose((a[:6, :2] + a[:6, 2:]) / 2, torch.zeros(6, 2))
+
+
+def test_model_uses_paper_anchor_defaults():
+    cfg = fr.default_config(["a"])
+    assert cfg["anchor_sizes"] == [128.0, 256.0, 512.0] and cfg["aspect_ratios"] == [0.5, 1.0, 2.0]
+    assert (cfg["rpn_pre_nms_top_n_train"], cfg["rpn_post_nms_top_n_train"]) == (12000, 2000)
+    assert (cfg["rpn_pre_nms_top_n_test"], cfg["rpn_post_nms_top_n_test"]) == (6000, 300)
+    assert cfg["rpn_nms_thresh"] == 0.7 and (cfg["min_size"], cfg["max_size"]) == (600, 1000)
+    with pytest.raises(UserError, match="unknown Faster R-CNN setting"):
+        fr.default_config(["a"], anchor_size=[1])
+    with pytest.raises(UserError, match="5 anchor sizes"):
+        fr.default_config(["a"], backbone="resnet50", fpn=True)
+    with pytest.raises(UserError, match="comma-separated"):
+        fr.parse_floats("128,x", "--anchor-sizes")
+    assert fr.parse_floats("32, 64,128", "--anchor-sizes") == [32.0, 64.0, 128.0]
+
+
+def test_anchor_fitting_is_class_balanced_and_follows_the_resize():
+    recs = []
+    for i in range(20):  # 20 images with 5 small boxes each (class a), 1 image with 1 large box (class b)
+        boxes = np.array([[j * 15, 0, j * 15 + 10, 10] for j in range(5)], np.float32)
+        recs.append(ImageRecord(f"a{i}", Path("x.jpg"), 100, 100, boxes, ["a"] * 5))
+    recs.append(ImageRecord("b", Path("y.jpg"), 100, 100, np.array([[0, 0, 100, 100]], np.float32), ["b"]))
+    recs.append(ImageRecord("bad", Path("z.jpg"), 100, 100, np.array([[5, 5, 5, 9]], np.float32), ["a"]))  # zero-area
+    ds = Dataset(Path("."), "train", ["a", "b"], recs)
+    # images resized by 2 (shorter side 100 -> 200): sizes 20 (100 boxes) and 200 (one box) weigh the same
+    assert fr.fit_anchor_sizes(ds, n=2, min_size=200, max_size=1000) == [20.0, 200.0]
+    sizes = fr.fit_anchor_sizes(ds, n=3, min_size=200, max_size=1000)
+    assert sizes[0] == 20.0 and sizes[2] == 200.0 and 20 < sizes[1] < 200
+    # max_size caps the resize: 100 px -> at most 150 px
+    assert fr.fit_anchor_sizes(ds, n=2, min_size=600, max_size=150) == [15.0, 150.0]
+
+
+# ------------------------------------------------------------------------------------------------
+# RPN target assignment
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return fr.build_model(fr.default_config(["a", "b"], **SMALL, anchor_sizes=[32, 64, 96]), weights="none")
+
+
+def test_rpn_target_assignment_hand_made(small_model):
+    rpn = small_model.rpn
+    anchors = torch.tensor([
+        [0, 0, 100, 100],      # IoU 1.0 with gt0 -> positive
+        [0, 0, 100, 80],       # IoU 0.8 -> positive (>= 0.7)
+        [0, 0, 100, 50],       # IoU 0.5 -> ignored (between 0.3 and 0.7)
+        [200, 200, 300, 300],  # IoU 0 -> negative
+        [0, 0, 100, 25],       # IoU 0.25 -> negative (< 0.3)
+        [400, 400, 440, 480],  # IoU 0.5 with gt1, but gt1's best anchor -> positive (low-quality match)
+    ], dtype=torch.float32)
+    gt = torch.tensor([[0, 0, 100, 100], [400, 400, 440, 440]], dtype=torch.float32)
+    labels, matched = rpn.assign_targets_to_anchors([anchors], [{"boxes": gt}])
+    assert labels[0].tolist() == [1.0, 1.0, -1.0, 0.0, 0.0, 1.0]
+    assert matched[0][5].tolist() == [400, 400, 440, 440] and matched[0][1].tolist() == [0, 0, 100, 100]
+    # regression targets are the package's box coding (rcnn_cli.boxes wraps the same BoxCoder)
+    from rcnn_cli.boxes import encode
+
+    t = rpn.box_coder.encode_single(matched[0], anchors)
+    assert torch.allclose(t, encode(matched[0], anchors, (1, 1, 1, 1)))
+    assert torch.allclose(t[5], torch.tensor([0.0, -0.25, 0.0, math.log(0.5)]), atol=1e-6)
+    # an image without objects: every anchor is negative
+    labels, _ = rpn.assign_targets_to_anchors([anchors], [{"boxes": torch.zeros(0, 4)}])
+    assert labels[0].tolist() == [0.0] * 6
+    # the sampler keeps at most 256 anchors, half positive at most
+    lab = torch.cat([torch.ones(300), torch.zeros(1000)])
+    pos, neg = rpn.fg_bg_sampler([lab])
+    assert int(pos[0].sum()) == 128 and int(neg[0].sum()) == 128
+
+
+def test_four_losses_and_empty_image(small_model):
+    small_model.train()
+    torch.manual_seed(0)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 60, 70]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = small_model(images, targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    small_model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# tiny overfit (engine), detection, loading, RPN proposals
+
+
+@pytest.fixture(scope="module")
+def overfit_run(shapes_root, tmp_path_factory):
+    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine import TrainConfig, seed_everything, train
+
+    ds = load_dataset(shapes_root, "trainval")
+    rec = next(r for r in ds.records if len(r.labels) == 1)  # one object: precise boxes within 150 iterations
+    one = Dataset(ds.root, "one", ds.classes, [rec] * 60)  # 60 per epoch: few checkpoints
+    cfg = fr.default_config(ds.classes, **SMALL, anchor_sizes=fr.fit_anchor_sizes(one, 3, 128, 128))
+    seed_everything(0)
+    model = fr.build_model(cfg, weights="imagenet")
+    out = tmp_path_factory.mktemp("faster_run")
+    summary = train(model, DetectionDataset(one, flip=False), out,
+                    TrainConfig(epochs=10, lr=0.02, batch_size=1, warmup_iters=10, max_iters=150, progress=False,
+                                log_every=50), model_config=cfg)
+    return out, rec, ds, summary
+
+
+def test_tiny_overfit_reaches_near_perfect_detections(overfit_run):
+    from rcnn_cli.boxes import iou_matrix
+
+    out, rec, ds, summary = overfit_run
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"} <= set(lines[0])
+    assert summary["iterations"] == 150 and summary["losses"]["loss"] < 0.3 * lines[0]["loss"]
+    assert summary["losses"]["loss_objectness"] < 0.05  # the RPN has learnt the objects
+    det = fr.FasterRCNNDetector(out, device="cpu")(load_image(rec.path), rec.image_id)
+    assert det.boxes.dtype == np.float32 and det.scores.dtype == np.float32
+    assert det.scores[0] > 0.9 and det.labels[0] == rec.labels[0]  # one confident detection of the right class
+    assert iou_matrix(det.boxes[:1], rec.boxes)[0, 0] > 0.9  # tightly on the object
+    assert (det.scores[1:] < 0.3).all()  # and nothing else is confident
+    from rcnn_cli.evaluation import evaluate
+
+    one = Dataset(ds.root, "one", ds.classes, [rec])
+    assert evaluate(one, {rec.image_id: det}, metric="voc12")["mAP"] == pytest.approx(1.0)
+
+
+def test_detector_matches_the_torchvision_forward_and_settings(overfit_run):
+    out, rec, _, _ = overfit_run
+    detector = fr.FasterRCNNDetector(out, device="cpu", score_threshold=0.01, nms=0.5, top_k=3, rpn_post_nms_top_n=50)
+    assert detector.settings()["top_k"] == 3 and detector.settings()["rpn_post_nms_top_n"] == 50
+    image = load_image(rec.path).resize((256, 256))  # another size: boxes come back in its pixels
+    det = detector(image, "x")
+    assert set(det.timings) == {"network", "post"} and all(v >= 0 for v in det.timings.values())
+    from rcnn_cli.data.images import to_tensor
+
+    with torch.inference_mode():
+        ref = detector.model([to_tensor(image)])[0]
+    assert 1 <= len(det) <= 3 and np.allclose(det.boxes, ref["boxes"].numpy(), atol=1e-4)
+    assert np.allclose(det.scores, ref["scores"].numpy()) and (det.scores >= 0.01).all()
+    from rcnn_cli.boxes import iou_matrix
+
+    assert iou_matrix(det.boxes[:1] / 2, rec.boxes)[0, 0] > 0.85  # the object, in the 2x image's pixels
+
+
+def test_load_errors_are_one_line(overfit_run, tmp_path):
+    out, _, _, _ = overfit_run
+    with pytest.raises(UserError, match="model directory not found"):
+        fr.load_model(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    record = json.loads((out / "config.json").read_text())
+    record["config"]["model"]["classes"] = ["a", "b"]  # 3 outputs instead of 5
+    (bad / "config.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"weights do not match the model in config.json \(0 missing, 0 unexpected, 4 of another shape"):
+        fr.load_model(bad)
+    record["config"]["model"]["kind"] = "fast_rcnn"
+    (bad / "config.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="not a Faster R-CNN"):
+        fr.load_model(bad)
+
+
+def test_rpn_proposer_boxes_in_original_pixels(overfit_run):
+    out, rec, _, _ = overfit_run
+    propose = fr.rpn_proposer(out, device="cpu", post_nms_top_n=40)
+    image = load_image(rec.path)
+    boxes = propose(image)
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 40
+    assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= image.width and boxes[:, [1, 3]].max() <= image.height
+    # the model resizes to 128 px either way: a 2x image gives the same proposals at twice the coordinates
+    big = propose(image.resize((image.width * 2, image.height * 2), resample=3))
+    n = min(len(big), len(boxes), 5)
+    from rcnn_cli.boxes import iou_matrix
+
+    assert np.diag(iou_matrix(big[:n] / 2, boxes[:n])).min() > 0.9
+    # the objects are among the top proposals (objectness order)
+    assert iou_matrix(boxes[:20], rec.boxes).max(axis=0).min() > 0.7
+
+
+def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
+    proposals = pytest.importorskip("rcnn_cli.proposals")
+    if not hasattr(proposals, "run_propose"):
+        pytest.skip("rcnn_cli.proposals.run_propose not available yet")
+    from rcnn_cli.data.inputs import resolve_inputs
+
+    out, _, _, _ = overfit_run
+    propose = fr.rpn_proposer(out, device="cpu", post_nms_top_n=30)
+    inputs = resolve_inputs([str(shapes_root)], split="test")
+    path = tmp_path / "rpn.h5"
+    proposals.run_propose(inputs, path, proposer=propose, attrs=fr.rpn_attrs(out, 30), progress=False)
+    with proposals.load(path) as reader:
+        assert reader.ids() == [i.image_id for i in inputs]
+        assert reader.attrs["method"] == "rpn"
+        first = inputs[0]
+        assert np.allclose(reader.boxes(first.image_id), propose(load_image(first.path)))
+        assert reader.image_size(first.image_id) == load_image(first.path).size
+
+
+def test_cli_train_and_detect(shapes_root, tmp_path):
+    from rcnn_cli.cli import main
+
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["faster", "train", str(shapes_root), "--split", "trainval", "--out", str(run), "--min-size", "128",
+              "--max-size", "128", "--auto-anchors", "--max-iters", "3", "--epochs", "1", "-b", "2",
+              "--rpn-pre-nms-train", "600", "--rpn-post-nms-train", "200", "--weights", "none"])
+    assert e.value.code == 0
+    cfg = json.loads((run / "config.json").read_text())["config"]["model"]
+    assert cfg["kind"] == "faster_rcnn" and cfg["auto_anchors"] and len(cfg["anchor_sizes"]) == 3
+    assert cfg["rpn_post_nms_top_n_train"] == 200 and cfg["classes"] == ["circle", "square", "star", "triangle"]
+    out = tmp_path / "dets.jsonl"
+    with pytest.raises(SystemExit) as e:
+        main(["faster", "detect", str(shapes_root), "--split", "test", "--model", str(run), "--out", str(out),
+              "--device", "cpu", "--top-k", "5", "--score-threshold", "0", "--no-progress"])
+    assert e.value.code == 0
+    rows = [json.loads(s) for s in out.read_text().splitlines()]
+    assert [r["image_id"] for r in rows] == [f"test_{i:05d}" for i in range(4)]
+    from rcnn_cli.detections import read_detections
+
+    dets = read_detections(out)
+    for d in dets.values():
+        assert d.boxes.shape[1] == 4 and len(d) <= 5 and set(d.labels) <= set(cfg["classes"])
+    assert Path(str(out) + ".config.json").is_file()
+    with pytest.raises(SystemExit) as e:
+        main(["faster", "detect", str(shapes_root), "--split", "test", "--model", str(tmp_path / "missing")])
+    assert e.value.code == 2
