@@ -218,10 +218,9 @@ def test_rpn_proposer_boxes_in_original_pixels(overfit_run):
     assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= image.width and boxes[:, [1, 3]].max() <= image.height
     # the model resizes to 128 px either way: a 2x image gives the same proposals at twice the coordinates
     big = propose(image.resize((image.width * 2, image.height * 2), resample=3))
-    n = min(len(big), len(boxes), 5)
     from rcnn_cli.boxes import iou_matrix
 
-    assert np.diag(iou_matrix(big[:n] / 2, boxes[:n])).min() > 0.9
+    assert iou_matrix(big[:10] / 2, boxes[:5]).max(axis=0).min() > 0.95  # (near-ties may swap ranks)
     # the objects are among the top proposals (objectness order)
     assert iou_matrix(boxes[:20], rec.boxes).max(axis=0).min() > 0.7
 
@@ -236,7 +235,7 @@ def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
     propose = fr.rpn_proposer(out, device="cpu", post_nms_top_n=30)
     inputs = resolve_inputs([str(shapes_root)], split="test")
     path = tmp_path / "rpn.h5"
-    proposals.run_propose(inputs, path, proposer=propose, attrs=fr.rpn_attrs(out, 30), progress=False)
+    proposals.run_propose(inputs, path, min_size=0, proposer=propose, attrs=fr.rpn_attrs(out, 30), progress=False)
     with proposals.load(path) as reader:
         assert reader.ids() == [i.image_id for i in inputs]
         assert reader.attrs["method"] == "rpn"
