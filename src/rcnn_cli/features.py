@@ -503,7 +503,7 @@ def _existing(out: Path, settings: dict[str, Any]) -> tuple[dict[str, tuple[Path
                 diff = _diff(_settings(attrs), settings)
                 if diff:
                     raise UserError(f"{out} was made with other settings ({'; '.join(diff)}): use another --out "
-                                    "or delete it")
+                                    "or --overwrite")
                 for name, g in f["images"].items():
                     done.setdefault(_attr(g.attrs["image_id"]), (path, name))
         except OSError as e:
