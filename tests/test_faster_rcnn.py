@@ -242,6 +242,24 @@ def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
         first = inputs[0]
         assert np.allclose(reader.boxes(first.image_id), propose(load_image(first.path)))
         assert reader.image_size(first.image_id) == load_image(first.path).size
+    features = pytest.importorskip("rcnn_cli.features")
+    if not hasattr(features, "run_extract_features"):
+        return
+    from rcnn_cli.data.inputs import load_dataset
+
+    ds = load_dataset(shapes_root, "test")
+    feats = tmp_path / "feats.h5"
+    features.run_extract_features(ds, path, feats, backbone="efficientnet_lite0", weights="none", warp_size=64,
+                                  max_proposals=10, batch_size=16, dtype="float32", device="cpu", progress=False)
+    with features.load_features(feats) as fr_, proposals.load(path) as reader:
+        assert sorted(fr_.ids()) == sorted(reader.ids())
+        got = fr_.get(ds.records[0].image_id)
+        rpn_boxes = reader.boxes(ds.records[0].image_id)[:10]
+        # every RPN box is a region of the features store (besides the ground truth)
+        from rcnn_cli.boxes import iou_matrix
+
+        assert iou_matrix(rpn_boxes, got["boxes"]).max(axis=1).min() > 0.999
+        assert got["features"].shape[0] == got["boxes"].shape[0] and got["features"].shape[1] == 1280
 
 
 def test_cli_train_and_detect(shapes_root, tmp_path):
