@@ -54,16 +54,16 @@ class PipelineConfig:
     # proposals
     method: str = "selective-search"
     mode: str = "fast"
-    max_size: int = 320
+    max_size: int = 256
     min_size: int = 16
-    limit: int | None = 300
+    limit: int | None = 100
     workers: int | None = None
     # features
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     layer: str | None = None
-    warp_size: int = 128
-    padding: int = 16
+    warp_size: int = 64
+    padding: int = 6
     batch_size: int = 64
     dtype: str = "float16"
     # fine-tuning

@@ -465,8 +465,8 @@ def _features_context(features: str | Path, proposals: str | Path | None, weight
 
         with load_proposals(proposals) as p:
             props = proposal_settings(p.attrs)
-    elif any(k in attrs for k in ("proposals_method", "proposals_mode", "proposals_max_size")):
-        props = proposal_settings(attrs)
+    elif isinstance(attrs.get("proposals"), dict) and attrs["proposals"].get("method"):
+        props = proposal_settings(attrs["proposals"])  # recorded by extract-features
     return reader, cfg, props
 
 

@@ -1,0 +1,135 @@
+"""`rcnn pipeline` resumes by configuration; fine-tuning writes valid extractor weights and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rcnn_cli.pipeline import PipelineConfig, config_hash, run_pipeline
+
+TINY = dict(train_images=8, test_images=4, image_size=128, max_size=128, min_size=8, limit=20, workers=1,
+            warp_size=32, padding=4, batch_size=64, weights="none", device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread (the test machine is shared; OpenMP spinning on busy cores is slow) and
+    flushed denormals (random-init weights produce them); both restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
+
+
+def _statuses(metrics):
+    return {k: v["status"] for k, v in metrics["stages"].items()}
+
+
+def test_config_hash_is_order_independent():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, _one_thread):
+    run = tmp_path_factory.mktemp("run")
+    metrics = run_pipeline(PipelineConfig(**TINY), run, progress=False)
+    return run, metrics
+
+
+def test_pipeline_runs_every_stage_and_records(first_run):
+    run, metrics = first_run
+    assert set(_statuses(metrics).values()) == {"ran"}
+    assert list(metrics["stages"]) == ["data", "propose-train", "propose-test", "features-train", "features-test",
+                                       "train-svm", "train-bbox", "detect", "evaluate"]
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert set(on_disk["mAP"]) == {"voc07", "voc12"} and 0.0 <= on_disk["mAP"]["voc12"] <= 1.0
+    assert on_disk["voc12"]["num_images"] == 4
+    for name in ("proposals_trainval.h5", "proposals_test.h5", "features_trainval.h5", "features_test.h5",
+                 "model/config.json", "model/svm.safetensors", "model/bbox.safetensors", "detections_test.jsonl"):
+        assert (run / name).exists(), name
+    rec = json.loads((run / "stages" / "train-svm.json").read_text())
+    assert rec["config"]["C"] == 0.001 and rec["hash"] == config_hash(rec["config"])
+    cfg = json.loads((run / "model" / "config.json").read_text())
+    assert cfg["proposals"]["max_size"] == 128 and cfg["proposals"]["limit"] == 20 and cfg["warp_size"] == 32
+    # every detection line is an image of the test split
+    ids = [json.loads(x)["image_id"] for x in (run / "detections_test.jsonl").read_text().splitlines()]
+    assert sorted(ids) == [f"test_{k:05d}" for k in range(4)]
+
+
+def test_pipeline_rerun_skips_and_config_change_reruns_downstream(first_run):
+    run, _ = first_run
+    feats = run / "features_trainval.h5"
+    mtime = feats.stat().st_mtime_ns
+    again = run_pipeline(PipelineConfig(**TINY), run, progress=False)
+    assert set(_statuses(again).values()) == {"skipped"}
+    assert feats.stat().st_mtime_ns == mtime
+    # a new C: only the SVMs and what depends on them run again
+    changed = run_pipeline(PipelineConfig(**dict(TINY, C=0.01)), run, progress=False)
+    st = _statuses(changed)
+    assert all(st[s] == "skipped" for s in ("data", "propose-train", "propose-test", "features-train", "features-test"))
+    assert all(st[s] == "ran" for s in ("train-svm", "train-bbox", "detect", "evaluate"))
+    assert feats.stat().st_mtime_ns == mtime
+    assert json.loads((run / "model" / "config.json").read_text())["svm"]["C"] == 0.01
+    # a stage whose output vanished runs again even though its record is there
+    (run / "detections_test.jsonl").unlink()
+    st = _statuses(run_pipeline(PipelineConfig(**dict(TINY, C=0.01)), run, progress=False))
+    assert st["train-svm"] == "skipped" and st["detect"] == "ran"
+
+
+def test_detect_command_matches_cached_detections(first_run, tmp_path):
+    """`rcnn detect` on the test images (same proposals) reproduces the pipeline's cached-feature detections."""
+    from rcnn_cli.detections import read_detections
+    from rcnn_cli.rcnn import run_detect
+
+    run, _ = first_run
+    out = tmp_path / "d.jsonl"
+    run_detect([str(run / "data")], run / "model", split="test", proposals=run / "proposals_test.h5", out=str(out),
+               device="cpu", progress=False)
+    got, cached = read_detections(out), read_detections(run / "detections_test.jsonl")
+    assert set(got) == set(cached)
+    for k in got:
+        a, b = got[k], cached[k]
+        n = min(len(a), len(b), 5)
+        if n:  # the top detections agree (features cached in float16)
+            np.testing.assert_allclose(a.scores[:n], b.scores[:n], atol=2e-2)
+            np.testing.assert_allclose(a.boxes[:n], b.boxes[:n], atol=1.0)
+
+
+def test_finetune_weights_load_and_resume_exactly(first_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from rcnn_cli.backbones import build_feature_extractor
+    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.finetune import FinetuneConfig, finetune
+
+    run, _ = first_run
+    ds = load_dataset(run / "data", "trainval")
+    props = run / "proposals_trainval.h5"
+    base = dict(backbone="efficientnet_lite0", weights="none", warp_size=32, padding=4, batch_size=8, fg_per_batch=2, seed=3,
+                device="cpu", checkpoint_every=2)
+    a = finetune(ds, props, tmp_path / "a", FinetuneConfig(max_iters=4, **base), progress=False)
+    assert a["iterations"] == 4
+    finetune(ds, props, tmp_path / "b", FinetuneConfig(max_iters=2, **base), progress=False)
+    finetune(ds, props, tmp_path / "b", FinetuneConfig(max_iters=4, **base), resume=True, progress=False)
+    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert set(wa) == set(wb)
+    for k in wa:
+        assert (wa[k] == wb[k]).all(), k
+    # the weights file is exactly the feature extractor's state dict and loads as --weights
+    fe = build_feature_extractor("efficientnet_lite0", tmp_path / "a" / "model.safetensors")
+    sd = fe.state_dict()
+    assert set(sd) == set(wa)
+    for k in sd:
+        assert (sd[k] == wa[k]).all()
+    ref = build_feature_extractor("efficientnet_lite0", "none").state_dict()
+    assert any(not (ref[k] == wa[k]).all() for k in wa if ref[k].is_floating_point())  # training changed it
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(losses))
