@@ -59,7 +59,9 @@ def iou_matrix(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np
 def voc_iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
     """IoU of one box ``(4,)`` with ``gts (M, 4)`` as the VOC devkit computes it (float64).
 
-    Widths and heights count both end pixels: ``w = x2 - x1 + 1``.
+    Widths and heights count both end pixels: ``w = x2 - x1 + 1``. For pairs, ``box`` may be
+    ``(4, P)`` (boxes as columns) with ``gts (P, 4)``: the result is then the ``(P,)`` IoUs of
+    column ``i`` with row ``i``.
     """
     gts = np.asarray(gts, dtype=np.float64).reshape(-1, 4)
     box = np.asarray(box, dtype=np.float64)

@@ -1,7 +1,24 @@
-"""Datasets (Pascal VOC, COCO), image inputs and image loading."""
+"""Datasets (Pascal VOC, COCO), image inputs and image loading.
 
-from rcnn_cli.data.dataset import Dataset, ImageRecord
-from rcnn_cli.data.images import load_image, to_tensor
-from rcnn_cli.data.inputs import ImageInput, is_dataset, load_dataset, resolve_inputs
+Names are imported lazily, so that ``import rcnn_cli.data.images`` (in proposal worker
+processes) stays light.
+"""
 
-__all__ = ["Dataset", "ImageRecord", "ImageInput", "load_dataset", "resolve_inputs", "is_dataset", "load_image", "to_tensor"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Dataset": "rcnn_cli.data.dataset", "ImageRecord": "rcnn_cli.data.dataset",
+    "load_image": "rcnn_cli.data.images", "to_tensor": "rcnn_cli.data.images",
+    "ImageInput": "rcnn_cli.data.inputs", "is_dataset": "rcnn_cli.data.inputs",
+    "load_dataset": "rcnn_cli.data.inputs", "resolve_inputs": "rcnn_cli.data.inputs",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rcnn_cli.data' has no attribute {name!r}")

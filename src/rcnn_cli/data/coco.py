@@ -55,6 +55,8 @@ def load_coco(json_path: str | Path, images: str | Path | None = None, classes: 
                 difficult=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool),
                 truncated=np.zeros(len(anns), bool),
                 coco_id=int(img["id"]),
+                areas=np.asarray([float(a.get("area", float(a["bbox"][2]) * float(a["bbox"][3]))) for a in anns],
+                                 np.float64),
             ))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{json_path}: malformed COCO entry ({type(e).__name__}: {e})") from None

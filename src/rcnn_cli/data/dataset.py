@@ -27,6 +27,7 @@ class ImageRecord:
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     coco_id: int | None = None  # the original COCO image id, when read from COCO JSON
+    areas: np.ndarray | None = None  # (N,) COCO object areas (segmentation area) for APs/APm/APl; None: box areas
 
 
 @dataclass

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rcnn_cli.errors import ImageError
+
+if TYPE_CHECKING:  # torch is imported where needed: proposal workers start without it
+    import torch
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -70,7 +73,9 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
+def to_tensor(img: Image.Image) -> "torch.Tensor":
     """``(3, H, W)`` float32 tensor in ``[0, 1]`` from an RGB image."""
+    import torch
+
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
