@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The classic R-CNN, one stage at a time, every intermediate file kept (what `rcnn pipeline` does
+# in one command, spelled out so that each stage can be inspected, swapped or rerun):
+#
+#   propose (train, test) -> proposals recall -> extract-features (train)
+#     -> [FINETUNE=1: finetune, then extract-features again with the fine-tuned weights]
+#     -> train-svm -> train-bbox -> detect (JSON lines + drawn images) -> evaluate (VOC07, VOC12)
+#
+# Usage:  examples/rcnn_stages.sh [VOC_ROOT] [OUT_DIR]
+#   VOC_ROOT  a VOC-layout dataset (JPEGImages/, Annotations/, ImageSets/Main/<split>.txt);
+#             omitted or "": the built-in shapes data is generated into OUT_DIR/data.
+#   OUT_DIR   where everything goes (default: runs/rcnn_stages).
+#
+# Settings (environment variables; defaults are sized for a 2-core CPU, the paper's in brackets):
+#   TRAIN_SPLIT=trainval TEST_SPLIT=test
+#   TRAIN_IMAGES=200 TEST_IMAGES=50 IMAGE_SIZE=256   shapes data only
+#   LIMIT=100        proposals kept per image [2000]
+#   MODE=fast        selective search strategy (fast | quality)
+#   MAX_SIZE=500     longer image side for selective search [500]
+#   MIN_BOX=16       proposals narrower/shorter than this (pixels) are dropped
+#   WARP=64          warped region size [227]; PADDING (context, warped pixels) defaults to WARP/10 [16]
+#   BACKBONE=efficientnet_lite0 WEIGHTS=imagenet   (WEIGHTS=none: random weights, for quick checks)
+#   FINETUNE=0       1: fine-tune the backbone on warped regions first (FT_ITERS, default one epoch)
+#   WORKERS          selective-search processes (default: all cores)
+#   DEVICE=auto SEED=0
+#
+# Rerunning the script resumes: propose and extract-features continue unfinished files and skip
+# finished ones; the SVMs, regressors, detections and evaluations are recomputed (seconds).
+set -euo pipefail
+
+DATASET="${1:-}"
+OUT="${2:-runs/rcnn_stages}"
+TRAIN_SPLIT="${TRAIN_SPLIT:-trainval}"
+TEST_SPLIT="${TEST_SPLIT:-test}"
+LIMIT="${LIMIT:-100}"
+MODE="${MODE:-fast}"
+MAX_SIZE="${MAX_SIZE:-500}"
+MIN_BOX="${MIN_BOX:-16}"
+WARP="${WARP:-64}"
+PADDING="${PADDING:-$(( (WARP + 5) / 10 ))}"
+BACKBONE="${BACKBONE:-efficientnet_lite0}"
+WEIGHTS="${WEIGHTS:-imagenet}"
+FINETUNE="${FINETUNE:-0}"
+DEVICE="${DEVICE:-auto}"
+SEED="${SEED:-0}"
+WORKER_ARGS=()
+[[ -n "${WORKERS:-}" ]] && WORKER_ARGS=(--workers "$WORKERS")
+
+mkdir -p "$OUT"
+
+# ---- 0. data: the user's VOC root, or the built-in shapes data (4 classes, VOC layout)
+if [[ -z "$DATASET" ]]; then
+    DATASET="$OUT/data"
+    if [[ ! -f "$DATASET/ImageSets/Main/$TEST_SPLIT.txt" ]]; then
+        rcnn data make-shapes "$DATASET" --train "${TRAIN_IMAGES:-200}" --test "${TEST_IMAGES:-50}" \
+            --size "${IMAGE_SIZE:-256}" --seed "$SEED"
+    fi
+fi
+rcnn data info "$DATASET" --split "$TRAIN_SPLIT"   # classes, object counts, any bad boxes
+
+# ---- 1. region proposals (selective search), one HDF5 file per split, resumable
+for split in "$TRAIN_SPLIT" "$TEST_SPLIT"; do
+    rcnn propose "$DATASET" --split "$split" --out "$OUT/proposals_$split.h5" --mode "$MODE" \
+        --max-size "$MAX_SIZE" --min-size "$MIN_BOX" --limit "$LIMIT" --seed "$SEED" ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} --no-progress
+done
+
+# ---- 2. how many ground-truth boxes do the test proposals cover? (an upper bound on recall)
+rcnn proposals recall "$DATASET" --split "$TEST_SPLIT" --proposals "$OUT/proposals_$TEST_SPLIT.h5" \
+    --json "$OUT/recall_$TEST_SPLIT.json" --plot "$OUT/recall_plots"
+
+# ---- 3. features of every warped region of the training split (ground-truth boxes included)
+FEAT_ARGS=(--backbone "$BACKBONE" --warp-size "$WARP" --padding "$PADDING" --device "$DEVICE" --no-progress)
+rcnn extract-features "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" \
+    --weights "$WEIGHTS" --out "$OUT/features_$TRAIN_SPLIT.h5" "${FEAT_ARGS[@]}"
+FEATURES="$OUT/features_$TRAIN_SPLIT.h5"
+MODEL_WEIGHTS=()   # fine-tuned weights the SVMs must be told about (detect re-extracts features with them)
+
+# ---- 3b. optional: fine-tune the backbone on warped regions (N+1-way softmax), then re-extract
+if [[ "$FINETUNE" == 1 ]]; then
+    FT_ARGS=()
+    [[ -n "${FT_ITERS:-}" ]] && FT_ARGS=(--max-iters "$FT_ITERS")
+    rcnn finetune "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" \
+        --backbone "$BACKBONE" --weights "$WEIGHTS" --warp-size "$WARP" --padding "$PADDING" \
+        --out "$OUT/finetune" --seed "$SEED" --device "$DEVICE" ${FT_ARGS[@]+"${FT_ARGS[@]}"} --no-progress
+    rcnn extract-features "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" \
+        --weights "$OUT/finetune/model.safetensors" --out "$OUT/features_${TRAIN_SPLIT}_ft.h5" "${FEAT_ARGS[@]}"
+    FEATURES="$OUT/features_${TRAIN_SPLIT}_ft.h5"
+    MODEL_WEIGHTS=(--weights "$OUT/finetune/model.safetensors")
+fi
+
+# ---- 4. one linear SVM per class with hard-negative mining; 5. box regressors (same model dir)
+rcnn train-svm --features "$FEATURES" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --out "$OUT/model" \
+    ${MODEL_WEIGHTS[@]+"${MODEL_WEIGHTS[@]}"} --no-progress
+rcnn train-bbox --features "$FEATURES" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --out "$OUT/model" \
+    ${MODEL_WEIGHTS[@]+"${MODEL_WEIGHTS[@]}"} --no-progress
+
+# ---- 6. detect on the test split with its precomputed proposals: JSON lines + drawn images
+rcnn detect "$DATASET" --split "$TEST_SPLIT" --model "$OUT/model" --proposals "$OUT/proposals_$TEST_SPLIT.h5" \
+    --out "$OUT/detections_$TEST_SPLIT.jsonl" --draw "$OUT/drawn" --device "$DEVICE" --no-progress
+
+# ---- 7. evaluate: PASCAL VOC 2007 (11-point) and VOC 2012 (area) AP, tables, JSON, PR curves
+for metric in voc07 voc12; do
+    rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/detections_$TEST_SPLIT.jsonl" \
+        --metric "$metric" --json "$OUT/eval_$metric.json" --plot "$OUT/pr_$metric"
+done
+
+echo
+echo "R-CNN stage chain done. Outputs in $OUT (each with a *.config.json record beside it):"
+echo "  proposals_$TRAIN_SPLIT.h5 proposals_$TEST_SPLIT.h5  selective-search boxes (rcnn propose)"
+echo "  recall_$TEST_SPLIT.json recall_plots/        proposal recall, MABO and recall curves"
+echo "  $(basename "$FEATURES")               warped-region features (rcnn extract-features)"
+[[ "$FINETUNE" == 1 ]] && echo "  finetune/model.safetensors         fine-tuned backbone (rcnn finetune)"
+echo "  model/                             SVMs, box regressors, config.json (rcnn detect --model)"
+echo "  detections_$TEST_SPLIT.jsonl            one JSON line per test image; drawn/: the images with boxes"
+echo "  eval_voc07.json eval_voc12.json    AP per class and mAP; pr_voc07/ pr_voc12/: PR curves"
