@@ -1,3 +1,43 @@
-"""CLI commands: compare (see the library module of the same responsibility)."""
+"""CLI command: ``rcnn compare`` (library: :mod:`rcnn_cli.compare`)."""
 
-from rcnn_cli.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from rcnn_cli.cli.app import app
+from rcnn_cli.log import console
+
+
+@app.command("compare")
+def compare_cmd(
+    dataset: Optional[Path] = typer.Argument(None, help="VOC root or COCO JSON; omitted: the built-in shapes data (generated into OUT/data)."),
+    train_split: str = typer.Option("trainval", "--train-split", help="Training split."),
+    test_split: str = typer.Option("test", "--test-split", help="Test split (evaluation and timing)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for every run, compare.json, compare.md and compare.png (reused on rerun)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone of all three detectors (rcnn_cli.backbones)."),
+    methods: str = typer.Option("rcnn,fast,faster", "--methods", help="Comma-separated subset of rcnn, fast, faster."),
+    budget: str = typer.Option("quick", "--budget", help="quick (2-core CPU, minutes: fewer proposals, smaller sizes, short schedules) or full (the papers' settings)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    seed: int = typer.Option(0, "--seed", help="Seed of data generation, training and sampling."),
+    timing_images: Optional[int] = typer.Option(None, "--timing-images", help="Test images timed per method (default: quick 6, full 10)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one budget setting, e.g. --set fast.epochs=8 (repeatable; recorded in the output)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train, evaluate and time R-CNN, Fast R-CNN and Faster R-CNN on the same data: the lecture's table.
+
+    Same backbone for all three, the same proposals files for R-CNN and Fast R-CNN; finished stages in
+    OUT are reused when their configuration matches. Writes OUT/compare.json, compare.md, compare.png.
+    """
+    from rcnn_cli.compare import parse_methods, parse_set, print_table, run_compare
+
+    chosen = parse_methods(methods)
+    overrides = parse_set(set_)
+    report = run_compare(dataset, train_split, test_split, out, backbone=backbone, methods=chosen, budget=budget,
+                         device=device, seed=seed, progress=progress, images=images, timing_images=timing_images,
+                         overrides=overrides, command="rcnn compare")
+    print_table(report)
+    console.print(f"written: {out}/compare.json, {out}/compare.md, {out}/compare.png", highlight=False)
