@@ -201,6 +201,21 @@ def _device_name(device: str) -> str:
     return f"{device} ({cpu}, {os.cpu_count()} logical cores)"
 
 
+def _replace_attr(obj: Any, name: str, value: Any) -> Callable[[], None]:
+    """Set an instance attribute; the returned function restores what the instance had before."""
+    own = vars(obj)
+    had, previous = name in own, own.get(name)
+    setattr(obj, name, value)
+
+    def restore() -> None:
+        if had:
+            setattr(obj, name, previous)
+        else:
+            delattr(obj, name)
+
+    return restore
+
+
 @contextmanager
 def count_proposals(detector: Any) -> Iterator[list[int]]:
     """Record how many proposals each call of ``detector`` scores (a list that fills up).
@@ -220,8 +235,7 @@ def count_proposals(detector: Any) -> Iterator[list[int]]:
             counts.append(min(len(boxes), cap) if cap else len(boxes))
             return boxes
 
-        detector.proposals_for = proposals_for
-        undo.append(lambda: delattr(detector, "proposals_for"))
+        undo.append(_replace_attr(detector, "proposals_for", proposals_for))
     elif callable(getattr(detector, "propose", None)) and hasattr(detector, "extractor"):  # R-CNN
         original = detector.propose
 
@@ -230,8 +244,7 @@ def count_proposals(detector: Any) -> Iterator[list[int]]:
             counts.append(len(boxes))
             return boxes
 
-        detector.propose = propose
-        undo.append(lambda: delattr(detector, "propose"))
+        undo.append(_replace_attr(detector, "propose", propose))
     elif hasattr(getattr(detector, "model", None), "rpn"):  # torchvision FasterRCNN (ours or plain)
         def hook(_module, _inputs, output):
             boxes = output[0] if isinstance(output, (tuple, list)) else output
