@@ -16,7 +16,7 @@
 #   TRAIN_IMAGES=200 TEST_IMAGES=50 IMAGE_SIZE=256   shapes data only
 #   LIMIT=100        proposals kept per image [2000]
 #   MODE=fast        selective search strategy (fast | quality)
-#   MAX_SIZE=500     longer image side for selective search [500]
+#   SS_MAX_SIZE=500  longer image side for selective search [500]
 #   MIN_BOX=16       proposals narrower/shorter than this (pixels) are dropped
 #   WARP=64          warped region size [227]; PADDING (context, warped pixels) defaults to WARP/10 [16]
 #   BACKBONE=efficientnet_lite0 WEIGHTS=imagenet   (WEIGHTS=none: random weights, for quick checks)
@@ -34,7 +34,7 @@ TRAIN_SPLIT="${TRAIN_SPLIT:-trainval}"
 TEST_SPLIT="${TEST_SPLIT:-test}"
 LIMIT="${LIMIT:-100}"
 MODE="${MODE:-fast}"
-MAX_SIZE="${MAX_SIZE:-500}"
+SS_MAX_SIZE="${SS_MAX_SIZE:-500}"
 MIN_BOX="${MIN_BOX:-16}"
 WARP="${WARP:-64}"
 PADDING="${PADDING:-$(( (WARP + 5) / 10 ))}"
@@ -61,7 +61,7 @@ rcnn data info "$DATASET" --split "$TRAIN_SPLIT"   # classes, object counts, any
 # ---- 1. region proposals (selective search), one HDF5 file per split, resumable
 for split in "$TRAIN_SPLIT" "$TEST_SPLIT"; do
     rcnn propose "$DATASET" --split "$split" --out "$OUT/proposals_$split.h5" --mode "$MODE" \
-        --max-size "$MAX_SIZE" --min-size "$MIN_BOX" --limit "$LIMIT" --seed "$SEED" ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} --no-progress
+        --max-size "$SS_MAX_SIZE" --min-size "$MIN_BOX" --limit "$LIMIT" --seed "$SEED" ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} --no-progress
 done
 
 # ---- 2. how many ground-truth boxes do the test proposals cover? (an upper bound on recall)
