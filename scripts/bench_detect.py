@@ -373,10 +373,21 @@ def main(argv=None) -> dict:
             plain = {"ours": min(ours_t), "plain": min(plain_t), "ratio": min(ours_t) / min(plain_t),
                      "ours_rounds": ours_t, "plain_rounds": plain_t, "max_box_difference": max(diffs)}
 
+    agreement = None
+    if args.from_compare:
+        agreement = {}
+        for m in rows:
+            theirs = rep["results"].get(m, {}).get("test_seconds_per_image")
+            if not theirs:
+                continue
+            agreement[m] = {k: {"compare": theirs[k], "bench": rows[m][k], "ratio": rows[m][k] / theirs[k]}
+                            for k in ("without_proposals", "with_proposals") if theirs.get(k)}
+
     report = {"device": str(device), "threads": threads_info(), "images": [i for i, _ in images],
               "warmup": args.warmup, "repeats": args.repeats, "proposals_count": args.proposals_count,
               "models": {"rcnn": str(rcnn_dir), "fast": str(fast_dir), "faster": str(faster_dir)},
               "data": str(args.data), "rows": rows, "plain_torchvision": plain, "timings": results,
+              "agreement_with_compare": agreement, "compare": str(args.from_compare) if args.from_compare else None,
               "goals": {f"{m} {k}": g for (m, k), g in GOALS.items()} | {"ours/plain": PLAIN_GOAL}}
     print_report(report)
     if args.json:
@@ -431,6 +442,16 @@ def print_report(report: dict) -> None:
         t2.add_row(_fmt(p["ours"]), _fmt(p["plain"]), f"{p['ratio']:.3f}",
                    f"<= {PLAIN_GOAL}: {'met' if p['ratio'] <= PLAIN_GOAL else 'not met'}", f"{p['max_box_difference']:.2g}")
         out.print(t2)
+    agr = report.get("agreement_with_compare")
+    if agr:
+        t3 = Table(title=f"(c) agreement with {report['compare']}/compare.json (goal: within 20%)", title_justify="left")
+        for col in ("method", "timing", "compare", "bench", "bench/compare", "within 20%"):
+            t3.add_column(col, justify="left" if col in ("method", "timing") else "right")
+        for m, d in agr.items():
+            for k, v in d.items():
+                t3.add_row(METHOD_NAMES[m], k.replace("_", " "), _fmt(v["compare"]), _fmt(v["bench"]),
+                           f"{v['ratio']:.2f}", "yes" if abs(v["ratio"] - 1) <= 0.2 else "NO")
+        out.print(t3)
 
 
 if __name__ == "__main__":

@@ -439,6 +439,8 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
     from rcnn_cli.engine import resolve_device
 
     resolve_device(device)  # a bad --device fails now, not after an hour
+    if dataset is not None and not Path(dataset).exists():
+        raise UserError(f"{dataset}: dataset not found")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -462,8 +464,6 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
         data_id: dict[str, Any] = {"data": st.hashes["data"]}
     else:
         dataset_path = str(dataset)
-        if not Path(dataset_path).exists():
-            raise UserError(f"{dataset_path}: dataset not found")
         data_id = {"dataset": str(Path(dataset_path).resolve()), "images": str(images) if images else None,
                    "train_split": train_split, "test_split": test_split}
     train_ds = load_dataset(dataset_path, train_split, images)
