@@ -109,11 +109,12 @@ if [[ -f "$LIST" ]]; then
         | rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections - --metric voc07 --json "$OUT/eval_$TEST_SPLIT.json"
 fi
 
+show() { printf '  %-42s %s\n' "$1" "$2"; }
 echo
 echo "Done. Outputs in $OUT:"
-echo "  detections.jsonl   one JSON line per image found under $IMAGES"
-echo "  summary.tsv        per image: id, number of boxes, the boxes scoring >= $SCORE"
-echo "  per_class.tsv      boxes scoring >= $SCORE per class; drawn/: the images with the boxes"
-[[ -f "$LIST" ]] && echo "  eval_$TEST_SPLIT.json     VOC07 AP per class and mAP of the piped detections"
-[[ -d "$OUT/rcnn_run" ]] && echo "  rcnn_run/          the R-CNN trained for this example (model/, metrics.json)"
+show "detections.jsonl" "one JSON line per image found under $IMAGES"
+show "summary.tsv" "per image: id, number of boxes, the boxes scoring >= $SCORE"
+show "per_class.tsv" "boxes scoring >= $SCORE per class; drawn/: the images with the boxes"
+[[ -f "$LIST" ]] && show "eval_$TEST_SPLIT.json" "VOC07 AP per class and mAP of the piped detections"
+[[ -d "$OUT/rcnn_run" ]] && show "rcnn_run/" "the R-CNN trained for this example (model/, metrics.json)"
 exit 0

@@ -64,9 +64,10 @@ for metric in voc07 voc12; do
         --metric "$metric" --json "$OUT/eval_$metric.json" --plot "$OUT/pr_$metric"
 done
 
+show() { printf '  %-42s %s\n' "$1" "$2"; }
 echo
 echo "Fast R-CNN done. Outputs in $OUT (each with a *.config.json record beside it):"
-echo "  proposals_$TRAIN_SPLIT.h5 proposals_$TEST_SPLIT.h5   selective-search boxes (rcnn propose)"
-echo "  model/                    model.safetensors, config.json, metrics.jsonl, checkpoints"
-echo "  detections_$TEST_SPLIT.jsonl    one JSON line per test image; drawn/: the images with boxes"
-echo "  eval_voc07.json eval_voc12.json   AP per class and mAP; pr_voc07/ pr_voc12/: PR curves"
+show "proposals_$TRAIN_SPLIT.h5 proposals_$TEST_SPLIT.h5" "selective-search boxes (rcnn propose)"
+show "model/" "model.safetensors, config.json, metrics.jsonl, checkpoints"
+show "detections_$TEST_SPLIT.jsonl" "one JSON line per test image; drawn/: the images with boxes"
+show "eval_voc07.json eval_voc12.json" "AP per class and mAP; pr_voc07/ pr_voc12/: PR curves"

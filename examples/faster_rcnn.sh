@@ -87,10 +87,11 @@ for method, name in (("rpn", "RPN"), ("ss", "selective search")):
     print(f"{name:<18}{r['boxes_per_image']:>12.0f}{r['recall@0.5']:>12.3f}{r['recall@0.7']:>12.3f}{r['mabo']:>8.3f}")
 EOF
 
+show() { printf '  %-42s %s\n' "$1" "$2"; }
 echo
 echo "Faster R-CNN done. Outputs in $OUT (each with a *.config.json record beside it):"
-echo "  model/                    model.safetensors, config.json, metrics.jsonl (losses per iteration), checkpoint/"
-echo "  detections_$TEST_SPLIT.jsonl    one JSON line per test image; drawn/: the images with boxes"
-echo "  eval_voc07.json eval_voc12.json   AP per class and mAP; pr_voc07/ pr_voc12/: PR curves"
-echo "  proposals_rpn_$TEST_SPLIT.h5 proposals_ss_$TEST_SPLIT.h5   RPN vs selective-search proposals"
-echo "  recall_rpn.json recall_ss.json    their recall / MABO; recall_plots_rpn/ recall_plots_ss/: curves"
+show "model/" "model.safetensors, config.json, metrics.jsonl (losses per iteration), checkpoint/"
+show "detections_$TEST_SPLIT.jsonl" "one JSON line per test image; drawn/: the images with boxes"
+show "eval_voc07.json eval_voc12.json" "AP per class and mAP; pr_voc07/ pr_voc12/: PR curves"
+show "proposals_rpn_$TEST_SPLIT.h5 proposals_ss_$TEST_SPLIT.h5" "RPN vs selective-search proposals"
+show "recall_rpn.json recall_ss.json" "their recall / MABO; recall_plots_rpn/ recall_plots_ss/: curves"

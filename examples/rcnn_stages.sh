@@ -2,9 +2,11 @@
 # The classic R-CNN, one stage at a time, every intermediate file kept (what `rcnn pipeline` does
 # in one command, spelled out so that each stage can be inspected, swapped or rerun):
 #
-#   propose (train, test) -> proposals recall -> extract-features (train)
-#     -> [FINETUNE=1: finetune, then extract-features again with the fine-tuned weights]
+#   propose (train, test) -> proposals recall -> [FINETUNE=1: finetune] -> extract-features (train)
 #     -> train-svm -> train-bbox -> detect (JSON lines + drawn images) -> evaluate (VOC07, VOC12)
+#
+# `rcnn detect` computes the test regions' features itself (from the stored test proposals), so
+# only the training split's features are extracted.
 #
 # Usage:  examples/rcnn_stages.sh [VOC_ROOT] [OUT_DIR]
 #   VOC_ROOT  a VOC-layout dataset (JPEGImages/, Annotations/, ImageSets/Main/<split>.txt);
@@ -26,6 +28,8 @@
 #
 # Rerunning the script resumes: propose and extract-features continue unfinished files and skip
 # finished ones; the SVMs, regressors, detections and evaluations are recomputed (seconds).
+# Other settings (LIMIT, WARP, ...) need another OUT_DIR: the stored files refuse to mix settings.
+# FINETUNE=1 in the same OUT_DIR reuses the proposals and writes finetune/ and *_ft outputs.
 set -euo pipefail
 
 DATASET="${1:-}"
@@ -68,48 +72,52 @@ done
 rcnn proposals recall "$DATASET" --split "$TEST_SPLIT" --proposals "$OUT/proposals_$TEST_SPLIT.h5" \
     --json "$OUT/recall_$TEST_SPLIT.json" --plot "$OUT/recall_plots"
 
-# ---- 3. features of every warped region of the training split (ground-truth boxes included)
-FEAT_ARGS=(--backbone "$BACKBONE" --warp-size "$WARP" --padding "$PADDING" --device "$DEVICE" --no-progress)
-rcnn extract-features "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" \
-    --weights "$WEIGHTS" --out "$OUT/features_$TRAIN_SPLIT.h5" "${FEAT_ARGS[@]}"
-FEATURES="$OUT/features_$TRAIN_SPLIT.h5"
-MODEL_WEIGHTS=()   # fine-tuned weights the SVMs must be told about (detect re-extracts features with them)
-
-# ---- 3b. optional: fine-tune the backbone on warped regions (N+1-way softmax), then re-extract
+# ---- 3. optional (FINETUNE=1): fine-tune the backbone on warped regions (N+1-way softmax first;
+#         R-CNN's step 2). The features are then extracted with the fine-tuned weights.
+FEAT_WEIGHTS="$WEIGHTS"
+SUFFIX=""          # "_ft" with fine-tuning: features, model, detections and evaluations sit beside the plain ones
+MODEL_WEIGHTS=()   # the fine-tuned weights, recorded in the model (detect extracts features with them)
 if [[ "$FINETUNE" == 1 ]]; then
     FT_ARGS=()
     [[ -n "${FT_ITERS:-}" ]] && FT_ARGS=(--max-iters "$FT_ITERS")
     rcnn finetune "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" \
         --backbone "$BACKBONE" --weights "$WEIGHTS" --warp-size "$WARP" --padding "$PADDING" \
         --out "$OUT/finetune" --seed "$SEED" --device "$DEVICE" ${FT_ARGS[@]+"${FT_ARGS[@]}"} --no-progress
-    rcnn extract-features "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" \
-        --weights "$OUT/finetune/model.safetensors" --out "$OUT/features_${TRAIN_SPLIT}_ft.h5" "${FEAT_ARGS[@]}"
-    FEATURES="$OUT/features_${TRAIN_SPLIT}_ft.h5"
-    MODEL_WEIGHTS=(--weights "$OUT/finetune/model.safetensors")
+    FEAT_WEIGHTS="$OUT/finetune/model.safetensors"
+    SUFFIX="_ft"
+    MODEL_WEIGHTS=(--weights "$FEAT_WEIGHTS")
 fi
 
-# ---- 4. one linear SVM per class with hard-negative mining; 5. box regressors (same model dir)
-rcnn train-svm --features "$FEATURES" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --out "$OUT/model" \
+# ---- 4. features of every warped region of the training split (ground-truth boxes included)
+FEATURES="$OUT/features_$TRAIN_SPLIT$SUFFIX.h5"
+rcnn extract-features "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" \
+    --backbone "$BACKBONE" --weights "$FEAT_WEIGHTS" --warp-size "$WARP" --padding "$PADDING" \
+    --out "$FEATURES" --device "$DEVICE" --no-progress
+MODEL="$OUT/model$SUFFIX"
+
+# ---- 5. one linear SVM per class with hard-negative mining, then the box regressors (one model dir)
+rcnn train-svm --features "$FEATURES" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --out "$MODEL" \
     ${MODEL_WEIGHTS[@]+"${MODEL_WEIGHTS[@]}"} --no-progress
-rcnn train-bbox --features "$FEATURES" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --out "$OUT/model" \
+rcnn train-bbox --features "$FEATURES" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --out "$MODEL" \
     ${MODEL_WEIGHTS[@]+"${MODEL_WEIGHTS[@]}"} --no-progress
 
 # ---- 6. detect on the test split with its precomputed proposals: JSON lines + drawn images
-rcnn detect "$DATASET" --split "$TEST_SPLIT" --model "$OUT/model" --proposals "$OUT/proposals_$TEST_SPLIT.h5" \
-    --out "$OUT/detections_$TEST_SPLIT.jsonl" --draw "$OUT/drawn" --device "$DEVICE" --no-progress
+rcnn detect "$DATASET" --split "$TEST_SPLIT" --model "$MODEL" --proposals "$OUT/proposals_$TEST_SPLIT.h5" \
+    --out "$OUT/detections_$TEST_SPLIT$SUFFIX.jsonl" --draw "$OUT/drawn$SUFFIX" --device "$DEVICE" --no-progress
 
 # ---- 7. evaluate: PASCAL VOC 2007 (11-point) and VOC 2012 (area) AP, tables, JSON, PR curves
 for metric in voc07 voc12; do
-    rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/detections_$TEST_SPLIT.jsonl" \
-        --metric "$metric" --json "$OUT/eval_$metric.json" --plot "$OUT/pr_$metric"
+    rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/detections_$TEST_SPLIT$SUFFIX.jsonl" \
+        --metric "$metric" --json "$OUT/eval_$metric$SUFFIX.json" --plot "$OUT/pr_$metric$SUFFIX"
 done
 
+show() { printf '  %-42s %s\n' "$1" "$2"; }
 echo
 echo "R-CNN stage chain done. Outputs in $OUT (each with a *.config.json record beside it):"
-echo "  proposals_$TRAIN_SPLIT.h5 proposals_$TEST_SPLIT.h5  selective-search boxes (rcnn propose)"
-echo "  recall_$TEST_SPLIT.json recall_plots/        proposal recall, MABO and recall curves"
-echo "  $(basename "$FEATURES")               warped-region features (rcnn extract-features)"
-[[ "$FINETUNE" == 1 ]] && echo "  finetune/model.safetensors         fine-tuned backbone (rcnn finetune)"
-echo "  model/                             SVMs, box regressors, config.json (rcnn detect --model)"
-echo "  detections_$TEST_SPLIT.jsonl            one JSON line per test image; drawn/: the images with boxes"
-echo "  eval_voc07.json eval_voc12.json    AP per class and mAP; pr_voc07/ pr_voc12/: PR curves"
+show "proposals_$TRAIN_SPLIT.h5 proposals_$TEST_SPLIT.h5" "selective-search boxes (rcnn propose)"
+show "recall_$TEST_SPLIT.json recall_plots/" "proposal recall, MABO and recall curves"
+[[ "$FINETUNE" == 1 ]] && show "finetune/model.safetensors" "fine-tuned backbone (rcnn finetune)"
+show "features_$TRAIN_SPLIT$SUFFIX.h5" "warped-region features (rcnn extract-features)"
+show "model$SUFFIX/" "SVMs, box regressors, config.json (rcnn detect --model)"
+show "detections_$TEST_SPLIT$SUFFIX.jsonl" "one JSON line per test image; drawn$SUFFIX/: boxes drawn"
+show "eval_voc07$SUFFIX.json eval_voc12$SUFFIX.json" "AP per class and mAP; pr_voc07$SUFFIX/ pr_voc12$SUFFIX/: PR curves"

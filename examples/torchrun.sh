@@ -84,8 +84,9 @@ rcnn "$METHOD" detect "$DATASET" --split "$TEST_SPLIT" --model "$OUT/model" ${DE
 rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/detections_$TEST_SPLIT.jsonl" \
     --metric voc07 --json "$OUT/eval_voc07.json"
 
+show() { printf '  %-42s %s\n' "$1" "$2"; }
 echo
 echo "torchrun training done. Outputs in $OUT:"
-echo "  model/                    model.safetensors, config.json (train.world_size = $NPROC), metrics.jsonl"
-echo "  detections_$TEST_SPLIT.jsonl    one JSON line per test image"
-echo "  eval_voc07.json           AP per class and mAP"
+show "model/" "model.safetensors, config.json (train.world_size = $NPROC), metrics.jsonl"
+show "detections_$TEST_SPLIT.jsonl" "one JSON line per test image"
+show "eval_voc07.json" "AP per class and mAP"
