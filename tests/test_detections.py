@@ -237,3 +237,15 @@ def test_run_inference_streams_skips_bad_images_and_draws(tmp_path):
     assert drawn.size == (64, 48)
     with pytest.raises(UserError, match="needs --out"):
         run_inference(detect, images, None, fmt="coco", classes=["cat"], progress=False)
+
+
+def test_detect_settings_out_of_range_are_user_errors():
+    from rcnn_cli.errors import UserError
+    from rcnn_cli.inference import check_detect_settings
+
+    check_detect_settings(0.0, 1.0, 1)  # the edges are allowed
+    check_detect_settings(None, None, None)
+    for kwargs, flag in (({"score_threshold": 1.5}, "--score-threshold"), ({"nms": 0.0}, "--nms"),
+                         ({"nms": 1.2}, "--nms"), ({"top_k": 0}, "--top-k")):
+        with pytest.raises(UserError, match=flag):
+            check_detect_settings(**kwargs)

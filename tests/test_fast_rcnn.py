@@ -136,7 +136,7 @@ def _jittered(gt: np.ndarray, rng: np.random.Generator, size: int, n_random: int
 
 
 def test_tiny_overfit_reaches_perfect_detections(tmp_path):
-    """One shapes image, ImageNet EfficientNet-Lite0 trunk (frozen for speed), 100 iterations on the CPU."""
+    """One shapes image, ImageNet EfficientNet-Lite0 trunk (frozen for speed), 200 iterations on the CPU."""
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.shapes import make_shapes
     from rcnn_cli.data.torch_dataset import DetectionDataset
@@ -155,7 +155,7 @@ def test_tiny_overfit_reaches_perfect_detections(tmp_path):
     target["proposals"] = props
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
     model.train()
-    for _ in range(100):
+    for _ in range(200):
         losses = model([image], [target])
         opt.zero_grad()
         sum(losses.values()).backward()

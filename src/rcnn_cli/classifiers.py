@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,19 @@ def class_overlaps(boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarra
 def _gt_rows(item: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     gt = item["gt"].astype(bool)
     return item["boxes"][gt].astype(np.float32), item["labels"][gt].astype(np.int64)
+
+
+def _training_inputs(reader: FeatureSource, classes: Sequence[str] | None,
+                     feature_scale: float | None) -> tuple[list[str], list[str], float]:
+    """The classes, complete image ids and feature scale a trainer works with (UserError if empty)."""
+    classes = list(classes if classes is not None else reader.classes)
+    if not classes:
+        raise UserError("features store records no classes (extract features from a labelled dataset)")
+    ids = reader.ids()
+    if not ids:
+        raise UserError("features store has no complete images")
+    scale = float(feature_scale) if feature_scale is not None else compute_feature_scale(reader)
+    return classes, ids, scale
 
 
 def compute_feature_scale(reader: FeatureSource, target_norm: float = TARGET_NORM, max_images: int | None = 200,
@@ -202,14 +215,8 @@ def train_svms(reader: FeatureSource, C: float = 0.001, bias: float = 10.0, pos_
     ``keep_cache_keys`` adds ``stats[class]["cache"]``: the ``(image_id, region row)`` of every
     negative left in the cache (for inspection and tests).
     """
-    classes = list(classes if classes is not None else reader.classes)
-    if not classes:
-        raise UserError("features store records no classes (extract features from a labelled dataset)")
+    classes, ids, scale = _training_inputs(reader, classes, feature_scale)
     num_classes = len(classes)
-    ids = reader.ids()
-    if not ids:
-        raise UserError("features store has no complete images")
-    scale = float(feature_scale) if feature_scale is not None else compute_feature_scale(reader)
 
     # Pass 1: the positives (ground-truth rows of each class).
     pos: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
@@ -343,14 +350,8 @@ def train_bbox_regressors(reader: FeatureSource, lam: float = 1000.0, min_overla
     Each region is matched to the ground truth (of any class) it overlaps most and trains that
     class's regressor; ground-truth rows themselves are included (target zero), as in R-CNN.
     """
-    classes = list(classes if classes is not None else reader.classes)
-    if not classes:
-        raise UserError("features store records no classes (extract features from a labelled dataset)")
+    classes, ids, scale = _training_inputs(reader, classes, feature_scale)
     num_classes = len(classes)
-    ids = reader.ids()
-    if not ids:
-        raise UserError("features store has no complete images")
-    scale = float(feature_scale) if feature_scale is not None else compute_feature_scale(reader)
     xs: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     ys: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     dim = None

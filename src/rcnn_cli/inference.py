@@ -21,10 +21,21 @@ from rcnn_cli.detections import FORMATS, ImageDetections, open_writer
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger, progress_bar
 
-__all__ = ["run_inference", "timing_summary", "DETECT_DEFAULTS"]
+__all__ = ["run_inference", "timing_summary", "check_detect_settings", "DETECT_DEFAULTS"]
 
 #: Defaults shared by the three detect commands (R-CNN's test-time settings).
 DETECT_DEFAULTS: dict[str, Any] = {"score_threshold": 0.05, "nms": 0.3, "top_k": 100, "format": "jsonl"}
+
+
+def check_detect_settings(score_threshold: float | None = None, nms: float | None = None,
+                          top_k: int | None = None) -> None:
+    """UserError for a detection setting out of range (``None``: not given, not checked)."""
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise UserError(f"--score-threshold must be in [0, 1] (got {score_threshold})")
+    if nms is not None and not 0.0 < nms <= 1.0:
+        raise UserError(f"--nms must be an IoU in (0, 1] (got {nms})")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be at least 1 (got {top_k})")
 
 
 def timing_summary(timings: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:

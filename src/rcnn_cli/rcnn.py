@@ -320,10 +320,9 @@ class RCNNDetector:
         self.score_threshold = float(d["score_threshold"] if score_threshold is None else score_threshold)
         self.nms = float(d["nms"] if nms is None else nms)
         self.top_k = int(d["top_k"] if top_k is None else top_k)
-        if not 0.0 <= self.nms <= 1.0:
-            raise UserError(f"--nms {self.nms}: must be an IoU in [0, 1]")
-        if self.top_k < 1:
-            raise UserError(f"--top-k {self.top_k}: must be at least 1")
+        from rcnn_cli.inference import check_detect_settings
+
+        check_detect_settings(self.score_threshold, self.nms, self.top_k)
         self.use_bbox = use_bbox
         self.proposals = proposals
         self.proposal_settings = dict(DEFAULT_PROPOSALS, **self.model.config.get("proposals", {}))

@@ -401,16 +401,15 @@ class FastRCNNDetector:
 
         self.device = engine.resolve_device(device)
         self.model = load_fast_rcnn(run_dir, self.device)
+        from rcnn_cli.inference import check_detect_settings
+
+        check_detect_settings(score_threshold, nms, top_k)
         cfg = self.model.config
         if score_threshold is not None:
             cfg.score_thresh = float(score_threshold)
         if nms is not None:
-            if not 0 < nms <= 1:
-                raise UserError(f"--nms must be in (0, 1], got {nms}")
             cfg.nms_thresh = float(nms)
         if top_k is not None:
-            if top_k < 1:
-                raise UserError(f"--top-k must be at least 1, got {top_k}")
             cfg.detections_per_img = int(top_k)
         if max_proposals is not None:
             cfg.max_proposals = int(max_proposals)

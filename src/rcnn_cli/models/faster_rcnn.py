@@ -436,18 +436,15 @@ class FasterRCNNDetector:
         self.device = _resolve_device(device)
         self.model, self.config = load_model(model_dir, self.device)
         self.classes: list[str] = list(self.config["classes"])
+        from rcnn_cli.inference import check_detect_settings
+
+        check_detect_settings(score_threshold, nms, top_k)
         heads = self.model.roi_heads
         if score_threshold is not None:
-            if not 0.0 <= score_threshold <= 1.0:
-                raise UserError(f"--score-threshold must be in [0, 1] (got {score_threshold})")
             heads.score_thresh = float(score_threshold)
         if nms is not None:
-            if not 0.0 < nms <= 1.0:
-                raise UserError(f"--nms must be in (0, 1] (got {nms})")
             heads.nms_thresh = float(nms)
         if top_k is not None:
-            if top_k < 1:
-                raise UserError(f"--top-k must be at least 1 (got {top_k})")
             heads.detections_per_img = int(top_k)
         if rpn_post_nms_top_n is not None:
             _set_rpn_top_n(self.model, rpn_post_nms_top_n)
