@@ -262,3 +262,40 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys):
     assert code == 2 and "unknown budget" in err
     code, _, err = _cli(["compare", "--out", str(tmp_path / "o"), "--set", "fast.nope=1"], capsys)
     assert code == 2 and "fast.nope" in err
+
+
+def test_interrupted_training_stage_resumes_only_with_the_same_config(tmp_path):
+    from rcnn_cli.pipeline import StageRunner
+
+    st = StageRunner(tmp_path, progress=False)
+    run = tmp_path / "fast"
+    seen = []
+
+    def crash(resume):
+        seen.append(resume)
+        (run / "checkpoint").mkdir(parents=True)
+        (run / "marker").write_text("epoch 1")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        C._train_stage(st, "fast-train", {"epochs": 2}, run, crash)
+    assert (tmp_path / "stages" / "fast-train.pending.json").is_file()
+
+    def finish(resume):
+        seen.append(resume)
+        assert (run / "marker").read_text() == "epoch 1"  # not cleaned: the checkpoint is continued
+        (run / "model.safetensors").write_text("w")
+        return {"epochs": 2}
+
+    assert C._train_stage(StageRunner(tmp_path, False), "fast-train", {"epochs": 2}, run, finish) == {"epochs": 2}
+    assert seen == [False, True] and not (tmp_path / "stages" / "fast-train.pending.json").exists()
+
+    def fresh(resume):
+        seen.append(resume)
+        assert not (run / "marker").exists()  # another configuration starts from a clean folder
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "model.safetensors").write_text("w2")
+        return {}
+
+    C._train_stage(StageRunner(tmp_path, False), "fast-train", {"epochs": 3}, run, fresh)
+    assert seen == [False, True, False]
