@@ -14,6 +14,7 @@
 #   EPOCHS=6 BATCH=2 LR=0.01 WARMUP_ITERS=100 MAX_ITERS (quick checks) ROIS=64 (RoIs per image and step)
 #   MIN_SIZE / MAX_SIZE  image sides after resizing (shapes data: IMAGE_SIZE; else the CLI's 600 / 1000)
 #   BACKBONE=efficientnet_lite0 WEIGHTS=imagenet WORKERS DEVICE=auto SEED=0
+#   METRICS="voc07 voc12"  evaluate metrics (voc07, voc12, coco)
 set -euo pipefail
 
 DATASET="${1:-}"
@@ -21,6 +22,7 @@ OUT="${2:-runs/fast_rcnn}"
 TRAIN_SPLIT="${TRAIN_SPLIT:-trainval}"
 TEST_SPLIT="${TEST_SPLIT:-test}"
 DEVICE="${DEVICE:-auto}"
+METRICS="${METRICS:-voc07 voc12}"   # evaluate --metric: voc07 (11-point), voc12 (area), coco
 SEED="${SEED:-0}"
 WORKER_ARGS=()
 [[ -n "${WORKERS:-}" ]] && WORKER_ARGS=(--workers "$WORKERS")
@@ -59,7 +61,7 @@ rcnn fast detect "$DATASET" --split "$TEST_SPLIT" --model "$OUT/model" --proposa
     --device "$DEVICE" --out "$OUT/detections_$TEST_SPLIT.jsonl" --draw "$OUT/drawn" --no-progress
 
 # ---- 4. evaluate: VOC07 (11-point) and VOC12 (area) AP, JSON and PR curves
-for metric in voc07 voc12; do
+for metric in $METRICS; do
     rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/detections_$TEST_SPLIT.jsonl" \
         --metric "$metric" --json "$OUT/eval_$metric.json" --plot "$OUT/pr_$metric"
 done

@@ -15,6 +15,7 @@
 #   MIN_SIZE / MAX_SIZE   image sides after resizing (shapes data: IMAGE_SIZE; else the CLI's 600 / 1000)
 #   ANCHOR_SIZES          e.g. 32,64,128 (default: fitted to the training boxes, --auto-anchors)
 #   RPN_TOP_N=300         RPN proposals per test image; LIMIT (selective search boxes kept) defaults to the same
+#   METRICS="voc07 voc12"  evaluate metrics (voc07, voc12, coco)
 #   BACKBONE=efficientnet_lite0 WEIGHTS=imagenet DEVICE=auto SEED=0
 set -euo pipefail
 
@@ -27,6 +28,7 @@ LR_STEPS="${LR_STEPS-$( (( EPOCHS >= 4 )) && echo $(( EPOCHS * 3 / 4 )) || true)
 RPN_TOP_N="${RPN_TOP_N:-300}"
 LIMIT="${LIMIT:-$RPN_TOP_N}"
 DEVICE="${DEVICE:-auto}"
+METRICS="${METRICS:-voc07 voc12}"   # evaluate --metric: voc07 (11-point), voc12 (area), coco
 SEED="${SEED:-0}"
 
 mkdir -p "$OUT"
@@ -58,7 +60,7 @@ rcnn faster detect "$DATASET" --split "$TEST_SPLIT" --model "$OUT/model" --devic
     --out "$OUT/detections_$TEST_SPLIT.jsonl" --draw "$OUT/drawn" --no-progress
 
 # ---- 3. evaluate: VOC07 (11-point) and VOC12 (area) AP per class, mAP, JSON and PR curves
-for metric in voc07 voc12; do
+for metric in $METRICS; do
     rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/detections_$TEST_SPLIT.jsonl" \
         --metric "$metric" --json "$OUT/eval_$metric.json" --plot "$OUT/pr_$metric"
 done
@@ -76,11 +78,11 @@ for method in rpn ss; do
 done
 
 # ---- 5. one summary: detection mAP and the two proposal methods side by side
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" $METRICS <<'EOF'
 import json, sys
-out = sys.argv[1]
-ev = {m: json.load(open(f"{out}/eval_{m}.json")) for m in ("voc07", "voc12")}
-print(f"\nFaster R-CNN mAP@0.5: VOC07 {100 * ev['voc07']['mAP']:.1f}, VOC12 {100 * ev['voc12']['mAP']:.1f}")
+out, metrics = sys.argv[1], sys.argv[2:]
+ev = {m: json.load(open(f"{out}/eval_{m}.json")) for m in metrics}
+print("\nFaster R-CNN mAP@0.5: " + ", ".join(f"{m.upper()} {100 * ev[m]['mAP']:.1f}" for m in metrics))
 print(f"{'proposals':<18}{'boxes/image':>12}{'recall@0.5':>12}{'recall@0.7':>12}{'MABO':>8}")
 for method, name in (("rpn", "RPN"), ("ss", "selective search")):
     r = json.load(open(f"{out}/recall_{method}.json"))

@@ -24,6 +24,7 @@
 #   BACKBONE=efficientnet_lite0 WEIGHTS=imagenet   (WEIGHTS=none: random weights, for quick checks)
 #   FINETUNE=0       1: fine-tune the backbone on warped regions first (FT_ITERS, default one epoch)
 #   WORKERS          selective-search processes (default: all cores)
+#   METRICS="voc07 voc12"  evaluate metrics (voc07, voc12, coco)
 #   DEVICE=auto SEED=0
 #
 # Rerunning the script resumes: propose and extract-features continue unfinished files and skip
@@ -46,6 +47,7 @@ BACKBONE="${BACKBONE:-efficientnet_lite0}"
 WEIGHTS="${WEIGHTS:-imagenet}"
 FINETUNE="${FINETUNE:-0}"
 DEVICE="${DEVICE:-auto}"
+METRICS="${METRICS:-voc07 voc12}"   # evaluate --metric: voc07 (11-point), voc12 (area), coco
 SEED="${SEED:-0}"
 WORKER_ARGS=()
 [[ -n "${WORKERS:-}" ]] && WORKER_ARGS=(--workers "$WORKERS")
@@ -59,8 +61,9 @@ if [[ -z "$DATASET" ]]; then
         rcnn data make-shapes "$DATASET" --train "${TRAIN_IMAGES:-200}" --test "${TEST_IMAGES:-50}" \
             --size "${IMAGE_SIZE:-256}" --seed "$SEED"
     fi
+else
+    rcnn data info "$DATASET" --split "$TRAIN_SPLIT"   # your data: classes, object counts, any bad boxes
 fi
-rcnn data info "$DATASET" --split "$TRAIN_SPLIT"   # classes, object counts, any bad boxes
 
 # ---- 1. region proposals (selective search), one HDF5 file per split, resumable
 for split in "$TRAIN_SPLIT" "$TEST_SPLIT"; do
@@ -106,7 +109,7 @@ rcnn detect "$DATASET" --split "$TEST_SPLIT" --model "$MODEL" --proposals "$OUT/
     --out "$OUT/detections_$TEST_SPLIT$SUFFIX.jsonl" --draw "$OUT/drawn$SUFFIX" --device "$DEVICE" --no-progress
 
 # ---- 7. evaluate: PASCAL VOC 2007 (11-point) and VOC 2012 (area) AP, tables, JSON, PR curves
-for metric in voc07 voc12; do
+for metric in $METRICS; do
     rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/detections_$TEST_SPLIT$SUFFIX.jsonl" \
         --metric "$metric" --json "$OUT/eval_$metric$SUFFIX.json" --plot "$OUT/pr_$metric$SUFFIX"
 done
