@@ -11,7 +11,8 @@
 #   TRAIN_SPLIT=trainval TEST_SPLIT=test
 #   TRAIN_IMAGES=200 TEST_IMAGES=50 IMAGE_SIZE=256   shapes data only
 #   LIMIT=300 MODE=fast SS_MAX_SIZE=500 MIN_BOX=16      selective search (boxes kept per image [2000], ...)
-#   EPOCHS=6 BATCH=2 LR=0.01 WARMUP_ITERS=100 MAX_ITERS (quick checks) ROIS=64 (RoIs per image and step)
+#   EPOCHS=6 BATCH=2 LR=0.01 WARMUP_ITERS=100 ROIS=64 (RoIs per image and step)
+#   MAX_ITERS (quick checks) RESUME=1 (continue an interrupted OUT_DIR/model)
 #   MIN_SIZE / MAX_SIZE  image sides after resizing (shapes data: IMAGE_SIZE; else the CLI's 600 / 1000)
 #   BACKBONE=efficientnet_lite0 WEIGHTS=imagenet WORKERS DEVICE=auto SEED=0
 #   METRICS="voc07 voc12"  evaluate metrics (voc07, voc12, coco)
@@ -53,6 +54,7 @@ TRAIN_ARGS=(--epochs "${EPOCHS:-6}" --batch-size "${BATCH:-2}" --lr "${LR:-0.01}
 [[ -n "${MIN_SIZE:-}" ]] && TRAIN_ARGS+=(--min-size "$MIN_SIZE" --max-size "${MAX_SIZE:-$MIN_SIZE}")
 [[ -z "${MIN_SIZE:-}" && -n "${MAX_SIZE:-}" ]] && TRAIN_ARGS+=(--max-size "$MAX_SIZE")
 [[ -n "${MAX_ITERS:-}" ]] && TRAIN_ARGS+=(--max-iters "$MAX_ITERS")
+[[ "${RESUME:-0}" == 1 ]] && TRAIN_ARGS+=(--resume)   # continue an interrupted run of the same settings
 rcnn fast train "$DATASET" --split "$TRAIN_SPLIT" --proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --out "$OUT/model" \
     "${TRAIN_ARGS[@]}"
 

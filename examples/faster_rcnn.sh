@@ -10,7 +10,7 @@
 # Settings (environment variables):
 #   TRAIN_SPLIT=trainval TEST_SPLIT=test
 #   TRAIN_IMAGES=200 TEST_IMAGES=50 IMAGE_SIZE=256   shapes data only
-#   EPOCHS=6 BATCH=2 LR=0.01 WARMUP_ITERS=100 MAX_ITERS (quick checks)
+#   EPOCHS=6 BATCH=2 LR=0.01 WARMUP_ITERS=100 MAX_ITERS (quick checks) RESUME=1 (continue an interrupted run)
 #   LR_STEPS              epochs where the lr drops 10x (default: 3/4 of EPOCHS; "" for none)
 #   MIN_SIZE / MAX_SIZE   image sides after resizing (shapes data: IMAGE_SIZE; else the CLI's 600 / 1000)
 #   ANCHOR_SIZES          e.g. 32,64,128 (default: fitted to the training boxes, --auto-anchors)
@@ -51,8 +51,8 @@ TRAIN_ARGS=(--epochs "$EPOCHS" --lr "${LR:-0.01}" --lr-steps "$LR_STEPS" --batch
 [[ -n "${MIN_SIZE:-}" ]] && TRAIN_ARGS+=(--min-size "$MIN_SIZE" --max-size "${MAX_SIZE:-$MIN_SIZE}")
 [[ -z "${MIN_SIZE:-}" && -n "${MAX_SIZE:-}" ]] && TRAIN_ARGS+=(--max-size "$MAX_SIZE")
 [[ -n "${MAX_ITERS:-}" ]] && TRAIN_ARGS+=(--max-iters "$MAX_ITERS")
+[[ "${RESUME:-0}" == 1 ]] && TRAIN_ARGS+=(--resume)   # continue an interrupted run of the same settings
 if [[ -n "${ANCHOR_SIZES:-}" ]]; then TRAIN_ARGS+=(--anchor-sizes "$ANCHOR_SIZES"); else TRAIN_ARGS+=(--auto-anchors); fi
-# (an interrupted run continues with the same command plus --resume)
 rcnn faster train "$DATASET" --split "$TRAIN_SPLIT" --out "$OUT/model" "${TRAIN_ARGS[@]}"
 
 # ---- 2. detect on the test split: one JSON line per image, and the images with boxes drawn

@@ -8,8 +8,7 @@
 #
 # Only rank 0 writes the run directory (checkpoints, metrics.jsonl, model.safetensors); the others
 # train in lockstep. --batch-size is per process: the minibatch of one step is NPROC x BATCH
-# images, so an epoch takes 1/NPROC of the steps. An interrupted run resumes with the same
-# command plus --resume (with any number of processes).
+# images, so an epoch takes 1/NPROC of the steps.
 #
 # Usage:  examples/torchrun.sh [VOC_ROOT] [OUT_DIR]
 #   VOC_ROOT  a VOC-layout dataset; omitted or "": the built-in shapes data, generated into OUT_DIR/data.
@@ -19,6 +18,7 @@
 #   NPROC=2            processes (on the CPU, each gets CPU cores / NPROC threads; on GPUs, one GPU each)
 #   METHOD=faster      faster (Faster R-CNN) | fast (Fast R-CNN on selective-search proposals)
 #   EPOCHS=4 BATCH=2 LR=0.01 WARMUP_ITERS=50 MAX_ITERS (quick checks) DEVICE=auto SEED=0
+#   RESUME=1           continue an interrupted OUT_DIR/model (with any number of processes)
 #   MIN_SIZE / MAX_SIZE  image sides after resizing (shapes data: IMAGE_SIZE; else the CLI's 600 / 1000)
 #   TRAIN_IMAGES=200 TEST_IMAGES=50 IMAGE_SIZE=256   shapes data only
 #   LIMIT=300 MIN_BOX=16   selective-search proposals per image / smallest box (METHOD=fast)
@@ -59,6 +59,7 @@ TRAIN_ARGS=(--epochs "${EPOCHS:-4}" --batch-size "${BATCH:-2}" --lr "${LR:-0.01}
 [[ -n "${MIN_SIZE:-}" ]] && TRAIN_ARGS+=(--min-size "$MIN_SIZE" --max-size "${MAX_SIZE:-$MIN_SIZE}")
 [[ -z "${MIN_SIZE:-}" && -n "${MAX_SIZE:-}" ]] && TRAIN_ARGS+=(--max-size "$MAX_SIZE")
 [[ -n "${MAX_ITERS:-}" ]] && TRAIN_ARGS+=(--max-iters "$MAX_ITERS")
+[[ "${RESUME:-0}" == 1 ]] && TRAIN_ARGS+=(--resume)   # continue an interrupted run of the same settings
 
 # ---- 1. (Fast R-CNN only) selective-search proposals of both splits, computed once beforehand
 DETECT_ARGS=()

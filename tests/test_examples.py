@@ -39,7 +39,7 @@ ENV = {
 }
 SETTINGS = ("MODEL", "IMAGES", "JQ", "TORCHRUN", "FINETUNE", "FT_ITERS", "MAX_ITERS", "NPROC", "METHOD", "METRICS",
             "TRAIN_SPLIT", "TEST_SPLIT", "BACKBONE", "WEIGHTS", "PADDING", "MODE", "SS_MAX_SIZE", "MAX_SIZE", "MIN_BOX",
-            "BATCH", "LR", "LR_STEPS", "ANCHOR_SIZES", "SEED")  # script settings a user may have exported
+            "BATCH", "LR", "LR_STEPS", "ANCHOR_SIZES", "SEED", "RESUME")  # script settings a user may have exported
 WORKERS = 2  # scripts at a time (each process is single-threaded: OMP_NUM_THREADS=1)
 HAS_TORCHRUN = shutil.which("torchrun", path=ENV["PATH"]) is not None
 
