@@ -27,6 +27,13 @@ def test_user_error_is_one_line_exit_2(tmp_path, capsys):
     assert len(lines) == 1 and "dataset not found" in lines[0] and "Traceback" not in err
 
 
+def test_usage_errors_exit_2_without_internal_error(capsys):
+    code, _, err = run(["evaluate", "--bogus"], capsys)
+    assert code == 2 and "No such option: --bogus" in err and "internal error" not in err
+    code, _, err = run(["evaluate"], capsys)
+    assert code == 2 and "Missing argument" in err
+
+
 def test_data_info_json_and_make_shapes(tmp_path, capsys):
     code, _, _ = run(["data", "make-shapes", str(tmp_path / "s"), "--train", "3", "--test", "2", "--size", "96"], capsys)
     assert code == 0

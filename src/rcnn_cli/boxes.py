@@ -14,12 +14,26 @@ R-CNN uses weights ``(1, 1, 1, 1)``; Fast/Faster R-CNN normalise targets by stds
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torchvision.models.detection._utils import BoxCoder
-from torchvision.ops import box_area, box_iou, clip_boxes_to_image, nms, batched_nms, remove_small_boxes
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and torchvision are imported on first use, so that commands which only read datasets or
+# evaluate (``rcnn data info``, ``rcnn evaluate``) start in well under a second.
+_TORCHVISION = {"box_area": "torchvision.ops", "box_iou": "torchvision.ops", "batched_nms": "torchvision.ops",
+                "nms": "torchvision.ops", "clip_boxes_to_image": "torchvision.ops", "remove_small_boxes": "torchvision.ops",
+                "BoxCoder": "torchvision.models.detection._utils"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCHVISION:
+        import importlib
+
+        return getattr(importlib.import_module(_TORCHVISION[name]), name)
+    raise AttributeError(f"module 'rcnn_cli.boxes' has no attribute {name!r}")
 
 __all__ = [
     "BoxCoder",
@@ -43,6 +57,8 @@ BBOX_CLIP = math.log(1000.0 / 16)
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    import torch
+
     if isinstance(x, torch.Tensor):
         return x
     return torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(-1, 4))
@@ -50,6 +66,8 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def iou_matrix(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
     """Continuous IoU between ``a (N, 4)`` and ``b (M, 4)`` as a float32 ``(N, M)`` numpy array."""
+    from torchvision.ops import box_iou
+
     ta, tb = _as_tensor(a).float(), _as_tensor(b).float()
     if len(ta) == 0 or len(tb) == 0:
         return np.zeros((len(ta), len(tb)), dtype=np.float32)
@@ -82,12 +100,16 @@ def voc_iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
 
 def encode(gt: torch.Tensor, proposals: torch.Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
     """Regression targets ``(N, 4)`` that take ``proposals (N, 4)`` onto matched ``gt (N, 4)``."""
+    from torchvision.models.detection._utils import BoxCoder
+
     coder = BoxCoder(tuple(float(w) for w in weights), bbox_xform_clip=BBOX_CLIP)
     return coder.encode_single(gt.float(), proposals.float())
 
 
 def decode(deltas: torch.Tensor, proposals: torch.Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
     """Apply ``deltas (N, 4*K)`` to ``proposals (N, 4)``; returns boxes ``(N, 4*K)`` (or ``(N, 4)``)."""
+    from torchvision.models.detection._utils import BoxCoder
+
     coder = BoxCoder(tuple(float(w) for w in weights), bbox_xform_clip=BBOX_CLIP)
     return coder.decode_single(deltas.float(), proposals.float())
 

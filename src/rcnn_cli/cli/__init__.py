@@ -5,6 +5,7 @@ User errors (:class:`rcnn_cli.errors.UserError`) print one line and exit with co
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 
@@ -25,6 +26,21 @@ from rcnn_cli.cli import faster as _faster  # noqa: F401,E402
 from rcnn_cli.cli import compare as _compare  # noqa: F401,E402
 
 
+def _exception_types(name: str) -> tuple[type, ...]:
+    """``name`` from click and from typer's own copy of click (typer >= 0.26 no longer uses click's classes)."""
+    modules = [click.exceptions]
+    for mod in ("typer._click.exceptions", "typer.exceptions"):
+        try:
+            modules.append(importlib.import_module(mod))
+        except ImportError:
+            pass
+    return tuple({t for m in modules if isinstance(t := getattr(m, name, None), type)})
+
+
+_ABORT = _exception_types("Abort")
+_CLICK_ERROR = _exception_types("ClickException")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``rcnn`` console script."""
     try:
@@ -34,13 +50,13 @@ def main(argv: list[str] | None = None) -> None:
             console.print_exception()
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _ABORT:
         console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume.")
         sys.exit(130)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume.")
         sys.exit(130)
-    except click.exceptions.ClickException as e:
+    except _CLICK_ERROR as e:
         e.show()
         sys.exit(e.exit_code)
     except BrokenPipeError:  # e.g. `rcnn detect ... | head`

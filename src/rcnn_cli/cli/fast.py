@@ -61,7 +61,7 @@ def train_cmd(
 ) -> None:
     """Train Fast R-CNN end to end (classifier, box regressors and convolutional layers jointly).
 
-    Works under `torchrun --nproc_per_node N rcnn fast train ...` (DistributedDataParallel).
+    Works under `torchrun --standalone --nproc_per_node N --no-python rcnn fast train ...` (DistributedDataParallel).
     """
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.engine import TrainConfig, dist_info

@@ -55,9 +55,13 @@ def train_cmd(
     rpn_nms: float = typer.Option(0.7, "--rpn-nms", help="RPN proposal NMS IoU."),
     rois_per_image: int = typer.Option(128, "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Split evaluated (mAP voc12) after every epoch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Train Faster R-CNN (RPN + Fast R-CNN head, jointly, four losses) on a labelled split."""
-    from rcnn_cli.engine import TrainConfig
+    """Train Faster R-CNN (RPN + Fast R-CNN head, jointly, four losses) on a labelled split.
+
+    Works under `torchrun --standalone --nproc_per_node N --no-python rcnn faster train ...` (DDP).
+    """
+    from rcnn_cli.engine import TrainConfig, dist_info
     from rcnn_cli.models.faster_rcnn import parse_floats, train_faster
 
     for name, value in (("--min-size", min_size), ("--max-size", max_size)):
@@ -67,7 +71,7 @@ def train_cmd(
         raise UserError(f"--max-size ({max_size}) is smaller than --min-size ({min_size})")
     config = TrainConfig(epochs=epochs, lr=lr, lr_steps=_steps(lr_steps), weight_decay=weight_decay,
                          warmup_iters=warmup_iters, batch_size=batch_size, amp=amp, seed=seed, device=device,
-                         workers=workers, max_iters=max_iters)
+                         workers=workers, max_iters=max_iters, progress=progress)
     overrides = {"rpn_pre_nms_top_n_train": rpn_pre_nms_train, "rpn_post_nms_top_n_train": rpn_post_nms_train,
                  "rpn_pre_nms_top_n_test": rpn_pre_nms_test, "rpn_post_nms_top_n_test": rpn_post_nms_test,
                  "rpn_nms_thresh": rpn_nms, "box_batch_size_per_image": rois_per_image}
@@ -76,6 +80,8 @@ def train_cmd(
                            aspect_ratios=parse_floats(aspect_ratios, "--aspect-ratios"), auto_anchors=auto_anchors,
                            min_size=min_size, max_size=max_size, val_split=val_split, resume=resume,
                            model_overrides=overrides)
+    if dist_info()[0] != 0:
+        return  # under torchrun, rank 0 reports
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("losses", {}).items())
     console.print(f"trained {summary['iterations']} iterations in {summary['train_time_s']:.0f} s "
                   f"({summary.get('images_per_s') or 0:.2f} images/s); {losses}", highlight=False)
