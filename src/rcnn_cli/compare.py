@@ -918,7 +918,7 @@ def plot_compare(report: Mapping[str, Any], out_png: str | Path) -> Path:
         for m in methods:
             sp = res[m].get("speedup", {})
             if m != "rcnn" and sp.get("with_proposals"):
-                labels.append(f"{METHOD_NAMES[m]}\n{_fmt_x(sp['with_proposals'])} faster "
+                labels.append(f"{METHOD_NAMES[m]}\n{_fmt_x(sp['with_proposals'])} faster\n"
                               f"({_fmt_x(sp.get('without_proposals'))} w/o proposals)")
             else:
                 labels.append(METHOD_NAMES[m])
