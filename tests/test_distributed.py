@@ -41,7 +41,9 @@ SCRIPT = textwrap.dedent('''
                                                     log_every=1), model_config=cfg.to_dict())
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
               os.path.join(out, "..", f"rank{rank}.safetensors"))
-    print("RESULT", rank, summary["world_size"], summary["iterations"], flush=True)
+    # one result file per rank: two processes sharing one stdout pipe can interleave their lines
+    with open(os.path.join(out, "..", f"rank{rank}.result"), "w") as f:
+        f.write(f"{rank} {summary['world_size']} {summary['iterations']}")
 ''')
 
 
@@ -61,7 +63,7 @@ def test_torchrun_two_cpu_processes_identical_weights(tmp_path):
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    results = sorted((tmp_path / f"rank{r}.result").read_text().split() for r in (0, 1))
     # 6 images, 2 processes, batch 1 per process: 3 iterations per epoch, 6 in all, on each rank
     assert results == [["0", "2", "6"], ["1", "2", "6"]]
     w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
