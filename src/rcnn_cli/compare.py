@@ -25,6 +25,9 @@ Timing (:func:`time_detector`, shared with ``scripts/bench_detect.py``): the det
 decoded in memory; selective search runs live with the training settings, so one pass gives both
 "with proposals" (the whole call) and "without proposals" (the call minus its proposal stage).
 Warm-up calls are excluded; per image the median over repeats, then the median over images.
+The timings run in one fresh child process after all training (:func:`_time_in_child`): in the
+process that trained, R-CNN's per-image time came out 1.3-1.7x slower than the same model timed
+by ``scripts/bench_detect.py`` (heap and thread state left by training and feature extraction).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console, logger
 
-__all__ = ["METHODS", "BUDGETS", "METHOD_NAMES", "time_detector", "count_proposals", "threads_info",
+__all__ = ["METHODS", "BUDGETS", "METHOD_NAMES", "make_detector", "time_detector", "count_proposals", "threads_info",
            "budget_settings", "speedups", "run_compare", "print_table", "parse_methods", "parse_set"]
 
 METHODS = ("rcnn", "fast", "faster")
@@ -61,15 +64,15 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                       "workers": None},
         "rcnn": {"warp_size": 64, "padding": 6, "batch_size": 64, "finetune": False, "finetune_epochs": 1,
                  "finetune_lr": 0.001, "C": 0.001, "bias": 10.0, "pos_weight": 2.0, "lam": 1000.0, "bbox": True},
-        "fast": {"min_size": 256, "max_size": 512, "epochs": 6, "lr": 0.01, "lr_steps": [5], "warmup_iters": 50,
+        "fast": {"min_size": 256, "max_size": 512, "epochs": 5, "lr": 0.01, "lr_steps": [4], "warmup_iters": 50,
                  "batch_size": 2, "rois_per_image": 64, "fg_fraction": 0.25, "roi_align": False,
                  "representation_size": 1024, "max_iters": None},
-        "faster": {"min_size": 256, "max_size": 512, "epochs": 6, "lr": 0.01, "lr_steps": [5], "warmup_iters": 50,
+        "faster": {"min_size": 256, "max_size": 512, "epochs": 5, "lr": 0.01, "lr_steps": [4], "warmup_iters": 50,
                    "batch_size": 2, "auto_anchors": True, "anchor_sizes": None, "aspect_ratios": [0.5, 1.0, 2.0],
                    "rpn_pre_nms_top_n_train": 12000, "rpn_post_nms_top_n_train": 2000,
                    "rpn_pre_nms_top_n_test": 6000, "rpn_post_nms_top_n_test": 300, "max_iters": None},
         "detect": {"score_threshold": 0.05, "nms": 0.3, "top_k": 100},
-        "timing": {"images": 6, "warmup": 1, "repeats": 1},
+        "timing": {"images": 6, "warmup": 1, "repeats": 3},
     },
     "full": {
         "data": {"train": 200, "test": 50, "size": 256},
@@ -313,6 +316,39 @@ def time_detector(detector: Callable[[Any, str], Any], images: Sequence[tuple[st
         "images": len(per_image), "warmup": int(warmup), "repeats": int(repeats),
         "device": device, "device_name": _device_name(device), "threads": threads_info(),
     }
+
+
+def make_detector(kind: str, model_dir: str | Path, device: str = "auto", batch_size: int = 64) -> Any:
+    """The detector object of ``kind`` (``rcnn``, ``fast``, ``faster``) loaded from ``model_dir``."""
+    if kind == "rcnn":
+        from rcnn_cli.rcnn import RCNNDetector
+
+        return RCNNDetector(model_dir, device=device, batch_size=int(batch_size))
+    if kind == "fast":
+        from rcnn_cli.models.fast_rcnn import FastRCNNDetector
+
+        return FastRCNNDetector(model_dir, device=device)
+    from rcnn_cli.models.faster_rcnn import FasterRCNNDetector
+
+    return FasterRCNNDetector(model_dir, device=device)
+
+
+def _time_in_child(kind: str, model_dir: str, device: str, batch_size: int, items: list[tuple[str, str]], n: int,
+                   warmup: int, repeats: int, threads: int) -> dict:
+    """Run in the timing child process: load ``n`` readable images of ``items`` (``(image_id,
+    path)``), build the detector, return :func:`time_detector`'s result (JSON-able)."""
+    import torch
+    from types import SimpleNamespace
+
+    torch.set_num_threads(int(threads))
+    dataset = SimpleNamespace(records=[SimpleNamespace(image_id=i, path=Path(p)) for i, p in items])
+    images = load_timing_images(dataset, n)
+    detector = make_detector(kind, model_dir, device, batch_size)
+    try:
+        return _jsonable(time_detector(detector, images, warmup=warmup, repeats=repeats))
+    finally:
+        if hasattr(detector, "close"):
+            detector.close()
 
 
 def load_timing_images(dataset, n: int) -> list[tuple[str, Any]]:
@@ -623,38 +659,31 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
     timing_ids = [r.image_id for r in test_ds.records[: int(T["images"])]]
     timing_base = {"images": timing_ids, "warmup": int(T["warmup"]), "repeats": int(T["repeats"]), "device": device,
                    "threads": threads_info()}
-    loaded: list[tuple[str, Any]] = []
+    items = [(r.image_id, str(r.path)) for r in test_ds.records]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    def timed(name: str, model_hash: Any, make: Callable[[], Any]) -> dict:
-        def fn() -> dict:
-            if not loaded:
-                loaded.extend(load_timing_images(test_ds, int(T["images"])))
-            detector = make()
-            try:
-                return _jsonable(time_detector(detector, loaded, warmup=int(T["warmup"]), repeats=int(T["repeats"])))
-            finally:
-                if hasattr(detector, "close"):
-                    detector.close()
+    import torch
 
-        return st.run(f"timing-{name}", dict(timing_base, model=model_hash), [], fn)
+    # One fresh child times every method, one after the other (as scripts/bench_detect.py does).
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        def timed(kind: str, model_hash: Any, model_dir: Path) -> dict:
+            def fn() -> dict:
+                return child.submit(_time_in_child, kind, str(model_dir), str(device), int(R["batch_size"]), items,
+                                    int(T["images"]), int(T["warmup"]), int(T["repeats"]),
+                                    torch.get_num_threads()).result()
 
-    console.print(f"[bold]timing[/] on {len(timing_ids)} test images (+{T['warmup']} warm-up)", highlight=False)
-    if "rcnn" in methods:
-        from rcnn_cli.rcnn import RCNNDetector
+            return st.run(f"timing-{kind}", dict(timing_base, model=model_hash), [], fn)
 
-        h = [_stage_hash(rcnn_dir, s) for s in ("train-svm", "train-bbox")]
-        results["rcnn"]["timing"] = timed("rcnn", h, lambda: RCNNDetector(rcnn_dir / "model", device=device,
-                                                                         batch_size=int(R["batch_size"])))
-    if "fast" in methods:
-        from rcnn_cli.models.fast_rcnn import FastRCNNDetector
-
-        results["fast"]["timing"] = timed("fast", st.hashes["fast-train"],
-                                          lambda: FastRCNNDetector(fast_dir, device=device))
-    if "faster" in methods:
-        from rcnn_cli.models.faster_rcnn import FasterRCNNDetector
-
-        results["faster"]["timing"] = timed("faster", st.hashes["faster-train"],
-                                            lambda: FasterRCNNDetector(faster_dir, device=device))
+        console.print(f"[bold]timing[/] on {len(timing_ids)} test images (+{T['warmup']} warm-up), "
+                      "in a fresh process", highlight=False)
+        if "rcnn" in methods:
+            h = [_stage_hash(rcnn_dir, s) for s in ("train-svm", "train-bbox")]
+            results["rcnn"]["timing"] = timed("rcnn", h, rcnn_dir / "model")
+        if "fast" in methods:
+            results["fast"]["timing"] = timed("fast", st.hashes["fast-train"], fast_dir)
+        if "faster" in methods:
+            results["faster"]["timing"] = timed("faster", st.hashes["faster-train"], faster_dir)
 
     # ---- table
     inputs_text = {
@@ -823,9 +852,9 @@ def _settings_lines(report: Mapping[str, Any]) -> list[str]:
     lines.append(f"- detection (all): score >= {d['score_threshold']}, per-class NMS {d['nms']}, top {d['top_k']}")
     t = report["timing"]
     th = report["threads"]
-    lines.append(f"- timing: median over {t['images']} test images ({t['repeats']} run(s) each) after "
-                 f"{t['warmup']} warm-up call(s); images decoded beforehand; selective search live with the training "
-                 f"settings; device {report['device_name']}; torch threads {th.get('torch')} "
+    lines.append(f"- timing (in a fresh process, after all training): median over {t['images']} test images "
+                 f"({t['repeats']} run(s) each) after {t['warmup']} warm-up call(s); images decoded beforehand; "
+                 f"selective search live with the training settings; device {report['device_name']}; torch threads {th.get('torch')} "
                  f"(inter-op {th.get('torch_interop')}), OpenCV threads {th.get('opencv')}")
     lines.append("- training time: wall time of the training stages (R-CNN: feature extraction of the training "
                  "proposals, fine-tuning, SVMs, box regressors; Fast/Faster: the training loop with model building); "

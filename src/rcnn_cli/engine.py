@@ -477,6 +477,9 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     rank 0 after every epoch with the unwrapped model in eval mode; its numeric results go to
     ``metrics.jsonl``. Returns a summary: epochs, iterations, losses, images/s, train time.
     """
+    from rcnn_cli.memory import reuse_memory
+
+    reuse_memory()
     out_dir = Path(out_dir)
     distributed = _init_distributed(config.device)
     rank, world, _ = dist_info()

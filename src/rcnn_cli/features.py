@@ -81,6 +81,7 @@ from rcnn_cli.backbones import build_feature_extractor, get_spec, normalize, wei
 from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger, progress_bar
+from rcnn_cli.memory import flat_memory, release_memory
 
 __all__ = [
     "enlarge_boxes",
@@ -556,43 +557,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-_LIBC: Any = None
-
-
-def _libc() -> Any:
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim, _LIBC.mallopt  # noqa: B018 - glibc only
-        except (OSError, AttributeError):
-            _LIBC = False
-    return _LIBC
-
-
-def _fixed_mmap_threshold() -> None:
-    """Serve allocations of 4 MiB and more with ``mmap`` for the rest of the process (glibc).
-
-    Crops and activations of tens of MB are allocated and freed for every chunk; glibc's dynamic
-    mmap threshold soon moves such blocks onto the heap, where blocks of varying size (every
-    image has its own region count) fragment it and the RSS creeps up with the number of images
-    (+785 MiB from 50 to 200 images at warp 128 before this). A fixed threshold returns them to
-    the OS on free, so memory stays flat (scripts/bench_features.py). No-op elsewhere.
-    """
-    libc = _libc()
-    if libc:
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (fixing it also disables the dynamic rule)
-
-
-def _release_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``) after each image."""
-    libc = _libc()
-    if libc:
-        libc.malloc_trim(0)
-
-
 def _load_uint8(path: Path) -> torch.Tensor:
     from rcnn_cli.data.images import load_image
 
@@ -691,7 +655,7 @@ def _extract_loop(fx: FeatureExtractor, reader, dataset, todo: list, out: Path, 
                   next_part: int, max_proposals: int | None, compression: str | None, progress: bool, prefetch: int,
                   checkpoint_seconds: float, total: int) -> dict[str, Any]:
     writer = _PartWriter(_parts_dir(out), file_attrs, compression, next_part)
-    _fixed_mmap_threshold()
+    flat_memory()
     extracted = skipped = regions = 0
     t0 = time.perf_counter()
     last_commit = t0
@@ -735,7 +699,7 @@ def _extract_loop(fx: FeatureExtractor, reader, dataset, todo: list, out: Path, 
                 rec["features"] = feats.astype(DTYPES[fx.dtype])
                 writer.add(image_id, rec, width, height, order)
                 del img, feats, rec
-                _release_memory()
+                release_memory()
                 extracted += 1
                 regions += n_regions
                 now = time.perf_counter()

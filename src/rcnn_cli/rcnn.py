@@ -315,6 +315,9 @@ class RCNNDetector:
     def __init__(self, model: RCNNModel | str | Path, device: str = "auto", score_threshold: float | None = None,
                  nms: float | None = None, top_k: int | None = None, proposals: Any = None, use_bbox: bool = True,
                  batch_size: int = 64, extractor: Any = None):
+        from rcnn_cli.memory import reuse_memory
+
+        reuse_memory()  # the same large crops and activations on every call: keep them on the heap
         self.model = model if isinstance(model, RCNNModel) else load_model(model)
         d = dict(DEFAULT_DETECT, **self.model.config.get("detect", {}))
         self.score_threshold = float(d["score_threshold"] if score_threshold is None else score_threshold)

@@ -398,6 +398,9 @@ class FastRCNNDetector:
     def __init__(self, run_dir, device: str = "auto", score_threshold: float | None = None, nms: float | None = None,
                  top_k: int | None = None, proposals=None, max_proposals: int | None = None) -> None:
         from rcnn_cli import engine
+        from rcnn_cli.memory import reuse_memory
+
+        reuse_memory()
 
         self.device = engine.resolve_device(device)
         self.model = load_fast_rcnn(run_dir, self.device)

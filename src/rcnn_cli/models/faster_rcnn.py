@@ -433,6 +433,9 @@ class FasterRCNNDetector:
 
     def __init__(self, model_dir: str | Path, device: str | torch.device = "auto", score_threshold: float | None = None,
                  nms: float | None = None, top_k: int | None = None, rpn_post_nms_top_n: int | None = None):
+        from rcnn_cli.memory import reuse_memory
+
+        reuse_memory()
         self.device = _resolve_device(device)
         self.model, self.config = load_model(model_dir, self.device)
         self.classes: list[str] = list(self.config["classes"])
