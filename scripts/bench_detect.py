@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcnn_cli.compare import METHOD_NAMES, speedups, threads_info, time_detector
+from rcnn_cli.compare import METHOD_NAMES, make_detector, speedups, threads_info, time_detector
 from rcnn_cli.log import console, setup_logging
 
 GOALS = {("fast", "without_proposals"): 100.0, ("fast", "with_proposals"): 25.0, ("faster", "with_proposals"): 250.0}
@@ -261,9 +261,6 @@ def main(argv=None) -> dict:
     from rcnn_cli.compare import load_timing_images
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.engine import resolve_device
-    from rcnn_cli.models.fast_rcnn import FastRCNNDetector
-    from rcnn_cli.models.faster_rcnn import FasterRCNNDetector
-    from rcnn_cli.rcnn import RCNNDetector
 
     device = resolve_device(args.device)
     tmp = None
@@ -315,21 +312,21 @@ def main(argv=None) -> dict:
     console.print(f"timing {len(images)} images (+{args.warmup} warm-up) on {device}, "
                   f"{torch.get_num_threads()} torch threads", highlight=False)
 
-    rcnn = RCNNDetector(rcnn_dir, device=str(device))
+    rcnn = make_detector("rcnn", rcnn_dir, str(device))
     ss_settings = dict(rcnn.proposal_settings)
     install_proposals(rcnn, "rcnn", args.proposals_count, reader)
     results["rcnn"] = time_detector(rcnn, images, **kw)
     rcnn_input = f"warp {rcnn.model.config['warp_size']}+{rcnn.model.config['padding']}"
     del rcnn
 
-    fast = FastRCNNDetector(fast_dir, device=str(device))
+    fast = make_detector("fast", fast_dir, str(device))
     install_proposals(fast, "fast", args.proposals_count, reader)
     results["fast"] = time_detector(fast, images, **kw)
     fast_input = f"{fast.model.config.min_size}/{fast.model.config.max_size} px"
     fast.close()
     del fast
 
-    ours = FasterRCNNDetector(faster_dir, device=device)
+    ours = make_detector("faster", faster_dir, str(device))
     faster_input = f"{ours.config['min_size']}/{ours.config['max_size']} px"
     results["faster"] = time_detector(ours, images, **kw)
 

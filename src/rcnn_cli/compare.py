@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -44,8 +46,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console, logger
 
-__all__ = ["METHODS", "BUDGETS", "METHOD_NAMES", "make_detector", "time_detector", "count_proposals", "threads_info",
-           "budget_settings", "speedups", "run_compare", "print_table", "parse_methods", "parse_set"]
+__all__ = ["METHODS", "BUDGETS", "METHOD_NAMES", "make_detector", "time_detector", "count_proposals",
+           "threads_info", "budget_settings", "speedups", "run_compare", "print_table", "parse_methods", "parse_set"]
 
 METHODS = ("rcnn", "fast", "faster")
 METHOD_NAMES = {"rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN"}
@@ -660,18 +662,13 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
     timing_base = {"images": timing_ids, "warmup": int(T["warmup"]), "repeats": int(T["repeats"]), "device": device,
                    "threads": threads_info()}
     items = [(r.image_id, str(r.path)) for r in test_ds.records]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
     # One fresh child times every method, one after the other (as scripts/bench_detect.py does).
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
         def timed(kind: str, model_hash: Any, model_dir: Path) -> dict:
             def fn() -> dict:
                 return child.submit(_time_in_child, kind, str(model_dir), str(device), int(R["batch_size"]), items,
                                     int(T["images"]), int(T["warmup"]), int(T["repeats"]),
-                                    torch.get_num_threads()).result()
+                                    int(timing_base["threads"]["torch"])).result()
 
             return st.run(f"timing-{kind}", dict(timing_base, model=model_hash), [], fn)
 
@@ -854,8 +851,9 @@ def _settings_lines(report: Mapping[str, Any]) -> list[str]:
     th = report["threads"]
     lines.append(f"- timing (in a fresh process, after all training): median over {t['images']} test images "
                  f"({t['repeats']} run(s) each) after {t['warmup']} warm-up call(s); images decoded beforehand; "
-                 f"selective search live with the training settings; device {report['device_name']}; torch threads {th.get('torch')} "
-                 f"(inter-op {th.get('torch_interop')}), OpenCV threads {th.get('opencv')}")
+                 f"selective search live with the training settings; device {report['device_name']}; "
+                 f"torch threads {th.get('torch')} (inter-op {th.get('torch_interop')}), "
+                 f"OpenCV threads {th.get('opencv')}")
     lines.append("- training time: wall time of the training stages (R-CNN: feature extraction of the training "
                  "proposals, fine-tuning, SVMs, box regressors; Fast/Faster: the training loop with model building); "
                  "the selective search of the training images is not included (R-CNN and Fast R-CNN share it: "
