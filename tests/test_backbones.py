@@ -62,6 +62,24 @@ def test_efficientnet_classifies_a_natural_image(effnet):
         assert int(logits.argmax()) == expected, name
 
 
+def test_efficientnet_grid_cells_average_to_pool(effnet):
+    """``grid`` = the last map averaged over 2x2 cells, channel-major: the mean of the four cells is
+    the global-average ``pool`` feature (exactly, when the map's sides are even)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, 128, 128, generator=g)  # 4x4 map: each cell averages 2x2 positions
+    with torch.inference_mode():
+        pooled = effnet(x)
+        effnet.layer, effnet.out_dim = "grid", B._LAYER_DIMS[("efficientnet_lite0", "grid")]
+        try:
+            grid = effnet(x)
+        finally:
+            effnet.layer, effnet.out_dim = "pool", 1280
+    assert grid.shape == (1, 5120)
+    cells = grid.view(1, 1280, 2, 2)
+    torch.testing.assert_close(cells.mean((2, 3)), pooled, rtol=1e-4, atol=1e-5)
+    assert float((cells - pooled[..., None, None]).abs().mean()) > 0.05 * float(pooled.abs().mean())  # cells differ
+
+
 @pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet50", "efficientnet_lite0"])
 def test_layer_dims_with_random_weights(name):
     spec = B.get_spec(name)
@@ -69,7 +87,8 @@ def test_layer_dims_with_random_weights(name):
     keys = list(module.state_dict())
     size = 96 if name != "alexnet" else 227
     x = torch.randn(2, 3, size, size)
-    expected = {"pool5": {"alexnet": 9216, "vgg16": 25088}, "fc6": 4096, "fc7": 4096, "pool": {"resnet50": 2048, "efficientnet_lite0": 1280}}
+    expected = {"pool5": {"alexnet": 9216, "vgg16": 25088}, "fc6": 4096, "fc7": 4096, "pool": {"resnet50": 2048, "efficientnet_lite0": 1280},
+                "grid": 5120}
     for layer in spec.layers:
         module.layer, module.out_dim = layer, B._LAYER_DIMS[(name, layer)]
         with torch.inference_mode():

@@ -5,7 +5,7 @@ Backbones (``list_backbones()``):
 =====================  ======  ==================================  ===============  ==============
 name                   native  layers (feature dim)                trunk (stride16) head
 =====================  ======  ==================================  ===============  ==============
-``efficientnet_lite0``  224    ``pool`` (1280)                     blocks 0-4, 112  blocks 5-6 +
+``efficientnet_lite0``  224    ``pool`` (1280), ``grid`` (5120)    blocks 0-4, 112  blocks 5-6 +
                                                                                     conv_head +
                                                                                     avg pool, 1280
 ``alexnet``             227    ``pool5`` (9216), ``fc6``, ``fc7``   conv5, 256       fc6, fc7, 4096
@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rcnn_cli.errors import UserError
@@ -85,14 +86,14 @@ class BackboneSpec:
 
 
 _SPECS: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, TF_LITE_MEAN, TF_LITE_STD, ("pool",), "pool"),
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool"),
     "alexnet": BackboneSpec("alexnet", 227, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7"),
     "vgg16": BackboneSpec("vgg16", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7"),
     "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool"),
 }
 
 _LAYER_DIMS = {
-    ("efficientnet_lite0", "pool"): 1280,
+    ("efficientnet_lite0", "pool"): 1280, ("efficientnet_lite0", "grid"): 1280 * 2 * 2,
     ("alexnet", "pool5"): 256 * 6 * 6, ("alexnet", "fc6"): 4096, ("alexnet", "fc7"): 4096,
     ("vgg16", "pool5"): 512 * 7 * 7, ("vgg16", "fc6"): 4096, ("vgg16", "fc7"): 4096,
     ("resnet50", "pool"): 2048,
@@ -229,7 +230,10 @@ class FeatureNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         net, layer = self.net, self.layer
         if self.name == "efficientnet_lite0":
-            return net.forward_head(net.forward_features(x), pre_logits=True)
+            x = net.forward_features(x)  # (B, 1280, S/32, S/32), after conv_head
+            if layer == "grid":  # 2x2 cells keep the coarse layout, as pool5 does for R-CNN's box regression
+                return _flatten(F.adaptive_avg_pool2d(x, 2))
+            return net.forward_head(x, pre_logits=True)
         if self.name == "resnet50":
             x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
             x = net.layer4(net.layer3(net.layer2(net.layer1(x))))

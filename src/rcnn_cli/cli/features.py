@@ -22,7 +22,7 @@ def extract_features_cmd(
     images: Optional[str] = typer.Option(None, "--images", help="Image folder of a COCO JSON input."),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="efficientnet_lite0 | alexnet | vgg16 | resnet50."),
     weights: str = typer.Option("imagenet", "--weights", "-w", help="imagenet | none (random, tests) | PATH (.safetensors, e.g. from `rcnn finetune`)."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Feature layer (alexnet/vgg16: pool5, fc6, fc7; default fc7; others: pool)."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Feature layer (alexnet/vgg16: pool5, fc6, fc7; default fc7; resnet50: pool; efficientnet_lite0: pool, or grid = 2x2 cells of the last map, 5120-d, better for box regression)."),
     warp_size: Optional[int] = typer.Option(None, "--warp-size", help="Warp regions to S x S pixels (default: the backbone's native size, 227 AlexNet, 224 others)."),
     padding: int = typer.Option(16, "--padding", help="Context padding around each box, in warped pixels (R-CNN: 16)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Regions per forward pass (batches never span images)."),
