@@ -81,7 +81,7 @@ from rcnn_cli.backbones import build_feature_extractor, get_spec, normalize, wei
 from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger, progress_bar
-from rcnn_cli.memory import flat_memory, release_memory
+from rcnn_cli.memory import release_memory, reuse_memory
 
 __all__ = [
     "enlarge_boxes",
@@ -655,7 +655,7 @@ def _extract_loop(fx: FeatureExtractor, reader, dataset, todo: list, out: Path, 
                   next_part: int, max_proposals: int | None, compression: str | None, progress: bool, prefetch: int,
                   checkpoint_seconds: float, total: int) -> dict[str, Any]:
     writer = _PartWriter(_parts_dir(out), file_attrs, compression, next_part)
-    flat_memory()
+    reuse_memory()  # the batches of one image reuse their blocks; release_memory() trims after each image
     extracted = skipped = regions = 0
     t0 = time.perf_counter()
     last_commit = t0
