@@ -155,7 +155,7 @@ def pipeline_cmd(
     limit: Optional[int] = typer.Option(100, "--limit", help="Top-K proposals per image (0: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Proposal processes (default: all cores)."),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b"),
-    layer: Optional[str] = typer.Option(None, "--layer"),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer (see extract-features; efficientnet_lite0: pool, or grid for better box regression)."),
     warp_size: int = typer.Option(64, "--warp-size", help="Warped region size (R-CNN: 227)."),
     padding: int = typer.Option(6, "--padding", help="Context padding in warped pixels (R-CNN: 16 at 227; keep it ~1/10 of the warp)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Regions per network batch (feature extraction)."),
