@@ -67,14 +67,10 @@ def test_efficientnet_grid_cells_average_to_pool(effnet):
     the global-average ``pool`` feature (exactly, when the map's sides are even)."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 3, 128, 128, generator=g)  # 4x4 map: each cell averages 2x2 positions
+    grid_net = B.build_feature_extractor("efficientnet_lite0", "imagenet", layer="grid")
     with torch.inference_mode():
-        pooled = effnet(x)
-        effnet.layer, effnet.out_dim = "grid", B._LAYER_DIMS[("efficientnet_lite0", "grid")]
-        try:
-            grid = effnet(x)
-        finally:
-            effnet.layer, effnet.out_dim = "pool", 1280
-    assert grid.shape == (1, 5120)
+        pooled, grid = effnet(x), grid_net(x)
+    assert grid.shape == (1, 5120) and grid_net.out_dim == 5120
     cells = grid.view(1, 1280, 2, 2)
     torch.testing.assert_close(cells.mean((2, 3)), pooled, rtol=1e-4, atol=1e-5)
     assert float((cells - pooled[..., None, None]).abs().mean()) > 0.05 * float(pooled.abs().mean())  # cells differ
