@@ -63,6 +63,36 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+class ConvToy(nn.Module):
+    """A convolution, so that ``channels_last`` changes the weights' memory layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.lin = nn.Linear(4, 1)
+
+    def forward(self, images, targets):
+        x = self.conv(torch.stack(images)).relu().mean(dim=(2, 3))
+        y = torch.cat([t["y"] for t in targets])
+        return {"loss": ((self.lin(x).squeeze(1) - y) ** 2).mean()}
+
+
+def test_channels_last_trains_the_same_weights(tmp_path):
+    models = {}
+    for cl in (False, True):
+        seed_everything(7)
+        model = ConvToy()
+        cfg = TrainConfig(epochs=2, lr=0.05, warmup_iters=2, batch_size=3, progress=False, channels_last=cl)
+        train(model, ToyData(), tmp_path / str(cl), cfg, model_config={"arch": "conv"})
+        models[cl] = model
+    assert models[True].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not models[False].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(models[False].state_dict().values(), models[True].state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+    saved = load_file(str(tmp_path / "True" / "model.safetensors"))  # written contiguous, same values
+    assert saved["conv.weight"].is_contiguous() and torch.equal(saved["conv.weight"], models[True].conv.weight.detach())
+
+
 def test_lr_schedule_values():
     cfg = TrainConfig(lr=0.1, warmup_iters=10, warmup_factor=0.001, lr_steps=(2, 4), lr_gamma=0.1)
     assert lr_at(cfg, 0, 0) == pytest.approx(0.1 * 0.001)
