@@ -86,8 +86,9 @@ class TrainConfig:
     warmup_factor: float = 0.001
     log_every: int = 10
     progress: bool = True
-    # NHWC weights and activations: 12% faster training steps of EfficientNet-Lite0 Faster R-CNN on
-    # 2 CPU cores (oneDNN's depthwise convolutions), and what tensor cores want under AMP on CUDA.
+    # NHWC weights and activations: on 2 CPU cores EfficientNet-Lite0 training steps are 1.19x
+    # (Faster R-CNN) and 1.48x (Fast R-CNN) faster (scripts/bench_train.py; oneDNN's depthwise
+    # convolutions), and it is the layout tensor cores want under AMP on CUDA.
     channels_last: bool = True
 
     def __post_init__(self) -> None:

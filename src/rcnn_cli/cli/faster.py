@@ -50,7 +50,7 @@ def train_cmd(
     max_size: int = typer.Option(1000, "--max-size", help="Longer image side at most."),
     rpn_pre_nms_train: int = typer.Option(
         12000, "--rpn-pre-nms-train", help="RPN boxes before NMS in training (the paper's 12000; on a CPU that NMS "
-        "takes a third of each iteration at 480x640, and torchvision's 2000 trains 1.65x faster)."),
+        "takes a third of each iteration at 480x640, and torchvision's 2000 trains 1.5x faster)."),
     rpn_post_nms_train: int = typer.Option(2000, "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
     rpn_pre_nms_test: int = typer.Option(6000, "--rpn-pre-nms-test", help="RPN boxes before NMS at test."),
     rpn_post_nms_test: int = typer.Option(300, "--rpn-post-nms-test", help="RPN proposals after NMS at test."),
