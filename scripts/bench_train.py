@@ -44,19 +44,14 @@ VARIANTS = [  # (name, model, channels_last, RPN pre-NMS top-N in training)
 
 
 def random_proposals(ds, per_image: int, out: Path) -> Path:
-    """A proposals file of ``per_image`` random boxes (sides 16-300 px) for every image of ``ds``."""
+    """A proposals file of ``per_image`` random boxes for every image of ``ds`` (bench_features' proposer)."""
+    from bench_features import random_proposer  # scripts/ is on sys.path when this file runs as a script
+
     from rcnn_cli.data.inputs import ImageInput
     from rcnn_cli.proposals import run_propose
 
-    def propose(image) -> np.ndarray:
-        w, h = image.size
-        rng = np.random.default_rng(w * 7919 + h)
-        side = rng.uniform(16, max(17, min(300, w, h)), size=(per_image, 2))
-        xy = rng.uniform(0, 1, size=(per_image, 2)) * np.maximum([w, h] - side, 1)
-        return np.concatenate([xy, np.minimum(xy + side, [w, h])], 1).astype(np.float32)
-
-    run_propose([ImageInput(r.image_id, r.path) for r in ds.records], out, proposer=propose, min_size=0,
-                progress=False, attrs={"method": "random"})
+    run_propose([ImageInput(r.image_id, r.path) for r in ds.records], out, proposer=random_proposer(per_image),
+                min_size=0, progress=False, attrs={"method": "random"})
     return out
 
 
