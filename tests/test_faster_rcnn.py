@@ -64,6 +64,22 @@ def test_model_uses_paper_anchor_defaults():
     assert fr.parse_floats("32, 64,128", "--anchor-sizes") == [32.0, 64.0, 128.0]
 
 
+def test_multi_scale_training_draws_sizes_and_tests_at_min_size():
+    cfg = fr.default_config(["a"], min_size=96, max_size=400, train_min_sizes=[64, 96, 128])
+    assert fr.transform_min_sizes(cfg) == (64, 128, 96)  # the test size last: torchvision's eval size
+    assert fr.transform_min_sizes(fr.default_config(["a"], min_size=96)) == 96
+    model = fr.build_model(cfg, weights="none")
+    image = torch.rand(3, 60, 80)
+    model.train()
+    torch.manual_seed(0)
+    seen = {tuple(model.transform([image])[0].image_sizes[0]) for _ in range(40)}
+    assert seen == {(64, 85), (96, 128), (128, 170)}  # shorter side 64/96/128, aspect 4:3 kept
+    model.eval()
+    assert model.transform([image])[0].image_sizes[0] == (96, 128)
+    with pytest.raises(UserError, match="at least 16"):
+        fr.default_config(["a"], train_min_sizes=[8, 96])
+
+
 def test_anchor_fitting_is_class_balanced_and_follows_the_resize():
     recs = []
     for i in range(20):  # 20 images with 5 small boxes each (class a), 1 image with 1 large box (class b)

@@ -48,6 +48,9 @@ def train_cmd(
     auto_anchors: bool = typer.Option(False, "--auto-anchors", help="Fit the anchor sizes to the training boxes (class-balanced quantiles)."),
     min_size: int = typer.Option(600, "--min-size", help="Shorter image side after resizing."),
     max_size: int = typer.Option(1000, "--max-size", help="Longer image side at most."),
+    train_sizes: Optional[str] = typer.Option(
+        None, "--train-sizes", help="Multi-scale training: shorter sides drawn per image, e.g. 416,448,480,512,544 "
+        "(plus --min-size, the test size); raise --max-size so that the larger ones are not capped."),
     rpn_pre_nms_train: int = typer.Option(
         12000, "--rpn-pre-nms-train", help="RPN boxes before NMS in training (the paper's 12000; on a CPU that NMS "
         "takes a third of each iteration at 480x640, and torchvision's 2000 trains 1.5x faster)."),
@@ -80,7 +83,9 @@ def train_cmd(
     summary = train_faster(dataset, split, out, config, images=images, backbone=backbone, weights=weights, fpn=fpn,
                            head=head, anchor_sizes=parse_floats(anchor_sizes, "--anchor-sizes"),
                            aspect_ratios=parse_floats(aspect_ratios, "--aspect-ratios"), auto_anchors=auto_anchors,
-                           min_size=min_size, max_size=max_size, val_split=val_split, resume=resume,
+                           min_size=min_size, max_size=max_size,
+                           train_sizes=[int(v) for v in parse_floats(train_sizes, "--train-sizes") or []],
+                           val_split=val_split, resume=resume,
                            model_overrides=overrides)
     if dist_info()[0] != 0:
         return  # under torchrun, rank 0 reports

@@ -98,6 +98,7 @@ def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0",
         "image_std": list(spec.std),
         "min_size": 600,
         "max_size": 1000,
+        "train_min_sizes": None,  # multi-scale training: shorter sides drawn per image (+ min_size)
         "anchor_sizes": [128.0, 256.0, 512.0],
         "aspect_ratios": [0.5, 1.0, 2.0],
         "rpn_nms_thresh": 0.7,
@@ -132,6 +133,9 @@ def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0",
         raise UserError(f"head must be 'mlp' or 'backbone' (got '{cfg['head']}')")
     if cfg["fpn"] and cfg["head"] == "backbone":
         raise UserError("head 'backbone' is not available with --fpn (use the MLP head)")
+    sizes = cfg["train_min_sizes"]
+    if sizes is not None and (not sizes or any(int(v) < 16 for v in sizes)):
+        raise UserError(f"training sizes must be at least 16 pixels (got {sizes})")
     _check_anchors(cfg)
     return cfg
 
@@ -262,7 +266,7 @@ def build_model(cfg: dict, weights: str = "none") -> nn.Module:
     model = FasterRCNN(
         backbone,
         num_classes=None,
-        min_size=int(cfg["min_size"]),
+        min_size=transform_min_sizes(cfg),
         max_size=int(cfg["max_size"]),
         image_mean=list(cfg["image_mean"]),
         image_std=list(cfg["image_std"]),
@@ -290,6 +294,17 @@ def build_model(cfg: dict, weights: str = "none") -> nn.Module:
     )
     model.rcnn_config = dict(cfg)
     return model
+
+
+def transform_min_sizes(cfg: dict) -> int | tuple[int, ...]:
+    """``GeneralizedRCNNTransform``'s ``min_size``: the test size, or with multi-scale training
+    the training sizes with the test size last (torchvision draws one of them per training image
+    and resizes to the last one in eval mode)."""
+    test = int(cfg["min_size"])
+    train_sizes = [int(s) for s in cfg.get("train_min_sizes") or []]
+    if not train_sizes:
+        return test
+    return tuple([s for s in dict.fromkeys(train_sizes) if s != test] + [test])
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,13 +605,14 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
                  images: str | Path | None = None, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  fpn: bool = False, head: str = "mlp", anchor_sizes: Sequence[float] | None = None,
                  aspect_ratios: Sequence[float] | None = None, auto_anchors: bool = False,
-                 min_size: int = 600, max_size: int = 1000, val_split: str | None = None, resume: bool = False,
-                 model_overrides: dict | None = None, command: str = "rcnn faster train") -> dict:
+                 min_size: int = 600, max_size: int = 1000, train_sizes: Sequence[int] | None = None,
+                 val_split: str | None = None, resume: bool = False, model_overrides: dict | None = None, command: str = "rcnn faster train") -> dict:
     """Train a Faster R-CNN on a labelled dataset split with :func:`rcnn_cli.engine.train`.
 
     ``train_config`` is an :class:`rcnn_cli.engine.TrainConfig`. ``auto_anchors`` replaces the
     anchor sizes by :func:`fit_anchor_sizes` of the training boxes (as many sizes as given, 3 by
-    default, 5 with ``fpn``). ``resume`` continues ``out``'s checkpoint with the model configuration
+    default, 5 with ``fpn``). ``train_sizes`` turns on multi-scale training: each training image's
+    shorter side is drawn from them and ``min_size`` (the test size). ``resume`` continues ``out``'s checkpoint with the model configuration
     recorded there. Writes ``out/model.safetensors`` and ``out/config.json`` (model + training
     settings); returns the engine's summary (+ ``"model_config"``).
     """
@@ -624,6 +640,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
             logger.info("anchor sizes fitted to the training boxes: %s", ", ".join(f"{s:g}" for s in sizes))
         overrides = dict(model_overrides or {})
         overrides.update(fpn=fpn, head=head, min_size=int(min_size), max_size=int(max_size),
+                         train_min_sizes=[int(s) for s in train_sizes] if train_sizes else None,
                          anchor_sizes=[float(s) for s in sizes] if sizes else None,
                          aspect_ratios=[float(r) for r in aspect_ratios] if aspect_ratios else None)
         cfg = default_config(ds.classes, backbone, **overrides)
