@@ -306,3 +306,33 @@ def test_cli_train_and_detect(shapes_root, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["faster", "detect", str(shapes_root), "--split", "test", "--model", str(tmp_path / "missing")])
     assert e.value.code == 2
+
+
+def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
+    """`rcnn pipeline --method rpn --rpn-model RUN`: the proposals are the RPN's, the R-CNN model
+    records that run, and `rcnn detect` without a proposals file runs the same RPN on the fly."""
+    from rcnn_cli.pipeline import PipelineConfig, run_pipeline
+    from rcnn_cli.proposals import load as load_proposals
+    from rcnn_cli.rcnn import RCNNDetector
+
+    out, _, _, _ = overfit_run
+    settings = dict(dataset=str(shapes_root), method="rpn", rpn_model=str(out), limit=20, min_size=0, workers=1,
+                    warp_size=32, padding=4, weights="none", device="cpu")
+    run = tmp_path / "run"
+    metrics = run_pipeline(PipelineConfig(**settings), run, progress=False)
+    assert {v["status"] for v in metrics["stages"].values()} == {"ran"}
+    image_id = sorted((shapes_root / "JPEGImages").glob("*.jpg"))[0].stem
+    with load_proposals(run / "proposals_test.h5") as reader:
+        assert reader.attrs["method"] == "rpn" and int(reader.attrs["post_nms_top_n"]) == 20
+        image_id = reader.ids()[0]
+        cached = reader.boxes(image_id)
+    path = next((shapes_root / "JPEGImages").glob(f"{image_id}.*"))
+    assert np.allclose(cached, fr.rpn_proposer(out, device="cpu", post_nms_top_n=20)(load_image(path)))
+    model_cfg = json.loads((run / "model" / "config.json").read_text())
+    assert model_cfg["proposals"]["method"] == "rpn" and model_cfg["proposals"]["model"] == str(out.resolve())
+    detector = RCNNDetector(run / "model", device="cpu")
+    assert np.allclose(detector.propose(load_image(path), image_id), cached, atol=1e-4)
+    again = run_pipeline(PipelineConfig(**settings), run, progress=False)
+    assert {v["status"] for v in again["stages"].values()} == {"skipped"}
+    with pytest.raises(UserError, match="needs --rpn-model"):
+        run_pipeline(PipelineConfig(**dict(settings, rpn_model=str(tmp_path / "none"))), tmp_path / "r2", progress=False)

@@ -40,7 +40,6 @@ should for TF-trained weights.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rcnn_cli.errors import UserError
+from rcnn_cli.io import file_sha256
 
 __all__ = [
     "BackboneSpec",
@@ -128,14 +128,6 @@ def normalize(images: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:
     return (images - mean) / std
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def weights_id(name: str, weights: str | Path = "imagenet") -> str:
     """A stable identifier of the weights, recorded in feature files to refuse mixing settings.
 
@@ -151,7 +143,7 @@ def weights_id(name: str, weights: str | Path = "imagenet") -> str:
     path = Path(w)
     if not path.is_file():
         raise UserError(f"--weights {w}: not 'imagenet', 'none' or an existing .safetensors file")
-    return f"file:{_file_sha(path)[:12]}"
+    return f"file:{file_sha256(path)[:12]}"
 
 
 # --------------------------------------------------------------------------------------------

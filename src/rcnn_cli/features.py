@@ -565,11 +565,9 @@ def _load_uint8(path: Path) -> torch.Tensor:
 
 def _proposal_settings(reader) -> dict[str, Any]:
     a = dict(getattr(reader, "attrs", {}) or {})
-    keep = {}
-    for k in ("method", "mode", "max_size", "min_size", "limit"):
-        v = a.get(k)
-        keep[k] = v.item() if hasattr(v, "item") else v
-    return keep
+    keep = {k: a.get(k) for k in ("method", "mode", "max_size", "min_size", "limit")}
+    keep.update({k: a[k] for k in ("model", "post_nms_top_n") if k in a})  # RPN proposals: the run that made them
+    return {k: v.item() if hasattr(v, "item") else v for k, v in keep.items()}
 
 
 def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str = "efficientnet_lite0",

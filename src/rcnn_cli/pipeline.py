@@ -52,7 +52,8 @@ class PipelineConfig:
     test_images: int = 50
     image_size: int = 256
     # proposals
-    method: str = "selective-search"
+    method: str = "selective-search"  # or "rpn": the region proposal network of rpn_model
+    rpn_model: str | None = None  # a `rcnn faster train` run directory (method "rpn")
     mode: str = "fast"
     max_size: int = 256
     min_size: int = 16
@@ -158,6 +159,20 @@ def _extract(dataset_path: str, split: str | None, images: str | None, proposals
                                   dtype=cfg.dtype, device=cfg.device, progress=progress)
 
 
+def _rpn_source(cfg: PipelineConfig) -> dict[str, Any]:
+    """RPN proposals (``method "rpn"``): the run's attributes, its weights' hash (part of the stage
+    configuration: retraining that run redoes the proposals) and a ``proposer`` factory."""
+    from rcnn_cli.io import file_sha256
+    from rcnn_cli.models.faster_rcnn import rpn_attrs, rpn_proposer
+
+    run = Path(cfg.rpn_model or "")
+    if not cfg.rpn_model or not (run / "model.safetensors").is_file():
+        raise UserError(f"--method rpn needs --rpn-model RUN_DIR, a finished `rcnn faster train` run (got '{run}')")
+    top_n = int(cfg.limit or 2000)
+    return {"attrs": rpn_attrs(run, top_n), "weights_sha256": file_sha256(run / "model.safetensors"),
+            "proposer": lambda: rpn_proposer(run, device=cfg.device, post_nms_top_n=top_n)}
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
@@ -203,6 +218,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
     # ---- proposals
     prop_cfg = {"method": cfg.method, "mode": cfg.mode, "max_size": cfg.max_size, "min_size": cfg.min_size,
                 "limit": cfg.limit}
+    rpn = None
+    if cfg.method == "rpn":
+        rpn = _rpn_source(cfg)
+        prop_cfg.update(rpn_model=rpn["attrs"]["model"], rpn_weights=rpn["weights_sha256"])
     prop_files = {}
     for tag, split, ds in (("train", train_split, train_ds), ("test", test_split, test_ds)):
         out = run_dir / f"proposals_{split}.h5"
@@ -212,9 +231,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
             from rcnn_cli.proposals import run_propose
 
             inputs = [ImageInput(r.image_id, r.path) for r in ds.records]
+            proposer = rpn["proposer"]() if rpn else None
             return _jsonable(run_propose(inputs, out, method=cfg.method, mode=cfg.mode, max_size=cfg.max_size,
                                          min_size=cfg.min_size, limit=cfg.limit, workers=cfg.workers,
-                                         progress=progress))
+                                         progress=progress, proposer=proposer, attrs=rpn["attrs"] if rpn else None))
 
         st.run(f"propose-{tag}", dict(prop_cfg, split=split, **data_id), [out], propose,
                clean=[out, out.with_name(out.name + ".config.json")])

@@ -327,6 +327,7 @@ class RCNNDetector:
 
         check_detect_settings(self.score_threshold, self.nms, self.top_k)
         self.use_bbox = use_bbox
+        self.device = device
         self.proposals = proposals
         self.proposal_settings = dict(DEFAULT_PROPOSALS, **self.model.config.get("proposals", {}))
         cfg = self.model.config
@@ -353,10 +354,25 @@ class RCNNDetector:
         from rcnn_cli import proposals as P
 
         s = self.proposal_settings
+        if s.get("method") == "rpn":
+            return self._rpn_proposals(image)
         if s.get("method", "selective-search") != "selective-search":
             raise UserError(f"the model's proposals method '{s.get('method')}' cannot run on the fly; pass --proposals FILE")
         return np.asarray(P.selective_search(image, mode=s.get("mode", "fast"), max_size=int(s.get("max_size", 500)),
                                              min_size=int(s.get("min_size", 20)), limit=s.get("limit")), np.float32)
+
+    def _rpn_proposals(self, image) -> np.ndarray:
+        """The RPN of the Faster R-CNN run the training proposals came from, as many boxes as then."""
+        s = self.proposal_settings
+        if getattr(self, "_rpn", None) is None:
+            run = s.get("model")
+            if not run or not Path(run).is_dir():
+                raise UserError(f"the model was trained on RPN proposals of '{run}', which is not here; "
+                                "pass --proposals FILE or copy that Faster R-CNN run back")
+            from rcnn_cli.models.faster_rcnn import rpn_proposer
+
+            self._rpn = rpn_proposer(run, device=self.device, post_nms_top_n=int(s.get("post_nms_top_n") or 300))
+        return self._rpn(image)
 
     def __call__(self, image, image_id: str):
         from rcnn_cli.detections import ImageDetections
@@ -426,6 +442,9 @@ def proposal_settings(attrs: dict[str, Any] | None) -> dict[str, Any]:
         out["limit"] = int(out["limit"]) if int(out["limit"]) > 0 else None
     out["max_size"], out["min_size"] = int(out["max_size"]), int(out["min_size"])
     out["method"], out["mode"] = str(out["method"]), str(out["mode"])
+    if out["method"] == "rpn":  # the Faster R-CNN run that proposes at detect time (rpn_attrs)
+        out["model"] = str(attrs.get("model", ""))
+        out["post_nms_top_n"] = int(attrs.get("post_nms_top_n", 300))
     return out
 
 

@@ -149,6 +149,8 @@ def pipeline_cmd(
     train_images: int = typer.Option(200, "--train-images", help="Shapes data: training images."),
     test_images: int = typer.Option(50, "--test-images", help="Shapes data: test images."),
     image_size: int = typer.Option(256, "--image-size", help="Shapes data: image size in pixels."),
+    method: str = typer.Option("selective-search", "--method", help="Proposals: selective-search, or rpn (the region proposal network of --rpn-model)."),
+    rpn_model: Optional[Path] = typer.Option(None, "--rpn-model", help="`rcnn faster train` run whose RPN proposes (--method rpn; --limit boxes per image)."),
     mode: str = typer.Option("fast", "--mode", help="Selective search mode: fast or quality."),
     max_size: int = typer.Option(256, "--max-size", help="Selective search: longer image side at most this."),
     min_size: int = typer.Option(16, "--min-size", help="Proposals smaller than this are dropped."),
@@ -183,7 +185,7 @@ def pipeline_cmd(
 
     cfg = PipelineConfig(dataset=str(dataset) if dataset else None, train_split=train_split, test_split=test_split,
                          images=images, train_images=train_images, test_images=test_images, image_size=image_size,
-                         mode=mode, max_size=max_size, min_size=min_size, limit=limit if limit else None,
+                         method=method, rpn_model=str(rpn_model) if rpn_model else None, mode=mode, max_size=max_size, min_size=min_size, limit=limit if limit else None,
                          workers=workers, backbone=backbone, layer=layer, warp_size=warp_size, padding=padding,
                          batch_size=batch_size, finetune=finetune, finetune_iters=ft_iters, finetune_epochs=ft_epochs,
                          C=C, bias=bias, pos_weight=pos_weight, lam=lam, bbox=bbox, score_threshold=score_threshold,
