@@ -63,14 +63,16 @@ def steady_images_per_s(run_dir: Path, warmup: int) -> float:
 
 
 def run_variant(kind: str, channels_last: bool, pre_nms: int | None, ds, data: Path, split: str, proposals: Path,
-                args, out: Path) -> float:
+                args, out: Path, **train_options) -> float:
+    """Train ``args.iters`` iterations of one variant into ``out``; steady images/s. ``train_options``
+    go to :class:`rcnn_cli.engine.TrainConfig` (e.g. ``device``, ``amp``)."""
     from rcnn_cli.engine import TrainConfig
     from rcnn_cli.models.fast_rcnn import FastRCNNConfig, train_fast_rcnn
     from rcnn_cli.models.faster_rcnn import train_faster
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(epochs=1000, max_iters=args.iters, warmup_iters=5, log_every=args.warmup, progress=False,
-                      channels_last=channels_last, seed=0)
+                      channels_last=channels_last, seed=0, **train_options)
     if kind == "faster":
         train_faster(data, split, out, cfg, anchor_sizes=[32.0, 96.0, 256.0], min_size=args.min_size,
                      max_size=args.max_size, model_overrides={"rpn_pre_nms_top_n_train": pre_nms})
