@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +333,12 @@ def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
     assert model_cfg["proposals"]["method"] == "rpn" and model_cfg["proposals"]["model"] == str(out.resolve())
     detector = RCNNDetector(run / "model", device="cpu")
     assert np.allclose(detector.propose(load_image(path), image_id), cached, atol=1e-4)
+    moved = tmp_path / "moved_model"  # the Faster R-CNN run is gone: a one-line error, not a traceback
+    shutil.copytree(run / "model", moved)
+    model_cfg["proposals"]["model"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(model_cfg))
+    with pytest.raises(UserError, match="which is not here"):
+        RCNNDetector(moved, device="cpu").propose(load_image(path), image_id)
     again = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert {v["status"] for v in again["stages"].values()} == {"skipped"}
     with pytest.raises(UserError, match="needs --rpn-model"):

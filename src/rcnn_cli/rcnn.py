@@ -366,7 +366,10 @@ class RCNNDetector:
         s = self.proposal_settings
         if getattr(self, "_rpn", None) is None:
             run = s.get("model")
-            if not run or not Path(run).is_dir():
+            if not run:
+                raise UserError("the model was trained on RPN proposals that do not name their Faster R-CNN run; "
+                                "pass --proposals FILE")
+            if not Path(run).is_dir():
                 raise UserError(f"the model was trained on RPN proposals of '{run}', which is not here; "
                                 "pass --proposals FILE or copy that Faster R-CNN run back")
             from rcnn_cli.models.faster_rcnn import rpn_proposer
