@@ -328,6 +328,7 @@ class RCNNDetector:
         check_detect_settings(self.score_threshold, self.nms, self.top_k)
         self.use_bbox = use_bbox
         self.device = device
+        self._rpn = None  # the RPN of a model trained on RPN proposals, loaded on first use
         self.proposals = proposals
         self.proposal_settings = dict(DEFAULT_PROPOSALS, **self.model.config.get("proposals", {}))
         cfg = self.model.config
@@ -364,7 +365,7 @@ class RCNNDetector:
     def _rpn_proposals(self, image) -> np.ndarray:
         """The RPN of the Faster R-CNN run the training proposals came from, as many boxes as then."""
         s = self.proposal_settings
-        if getattr(self, "_rpn", None) is None:
+        if self._rpn is None:
             run = s.get("model")
             if not run:
                 raise UserError("the model was trained on RPN proposals that do not name their Faster R-CNN run; "

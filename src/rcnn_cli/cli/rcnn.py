@@ -185,7 +185,8 @@ def pipeline_cmd(
 
     cfg = PipelineConfig(dataset=str(dataset) if dataset else None, train_split=train_split, test_split=test_split,
                          images=images, train_images=train_images, test_images=test_images, image_size=image_size,
-                         method=method, rpn_model=str(rpn_model) if rpn_model else None, mode=mode, max_size=max_size, min_size=min_size, limit=limit if limit else None,
+                         method=method, rpn_model=str(rpn_model) if rpn_model else None, mode=mode,
+                         max_size=max_size, min_size=min_size, limit=limit if limit else None,
                          workers=workers, backbone=backbone, layer=layer, warp_size=warp_size, padding=padding,
                          batch_size=batch_size, finetune=finetune, finetune_iters=ft_iters, finetune_epochs=ft_epochs,
                          C=C, bias=bias, pos_weight=pos_weight, lam=lam, bbox=bbox, score_threshold=score_threshold,

@@ -606,14 +606,15 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
                  fpn: bool = False, head: str = "mlp", anchor_sizes: Sequence[float] | None = None,
                  aspect_ratios: Sequence[float] | None = None, auto_anchors: bool = False,
                  min_size: int = 600, max_size: int = 1000, train_sizes: Sequence[int] | None = None,
-                 val_split: str | None = None, resume: bool = False, model_overrides: dict | None = None, command: str = "rcnn faster train") -> dict:
+                 val_split: str | None = None, resume: bool = False, model_overrides: dict | None = None,
+                 command: str = "rcnn faster train") -> dict:
     """Train a Faster R-CNN on a labelled dataset split with :func:`rcnn_cli.engine.train`.
 
     ``train_config`` is an :class:`rcnn_cli.engine.TrainConfig`. ``auto_anchors`` replaces the
     anchor sizes by :func:`fit_anchor_sizes` of the training boxes (as many sizes as given, 3 by
     default, 5 with ``fpn``). ``train_sizes`` turns on multi-scale training: each training image's
-    shorter side is drawn from them and ``min_size`` (the test size). ``resume`` continues ``out``'s checkpoint with the model configuration
-    recorded there. Writes ``out/model.safetensors`` and ``out/config.json`` (model + training
+    shorter side is drawn from them and ``min_size`` (the test size). ``resume`` continues ``out``'s
+    checkpoint with the model configuration recorded there. Writes ``out/model.safetensors`` and ``out/config.json`` (model + training
     settings); returns the engine's summary (+ ``"model_config"``).
     """
     from rcnn_cli.backbones import weights_id
