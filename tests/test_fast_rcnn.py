@@ -184,6 +184,39 @@ def test_config_roundtrip_and_backbone_head():
     assert out["boxes"].shape[1] == 4 and bool((out["boxes"][:, 2] <= 70).all())
 
 
+def test_export_backbone_reproduces_the_detectors_features(tmp_path):
+    """A Fast R-CNN with the backbone's own head: the exported --weights give its trunk + head features."""
+    from rcnn_cli.backbones import build_feature_extractor
+    from rcnn_cli.cli import main
+    from rcnn_cli.engine import save_weights
+    from rcnn_cli.finetune import export_backbone
+    from rcnn_cli.io import write_json
+
+    cfg = FastRCNNConfig(classes=["x"], backbone="efficientnet_lite0", head="backbone", min_size=64, max_size=64)
+    model = build_fast_rcnn(cfg, "none")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # stand-in for training: every trunk and head tensor moves
+        for t in list(model.trunk.state_dict().values()) + list(model.head.state_dict().values()):
+            if t.is_floating_point():
+                t.add_(0.01 * torch.randn(t.shape, generator=gen))
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "config.json", {"command": "rcnn fast train", "config": {"model": cfg.to_dict()}})
+    save_weights(model, run / "model.safetensors")
+    info = export_backbone(run, tmp_path / "w.safetensors")
+    assert info["trained_layers"] == "trunk and head" and info["weights_id"].startswith("file:")
+    fx = build_feature_extractor("efficientnet_lite0", tmp_path / "w.safetensors", layer="pool")
+    x = torch.rand(2, 3, 96, 96, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(fx(x), model.head(model.trunk(x)), atol=1e-5)
+    assert json.loads((tmp_path / "w.safetensors.config.json").read_text())["config"]["run"] == str(run)
+    for args in ([str(run), "--out", str(tmp_path / "w.pt")], [str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.safetensors")]):
+        with pytest.raises(SystemExit) as exc:  # a .pt name / no run there: one-line errors
+            main(["export-backbone", *args])
+        assert exc.value.code == 2
+    assert not (tmp_path / "w.pt").exists() and not (tmp_path / "x.safetensors").exists()
+
+
 def test_cli_train_and_detect(shapes_root, tmp_path):
     """End to end through the CLI on the shapes data with a proposals file."""
     proposals_mod = pytest.importorskip("rcnn_cli.proposals")

@@ -208,6 +208,25 @@ def test_detector_matches_the_torchvision_forward_and_settings(overfit_run):
     assert iou_matrix(det.boxes[:1] / 2, rec.boxes)[0, 0] > 0.85  # the object, in the 2x image's pixels
 
 
+def test_export_backbone_takes_the_trained_trunk(overfit_run, tmp_path):
+    """An MLP-head Faster R-CNN trains only the trunk: exported, the trunk is the run's, the rest ImageNet's."""
+    from rcnn_cli.backbones import build_feature_extractor, build_trunk
+    from rcnn_cli.finetune import export_backbone
+
+    out, _, _, _ = overfit_run
+    info = export_backbone(out, tmp_path / "w.safetensors")
+    assert info["trained_layers"].startswith("trunk (")
+    model, _ = fr.load_model(out)
+    trunk, _, _ = build_trunk("efficientnet_lite0", tmp_path / "w.safetensors")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(trunk.eval()(x), model.backbone(x), atol=1e-5)
+    exported = build_feature_extractor("efficientnet_lite0", tmp_path / "w.safetensors").net
+    imagenet = build_feature_extractor("efficientnet_lite0", "imagenet").net
+    assert torch.equal(exported.conv_head.weight, imagenet.conv_head.weight)
+    assert not torch.equal(exported.blocks[4][0].conv_pw.weight, imagenet.blocks[4][0].conv_pw.weight)  # trained
+
+
 def test_load_errors_are_one_line(overfit_run, tmp_path):
     out, _, _, _ = overfit_run
     with pytest.raises(UserError, match="model directory not found"):
@@ -341,5 +360,20 @@ def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
         RCNNDetector(moved, device="cpu").propose(load_image(path), image_id)
     again = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert {v["status"] for v in again["stages"].values()} == {"skipped"}
+    # The detector's own fine-tuned backbone as R-CNN features (`--weights` from `rcnn export-backbone`):
+    # the proposals stay, every stage from the features on runs again, on the exported weights.
+    from rcnn_cli.features import load_features
+    from rcnn_cli.finetune import export_backbone
+
+    info = export_backbone(out, tmp_path / "backbone.safetensors")
+    tuned = run_pipeline(PipelineConfig(**dict(settings, weights=str(tmp_path / "backbone.safetensors"))), run,
+                         progress=False)
+    status = {k: v["status"] for k, v in tuned["stages"].items()}
+    assert status["propose-train"] == status["propose-test"] == "skipped" and status["features-train"] == "ran"
+    with load_features(run / "features_test.h5") as store:
+        assert store.attrs["weights_id"] == info["weights_id"]
+    assert json.loads((run / "model" / "config.json").read_text())["weights_id"] == info["weights_id"]
+    with pytest.raises(UserError, match="not 'imagenet', 'none' or an existing"):
+        run_pipeline(PipelineConfig(**dict(settings, weights=str(tmp_path / "gone.safetensors"))), run, progress=False)
     with pytest.raises(UserError, match="needs --rpn-model"):
         run_pipeline(PipelineConfig(**dict(settings, rpn_model=str(tmp_path / "none"))), tmp_path / "r2", progress=False)

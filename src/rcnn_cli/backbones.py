@@ -57,6 +57,7 @@ __all__ = [
     "build_feature_extractor",
     "build_trunk",
     "build_head",
+    "feature_state_from_detector",
     "normalize",
     "weights_id",
     "FeatureNet",
@@ -292,6 +293,30 @@ def build_feature_extractor(name: str, weights: str | Path = "imagenet", layer: 
     return module
 
 
+def feature_state_from_detector(name: str, trunk: nn.Module, head: nn.Module | None,
+                                base: str | Path = "imagenet") -> tuple[dict[str, torch.Tensor], bool]:
+    """A :class:`FeatureNet` state dict (keys ``net.*``: a valid ``--weights`` file) from a detector's parts.
+
+    ``trunk`` is a trained :func:`build_trunk`; ``head`` a trained :func:`build_head`, or ``None``
+    (or another module, e.g. an MLP head) when the detector did not train the layers after the trunk:
+    those layers then keep the ``base`` weights. Frozen batch norms load as ordinary ones.
+    Returns ``(state_dict, whether the head's layers were taken too)``.
+    """
+    module = _full(name, base)
+    parts = [(_trunk_of(module.net, name), trunk)]
+    if isinstance(head, _Head):
+        parts.append((_head_of(module.net, name).body, head.body))
+    for dst, src in parts:
+        own, state = dst.state_dict(), src.state_dict()
+        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+        wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or wrong:
+            raise UserError(f"the detector's layers do not fit a {name} backbone ({len(missing)} missing, "
+                            f"{len(wrong)} of another shape, e.g. {(missing + wrong)[0]})")
+        dst.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}, len(parts) == 2
+
+
 def _freeze(module: nn.Module) -> nn.Module:
     from timm.layers import freeze_batch_norm_2d
 
@@ -306,7 +331,15 @@ def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = F
     conv1-layer3 (C=1024). ``freeze_bn`` turns batch norms into frozen ones (fixed statistics and
     affine, as torchvision's detection backbones do).
     """
-    net = _full(name, weights).net
+    trunk = _trunk_of(_full(name, weights).net, name)
+    ch = trunk.out_channels
+    if freeze_bn:
+        trunk = _freeze(trunk)
+    return trunk, ch, 16
+
+
+def _trunk_of(net: nn.Module, name: str) -> nn.Module:
+    """The trunk layers of a whole backbone ``net``, sharing its parameters; ``.out_channels`` set."""
     if name == "efficientnet_lite0":
         trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5]), 112
     elif name == "alexnet":
@@ -317,9 +350,20 @@ def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = F
         trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
         ch = 1024
     trunk.out_channels = ch
-    if freeze_bn:
-        trunk = _freeze(trunk)
-    return trunk, ch, 16
+    return trunk
+
+
+def _head_of(net: nn.Module, name: str) -> "_Head":
+    """The layers after the trunk of a whole backbone ``net`` as a :class:`_Head` (shared parameters)."""
+    if name == "efficientnet_lite0":
+        body = nn.Sequential(*net.blocks[5:], net.conv_head, net.bn2, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        return _Head(body, 112, 14, 1280, flatten_first=False)
+    if name == "resnet50":
+        body = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        return _Head(body, 1024, 14, 2048, flatten_first=False)
+    if name == "alexnet":
+        return _Head(net.classifier[:6], 256, 6, 4096, flatten_first=True)
+    return _Head(net.classifier[:5], 512, 7, 4096, flatten_first=True)  # fc6, ReLU, Dropout, fc7, ReLU
 
 
 class _Head(nn.Module):
@@ -355,17 +399,7 @@ def build_head(name: str, weights: str | Path = "imagenet", freeze_bn: bool = Fa
     - ``resnet50``: layer4 + global average pool; ``(R, 1024, 14, 14)`` -> ``(R, 2048)`` (any P;
       14 recommended, layer4 halves it).
     """
-    net = _full(name, weights).net
-    if name == "efficientnet_lite0":
-        body = nn.Sequential(*net.blocks[5:], net.conv_head, net.bn2, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        head = _Head(body, 112, 14, 1280, flatten_first=False)
-    elif name == "resnet50":
-        body = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        head = _Head(body, 1024, 14, 2048, flatten_first=False)
-    elif name == "alexnet":
-        head = _Head(net.classifier[:6], 256, 6, 4096, flatten_first=True)
-    else:
-        head = _Head(net.classifier[:5], 512, 7, 4096, flatten_first=True)  # fc6, ReLU, Dropout, fc7, ReLU
+    head = _head_of(_full(name, weights).net, name)
     if freeze_bn:
         head = _freeze(head)
     return head, head.out_dim

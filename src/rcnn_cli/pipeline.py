@@ -180,8 +180,11 @@ def _jsonable(obj: Any) -> Any:
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the whole R-CNN pipeline in ``run_dir``; returns the metrics written to
     ``run_dir/metrics.json`` (``voc07``/``voc12`` evaluate results, ``mAP``, stage timings)."""
+    from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import ImageInput, load_dataset
 
+    # a weights file enters the stage configurations by its content: a retrained file redoes the features
+    start_weights = cfg.weights if cfg.weights in ("imagenet", "none") else weights_id(cfg.backbone, cfg.weights)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     st = StageRunner(run_dir, progress)
@@ -244,7 +247,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
 
     def features(tag: str, split: str, weights: str, weights_stage: str | None, suffix: str) -> Path:
         out = run_dir / f"features_{split}{suffix}.h5"
-        c = dict(feat_cfg, split=split, weights=cfg.weights if weights_stage is None else st.hashes[weights_stage],
+        c = dict(feat_cfg, split=split, weights=start_weights if weights_stage is None else st.hashes[weights_stage],
                  proposals=st.hashes[f"propose-{tag}"])
         st.run(f"features-{tag}{suffix}", c, [out],
                lambda: _jsonable(_extract(dataset_path, split, cfg.images, prop_files[tag], out, cfg, weights, progress)),
@@ -255,7 +258,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
     weights, weights_stage, suffix = cfg.weights, None, ""
     if cfg.finetune:
         ft_dir = run_dir / "finetune"
-        ft_cfg = {"backbone": cfg.backbone, "weights": cfg.weights, "layer": cfg.layer, "warp_size": cfg.warp_size,
+        ft_cfg = {"backbone": cfg.backbone, "weights": start_weights, "layer": cfg.layer, "warp_size": cfg.warp_size,
                   "padding": cfg.padding, "iters": cfg.finetune_iters, "epochs": cfg.finetune_epochs,
                   "lr": cfg.finetune_lr, "seed": cfg.seed, "proposals": st.hashes["propose-train"]}
 

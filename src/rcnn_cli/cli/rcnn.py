@@ -59,6 +59,23 @@ def finetune_cmd(
                   "with extract-features", highlight=False)
 
 
+@app.command("export-backbone")
+def export_backbone_cmd(
+    run: Path = typer.Argument(..., help="Run directory of `rcnn fast train` or `rcnn faster train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Weights file to write (.safetensors)."),
+) -> None:
+    """Export a trained Fast/Faster R-CNN's backbone as --weights for extract-features or finetune.
+
+    A detector trained on your data is a cheap stand-in for R-CNN's fine-tuning step: train it with
+    `--head backbone` so that every layer the R-CNN features use is fine-tuned, not only the trunk.
+    """
+    from rcnn_cli.finetune import export_backbone
+
+    info = export_backbone(run, out)
+    console.print(f"{out}: {info['backbone']} {info['trained_layers']} ({info['weights_id']}); use --weights {out} "
+                  "with extract-features", highlight=False)
+
+
 @app.command("train-svm")
 def train_svm_cmd(
     features: Path = typer.Option(..., "--features", "-F", help="Features store of the training split (extract-features)."),
@@ -157,6 +174,7 @@ def pipeline_cmd(
     limit: Optional[int] = typer.Option(100, "--limit", help="Top-K proposals per image (0: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Proposal processes (default: all cores)."),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b"),
+    weights: str = typer.Option("imagenet", "--weights", help="Backbone weights: imagenet, none or a .safetensors file (e.g. from `rcnn export-backbone`)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer (see extract-features; efficientnet_lite0: pool, or grid for better box regression)."),
     warp_size: int = typer.Option(64, "--warp-size", help="Warped region size (R-CNN: 227)."),
     padding: int = typer.Option(6, "--padding", help="Context padding in warped pixels (R-CNN: 16 at 227; keep it ~1/10 of the warp)."),
@@ -187,7 +205,7 @@ def pipeline_cmd(
                          images=images, train_images=train_images, test_images=test_images, image_size=image_size,
                          method=method, rpn_model=str(rpn_model) if rpn_model else None, mode=mode,
                          max_size=max_size, min_size=min_size, limit=limit if limit else None,
-                         workers=workers, backbone=backbone, layer=layer, warp_size=warp_size, padding=padding,
+                         workers=workers, backbone=backbone, weights=weights, layer=layer, warp_size=warp_size, padding=padding,
                          batch_size=batch_size, finetune=finetune, finetune_iters=ft_iters, finetune_epochs=ft_epochs,
                          C=C, bias=bias, pos_weight=pos_weight, lam=lam, bbox=bbox, score_threshold=score_threshold,
                          nms=nms, top_k=top_k, seed=seed, device=device)
