@@ -325,6 +325,8 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the weights file must end in .safetensors")
     model_cfg = read_run_config(run_dir)["model"]
+    if model_cfg.get("fpn"):
+        raise UserError(f"{run_dir}: a feature-pyramid model has no single-layer backbone to export")
     if model_cfg.get("kind") == "faster_rcnn":
         from rcnn_cli.models.faster_rcnn import load_model
 
@@ -336,8 +338,6 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         model = load_fast_rcnn(run_dir)
         trunk, head = model.trunk, model.head
     name = str(model_cfg["backbone"])
-    if model_cfg.get("fpn"):
-        raise UserError(f"{run_dir}: a feature-pyramid model has no single-layer backbone to export")
     state, with_head = feature_state_from_detector(name, trunk, head)
     trained = "trunk and head" if with_head else "trunk (the layers after it are ImageNet's)"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -205,7 +205,8 @@ def pipeline_cmd(
                          images=images, train_images=train_images, test_images=test_images, image_size=image_size,
                          method=method, rpn_model=str(rpn_model) if rpn_model else None, mode=mode,
                          max_size=max_size, min_size=min_size, limit=limit if limit else None,
-                         workers=workers, backbone=backbone, weights=weights, layer=layer, warp_size=warp_size, padding=padding,
+                         workers=workers, backbone=backbone, weights=weights, layer=layer, warp_size=warp_size,
+                         padding=padding,
                          batch_size=batch_size, finetune=finetune, finetune_iters=ft_iters, finetune_epochs=ft_epochs,
                          C=C, bias=bias, pos_weight=pos_weight, lam=lam, bbox=bbox, score_threshold=score_threshold,
                          nms=nms, top_k=top_k, seed=seed, device=device)
