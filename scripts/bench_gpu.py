@@ -71,10 +71,10 @@ def detect_times(ds, args, device: torch.device) -> list[dict]:
     from rcnn_cli.models import faster_rcnn as fr
     from rcnn_cli.models.fast_rcnn import FastRCNNConfig, build_fast_rcnn
 
-    records = ds.records[: args.images]
-    images = [to_tensor(load_image(r.path)).to(device) for r in records]
+    pictures = [load_image(r.path) for r in ds.records[: args.images]]  # decoded once
+    images = [to_tensor(p).to(device) for p in pictures]
     propose = random_proposer(2000)
-    props = [torch.from_numpy(np.asarray(propose(load_image(r.path)))).to(device) for r in records]
+    props = [torch.from_numpy(np.asarray(propose(p))).to(device) for p in pictures]
     rows = []
     for backbone in args.backbones.split(","):
         weights = "imagenet" if backbone == "efficientnet_lite0" else "none"

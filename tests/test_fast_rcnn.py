@@ -210,7 +210,8 @@ def test_export_backbone_reproduces_the_detectors_features(tmp_path):
     with torch.no_grad():
         assert torch.allclose(fx(x), model.head(model.trunk(x)), atol=1e-5)
     assert json.loads((tmp_path / "w.safetensors.config.json").read_text())["config"]["run"] == str(run)
-    bad = ([str(run), "--out", str(tmp_path / "w.pt")], [str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.safetensors")])
+    bad = ([str(run), "--out", str(tmp_path / "w.pt")],
+           [str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.safetensors")])
     for args in bad:
         with pytest.raises(SystemExit) as exc:  # a .pt name / no run there: one-line errors
             main(["export-backbone", *args])

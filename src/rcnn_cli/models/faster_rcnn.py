@@ -614,8 +614,8 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     anchor sizes by :func:`fit_anchor_sizes` of the training boxes (as many sizes as given, 3 by
     default, 5 with ``fpn``). ``train_sizes`` turns on multi-scale training: each training image's
     shorter side is drawn from them and ``min_size`` (the test size). ``resume`` continues ``out``'s
-    checkpoint with the model configuration recorded there. Writes ``out/model.safetensors`` and ``out/config.json`` (model + training
-    settings); returns the engine's summary (+ ``"model_config"``).
+    checkpoint with the model configuration recorded there. Writes ``out/model.safetensors`` and
+    ``out/config.json`` (model + training settings); returns the engine's summary (+ ``"model_config"``).
     """
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset
