@@ -6,8 +6,8 @@
 #
 # `rcnn detect` reads image paths from stdin ('-') and writes one JSON line per image as soon as it
 # is done: {"image_id": ..., "detections": [{"label", "score", "box": [x1, y1, x2, y2]}, ...]};
-# logs and progress go to stderr, so the detections can be piped on. Works the same with
-# `rcnn fast detect` and `rcnn faster detect` (picked from the model's config.json).
+# logs and progress go to stderr, so the detections can be piped on. The same command detects with
+# every kind of run (it reads the run's kind from its config.json).
 #
 # Usage:  examples/detect_folder.sh [VOC_ROOT] [OUT_DIR] [MODEL]
 #   VOC_ROOT  a VOC-layout dataset; omitted or "": the built-in shapes data, generated into OUT_DIR/data.
@@ -52,14 +52,7 @@ if [[ -z "$MODEL" ]]; then
         --limit "${LIMIT:-100}" --warp-size "$WARP" --padding "$(( (WARP + 5) / 10 ))" --device "$DEVICE" --no-progress
     MODEL="$OUT/rcnn_run/model"
 fi
-# which detector made MODEL? (`rcnn fast train` / `rcnn faster train` record their command)
-if grep -q '"command": "rcnn faster train' "$MODEL/config.json"; then
-    DETECT=(rcnn faster detect)
-elif grep -q '"command": "rcnn fast train' "$MODEL/config.json"; then
-    DETECT=(rcnn fast detect)
-else
-    DETECT=(rcnn detect)
-fi
+DETECT=(rcnn detect)  # one command for every kind of run (R-CNN model, Fast or Faster R-CNN run)
 
 # summarise one JSON line per image: "image_id <TAB> N boxes <TAB> label score%, ..." (score >= SCORE)
 per_image() {

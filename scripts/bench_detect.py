@@ -2,7 +2,7 @@
 """Benchmark test time per image: R-CNN vs Fast R-CNN vs Faster R-CNN, and our Faster R-CNN vs plain torchvision.
 
 One run, the same decoded images, the same backbone and the same proposals for R-CNN and Fast
-R-CNN; every number comes from :func:`rcnn_cli.compare.time_detector` (the function `rcnn compare`
+R-CNN; every number comes from :func:`rcnn_cli.workflows.compare.time_detector` (the function `rcnn compare`
 uses: warm-up excluded, median over images, stages recorded separately).
 
 (a) R-CNN (:class:`~rcnn_cli.rcnn.RCNNDetector`), Fast R-CNN (:class:`~rcnn_cli.models.fast_rcnn.FastRCNNDetector`)
@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcnn_cli.compare import METHOD_NAMES, make_detector, speedups, threads_info, time_detector
+from rcnn_cli.workflows.report import METHOD_NAMES
+from rcnn_cli.workflows.timing import make_detector, speedups, threads_info, time_detector
 from rcnn_cli.log import console, setup_logging
 
 GOALS = {("fast", "without_proposals"): 100.0, ("fast", "with_proposals"): 25.0, ("faster", "with_proposals"): 250.0}
@@ -70,35 +71,26 @@ def top_up(boxes: np.ndarray, n: int | None, width: int, height: int) -> np.ndar
     return np.concatenate([boxes, extra])
 
 
-def install_proposals(detector: Any, kind: str, count: int | None, reader: Any = None) -> None:
-    """Make ``detector`` (R-CNN or Fast R-CNN) use ``count`` proposals per image: live selective search
-    (or ``reader``'s boxes) topped up to ``count``."""
-    if kind == "rcnn":
-        original = detector.propose
+def topped_up(kind: str, run_dir: Path, device: str, count: int | None, reader: Any = None):
+    """The R-CNN or Fast R-CNN detector of ``run_dir`` with ``count`` proposals per image: live
+    selective search (or ``reader``'s boxes) topped up to ``count`` (a subclass; nothing is patched)."""
+    from rcnn_cli.models.fast_rcnn import FastRCNNDetector
+    from rcnn_cli.rcnn.model import RCNNDetector
 
-        def propose(image, image_id):
+    class ToppedUp(RCNNDetector if kind == "rcnn" else FastRCNNDetector):
+        def propose(self, image, image_id):
             if reader is not None:
                 boxes = np.asarray(reader.boxes(image_id), np.float32)
             else:
-                boxes = original(image, image_id)
+                boxes = super().propose(image, image_id)
             return top_up(boxes, count, *image.size)
 
-        detector.propose = propose
+    if kind == "rcnn":
+        detector = ToppedUp.from_run(run_dir, device=device)
         if count:
             detector.proposal_settings["limit"] = None  # the search itself is not cut; top_up caps
-    else:
-        original = detector.proposals_for
-        if count:
-            detector.model.config.max_proposals = int(count)
-
-        def proposals_for(image, image_id):
-            if reader is not None:
-                boxes = np.asarray(reader.boxes(image_id), np.float32)
-            else:
-                boxes = original(image, image_id)
-            return top_up(boxes, count, *image.size)
-
-        detector.proposals_for = proposals_for
+        return detector
+    return ToppedUp.from_run(run_dir, device=device, max_proposals=count)
 
 
 class SelectiveSearchOnly:
@@ -109,8 +101,8 @@ class SelectiveSearchOnly:
         self.device = "cpu"
 
     def __call__(self, image, image_id):
-        from rcnn_cli.detections import ImageDetections
-        from rcnn_cli.proposals import selective_search
+        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.rcnn.proposals import selective_search
 
         t0 = time.perf_counter()
         selective_search(image, **self.settings)
@@ -136,10 +128,9 @@ def plain_torchvision(faster_dir: Path, device: torch.device):
     from torchvision.ops import MultiScaleRoIAlign
 
     from rcnn_cli.backbones import build_trunk
-    from rcnn_cli.io import read_json
     from rcnn_cli.models.faster_rcnn import _model_config_from
 
-    cfg = _model_config_from(read_json(faster_dir / "config.json"), faster_dir / "config.json")
+    cfg = _model_config_from(faster_dir)
     if cfg.get("fpn") or cfg.get("head") != "mlp" or int(cfg.get("representation_size", 1024)) != 1024:
         return None, cfg
     body, channels, _ = build_trunk(cfg["backbone"], "none", freeze_bn=True)
@@ -167,7 +158,7 @@ class PlainDetector:
     @torch.inference_mode()
     def __call__(self, image, image_id):
         from rcnn_cli.data.images import to_tensor
-        from rcnn_cli.detections import ImageDetections
+        from rcnn_cli.io.detections import ImageDetections
 
         t0 = time.perf_counter()
         out = self.model([to_tensor(image).to(self.device)])[0]
@@ -183,7 +174,7 @@ def train_tiny(args, data: Path, work: Path) -> dict[str, Path]:
     """Tiny R-CNN / Fast / Faster models on ``data`` (trainval), seconds each: only timing matters."""
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.engine import TrainConfig
-    from rcnn_cli.pipeline import PipelineConfig, run_pipeline
+    from rcnn_cli.workflows.pipeline import PipelineConfig, run_pipeline
 
     out: dict[str, Path] = {}
     t0 = time.perf_counter()
@@ -258,9 +249,9 @@ def main(argv=None) -> dict:
     setup_logging(False)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from rcnn_cli.compare import load_timing_images
+    from rcnn_cli.workflows.timing import load_timing_images
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.engine import resolve_device
+    from rcnn_cli.runtime import resolve_device
 
     device = resolve_device(args.device)
     tmp = None
@@ -300,7 +291,7 @@ def main(argv=None) -> dict:
     images = load_timing_images(test, args.images)
     reader = None
     if args.proposals:
-        from rcnn_cli.proposals import load as load_proposals
+        from rcnn_cli.rcnn.proposals import load as load_proposals
 
         reader = load_proposals(args.proposals)
         missing = [i for i, _ in images if i not in reader]
@@ -312,22 +303,20 @@ def main(argv=None) -> dict:
     console.print(f"timing {len(images)} images (+{args.warmup} warm-up) on {device}, "
                   f"{torch.get_num_threads()} torch threads", highlight=False)
 
-    rcnn = make_detector("rcnn", rcnn_dir, str(device))
+    rcnn = topped_up("rcnn", rcnn_dir, str(device), args.proposals_count, reader)
     ss_settings = dict(rcnn.proposal_settings)
-    install_proposals(rcnn, "rcnn", args.proposals_count, reader)
     results["rcnn"] = time_detector(rcnn, images, **kw)
     rcnn_input = f"warp {rcnn.model.config['warp_size']}+{rcnn.model.config['padding']}"
     del rcnn
 
-    fast = make_detector("fast", fast_dir, str(device))
-    install_proposals(fast, "fast", args.proposals_count, reader)
+    fast = topped_up("fast", fast_dir, str(device), args.proposals_count, reader)
     results["fast"] = time_detector(fast, images, **kw)
     fast_input = f"{fast.model.config.min_size}/{fast.model.config.max_size} px"
     fast.close()
     del fast
 
     ours = make_detector("faster", faster_dir, str(device))
-    faster_input = f"{ours.config['min_size']}/{ours.config['max_size']} px"
+    faster_input = f"{ours.model_config['min_size']}/{ours.model_config['max_size']} px"
     results["faster"] = time_detector(ours, images, **kw)
 
     if reader is not None:  # the networks read the file: time the search on its own, add it
@@ -398,7 +387,7 @@ def main(argv=None) -> dict:
 
 
 def _fmt(s: float | None) -> str:
-    from rcnn_cli.compare import _fmt_seconds
+    from rcnn_cli.workflows.report import fmt_seconds as _fmt_seconds
 
     return _fmt_seconds(s)
 
@@ -407,7 +396,7 @@ def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rcnn_cli.compare import _fmt_x
+    from rcnn_cli.workflows.report import fmt_x as _fmt_x
 
     out = console if console.is_terminal else Console(stderr=True, width=150)
 

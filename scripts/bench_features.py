@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark `rcnn extract-features`: throughput against the bare backbone, and peak memory.
 
-1. Crops per second of :func:`rcnn_cli.features.run_extract_features` (decode with prefetch, warp
+1. Crops per second of :func:`rcnn_cli.rcnn.features.run_extract_features` (decode with prefetch, warp
    with roi_align, forward, HDF5 writes, final file) on ``--images`` images against the bare
    backbone forward on pre-warped random tensors of the same batch size and crop count
    (goal: ratio >= 0.85). The extractor is built once and shared, so model loading is excluded
@@ -49,7 +49,7 @@ def random_proposer(n: int):
 
 def make_proposals(data: Path, split: str, count: int, per_image: int, out: Path):
     from rcnn_cli.data.inputs import ImageInput, load_dataset
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.rcnn.proposals import run_propose
 
     ds = load_dataset(data, split)
     ds.records = ds.records[:count]
@@ -63,7 +63,7 @@ def child_rss(args: argparse.Namespace) -> None:
     import torch
 
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.features import run_extract_features
+    from rcnn_cli.rcnn.features import run_extract_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +101,7 @@ def main() -> None:
 
     import torch
 
-    from rcnn_cli.features import FeatureExtractor, run_extract_features
+    from rcnn_cli.rcnn.features import FeatureExtractor, run_extract_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +134,7 @@ def main() -> None:
         bench_ds = type(ds)(ds.root, ds.split, ds.classes, ds.records[:args.images], ds.format)
         run_extract_features(type(ds)(ds.root, ds.split, ds.classes, ds.records[:1], ds.format), props,
                              tmp / "warm.h5", extractor=fx, max_proposals=args.proposals, progress=False)  # warm-up
-        from rcnn_cli.proposals import load as load_proposals
+        from rcnn_cli.rcnn.proposals import load as load_proposals
 
         with load_proposals(props) as pr:
             expected = sum(min(len(pr.boxes(r.image_id)), args.proposals) + len(r.boxes) for r in bench_ds.records)

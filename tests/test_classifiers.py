@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rcnn_cli.boxes import decode, encode
-from rcnn_cli.classifiers import (
+from rcnn_cli.rcnn.classifiers import (
     class_overlaps,
     compute_feature_scale,
     fit_linear_svm,
@@ -19,7 +19,7 @@ from rcnn_cli.classifiers import (
 
 
 class FakeReader:
-    """In-memory stand-in for rcnn_cli.features.FeatureReader."""
+    """In-memory stand-in for rcnn_cli.rcnn.features.FeatureReader."""
 
     def __init__(self, items: dict[str, dict[str, np.ndarray]], classes: list[str]):
         self.items, self.classes, self.attrs = items, classes, {}

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcnn_cli import compare as C
-from rcnn_cli.detections import ImageDetections
+from rcnn_cli.workflows import compare as C
+from rcnn_cli.workflows import timing as T
+from rcnn_cli.io.detections import ImageDetections
 from rcnn_cli.errors import UserError
 
 #: Tiny settings (seconds on one core): 8/4 images of 128 px, 20 proposals, random-init backbone.
@@ -50,7 +51,6 @@ class SleepyDetector:
     def __init__(self, proposals=0.02, network=0.03, first=0.3, slow=None, n_boxes=7):
         self.proposals_s, self.network_s, self.first, self.slow = proposals, network, first, slow or {}
         self.calls = []
-        self.extractor = object()  # looks like an R-CNN detector: count_proposals wraps propose()
         self.n_boxes = n_boxes
 
     def propose(self, image, image_id):
@@ -67,13 +67,14 @@ class SleepyDetector:
         time.sleep(self.slow.get(image_id, self.network_s))
         t2 = time.perf_counter()
         return ImageDetections(image_id, np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [],
-                               timings={"proposals": t1 - t0, "network": t2 - t1, "post": 0.0})
+                               timings={"proposals": t1 - t0, "network": t2 - t1, "post": 0.0},
+                               num_proposals=len(boxes))
 
 
 def test_time_detector_excludes_warmup_and_takes_medians():
     images = [(f"im{i}", None) for i in range(3)]
     det = SleepyDetector(slow={"im2": 0.25})  # one slow image: the median over images ignores it
-    r = C.time_detector(det, images, warmup=1, repeats=1)
+    r = T.time_detector(det, images, warmup=1, repeats=1)
     assert det.calls == ["im0", "im0", "im1", "im2"]  # the warm-up call, then each image once
     med = r["median"]
     assert med["network"] == pytest.approx(0.03, abs=0.012)
@@ -86,7 +87,6 @@ def test_time_detector_excludes_warmup_and_takes_medians():
     assert r["proposals_per_image"] == 7 and all(e["proposals_count"] == 7 for e in r["per_image"])
     assert r["images"] == 3 and r["warmup"] == 1 and r["device"] == "cpu"
     assert r["threads"]["torch"] == 1 and r["threads"]["cpu_count"] >= 1
-    assert "propose" not in vars(det)  # the counting wrapper is gone afterwards
 
 
 def test_time_detector_repeats_take_the_per_image_median():
@@ -96,18 +96,18 @@ def test_time_detector_repeats_take_the_per_image_median():
             return super().__call__(image, image_id)
 
     det = OnceSlow(proposals=0.0, first=0.0)
-    r = C.time_detector(det, [("a", None)], warmup=1, repeats=3)
+    r = T.time_detector(det, [("a", None)], warmup=1, repeats=3)
     assert len(det.calls) == 4
     assert r["median"]["network"] == pytest.approx(0.02, abs=0.012)
     with pytest.raises(UserError):
-        C.time_detector(det, [], warmup=1)
+        T.time_detector(det, [], warmup=1)
 
 
 def test_speedups_arithmetic():
-    sp = C.speedups({"rcnn": 10.0, "fast": 0.5, "faster": 0.04})
+    sp = T.speedups({"rcnn": 10.0, "fast": 0.5, "faster": 0.04})
     assert sp == {"rcnn": 1.0, "fast": 20.0, "faster": pytest.approx(250.0)}
-    assert C.speedups({"rcnn": None, "fast": 0.5}) == {"rcnn": None, "fast": None}
-    assert C.speedups({"rcnn": 2.0, "fast": 0.0})["fast"] is None
+    assert T.speedups({"rcnn": None, "fast": 0.5}) == {"rcnn": None, "fast": None}
+    assert T.speedups({"rcnn": 2.0, "fast": 0.0})["fast"] is None
 
 
 def test_methods_budgets_and_overrides_are_checked():
@@ -168,10 +168,10 @@ def test_compare_outputs(compared):
     assert [e["proposals_count"] for e in res["rcnn"]["timing"]["per_image"]] == \
         [e["proposals_count"] for e in res["fast"]["timing"]["per_image"]]
     assert 0 < res["faster"]["proposals_per_image"] <= 50 and res["faster"]["recall"]["method"] == "rpn"
-    fast_cfg = json.loads((out / "fast" / "config.json").read_text())["config"]["model"]
+    fast_cfg = json.loads((out / "fast" / "config.json").read_text())["model"]
     assert Path(fast_cfg["proposals"]["file"]) == out / "rcnn" / "proposals_trainval.h5"
     assert fast_cfg["max_proposals"] == 20 and fast_cfg["min_size"] == 128
-    assert json.loads((out / "faster" / "config.json").read_text())["config"]["model"]["rpn_post_nms_top_n_test"] == 50
+    assert json.loads((out / "faster" / "config.json").read_text())["model"]["rpn_post_nms_top_n_test"] == 50
     # the R-CNN mAP is the pipeline's
     assert res["rcnn"]["mAP"] == json.loads((out / "rcnn" / "metrics.json").read_text())["mAP"]
     md = (out / "compare.md").read_text()
@@ -211,7 +211,7 @@ def test_compare_setting_change_reruns_only_that_method(compared):
     assert report["methods"] == ["fast", "faster"]
     assert report["results"]["fast"]["status"] == "ran" and report["results"]["faster"]["status"] == "reused"
     assert faster_model.stat().st_mtime_ns == mtime
-    assert json.loads((out / "fast" / "config.json").read_text())["config"]["model"]["rois_per_image"] == 32
+    assert json.loads((out / "fast" / "config.json").read_text())["model"]["rois_per_image"] == 32
     assert report["results"]["fast"]["speedup"]["with_proposals"] is None  # no R-CNN in this table
     assert (out / "compare.md").read_text().splitlines()[2] == "| | Fast R-CNN | Faster R-CNN |"
 
@@ -265,7 +265,7 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys):
 
 
 def test_interrupted_training_stage_resumes_only_with_the_same_config(tmp_path):
-    from rcnn_cli.pipeline import StageRunner
+    from rcnn_cli.workflows.pipeline import StageRunner
 
     st = StageRunner(tmp_path, progress=False)
     run = tmp_path / "fast"

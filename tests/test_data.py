@@ -203,3 +203,91 @@ def test_resolve_inputs_all_forms(tmp_path, shapes_root):
     assert [i.image_id for i in from_ds] == [p.stem for p in imgs]
     with pytest.raises(UserError, match="no such file"):
         resolve_inputs([str(tmp_path / "nope.jpg")])
+
+
+# ------------------------------------------------------------------ truncated JPEGs (decoded with a warning)
+
+
+def _jpeg(tmp_path, name="full.jpg", size=(96, 64)):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    path = tmp_path / name
+    Image.fromarray(arr).save(path, quality=90)
+    return path
+
+
+def test_truncated_jpeg_loads_with_one_warning_and_strict_refuses(tmp_path, caplog):
+    import logging
+
+    from rcnn_cli.data.images import inspect_image, load_image
+
+    full = _jpeg(tmp_path)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full.read_bytes()[:-20])
+    with caplog.at_level(logging.WARNING, logger="rcnn"):
+        img = load_image(cut)
+        load_image(cut)  # the second decode does not warn again
+    assert img.size == (96, 64) and img.mode == "RGB"
+    warnings = [r for r in caplog.records if "cut.jpg" in r.getMessage()]
+    assert len(warnings) == 1 and "truncated" in warnings[0].getMessage()
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(cut, strict=True)
+    assert "truncated" in inspect_image(cut) and inspect_image(full) is None
+    third = tmp_path / "third.jpg"
+    third.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 3])
+    assert load_image(third).size == (96, 64)  # Pillow returns the full size, the rest grey
+    with pytest.raises(ImageError):
+        load_image(third, strict=True)
+    empty, text = tmp_path / "empty.jpg", tmp_path / "text.jpg"
+    empty.write_bytes(b"")
+    text.write_text("not an image")
+    for bad in (empty, text):
+        with pytest.raises(ImageError, match="not a readable image"):
+            load_image(bad)
+
+
+def test_strict_images_reaches_every_command(tmp_path, monkeypatch):
+    from rcnn_cli.data import images as I
+
+    monkeypatch.setenv("RCNN_STRICT_IMAGES", "0")
+    full = _jpeg(tmp_path)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full.read_bytes()[:-20])
+    I.set_strict_images(True)
+    try:
+        with pytest.raises(ImageError):
+            I.load_image(cut)
+    finally:
+        I.set_strict_images(False)
+    assert I.load_image(cut).size == (96, 64)
+
+
+def test_detect_writes_a_line_for_a_truncated_image_and_data_info_lists_it(tmp_path):
+    import json
+    import shutil
+
+    from rcnn_cli.data.info import dataset_info
+    from rcnn_cli.data.voc import load_voc
+    from rcnn_cli.detector import DetectConfig
+    from rcnn_cli.inference import detect
+
+    fixture = Path(__file__).parent / "fixtures" / "runs_e8b1e22"
+    images = sorted((fixture / "images").glob("*.jpg"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in images:
+        shutil.copy(p, folder / p.name)
+    victim = folder / images[0].name
+    victim.write_bytes(victim.read_bytes()[:-20])
+    out = tmp_path / "dets.jsonl"
+    result = detect([str(folder)], fixture / "faster", config=DetectConfig(score_threshold=0.001), out=str(out),
+                    device="cpu", progress=False)
+    assert result["images"] == 2 and result["skipped"] == 0
+    assert [json.loads(x)["image_id"] for x in out.read_text().splitlines()] == [p.stem for p in images]
+    root = make_shapes(tmp_path / "voc", train=2, test=1, size=64, seed=1)
+    jpg = next((root / "JPEGImages").glob("test_*.jpg"))
+    jpg.write_bytes(jpg.read_bytes()[:-20])
+    info = dataset_info(load_voc(root, "test"))
+    assert info["problem_counts"] == {"truncated-image": 1}

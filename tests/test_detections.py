@@ -12,7 +12,7 @@ from PIL import Image
 
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.data.inputs import ImageInput
-from rcnn_cli.detections import ImageDetections, coco_image_ids, open_writer, read_detections
+from rcnn_cli.io.detections import ImageDetections, coco_image_ids, open_writer, read_detections
 from rcnn_cli.errors import UserError
 from rcnn_cli.inference import run_inference
 
@@ -240,12 +240,12 @@ def test_run_inference_streams_skips_bad_images_and_draws(tmp_path):
 
 
 def test_detect_settings_out_of_range_are_user_errors():
+    from rcnn_cli.detector import DetectConfig
     from rcnn_cli.errors import UserError
-    from rcnn_cli.inference import check_detect_settings
 
-    check_detect_settings(0.0, 1.0, 1)  # the edges are allowed
-    check_detect_settings(None, None, None)
+    DetectConfig(0.0, 1.0, 1)  # the edges are allowed
+    assert DetectConfig().updated(score_threshold=None, nms=0.5) == DetectConfig(0.05, 0.5, 100)
     for kwargs, flag in (({"score_threshold": 1.5}, "--score-threshold"), ({"nms": 0.0}, "--nms"),
                          ({"nms": 1.2}, "--nms"), ({"top_k": 0}, "--top-k")):
         with pytest.raises(UserError, match=flag):
-            check_detect_settings(**kwargs)
+            DetectConfig(**kwargs)

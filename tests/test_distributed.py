@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent('''
     import torch
     from torch import nn
     from safetensors.torch import save_file
-    from rcnn_cli.engine import TrainConfig, seed_everything, train
+    from rcnn_cli.engine import TrainConfig, train
+    from rcnn_cli.runtime import seed_everything
     from rcnn_cli.models.fast_rcnn import FastRCNN, FastRCNNConfig
 
     class Data(torch.utils.data.Dataset):

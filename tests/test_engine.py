@@ -15,8 +15,12 @@ from torch import nn
 
 from rcnn_cli import engine
 from rcnn_cli.data.dataset import Dataset, ImageRecord
-from rcnn_cli.data.torch_dataset import DetectionDataset, flip_boxes
-from rcnn_cli.engine import TrainConfig, lr_at, seed_everything, train
+from rcnn_cli.boxes import flip_boxes
+from rcnn_cli.data.torch_dataset import DetectionDataset
+from rcnn_cli.engine import TrainConfig, lr_at, train
+from rcnn_cli.errors import UserError
+from rcnn_cli.log import logger as rcnn_logger
+from rcnn_cli.runtime import resolve_device, seed_everything
 
 
 class ToyData(torch.utils.data.Dataset):
@@ -114,7 +118,7 @@ def test_resume_is_exact_and_files(tmp_path):
     # optimizer momentum lives in safetensors, everything else in JSON: no pickle anywhere
     opt = load_file(str(tmp_path / "b" / "checkpoint" / "optimizer.safetensors"))
     assert set(opt) == {"0.momentum_buffer", "1.momentum_buffer"}
-    cfg = json.loads((tmp_path / "b" / "config.json").read_text())["config"]
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     assert cfg["model"] == {"arch": "toy"} and cfg["train"]["epochs"] == 2 and cfg["complete"] is True
     # metrics: the resumed log equals the straight one apart from timings
     strip = lambda p: [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "epoch_time_s")}
@@ -143,7 +147,7 @@ def test_interrupted_checkpoint_swap_falls_back(tmp_path):
     ckpt = tmp_path / "a" / "checkpoint"
     # a kill between the two renames of a checkpoint swap leaves only checkpoint.old
     ckpt.rename(tmp_path / "a" / "checkpoint.old")
-    assert engine._find_checkpoint(tmp_path / "a") == tmp_path / "a" / "checkpoint.old"
+    assert engine.find_checkpoint(tmp_path / "a") == tmp_path / "a" / "checkpoint.old"
     straight = _run(tmp_path / "s", 2)
     resumed = _run(tmp_path / "a", 2, resume=True)
     assert _same(straight, resumed)
@@ -158,7 +162,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "_split_optimizer_state", boom)  # dies in the middle of writing
+    monkeypatch.setattr(engine.checkpoint, "_split_optimizer_state", boom)  # dies in the middle of writing
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "a", 2, resume=True)
     monkeypatch.undo()
@@ -169,21 +173,21 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_amp_on_cpu_warns_and_trains(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="rcnn")
-    engine.logger.propagate = True
+    rcnn_logger.propagate = True
     try:
         model = _run(tmp_path / "a", 1, amp=True)
     finally:
-        engine.logger.propagate = False
+        rcnn_logger.propagate = False
     assert any("--amp needs CUDA" in r.getMessage() for r in caplog.records)
     assert math.isfinite(float(model.lin.weight.detach().sum()))
 
 
 def test_resolve_device():
-    assert engine.resolve_device("cpu").type == "cpu"
-    assert engine.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(engine.UserError):
-            engine.resolve_device("cuda")
+        with pytest.raises(UserError):
+            resolve_device("cuda")
 
 
 # ------------------------------------------------------------------------------------------------

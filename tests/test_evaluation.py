@@ -15,7 +15,7 @@ import pytest
 from rcnn_cli.cli import main
 from rcnn_cli.data import load_dataset
 from rcnn_cli.data.dataset import Dataset, ImageRecord
-from rcnn_cli.detections import ImageDetections, open_writer
+from rcnn_cli.io.detections import ImageDetections, open_writer
 from rcnn_cli.errors import UserError
 from rcnn_cli.evaluation import evaluate
 from rcnn_cli.evaluation.voc import VOC07_THRESHOLDS, voc07_ap, voc12_ap
@@ -316,7 +316,7 @@ def test_coco_metric_equals_pycocotools_run_directly(tmp_path, capsys):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from rcnn_cli.detections import read_detections
+    from rcnn_cli.io.detections import read_detections
 
     gt_path, res_path = _coco_files(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):

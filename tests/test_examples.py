@@ -24,7 +24,7 @@ import pytest
 
 from rcnn_cli.data.shapes import make_shapes
 from rcnn_cli.data.voc import load_voc
-from rcnn_cli.proposals import load as load_proposals
+from rcnn_cli.rcnn.proposals import load as load_proposals
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BIN = Path(sys.executable).parent  # the venv's bin: rcnn, torchrun, python3
@@ -143,7 +143,7 @@ def test_rcnn_stages(runs):
     assert 0 < recall["boxes_per_image"] <= LIMIT and 0 <= recall["recall@0.7"] <= recall["recall@0.5"] <= 1
     assert sorted(p.name for p in (out / "recall_plots").glob("*.png")) == ["recall_vs_iou.png", "recall_vs_proposals.png"]
     assert (out / "features_trainval.h5").stat().st_size > 0 and not (out / "finetune").exists()
-    model = json.loads((out / "model" / "config.json").read_text())
+    model = json.loads((out / "model" / "config.json").read_text())["model"]
     assert model["classes"] == CLASSES and model["warp_size"] == 32 and model["padding"] == 3
     assert (out / "model" / "svm.safetensors").exists() and (out / "model" / "bbox.safetensors").exists()
     dets = _check_detections(out / "detections_test.jsonl", test_ids)
@@ -160,7 +160,7 @@ def test_faster_rcnn(runs, data):
     proc, out = _result(runs, "faster")
     test_ids = _split_ids(data, "test")
     cfg = json.loads((out / "model" / "config.json").read_text())
-    assert cfg["command"] == "rcnn faster train" and cfg["config"]["model"]["classes"] == CLASSES
+    assert cfg["command"] == "rcnn faster train" and cfg["model"]["classes"] == CLASSES
     assert (out / "model" / "model.safetensors").stat().st_size > 0
     _check_detections(out / "detections_test.jsonl", test_ids)
     assert _images(out / "drawn") == test_ids
@@ -186,7 +186,7 @@ def test_fast_rcnn(runs, data):
     _check_proposals(out / "proposals_trainval.h5", train_ids)
     _check_proposals(out / "proposals_test.h5", test_ids)
     cfg = json.loads((out / "model" / "config.json").read_text())
-    assert cfg["command"].startswith("rcnn fast train") and cfg["config"]["model"]["classes"] == CLASSES
+    assert cfg["command"].startswith("rcnn fast train") and cfg["model"]["classes"] == CLASSES
     # one epoch of 6 images at 2 per step
     iters = [json.loads(x) for x in (out / "model" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["iteration"] for r in iters) == math.ceil(TRAIN / 2)
@@ -201,7 +201,7 @@ def test_fast_rcnn(runs, data):
 def test_torchrun(runs, data):
     proc, out = _result(runs, "torchrun")
     cfg = json.loads((out / "model" / "config.json").read_text())
-    assert cfg["command"] == "rcnn faster train" and cfg["config"]["train"]["world_size"] == 2
+    assert cfg["command"] == "rcnn faster train" and cfg["train"]["world_size"] == 2
     # 6 images over 2 processes at 2 images per process and step: 2 steps; rank 0 alone logs them
     lines = [json.loads(x) for x in (out / "model" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["iteration"] for r in lines if r["type"] == "iter"]

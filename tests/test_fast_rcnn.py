@@ -140,7 +140,7 @@ def test_tiny_overfit_reaches_perfect_detections(tmp_path):
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.shapes import make_shapes
     from rcnn_cli.data.torch_dataset import DetectionDataset
-    from rcnn_cli.detections import ImageDetections
+    from rcnn_cli.io.detections import ImageDetections
     from rcnn_cli.evaluation import evaluate
 
     torch.manual_seed(0)
@@ -188,8 +188,8 @@ def test_export_backbone_reproduces_the_detectors_features(tmp_path):
     """A Fast R-CNN with the backbone's own head: the exported --weights give its trunk + head features."""
     from rcnn_cli.backbones import build_feature_extractor
     from rcnn_cli.cli import main
-    from rcnn_cli.engine import save_weights
-    from rcnn_cli.finetune import export_backbone
+    from rcnn_cli.io.tensors import save_state as save_weights
+    from rcnn_cli.rcnn.finetune import export_backbone
     from rcnn_cli.io import write_json
 
     cfg = FastRCNNConfig(classes=["x"], backbone="efficientnet_lite0", head="backbone", min_size=64, max_size=64)
@@ -221,7 +221,7 @@ def test_export_backbone_reproduces_the_detectors_features(tmp_path):
 
 def test_cli_train_and_detect(shapes_root, tmp_path):
     """End to end through the CLI on the shapes data with a proposals file."""
-    proposals_mod = pytest.importorskip("rcnn_cli.proposals")
+    proposals_mod = pytest.importorskip("rcnn_cli.rcnn.proposals")
     from rcnn_cli.cli import main
     from rcnn_cli.data.inputs import load_dataset, resolve_inputs
 
@@ -246,7 +246,7 @@ def test_cli_train_and_detect(shapes_root, tmp_path):
               "--weights", "none", "--min-size", "128", "--max-size", "128", "--epochs", "2", "--no-progress",
               "--lr", "0.005", "--frozen-layers", "100", "--val-split", "test", "--warmup-iters", "2", "--log-every", "1"])
     assert e.value.code == 0
-    config = json.loads((run / "config.json").read_text())["config"]
+    config = json.loads((run / "config.json").read_text())
     assert config["model"]["classes"] == ["circle", "square", "star", "triangle"]
     assert config["train"]["epochs"] == 2 and config["complete"] is True
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -13,6 +13,8 @@ import torch
 
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.data.images import load_image
+from rcnn_cli.config import parse_floats
+from rcnn_cli.detector import DetectConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.models import faster_rcnn as fr
 
@@ -61,8 +63,8 @@ def test_model_uses_paper_anchor_defaults():
     with pytest.raises(UserError, match="5 anchor sizes"):
         fr.default_config(["a"], backbone="resnet50", fpn=True)
     with pytest.raises(UserError, match="comma-separated"):
-        fr.parse_floats("128,x", "--anchor-sizes")
-    assert fr.parse_floats("32, 64,128", "--anchor-sizes") == [32.0, 64.0, 128.0]
+        parse_floats("128,x", "--anchor-sizes")
+    assert parse_floats("32, 64,128", "--anchor-sizes") == [32.0, 64.0, 128.0]
 
 
 def test_multi_scale_training_draws_sizes_and_tests_at_min_size():
@@ -156,7 +158,8 @@ def test_four_losses_and_empty_image(small_model):
 def overfit_run(shapes_root, tmp_path_factory):
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.torch_dataset import DetectionDataset
-    from rcnn_cli.engine import TrainConfig, seed_everything, train
+    from rcnn_cli.engine import TrainConfig, train
+    from rcnn_cli.runtime import seed_everything
 
     ds = load_dataset(shapes_root, "trainval")
     rec = next(r for r in ds.records if len(r.labels) == 1)  # one object: precise boxes within 240 iterations
@@ -179,7 +182,7 @@ def test_tiny_overfit_reaches_near_perfect_detections(overfit_run):
     assert {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"} <= set(lines[0])
     assert summary["iterations"] == 240 and summary["losses"]["loss"] < 0.3 * lines[0]["loss"]
     assert summary["losses"]["loss_objectness"] < 0.05  # the RPN has learnt the objects
-    det = fr.FasterRCNNDetector(out, device="cpu")(load_image(rec.path), rec.image_id)
+    det = fr.FasterRCNNDetector.from_run(out, device="cpu")(load_image(rec.path), rec.image_id)
     assert det.boxes.dtype == np.float32 and det.scores.dtype == np.float32
     assert det.scores[0] > 0.9 and det.labels[0] == rec.labels[0]  # one confident detection of the right class
     assert iou_matrix(det.boxes[:1], rec.boxes)[0, 0] > 0.9  # tightly on the object
@@ -192,7 +195,7 @@ def test_tiny_overfit_reaches_near_perfect_detections(overfit_run):
 
 def test_detector_matches_the_torchvision_forward_and_settings(overfit_run):
     out, rec, _, _ = overfit_run
-    detector = fr.FasterRCNNDetector(out, device="cpu", score_threshold=0.01, nms=0.5, top_k=3, rpn_post_nms_top_n=50)
+    detector = fr.FasterRCNNDetector.from_run(out, device="cpu", config=DetectConfig(0.01, 0.5, 3), rpn_top_n=50)
     assert detector.settings()["top_k"] == 3 and detector.settings()["rpn_post_nms_top_n"] == 50
     image = load_image(rec.path).resize((256, 256))  # another size: boxes come back in its pixels
     det = detector(image, "x")
@@ -211,7 +214,7 @@ def test_detector_matches_the_torchvision_forward_and_settings(overfit_run):
 def test_export_backbone_takes_the_trained_trunk(overfit_run, tmp_path):
     """An MLP-head Faster R-CNN trains only the trunk: exported, the trunk is the run's, the rest ImageNet's."""
     from rcnn_cli.backbones import build_feature_extractor, build_trunk
-    from rcnn_cli.finetune import export_backbone
+    from rcnn_cli.rcnn.finetune import export_backbone
 
     out, _, _, _ = overfit_run
     info = export_backbone(out, tmp_path / "w.safetensors")
@@ -236,11 +239,11 @@ def test_load_errors_are_one_line(overfit_run, tmp_path):
     bad.mkdir()
     (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
     record = json.loads((out / "config.json").read_text())
-    record["config"]["model"]["classes"] = ["a", "b"]  # 3 outputs instead of 5
+    record["model"]["classes"] = ["a", "b"]  # 3 outputs instead of 5
     (bad / "config.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=r"weights do not match the model in config.json \(0 missing, 0 unexpected, 4 of another shape"):
         fr.load_model(bad)
-    record["config"]["model"]["kind"] = "fast_rcnn"
+    record["kind"] = "fast"
     (bad / "config.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match="not a Faster R-CNN"):
         fr.load_model(bad)
@@ -263,9 +266,9 @@ def test_rpn_proposer_boxes_in_original_pixels(overfit_run):
 
 
 def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
-    proposals = pytest.importorskip("rcnn_cli.proposals")
+    proposals = pytest.importorskip("rcnn_cli.rcnn.proposals")
     if not hasattr(proposals, "run_propose"):
-        pytest.skip("rcnn_cli.proposals.run_propose not available yet")
+        pytest.skip("rcnn_cli.rcnn.proposals.run_propose not available yet")
     from rcnn_cli.data.inputs import resolve_inputs
 
     out, _, _, _ = overfit_run
@@ -279,7 +282,7 @@ def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
         first = inputs[0]
         assert np.allclose(reader.boxes(first.image_id), propose(load_image(first.path)))
         assert reader.image_size(first.image_id) == load_image(first.path).size
-    features = pytest.importorskip("rcnn_cli.features")
+    features = pytest.importorskip("rcnn_cli.rcnn.features")
     if not hasattr(features, "run_extract_features"):
         return
     from rcnn_cli.data.inputs import load_dataset
@@ -308,7 +311,7 @@ def test_cli_train_and_detect(shapes_root, tmp_path):
               "--max-size", "128", "--auto-anchors", "--max-iters", "3", "--epochs", "1", "-b", "2",
               "--rpn-pre-nms-train", "600", "--rpn-post-nms-train", "200", "--weights", "none"])
     assert e.value.code == 0
-    cfg = json.loads((run / "config.json").read_text())["config"]["model"]
+    cfg = json.loads((run / "config.json").read_text())["model"]
     assert cfg["kind"] == "faster_rcnn" and cfg["auto_anchors"] and len(cfg["anchor_sizes"]) == 3
     assert cfg["rpn_post_nms_top_n_train"] == 200 and cfg["classes"] == ["circle", "square", "star", "triangle"]
     out = tmp_path / "dets.jsonl"
@@ -318,7 +321,7 @@ def test_cli_train_and_detect(shapes_root, tmp_path):
     assert e.value.code == 0
     rows = [json.loads(s) for s in out.read_text().splitlines()]
     assert [r["image_id"] for r in rows] == [f"test_{i:05d}" for i in range(4)]
-    from rcnn_cli.detections import read_detections
+    from rcnn_cli.io.detections import read_detections
 
     dets = read_detections(out)
     for d in dets.values():
@@ -332,9 +335,9 @@ def test_cli_train_and_detect(shapes_root, tmp_path):
 def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
     """`rcnn pipeline --method rpn --rpn-model RUN`: the proposals are the RPN's, the R-CNN model
     records that run, and `rcnn detect` without a proposals file runs the same RPN on the fly."""
-    from rcnn_cli.pipeline import PipelineConfig, run_pipeline
-    from rcnn_cli.proposals import load as load_proposals
-    from rcnn_cli.rcnn import RCNNDetector
+    from rcnn_cli.workflows.pipeline import PipelineConfig, run_pipeline
+    from rcnn_cli.rcnn.proposals import load as load_proposals
+    from rcnn_cli.rcnn.model import RCNNDetector
 
     out, _, _, _ = overfit_run
     settings = dict(dataset=str(shapes_root), method="rpn", rpn_model=str(out), limit=20, min_size=0, workers=1,
@@ -348,22 +351,23 @@ def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
         cached = reader.boxes(image_id)
     path = next((shapes_root / "JPEGImages").glob(f"{image_id}.*"))
     assert np.allclose(cached, fr.rpn_proposer(out, device="cpu", post_nms_top_n=20)(load_image(path)))
-    model_cfg = json.loads((run / "model" / "config.json").read_text())
+    record = json.loads((run / "model" / "config.json").read_text())
+    model_cfg = record["model"]
     assert model_cfg["proposals"]["method"] == "rpn" and model_cfg["proposals"]["model"] == str(out.resolve())
     detector = RCNNDetector(run / "model", device="cpu")
     assert np.allclose(detector.propose(load_image(path), image_id), cached, atol=1e-4)
     moved = tmp_path / "moved_model"  # the Faster R-CNN run is gone: a one-line error, not a traceback
     shutil.copytree(run / "model", moved)
     model_cfg["proposals"]["model"] = str(tmp_path / "gone")
-    (moved / "config.json").write_text(json.dumps(model_cfg))
+    (moved / "config.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match="which is not here"):
         RCNNDetector(moved, device="cpu").propose(load_image(path), image_id)
     again = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert {v["status"] for v in again["stages"].values()} == {"skipped"}
     # The detector's own fine-tuned backbone as R-CNN features (`--weights` from `rcnn export-backbone`):
     # the proposals stay, every stage from the features on runs again, on the exported weights.
-    from rcnn_cli.features import load_features
-    from rcnn_cli.finetune import export_backbone
+    from rcnn_cli.rcnn.features import load_features
+    from rcnn_cli.rcnn.finetune import export_backbone
 
     info = export_backbone(out, tmp_path / "backbone.safetensors")
     tuned = run_pipeline(PipelineConfig(**dict(settings, weights=str(tmp_path / "backbone.safetensors"))), run,
@@ -372,7 +376,7 @@ def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
     assert status["propose-train"] == status["propose-test"] == "skipped" and status["features-train"] == "ran"
     with load_features(run / "features_test.h5") as store:
         assert store.attrs["weights_id"] == info["weights_id"]
-    assert json.loads((run / "model" / "config.json").read_text())["weights_id"] == info["weights_id"]
+    assert json.loads((run / "model" / "config.json").read_text())["model"]["weights_id"] == info["weights_id"]
     with pytest.raises(UserError, match="not 'imagenet', 'none' or an existing"):
         run_pipeline(PipelineConfig(**dict(settings, weights=str(tmp_path / "gone.safetensors"))), run, progress=False)
     with pytest.raises(UserError, match="needs --rpn-model"):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rcnn_cli import features as F
+from rcnn_cli.rcnn import features as F
 from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.data.inputs import ImageInput, load_dataset
 from rcnn_cli.errors import UserError
@@ -135,7 +135,7 @@ def _proposer(image: Image.Image) -> np.ndarray:
 @pytest.fixture(scope="module")
 def store(shapes_root, tmp_path_factory):
     """Proposals for the shapes trainval split and one uninterrupted extraction."""
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.rcnn.proposals import run_propose
 
     tmp = tmp_path_factory.mktemp("features")
     ds = load_dataset(shapes_root, "trainval")
@@ -160,7 +160,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def test_store_contents_and_targets(store):
-    from rcnn_cli.proposals import load
+    from rcnn_cli.rcnn.proposals import load
 
     ds = store["ds"]
     with F.load_features(store["full"]) as r, load(store["props"]) as pr:

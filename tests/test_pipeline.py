@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcnn_cli.pipeline import PipelineConfig, config_hash, run_pipeline
+from rcnn_cli.workflows.pipeline import PipelineConfig, config_hash, run_pipeline
 
 TINY = dict(train_images=8, test_images=4, image_size=128, max_size=128, min_size=8, limit=20, workers=1,
             warp_size=32, padding=4, batch_size=64, weights="none", device="cpu")
@@ -57,7 +57,7 @@ def test_pipeline_runs_every_stage_and_records(first_run):
         assert (run / name).exists(), name
     rec = json.loads((run / "stages" / "train-svm.json").read_text())
     assert rec["config"]["C"] == 0.001 and rec["hash"] == config_hash(rec["config"])
-    cfg = json.loads((run / "model" / "config.json").read_text())
+    cfg = json.loads((run / "model" / "config.json").read_text())["model"]
     assert cfg["proposals"]["max_size"] == 128 and cfg["proposals"]["limit"] == 20 and cfg["warp_size"] == 32
     # every detection line is an image of the test split
     ids = [json.loads(x)["image_id"] for x in (run / "detections_test.jsonl").read_text().splitlines()]
@@ -77,7 +77,7 @@ def test_pipeline_rerun_skips_and_config_change_reruns_downstream(first_run):
     assert all(st[s] == "skipped" for s in ("data", "propose-train", "propose-test", "features-train", "features-test"))
     assert all(st[s] == "ran" for s in ("train-svm", "train-bbox", "detect", "evaluate"))
     assert feats.stat().st_mtime_ns == mtime
-    assert json.loads((run / "model" / "config.json").read_text())["svm"]["C"] == 0.01
+    assert json.loads((run / "model" / "config.json").read_text())["model"]["svm"]["C"] == 0.01
     # a stage whose output vanished runs again even though its record is there
     (run / "detections_test.jsonl").unlink()
     st = _statuses(run_pipeline(PipelineConfig(**dict(TINY, C=0.01)), run, progress=False))
@@ -86,13 +86,13 @@ def test_pipeline_rerun_skips_and_config_change_reruns_downstream(first_run):
 
 def test_detect_command_matches_cached_detections(first_run, tmp_path):
     """`rcnn detect` on the test images (same proposals) reproduces the pipeline's cached-feature detections."""
-    from rcnn_cli.detections import read_detections
-    from rcnn_cli.rcnn import run_detect
+    from rcnn_cli.io.detections import read_detections
+    from rcnn_cli.inference import detect
 
     run, _ = first_run
     out = tmp_path / "d.jsonl"
-    run_detect([str(run / "data")], run / "model", split="test", proposals=run / "proposals_test.h5", out=str(out),
-               device="cpu", progress=False)
+    detect([str(run / "data")], run / "model", split="test", proposals=run / "proposals_test.h5", out=str(out),
+           device="cpu", progress=False)
     got, cached = read_detections(out), read_detections(run / "detections_test.jsonl")
     assert set(got) == set(cached)
     for k in got:
@@ -108,7 +108,7 @@ def test_finetune_weights_load_and_resume_exactly(first_run, tmp_path):
 
     from rcnn_cli.backbones import build_feature_extractor
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.finetune import FinetuneConfig, finetune
+    from rcnn_cli.rcnn.finetune import FinetuneConfig, finetune
 
     run, _ = first_run
     ds = load_dataset(run / "data", "trainval")
@@ -131,5 +131,6 @@ def test_finetune_weights_load_and_resume_exactly(first_run, tmp_path):
         assert (sd[k] == wa[k]).all()
     ref = build_feature_extractor("efficientnet_lite0", "none").state_dict()
     assert any(not (ref[k] == wa[k]).all() for k in wa if ref[k].is_floating_point())  # training changed it
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "iter"]  # the trainer's metrics.jsonl
     assert len(losses) == 4 and all(np.isfinite(losses))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcnn_cli import proposals as P
+from rcnn_cli.rcnn import proposals as P
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.data.inputs import ImageInput, resolve_inputs
 from rcnn_cli.errors import UserError

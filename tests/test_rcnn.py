@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcnn_cli.classifiers import BBoxRegressor, SVMModel
+from rcnn_cli.rcnn.classifiers import BBoxRegressor, SVMModel
 from rcnn_cli.errors import UserError
-from rcnn_cli.rcnn import RCNNDetector, load_model, postprocess, save_bbox, save_svm
+from rcnn_cli.rcnn.model import RCNNDetector, load_model, postprocess, save_bbox, save_svm
 
 FEAT_CFG = {"backbone": "efficientnet_lite0", "weights_id": "efficientnet_lite0:imagenet-offline", "layer": "pool",
             "warp_size": 64, "padding": 16, "feature_dim": 3, "normalization": "", "weights": "imagenet"}
@@ -58,16 +58,16 @@ def test_model_roundtrip_and_merge(tmp_path):
     (lambda c: c.update(feature_scale=-1), "feature_scale"),
     (lambda c: c.update(warp_size="big"), "wrong type"),
     (lambda c: c.update(version=99), "version"),
-    (lambda c: c.update(format="other"), "not an R-CNN model"),
+    (lambda c: c.update(kind="fast"), "not an R-CNN model"),
     (lambda c: c.update(layer="fc9"), "no layer"),
     (lambda c: c.update(backbone="nope"), "unknown backbone"),
     (lambda c: c.update(weights="backbone.safetensors"), "missing"),
 ])
 def test_tampered_config_is_a_user_error(tmp_path, edit, message):
     root = _make_model(tmp_path / "m")
-    cfg = json.loads((root / "config.json").read_text())
-    edit(cfg)
-    (root / "config.json").write_text(json.dumps(cfg))
+    record = json.loads((root / "config.json").read_text())
+    edit(record if message == "not an R-CNN model" else record["model"])  # the run's kind, else the model
+    (root / "config.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=message):
         load_model(root)
 
@@ -145,6 +145,9 @@ class _Proposals:
     def boxes(self, image_id):
         return self._boxes
 
+    def boxes_for(self, image_id, size):
+        return self._boxes
+
 
 def _extractor(image, boxes):
     # feature 0: x1 / 50 (class a fires for x1 > 25), feature 1: y1 / 50
@@ -154,7 +157,7 @@ def _extractor(image, boxes):
 
 def test_detect_output_schema(tmp_path):
     from rcnn_cli.data.inputs import ImageInput
-    from rcnn_cli.detections import read_detections
+    from rcnn_cli.io.detections import read_detections
     from rcnn_cli.inference import run_inference
 
     root = _make_model(tmp_path / "m")

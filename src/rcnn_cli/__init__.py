@@ -5,3 +5,13 @@ usable from Python. Boxes are ``x1, y1, x2, y2`` in pixels unless a name says ot
 """
 
 __version__ = "0.1.0"
+
+
+def load(run_dir, device: str = "auto", **options):
+    """The detector of a run directory: ``rcnn_cli.load("RUN")("photo.jpg") -> ImageDetections``.
+
+    See :func:`rcnn_cli.detector.load_detector` (``config=DetectConfig(...)`` and the kind's options).
+    """
+    from rcnn_cli.detector import load_detector
+
+    return load_detector(run_dir, device=device, **options)

@@ -79,6 +79,10 @@ class BackboneSpec:
     std: tuple
     layers: tuple[str, ...]
     default_layer: str
+    #: leading trunk modules (:func:`build_trunk`'s children) that detectors keep frozen, as the
+    #: papers do: EfficientNet-Lite0 stem + blocks 0-1, AlexNet conv1, VGG16 conv1-conv2,
+    #: ResNet-50 conv1 + layer1
+    frozen_modules: int = 0
 
     @property
     def normalization(self) -> str:
@@ -87,10 +91,10 @@ class BackboneSpec:
 
 
 _SPECS: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool"),
-    "alexnet": BackboneSpec("alexnet", 227, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7"),
-    "vgg16": BackboneSpec("vgg16", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7"),
-    "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool"),
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool", 4),
+    "alexnet": BackboneSpec("alexnet", 227, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 3),
+    "vgg16": BackboneSpec("vgg16", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 10),
+    "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool", 5),
 }
 
 _LAYER_DIMS = {
@@ -321,6 +325,13 @@ def _freeze(module: nn.Module) -> nn.Module:
     from timm.layers import freeze_batch_norm_2d
 
     return freeze_batch_norm_2d(module)
+
+
+def freeze_leading(trunk: nn.Module, n: int) -> None:
+    """Stop training the first ``n`` children of ``trunk`` (the registry's ``frozen_modules``)."""
+    for module in list(trunk.children())[: max(0, n)]:
+        for p in module.parameters():
+            p.requires_grad_(False)
 
 
 def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False) -> tuple[nn.Module, int, int]:

@@ -49,6 +49,10 @@ __all__ = [
     "decode",
     "box_problems",
     "valid_box_mask",
+    "scale_boxes",
+    "resize_boxes",
+    "flip_boxes",
+    "clip_boxes",
     "BBOX_CLIP",
 ]
 
@@ -147,3 +151,37 @@ def valid_box_mask(boxes: np.ndarray, width: int | None = None, height: int | No
         inside_y = (np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0)) > 0
         keep &= inside_x & inside_y
     return keep
+
+
+def scale_boxes(boxes, sx: float, sy: float):
+    """``(N, 4)`` boxes (numpy or torch) times ``(sx, sy, sx, sy)``: pixels of one image size to another."""
+    import torch
+
+    if isinstance(boxes, torch.Tensor):
+        return boxes * torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
+    return np.asarray(boxes, np.float32) * np.array([sx, sy, sx, sy], np.float32)
+
+
+def resize_boxes(boxes, original: tuple[int, int], new: tuple[int, int]):
+    """Boxes from an image of ``original`` ``(width, height)`` to one of ``new`` ``(width, height)``."""
+    return scale_boxes(boxes, new[0] / original[0], new[1] / original[1])
+
+
+def flip_boxes(boxes, width: int | float):
+    """Mirror ``(N, 4)`` boxes horizontally in an image ``width`` pixels wide."""
+    out = boxes.clone() if hasattr(boxes, "clone") else np.array(boxes, copy=True)
+    out[:, 0] = width - boxes[:, 2]
+    out[:, 2] = width - boxes[:, 0]
+    return out
+
+
+def clip_boxes(boxes: np.ndarray, width: int | float, height: int | float, min_side: float = 0.0) -> np.ndarray:
+    """``(N, 4)`` float32 boxes clipped to the image (torchvision's ``clip_boxes_to_image``); with
+    ``min_side`` > 0, boxes narrower or shorter than that after clipping are dropped."""
+    import torch
+    from torchvision.ops import clip_boxes_to_image, remove_small_boxes
+
+    t = clip_boxes_to_image(torch.from_numpy(np.array(boxes, np.float32).reshape(-1, 4)), (int(height), int(width)))
+    if min_side > 0:
+        t = t[remove_small_boxes(t, float(min_side))]
+    return t.numpy()

@@ -1,41 +1,60 @@
-"""Running a detector over images: load each image, detect, stream the result, optionally draw.
+"""The one inference loop: images in, detections streamed out.
 
-This is what ``rcnn detect``, ``rcnn fast detect`` and ``rcnn faster detect`` call. A detector is
-any callable ``detect(image: PIL.Image (RGB), image_id: str) -> ImageDetections`` that fills
-``timings`` (seconds per stage: "proposals", "network", "post").
+Everything that runs a detector over images goes through :func:`run_inference`: ``rcnn detect``
+(every kind of run, :func:`detect`), validation during training and the pipeline's detect stage
+(:func:`detect_dataset`), and the timings of ``rcnn compare`` and the benchmarks
+(:func:`rcnn_cli.workflows.timing.time_detector`). One skip policy (an unreadable image is
+logged and skipped), one timing (``load``, the detector's stages, ``total`` per image), one set of
+writers (:mod:`rcnn_cli.io.detections`), one ``--draw``.
+
+A detector is any callable ``detect(image: PIL.Image (RGB), image_id: str) -> ImageDetections``:
+a :class:`rcnn_cli.detector.Detector`, or a plain function in tests.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from rcnn_cli.data.images import load_image
 from rcnn_cli.data.inputs import ImageInput
-from rcnn_cli.detections import FORMATS, ImageDetections, open_writer
+from rcnn_cli.detector import DetectConfig
 from rcnn_cli.errors import ImageError, UserError
+from rcnn_cli.io.detections import FORMATS, ImageDetections, open_writer
 from rcnn_cli.log import logger, progress_bar
 
-__all__ = ["run_inference", "timing_summary", "check_detect_settings", "DETECT_DEFAULTS"]
+__all__ = ["run_inference", "detect_dataset", "detect", "timing_summary", "DetectOutput"]
 
-#: Defaults shared by the three detect commands (R-CNN's test-time settings).
-DETECT_DEFAULTS: dict[str, Any] = {"score_threshold": 0.05, "nms": 0.3, "top_k": 100, "format": "jsonl"}
+Detect = Callable[[Any, str], ImageDetections]
 
 
-def check_detect_settings(score_threshold: float | None = None, nms: float | None = None,
-                          top_k: int | None = None) -> None:
-    """UserError for a detection setting out of range (``None``: not given, not checked)."""
-    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
-        raise UserError(f"--score-threshold must be in [0, 1] (got {score_threshold})")
-    if nms is not None and not 0.0 < nms <= 1.0:
-        raise UserError(f"--nms must be an IoU in (0, 1] (got {nms})")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be at least 1 (got {top_k})")
+@dataclass
+class DetectOutput:
+    """Where detections go: ``out`` (file, folder or ``-``/None for stdout) in ``fmt``; ``draw``
+    (folder of drawn images); ids for COCO results (``category_ids``, ``coco_image_ids``); the
+    VOC files' ``split``; ``collect`` a dict that receives every image's detections."""
+
+    out: str | os.PathLike | None = None
+    fmt: str = "jsonl"
+    draw: str | os.PathLike | None = None
+    category_ids: Mapping[str, int] | None = None
+    coco_image_ids: Mapping[str, int] | None = None
+    split: str = "test"
+    collect: dict[str, ImageDetections] | None = None
+    write: bool = True  # False: collect only, no writer
+
+    def check(self) -> None:
+        if self.fmt not in FORMATS:
+            raise UserError(f"unknown --format '{self.fmt}' (use one of: {', '.join(FORMATS)})")
+        if self.write and self.fmt in ("coco", "voc") and (self.out is None or str(self.out) == "-"):
+            raise UserError(f"--format {self.fmt} needs --out ({'a file' if self.fmt == 'coco' else 'a folder'})")
+        if self.draw is not None and Path(self.draw).exists() and not Path(self.draw).is_dir():
+            raise UserError(f"--draw {self.draw}: not a folder")
 
 
 def timing_summary(timings: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
@@ -52,68 +71,167 @@ def _draw_name(image_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in image_id).lstrip(".") or "image"
 
 
-def run_inference(detect: Callable[[Image.Image, str], ImageDetections], inputs: Sequence[ImageInput],
-                  out: str | os.PathLike | None = None, fmt: str = "jsonl", classes: Sequence[str] = (),
-                  category_ids: Mapping[str, int] | None = None, draw_dir: str | os.PathLike | None = None,
-                  progress: bool = True, coco_image_ids: Mapping[str, int] | None = None,
-                  split: str = "test") -> dict[str, Any]:
-    """Detect objects in every input image and stream the results to ``out`` in ``fmt``.
+class _NullWriter:
+    def write(self, det: ImageDetections) -> None:
+        pass
 
-    Each image is loaded with :func:`rcnn_cli.data.load_image`; an unreadable or missing image is
-    logged and skipped. ``jsonl`` lines are written (and flushed) as each image finishes, to stdout
-    when ``out`` is None or ``"-"``; ``coco``/``voc`` are written at the end (see
-    :func:`rcnn_cli.detections.open_writer`; ``split`` names the VOC files). ``draw_dir`` also
-    saves ``<image_id>.jpg`` with the boxes drawn.
+    def __enter__(self) -> "_NullWriter":
+        return self
 
-    Returns ``{"images": n, "skipped": k, "detections": m, "seconds": s, "images_per_s": r,
-    "timings": {stage: {"median": s, "mean": s, "total": s}}}`` with stages from the detector plus
-    ``"load"`` (decoding) and ``"total"`` (per image, load to write).
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _load(item: ImageInput, images: Mapping[str, Any] | None) -> Any:
+    """The decoded image of ``item`` (from ``images`` when given there); ImageError when unreadable."""
+    if images is not None and item.image_id in images:
+        return images[item.image_id]
+    return load_image(item.path)
+
+
+def _run_one(detect: Detect, image: Any, image_id: str, repeats: int) -> tuple[ImageDetections, list[dict]]:
+    """``repeats`` calls on one image: the last detections and each call's stage timings."""
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        det = detect(image, image_id)
+        call = time.perf_counter() - t0
+        if not isinstance(det, ImageDetections):
+            raise TypeError(f"detector returned {type(det).__name__}, expected ImageDetections")
+        runs.append({**{k: float(v) for k, v in det.timings.items()}, "call": call})
+    det.image_id = image_id
+    return det, runs
+
+
+def run_inference(detect: Detect, inputs: Sequence[ImageInput], out: str | os.PathLike | None = None,
+                  fmt: str = "jsonl", classes: Sequence[str] = (), category_ids: Mapping[str, int] | None = None,
+                  draw_dir: str | os.PathLike | None = None, progress: bool = True,
+                  coco_image_ids: Mapping[str, int] | None = None, split: str = "test", *,
+                  output: DetectOutput | None = None, images: Mapping[str, Any] | None = None,
+                  warmup: int = 0, repeats: int = 1) -> dict[str, Any]:
+    """Detect objects in every input image and stream the results (see the module docstring).
+
+    ``output`` (or the keyword arguments it bundles) says where detections go; ``jsonl`` lines are
+    written and flushed as each image finishes. ``images`` maps image ids to images already decoded
+    (decoding is then not timed). ``warmup`` untimed calls on the first image, then ``repeats``
+    timed calls per image (timings: per image the median over repeats).
+
+    Returns ``{"images", "skipped", "detections", "seconds", "images_per_s", "timings": {stage:
+    {"median", "mean", "total"}}, "per_image": [{"image_id", stage: s, "num_proposals"}]}``; stages
+    are the detector's plus ``load`` and ``total`` (the whole call) and ``without_proposals``.
     """
-    if fmt not in FORMATS:
-        raise UserError(f"unknown --format '{fmt}' (use one of: {', '.join(FORMATS)})")
-    if fmt in ("coco", "voc") and (out is None or str(out) == "-"):
-        raise UserError(f"--format {fmt} needs --out ({'a file' if fmt == 'coco' else 'a folder'})")
-    draw_path = Path(draw_dir) if draw_dir is not None else None
-    if draw_path is not None:
-        if draw_path.exists() and not draw_path.is_dir():
-            raise UserError(f"--draw {draw_path}: not a folder")
-        draw_path.mkdir(parents=True, exist_ok=True)
-        from rcnn_cli.visualize import draw_detections, save_image
-    timings: dict[str, list[float]] = {}
-    n_images = n_skipped = n_det = 0
+    output = output or DetectOutput(out, fmt, draw_dir, category_ids, coco_image_ids, split)
+    output.check()
+    if output.draw is not None:
+        Path(output.draw).mkdir(parents=True, exist_ok=True)
+    if warmup < 0 or repeats < 1:
+        raise UserError("warm-up must be >= 0 and repeats >= 1")
+    writer = (open_writer(output.out, output.fmt, list(classes), category_ids=output.category_ids,
+                          coco_image_ids=output.coco_image_ids, split=output.split) if output.write else _NullWriter())
+    per_image: list[dict[str, Any]] = []
+    n_skipped = n_det = 0
+    warmed = warmup == 0
     start = time.perf_counter()
-    with open_writer(out, fmt, list(classes), category_ids=category_ids, coco_image_ids=coco_image_ids,
-                     split=split) as writer, progress_bar(progress) as bar:
+    with writer, progress_bar(progress) as bar:
         task = bar.add_task("detect", total=len(inputs), status="")
         for item in inputs:
             t0 = time.perf_counter()
             try:
-                image = load_image(item.path)
+                image = _load(item, images)
             except ImageError as e:
                 logger.warning("%s; skipped", e)
                 n_skipped += 1
                 bar.update(task, advance=1, status=f"{n_skipped} skipped")
                 continue
             t_load = time.perf_counter() - t0
-            det = detect(image, item.image_id)
-            if not isinstance(det, ImageDetections):
-                raise TypeError(f"detector returned {type(det).__name__}, expected ImageDetections")
-            if det.image_id != item.image_id:
-                det.image_id = item.image_id
+            if not warmed:
+                _run_one(detect, image, item.image_id, warmup)
+                warmed = True
+            det, runs = _run_one(detect, image, item.image_id, repeats)
             writer.write(det)
-            if draw_path is not None:
-                save_image(draw_detections(image, det, list(classes)), draw_path / f"{_draw_name(item.image_id)}.jpg")
-            total = time.perf_counter() - t0
-            for stage, seconds in {"load": t_load, **det.timings, "total": total}.items():
-                timings.setdefault(stage, []).append(float(seconds))
-            n_images += 1
+            if output.collect is not None:
+                output.collect[item.image_id] = det
+            if output.draw is not None:
+                _draw(image, det, classes, Path(output.draw) / f"{_draw_name(item.image_id)}.jpg")
+            per_image.append(_image_timings(item.image_id, t_load, runs, det.num_proposals))
             n_det += len(det)
-            status = f"{len(det)} dets, {total:.2f} s"
-            if n_skipped:
-                status += f", {n_skipped} skipped"
-            bar.update(task, advance=1, status=status)
+            bar.update(task, advance=1, status=f"{len(det)} dets, {per_image[-1]['total']:.2f} s"
+                       + (f", {n_skipped} skipped" if n_skipped else ""))
     seconds = time.perf_counter() - start
     if n_skipped:
         logger.warning("%d of %d images could not be read and were skipped", n_skipped, len(inputs))
-    return {"images": n_images, "skipped": n_skipped, "detections": n_det, "seconds": seconds,
-            "images_per_s": n_images / seconds if seconds > 0 else 0.0, "timings": timing_summary(timings)}
+    stages = sorted({k for e in per_image for k in e if k not in ("image_id", "num_proposals")})
+    return {"images": len(per_image), "skipped": n_skipped, "detections": n_det, "seconds": seconds,
+            "images_per_s": len(per_image) / seconds if seconds > 0 else 0.0,
+            "timings": timing_summary({s: [e[s] for e in per_image if s in e] for s in stages}),
+            "per_image": per_image}
+
+
+def _image_timings(image_id: str, t_load: float, runs: list[dict], num_proposals: int | None) -> dict[str, Any]:
+    """One image's row: per stage the median over the repeats; ``total`` the whole detector call."""
+    stages = sorted({k for r in runs for k in r})
+    row: dict[str, Any] = {"image_id": image_id, "load": t_load}
+    for s in stages:
+        row["total" if s == "call" else s] = float(np.median([r.get(s, 0.0) for r in runs]))
+    row["without_proposals"] = row["total"] - row.get("proposals", 0.0)
+    row["num_proposals"] = num_proposals
+    return row
+
+
+def _draw(image: Any, det: ImageDetections, classes: Sequence[str], path: Path) -> None:
+    from rcnn_cli.visualize import draw_detections, save_image
+
+    save_image(draw_detections(image, det, list(classes)), path)
+
+
+def detect_dataset(detect: Detect, dataset: Any, classes: Sequence[str], progress: bool = False
+                   ) -> dict[str, ImageDetections]:
+    """``{image_id: ImageDetections}`` for every readable image of a labelled ``dataset`` (no files)."""
+    collected: dict[str, ImageDetections] = {}
+    inputs = [ImageInput(r.image_id, r.path) for r in dataset.records]
+    run_inference(detect, inputs, classes=classes, progress=progress,
+                  output=DetectOutput(collect=collected, write=False))
+    return collected
+
+
+def _dataset_ids(inputs: Sequence[str], split: str | None, images: str | None, classes: Sequence[str]
+                 ) -> tuple[dict[str, int] | None, dict[str, int] | None]:
+    """COCO category and image ids when the one dataset input is a COCO JSON (kept in the results)."""
+    from rcnn_cli.data.inputs import is_dataset, load_dataset
+    from rcnn_cli.io.detections import coco_image_ids
+
+    datasets = [i for i in inputs if is_dataset(i)]
+    if len(datasets) != 1 or Path(datasets[0]).suffix.lower() != ".json":
+        return None, None
+    ds = load_dataset(datasets[0], split, images)
+    return ({c: ds.category_ids[c] for c in classes if c in ds.category_ids} or None), coco_image_ids(ds)
+
+
+def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = None, images: str | None = None,
+           config: DetectConfig | None = None, fmt: str = "jsonl", out: str | None = None,
+           draw: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
+           command: str = "rcnn detect", **options: Any) -> dict[str, Any]:
+    """``rcnn detect`` for every kind of run: resolve the inputs, load the detector, stream detections.
+
+    ``options`` go to the run kind's detector (:func:`rcnn_cli.detector.load_detector`). With
+    ``out`` a file or folder, ``<out>.config.json`` records the settings and the summary.
+    """
+    from rcnn_cli.data.inputs import resolve_inputs
+    from rcnn_cli.detector import load_detector
+    from rcnn_cli.io.files import write_run_record
+
+    output = DetectOutput(out, fmt, draw, split=split or "test")
+    output.check()
+    items = resolve_inputs(list(inputs), split=split, images=images)
+    if not items:
+        raise UserError("no input images")
+    with load_detector(model, device=device, config=config, **options) as detector:
+        output.category_ids, output.coco_image_ids = _dataset_ids(inputs, split, images, detector.classes)
+        result = run_inference(detector, items, classes=detector.classes, progress=progress, output=output)
+        settings = detector.settings()
+    if out not in (None, "-"):
+        write_run_record(Path(out), command, {
+            "inputs": [str(i) for i in inputs], "split": split, "model": str(model), "format": fmt,
+            **settings, "options": {k: str(v) if v is not None else None for k, v in options.items()},
+            "result": {k: v for k, v in result.items() if k != "per_image"}})
+    return result

@@ -33,6 +33,11 @@ def _version(value: bool) -> None:
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and full tracebacks."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    strict_images: bool = typer.Option(False, "--strict-images", help="Refuse truncated images (default: decode what is there, with a warning)."),
 ) -> None:
+    from rcnn_cli.data.images import set_strict_images
+
     state["verbose"] = verbose
     setup_logging(verbose)
+    if strict_images:
+        set_strict_images(True)

@@ -1,4 +1,4 @@
-"""CLI command: ``rcnn compare`` (library: :mod:`rcnn_cli.compare`)."""
+"""CLI command: ``rcnn compare`` (library: :mod:`rcnn_cli.workflows.compare`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def compare_cmd(
     Same backbone for all three, the same proposals files for R-CNN and Fast R-CNN; finished stages in
     OUT are reused when their configuration matches. Writes OUT/compare.json, compare.md, compare.png.
     """
-    from rcnn_cli.compare import parse_methods, parse_set, print_table, run_compare
+    from rcnn_cli.workflows.compare import parse_methods, parse_set, print_table, run_compare
 
     chosen = parse_methods(methods)
     overrides = parse_set(set_)

@@ -1,4 +1,4 @@
-"""CLI command: ``rcnn evaluate`` (library: :mod:`rcnn_cli.evaluation`, :mod:`rcnn_cli.detections`)."""
+"""CLI command: ``rcnn evaluate`` (library: :mod:`rcnn_cli.evaluation`, :mod:`rcnn_cli.io.detections`)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def evaluate_command(
     """
     from rcnn_cli.data import load_dataset
     from rcnn_cli.data.voc import is_voc_root
-    from rcnn_cli.detections import read_detections
+    from rcnn_cli.io.detections import read_detections
     from rcnn_cli.evaluation import evaluate, json_summary, results_table
     from rcnn_cli.io import write_json, write_run_record
     from rcnn_cli.log import logger

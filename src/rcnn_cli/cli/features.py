@@ -1,4 +1,4 @@
-"""CLI commands: ``rcnn extract-features`` and ``rcnn merge-features`` (library: :mod:`rcnn_cli.features`)."""
+"""CLI commands: ``rcnn extract-features`` and ``rcnn merge-features`` (library: :mod:`rcnn_cli.rcnn.features`)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def extract_features_cmd(
 ) -> None:
     """R-CNN features of every region (warped with context padding) of every image, into one HDF5 file."""
     from rcnn_cli.data.inputs import is_dataset, load_dataset, resolve_inputs
-    from rcnn_cli.features import run_extract_features
+    from rcnn_cli.rcnn.features import run_extract_features
 
     if len(inputs) == 1 and is_dataset(inputs[0]):
         data = load_dataset(inputs[0], split, images)
@@ -59,7 +59,7 @@ def merge_features_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Merged features file."),
 ) -> None:
     """Join feature files made with the same settings (refuses to mix settings)."""
-    from rcnn_cli.features import merge_features
+    from rcnn_cli.rcnn.features import merge_features
 
     s = merge_features(inputs, out)
     console.print(f"{s['images']} image(s) from {s['inputs']} file(s) -> {out}"

@@ -1,4 +1,4 @@
-"""CLI commands: ``rcnn propose`` and ``rcnn proposals recall`` (library: :mod:`rcnn_cli.proposals`)."""
+"""CLI commands: ``rcnn propose`` and ``rcnn proposals recall`` (library: :mod:`rcnn_cli.rcnn.proposals`)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def propose_cmd(
 ) -> None:
     """Region proposals for every image, stored in one HDF5 file (crash-safe, resumable)."""
     from rcnn_cli.data.inputs import resolve_inputs
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.rcnn.proposals import run_propose
 
     items = resolve_inputs(inputs, split=split, images=images)
     if not items:
@@ -77,7 +77,7 @@ def recall_cmd(
 
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.io import write_json, write_run_record
-    from rcnn_cli.proposals import plot_recall, recall_stats
+    from rcnn_cli.rcnn.proposals import plot_recall, recall_stats
 
     ds = load_dataset(dataset, split, images)
     stats = recall_stats(ds, proposals)

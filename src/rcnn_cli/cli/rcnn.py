@@ -7,7 +7,13 @@ from typing import List, Optional
 
 import typer
 
+from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
+from rcnn_cli.rcnn.finetune import FinetuneConfig
+from rcnn_cli.workflows.pipeline import PipelineConfig
+
+_FT = FinetuneConfig()
+_P = PipelineConfig()
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
 
@@ -22,29 +28,31 @@ def finetune_cmd(
     weights: str = typer.Option("imagenet", "--weights", help="Starting weights: imagenet, none or a .safetensors file."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer the classifier sits on (default: the backbone's)."),
     warp_size: Optional[int] = typer.Option(None, "--warp-size", help="Warped region size in pixels (default: native)."),
-    padding: int = typer.Option(16, "--padding", help="Context padding in warped pixels."),
+    padding: int = typer.Option(_FT.padding, "--padding", help="Context padding in warped pixels."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (model.safetensors = weights for extract-features)."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the foreground regions."),
+    epochs: int = typer.Option(_FT.epochs, "--epochs", help="Passes over the foreground regions."),
     max_iters: Optional[int] = typer.Option(None, "--max-iters", help="Stop after this many iterations."),
-    lr: float = typer.Option(0.001, "--lr", help="SGD learning rate (the new classifier gets 10x)."),
-    lr_steps: Optional[str] = typer.Option(None, "--lr-steps", help="Comma-separated iterations where lr drops 10x."),
-    momentum: float = typer.Option(0.9, "--momentum"),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
-    batch_size: int = typer.Option(128, "--batch-size", help="Regions per minibatch."),
-    fg_per_batch: int = typer.Option(32, "--fg-per-batch", help="Foreground regions per minibatch."),
+    lr: float = typer.Option(_FT.lr, "--lr", help="SGD learning rate (the new classifier gets 10x)."),
+    lr_steps: Optional[str] = typer.Option(None, "--lr-steps", help="Epochs at which lr drops 10x, e.g. 2,3 (default: none)."),
+    momentum: float = typer.Option(_FT.momentum, "--momentum", help="SGD momentum."),
+    weight_decay: float = typer.Option(_FT.weight_decay, "--weight-decay", help="SGD weight decay."),
+    batch_size: int = typer.Option(_FT.batch_size, "--batch-size", help="Regions per minibatch."),
+    fg_per_batch: int = typer.Option(_FT.fg_per_batch, "--fg-per-batch", help="Foreground regions per minibatch."),
     max_proposals: Optional[int] = typer.Option(None, "--max-proposals", help="Use only the top-K proposals per image."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips."),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Also checkpoint every N iterations (0: per epoch only)."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    checkpoint_every: int = typer.Option(_FT.checkpoint_every, "--checkpoint-every", help="Also checkpoint every N iterations (0: per epoch only)."),
+    seed: int = O.seed(),
+    device: str = O.device(),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = O.progress(),
 ) -> None:
     """Fine-tune a backbone on warped regions with an N+1-way classifier (R-CNN's step 2)."""
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.finetune import FinetuneConfig, finetune
+    from rcnn_cli.rcnn.finetune import FinetuneConfig, finetune
 
-    steps = tuple(int(s) for s in lr_steps.split(",") if s.strip()) if lr_steps else ()
+    from rcnn_cli.config import parse_steps
+
+    steps = parse_steps(lr_steps) or ()
     ds = load_dataset(dataset, split, images)
     cfg = FinetuneConfig(backbone=backbone, weights=weights, layer=layer, warp_size=warp_size, padding=padding,
                          epochs=epochs, max_iters=max_iters, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -53,8 +61,7 @@ def finetune_cmd(
     summary = finetune(ds, proposals, out, cfg, resume=resume, progress=progress)
     last = summary.get("last", {})
     console.print(f"fine-tuned {summary['iterations']} iterations in {summary['seconds']:.0f} s; last loss "
-                  f"{last.get('loss', float('nan')):.3f}, batch accuracy {last.get('accuracy', float('nan')):.2f}",
-                  highlight=False)
+                  f"{last.get('loss', float('nan')):.3f}", highlight=False)
     console.print(f"weights: {summary['weights']} ({summary['weights_id']}); use --weights {summary['weights']} "
                   "with extract-features", highlight=False)
 
@@ -69,7 +76,7 @@ def export_backbone_cmd(
     A detector trained on your data is a cheap stand-in for R-CNN's fine-tuning step: train it with
     `--head backbone` so that every layer the R-CNN features use is fine-tuned, not only the trunk.
     """
-    from rcnn_cli.finetune import export_backbone
+    from rcnn_cli.rcnn.finetune import export_backbone
 
     info = export_backbone(run, out)
     console.print(f"{out}: {info['backbone']} {info['trained_layers']} ({info['weights_id']}); use --weights {out} "
@@ -91,7 +98,7 @@ def train_svm_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train one linear SVM per class with hard-negative mining (R-CNN's step 3)."""
-    from rcnn_cli.rcnn import train_svm_model
+    from rcnn_cli.rcnn.model import train_svm_model
 
     cfg = train_svm_model(features, out, C=C, bias=bias, pos_weight=pos_weight, neg_overlap=neg_overlap,
                           retrain_limit=retrain_limit, passes=passes, proposals=proposals, weights=weights,
@@ -113,7 +120,7 @@ def train_bbox_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Fit class-specific bounding-box ridge regressors (R-CNN's box regression)."""
-    from rcnn_cli.rcnn import train_bbox_model
+    from rcnn_cli.rcnn.model import train_bbox_model
 
     cfg = train_bbox_model(features, out, lam=lam, min_overlap=min_overlap, proposals=proposals, weights=weights,
                            progress=progress)
@@ -126,89 +133,55 @@ def train_bbox_cmd(
     console.print(f"model: {out}", highlight=False)
 
 
-@app.command("detect")
-def detect_cmd(
-    inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin) or a dataset (with --split)."),
-    model: Path = typer.Option(..., "--model", "-m", help="R-CNN model directory (train-svm / train-bbox / pipeline)."),
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="Split when INPUT is a VOC dataset."),
-    images: Optional[str] = typer.Option(None, "--images", help="Image folder when INPUT is a COCO JSON."),
-    score_threshold: float = typer.Option(0.05, "--score-threshold", help="Drop detections below this score (sigmoid of the SVM margin)."),
-    nms: float = typer.Option(0.3, "--nms", help="Per-class NMS IoU threshold."),
-    top_k: int = typer.Option(100, "--top-k", help="Detections kept per image."),
-    proposals: Optional[Path] = typer.Option(None, "--proposals", "-p", help="Precomputed proposals (else selective search with the model's settings)."),
-    no_bbox: bool = typer.Option(False, "--no-bbox", help="Skip box regression."),
-    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl (streamed), coco (results JSON) or voc (comp4 files in a folder)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file/folder (jsonl: stdout when omitted)."),
-    draw: Optional[Path] = typer.Option(None, "--draw", help="Also write images with the boxes drawn into this folder."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Regions per network batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-) -> None:
-    """Detect objects with an R-CNN model: proposals, warped-region features, SVMs, box regression, NMS."""
-    from rcnn_cli.rcnn import run_detect
-
-    result = run_detect(inputs, model, split=split, images=images, score_threshold=score_threshold, nms=nms,
-                        top_k=top_k, proposals=proposals, use_bbox=not no_bbox, fmt=fmt, out=out, draw=draw,
-                        batch_size=batch_size, device=device, progress=progress)
-    timings = result.get("timings", {})
-    per_stage = ", ".join(f"{k} {v['median'] * 1000:.1f} ms" for k, v in timings.items() if isinstance(v, dict) and "median" in v)
-    console.print(f"{result.get('images', 0)} images ({result.get('skipped', 0)} skipped), "
-                  f"{result.get('detections', 0)} detections; median per image: {per_stage}", highlight=False)
-
-
 @app.command("pipeline")
 def pipeline_cmd(
+    ctx: typer.Context,
     dataset: Optional[Path] = typer.Argument(None, help="Labelled dataset (VOC root or COCO JSON); omitted: the built-in shapes data."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: every intermediate file, the model, metrics.json."),
-    train_split: str = typer.Option("trainval", "--train-split", help="Training split."),
-    test_split: str = typer.Option("test", "--test-split", help="Test split."),
+    train_split: str = typer.Option(_P.train_split, "--train-split", help="Training split."),
+    test_split: str = typer.Option(_P.test_split, "--test-split", help="Test split."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when DATASET is a COCO JSON."),
-    train_images: int = typer.Option(200, "--train-images", help="Shapes data: training images."),
-    test_images: int = typer.Option(50, "--test-images", help="Shapes data: test images."),
-    image_size: int = typer.Option(256, "--image-size", help="Shapes data: image size in pixels."),
-    method: str = typer.Option("selective-search", "--method", help="Proposals: selective-search, or rpn (the region proposal network of --rpn-model)."),
+    train_images: int = typer.Option(_P.train_images, "--train-images", help="Shapes data: training images."),
+    test_images: int = typer.Option(_P.test_images, "--test-images", help="Shapes data: test images."),
+    image_size: int = typer.Option(_P.image_size, "--image-size", help="Shapes data: image size in pixels."),
+    method: str = typer.Option(_P.method, "--method", help="Proposals: selective-search, or rpn (the region proposal network of --rpn-model)."),
     rpn_model: Optional[Path] = typer.Option(None, "--rpn-model", help="`rcnn faster train` run whose RPN proposes (--method rpn; --limit boxes per image)."),
-    mode: str = typer.Option("fast", "--mode", help="Selective search mode: fast or quality."),
-    max_size: int = typer.Option(256, "--max-size", help="Selective search: longer image side at most this."),
-    min_size: int = typer.Option(16, "--min-size", help="Proposals smaller than this are dropped."),
-    limit: Optional[int] = typer.Option(100, "--limit", help="Top-K proposals per image (0: all)."),
+    mode: str = typer.Option(_P.mode, "--mode", help="Selective search mode: fast or quality."),
+    max_size: int = typer.Option(_P.max_size, "--max-size", help="Selective search: longer image side at most this."),
+    min_size: int = typer.Option(_P.min_size, "--min-size", help="Proposals smaller than this are dropped."),
+    limit: Optional[int] = typer.Option(_P.limit, "--limit", help="Top-K proposals per image (0: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Proposal processes (default: all cores)."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b"),
-    weights: str = typer.Option("imagenet", "--weights", help="Backbone weights: imagenet, none or a .safetensors file (e.g. from `rcnn export-backbone`)."),
+    backbone: str = typer.Option(_P.backbone, "--backbone", "-b", help="Backbone of the registry (efficientnet_lite0, alexnet, vgg16, resnet50)."),
+    weights: str = typer.Option(_P.weights, "--weights", help="Backbone weights: imagenet, none or a .safetensors file (e.g. from `rcnn export-backbone`)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer (see extract-features; efficientnet_lite0: pool, or grid for better box regression)."),
-    warp_size: int = typer.Option(64, "--warp-size", help="Warped region size (R-CNN: 227)."),
-    padding: int = typer.Option(6, "--padding", help="Context padding in warped pixels (R-CNN: 16 at 227; keep it ~1/10 of the warp)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Regions per network batch (feature extraction)."),
-    finetune: bool = typer.Option(False, "--finetune/--no-finetune", help="Fine-tune the backbone first, then re-extract."),
-    ft_iters: Optional[int] = typer.Option(None, "--finetune-iters", help="Fine-tuning iterations (default: one epoch)."),
-    ft_epochs: int = typer.Option(1, "--finetune-epochs"),
-    C: float = typer.Option(0.001, "--C"),
-    bias: float = typer.Option(10.0, "--bias"),
-    pos_weight: float = typer.Option(2.0, "--pos-weight"),
-    lam: float = typer.Option(1000.0, "--lambda"),
-    bbox: bool = typer.Option(True, "--bbox/--no-bbox", help="Train and apply box regression."),
-    score_threshold: float = typer.Option(0.05, "--score-threshold"),
-    nms: float = typer.Option(0.3, "--nms"),
-    top_k: int = typer.Option(100, "--top-k"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    warp_size: int = typer.Option(_P.warp_size, "--warp-size", help="Warped region size (R-CNN: 227)."),
+    padding: int = typer.Option(_P.padding, "--padding", help="Context padding in warped pixels (R-CNN: 16 at 227; keep it ~1/10 of the warp)."),
+    batch_size: int = typer.Option(_P.batch_size, "--batch-size", help="Regions per network batch (feature extraction)."),
+    finetune: bool = typer.Option(_P.finetune, "--finetune/--no-finetune", help="Fine-tune the backbone first, then re-extract."),
+    finetune_iters: Optional[int] = typer.Option(None, "--finetune-iters", help="Fine-tuning iterations (default: --finetune-epochs)."),
+    finetune_epochs: int = typer.Option(_P.finetune_epochs, "--finetune-epochs", help="Fine-tuning passes over the foreground regions."),
+    C: float = typer.Option(_P.C, "--C", help="SVM regularisation C (liblinear)."),
+    bias: float = typer.Option(_P.bias, "--bias", help="SVM bias feature value (liblinear -B)."),
+    pos_weight: float = typer.Option(_P.pos_weight, "--pos-weight", help="SVM loss weight of positives (liblinear -w1)."),
+    lam: float = typer.Option(_P.lam, "--lambda", help="Box regression ridge regularisation."),
+    bbox: bool = typer.Option(_P.bbox, "--bbox/--no-bbox", help="Train and apply box regression."),
+    score_threshold: float = O.score_threshold(),
+    nms: float = O.nms(),
+    top_k: int = O.top_k(),
+    seed: int = O.seed(),
+    device: str = O.device(),
+    progress: bool = O.progress(),
+    config: Optional[Path] = O.config_file(),
 ) -> None:
     """Run every R-CNN stage: propose, extract-features, optional finetune, train-svm, train-bbox, detect, evaluate.
 
     Rerunning skips the stages whose configuration is unchanged. With no DATASET, the built-in
     shapes data is generated into OUT/data first (the README's first command).
     """
-    from rcnn_cli.pipeline import PipelineConfig, print_report, run_pipeline
+    from rcnn_cli.workflows.pipeline import PipelineConfig, print_report, run_pipeline
 
-    cfg = PipelineConfig(dataset=str(dataset) if dataset else None, train_split=train_split, test_split=test_split,
-                         images=images, train_images=train_images, test_images=test_images, image_size=image_size,
-                         method=method, rpn_model=str(rpn_model) if rpn_model else None, mode=mode,
-                         max_size=max_size, min_size=min_size, limit=limit if limit else None,
-                         workers=workers, backbone=backbone, weights=weights, layer=layer, warp_size=warp_size,
-                         padding=padding,
-                         batch_size=batch_size, finetune=finetune, finetune_iters=ft_iters, finetune_epochs=ft_epochs,
-                         C=C, bias=bias, pos_weight=pos_weight, lam=lam, bbox=bbox, score_threshold=score_threshold,
-                         nms=nms, top_k=top_k, seed=seed, device=device)
-    metrics = run_pipeline(cfg, out, progress=progress)
+    p, sources = O.replayed(ctx, config)
+    cfg = O.pick(p, PipelineConfig, dataset=str(dataset) if dataset else None,
+                 rpn_model=str(p["rpn_model"]) if p["rpn_model"] else None, limit=p["limit"] or None)
+    metrics = run_pipeline(cfg, out, progress=progress, sources=sources)
     print_report(metrics)

@@ -1,8 +1,10 @@
 """Image loading that survives real-world files.
 
 EXIF orientation is applied; grayscale, palette, RGBA, CMYK and 16-bit images become 8-bit RGB;
-a missing, truncated or corrupt file raises :class:`ImageError` naming the file; Pillow's
-decompression-bomb guard stays on.
+a missing or corrupt file raises :class:`ImageError` naming the file; Pillow's decompression-bomb
+guard stays on. A slightly truncated file (the last bytes missing, which every viewer still shows)
+is decoded in Pillow's tolerant mode with one warning naming the file, unless images are strict
+(``rcnn --strict-images``, or ``RCNN_STRICT_IMAGES=1``: the setting reaches worker processes too).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from rcnn_cli.errors import ImageError
+from rcnn_cli.log import logger
 
 if TYPE_CHECKING:  # torch is imported where needed: proposal workers start without it
     import torch
@@ -39,24 +42,78 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open ``path`` as an upright 8-bit RGB ``PIL.Image`` (fully decoded)."""
+_STRICT_ENV = "RCNN_STRICT_IMAGES"
+_warned: set[str] = set()
+
+
+def set_strict_images(strict: bool) -> None:
+    """Refuse truncated images everywhere (this process and the workers it starts)."""
+    os.environ[_STRICT_ENV] = "1" if strict else "0"
+
+
+def strict_images() -> bool:
+    return os.environ.get(_STRICT_ENV, "0") == "1"
+
+
+def _decode(path: Path, tolerant: bool) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            previous = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
+            try:
+                img.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+            return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def _truncated(error: Exception) -> bool:
+    text = str(error).lower()
+    return "truncated" in text or "broken data stream" in text
+
+
+def load_image(path: str | os.PathLike, strict: bool | None = None) -> Image.Image:
+    """Open ``path`` as an upright 8-bit RGB ``PIL.Image`` (fully decoded).
+
+    A file that fails to decode only because it is truncated is decoded again in Pillow's tolerant
+    mode (the missing rows are grey) and used, with one warning per file; ``strict`` (default: the
+    process setting, :func:`set_strict_images`) refuses it instead.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: image file not found")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+        return _decode(path, tolerant=False)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{path}: image too large ({e})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable image") from None
     except (OSError, SyntaxError, ValueError) as e:
+        if not _truncated(e) or (strict_images() if strict is None else strict):
+            raise ImageError(f"{path}: corrupt or truncated image ({e})") from None
+        damage = str(e)
+    try:
+        image = _decode(path, tolerant=True)
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: corrupt or truncated image ({e})") from None
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        logger.warning("%s: %s; decoded what is there (%dx%d; the rest is grey)", path, damage, *image.size)
+    return image
+
+
+def inspect_image(path: str | os.PathLike) -> str | None:
+    """``None`` for an image that decodes cleanly, else what is wrong with a truncated one that the
+    tolerant mode still decodes; an unreadable file raises :class:`ImageError`."""
+    try:
+        load_image(path, strict=True)
+        return None
+    except ImageError as e:
+        if "truncated" not in str(e) and "broken data stream" not in str(e):
+            raise
+        load_image(path, strict=False)
+        return str(e).split(": ", 1)[-1]
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from rcnn_cli.boxes import box_problems
 from rcnn_cli.data.dataset import Dataset
-from rcnn_cli.data.images import image_size
+from rcnn_cli.data.images import image_size, inspect_image
 from rcnn_cli.errors import ImageError
 
 
@@ -15,8 +15,9 @@ def dataset_info(ds: Dataset, check_images: bool = True) -> dict[str, Any]:
     """Counts, sizes and problems of ``ds``.
 
     Problems: ``zero-area``, ``inverted`` and ``out-of-image`` boxes, ``missing-image`` /
-    ``unreadable-image`` files and ``size-mismatch`` between the annotation and the image file.
-    With ``check_images`` each image header is read (fast; pixels are not decoded).
+    ``unreadable-image`` files, ``truncated-image`` files (used, decoded in the tolerant mode) and
+    ``size-mismatch`` between the annotation and the image file. With ``check_images`` every image
+    is decoded.
     """
     objects: Counter[str] = Counter()
     difficult: Counter[str] = Counter()
@@ -27,6 +28,10 @@ def dataset_info(ds: Dataset, check_images: bool = True) -> dict[str, Any]:
         if check_images:
             try:
                 actual = image_size(rec.path)
+                damage = inspect_image(rec.path)
+                if damage:
+                    problems.append({"image_id": rec.image_id, "problem": "truncated-image",
+                                     "detail": f"{damage}; used, the missing rows grey"})
             except ImageError as e:
                 kind = "missing-image" if not rec.path.exists() else "unreadable-image"
                 problems.append({"image_id": rec.image_id, "problem": kind, "detail": str(e)})

@@ -22,23 +22,17 @@ import torch
 from rcnn_cli.data.dataset import Dataset
 from rcnn_cli.data.images import load_image, to_tensor
 from rcnn_cli.errors import ImageError, UserError
+from rcnn_cli.boxes import clip_boxes, flip_boxes
+from rcnn_cli.rcnn.proposals import boxes_for
 from rcnn_cli.log import logger
 
-__all__ = ["DetectionDataset", "flip_boxes"]
-
-
-def flip_boxes(boxes: np.ndarray | torch.Tensor, width: int | float):
-    """Mirror ``(N, 4)`` boxes horizontally in an image ``width`` pixels wide."""
-    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
-    out[:, 0] = width - boxes[:, 2]
-    out[:, 2] = width - boxes[:, 0]
-    return out
+__all__ = ["DetectionDataset"]
 
 
 class DetectionDataset(torch.utils.data.Dataset):
     """A detection dataset for the training engine (see the module docstring).
 
-    ``proposals``: a :class:`rcnn_cli.proposals.ProposalReader` or the path of a proposals HDF5 file
+    ``proposals``: a :class:`rcnn_cli.rcnn.proposals.ProposalReader` or the path of a proposals HDF5 file
     (opened lazily, once per worker process); ``max_proposals`` keeps the top-ranked ones.
     ``keep_difficult``: VOC "difficult" objects are trained on by default (as torchvision does).
     """
@@ -73,7 +67,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def _open(self):
         if self._proposals_path is not None and (self._reader is None or self._reader_pid != os.getpid()):
-            from rcnn_cli.proposals import load
+            from rcnn_cli.rcnn.proposals import load
 
             self._reader = load(self._proposals_path)
             self._reader_pid = os.getpid()
@@ -113,19 +107,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         reader = self._open()
         if reader is None or image_id not in reader:
             return np.zeros((0, 4), np.float32)
-        boxes = np.asarray(reader.boxes(image_id), np.float32).reshape(-1, 4)
+        boxes = boxes_for(reader, image_id, (width, height))
         if self.max_proposals is not None:
             boxes = boxes[: self.max_proposals]
-        try:
-            pw, ph = reader.image_size(image_id)
-        except Exception:  # noqa: BLE001 - an older file without sizes: assume the same image
-            pw, ph = width, height
-        if (pw, ph) != (width, height) and pw and ph:
-            boxes = boxes * np.array([width / pw, height / ph, width / pw, height / ph], np.float32)
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        keep = (boxes[:, 2] > boxes[:, 0] + 1e-3) & (boxes[:, 3] > boxes[:, 1] + 1e-3)
-        return boxes[keep]
+        return clip_boxes(boxes, width, height, min_side=1e-3)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         for attempt in range(len(self.records)):

@@ -24,7 +24,7 @@ from rcnn_cli.log import logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
-    from rcnn_cli.detections import ImageDetections
+    from rcnn_cli.io.detections import ImageDetections
 
 __all__ = ["METRICS", "evaluate", "voc_match", "voc07_ap", "voc12_ap", "ClassMatch", "coco_evaluate", "COCO_KEYS",
            "json_summary", "results_table"]
@@ -46,7 +46,7 @@ def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], me
     :class:`UserError`, or a warning with ``ignore_unknown``. ``curves=True`` adds
     ``"curves": {class: (recall, precision)}`` arrays for plotting.
     """
-    from rcnn_cli.detections import check_known, count_detections
+    from rcnn_cli.io.detections import check_known, count_detections
 
     metric = metric.lower()
     if metric not in METRICS:

@@ -1,7 +1,7 @@
 """COCO detection metrics through pycocotools (not re-implemented): the ground truth and the
 results are handed to ``COCO``/``COCOeval`` in memory.
 
-Mapping: image ids through :func:`rcnn_cli.detections.coco_image_ids` (original ids for COCO
+Mapping: image ids through :func:`rcnn_cli.io.detections.coco_image_ids` (original ids for COCO
 data), categories through ``Dataset.category_ids``; boxes ``x1, y1, x2, y2`` become
 ``[x, y, w, h]`` with ``w = x2 - x1``; ``difficult`` (COCO's ``iscrowd`` when read from COCO)
 becomes ``iscrowd = 1``, which COCOeval ignores. Object areas (for APs/APm/APl) are box areas
@@ -18,7 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
-    from rcnn_cli.detections import ImageDetections
+    from rcnn_cli.io.detections import ImageDetections
 
 __all__ = ["COCO_KEYS", "build_coco_gt", "coco_results_array", "coco_evaluate"]
 
@@ -30,7 +30,7 @@ def build_coco_gt(dataset: "Dataset"):
     """A ``pycocotools.coco.COCO`` ground-truth object for ``dataset`` (built in memory)."""
     from pycocotools.coco import COCO
 
-    from rcnn_cli.detections import coco_image_ids
+    from rcnn_cli.io.detections import coco_image_ids
 
     image_ids = coco_image_ids(dataset)
     cat_ids = {c: int(dataset.category_ids.get(c, i + 1)) for i, c in enumerate(dataset.classes)}
@@ -66,7 +66,7 @@ def build_coco_gt(dataset: "Dataset"):
 
 def coco_results_array(dataset: "Dataset", detections: Mapping[str, "ImageDetections"]) -> np.ndarray:
     """Detections as pycocotools' ``(N, 7)`` array ``[image_id, x, y, w, h, score, category_id]``."""
-    from rcnn_cli.detections import coco_image_ids
+    from rcnn_cli.io.detections import coco_image_ids
 
     image_ids = coco_image_ids(dataset)
     cat_ids = {c: int(dataset.category_ids.get(c, i + 1)) for i, c in enumerate(dataset.classes)}

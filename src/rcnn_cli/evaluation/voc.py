@@ -32,7 +32,7 @@ from rcnn_cli.boxes import voc_iou
 
 if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
-    from rcnn_cli.detections import ImageDetections
+    from rcnn_cli.io.detections import ImageDetections
 
 __all__ = ["VOC07_THRESHOLDS", "voc07_ap", "voc12_ap", "ClassMatch", "voc_match", "voc_ap_from_match"]
 
@@ -174,7 +174,7 @@ def voc_match(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], i
     """Match detections to ground truth for every class (see the module docstring).
 
     Detections of images or classes outside ``dataset`` are ignored here (check them first with
-    :func:`rcnn_cli.detections.check_known`). ``chunk`` bounds the number of (detection, object)
+    :func:`rcnn_cli.io.detections.check_known`). ``chunk`` bounds the number of (detection, object)
     pairs scored at once.
     """
     K, n_images, gt, det = _gather(dataset, detections)

@@ -22,11 +22,11 @@ Interface (torchvision's detection convention)::
 from __future__ import annotations
 
 import math
-
-import numpy as np
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,16 +35,19 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 
-from rcnn_cli.boxes import decode, encode
+from rcnn_cli.boxes import decode, encode, resize_boxes
+from rcnn_cli.detector import DetectConfig, Detector
 from rcnn_cli.errors import UserError
+from rcnn_cli.log import logger
 
-__all__ = ["FastRCNNConfig", "FastRCNN", "build_fast_rcnn", "sample_rois", "BOX_WEIGHTS", "DEFAULT_FROZEN"]
+__all__ = ["TRAIN_DEFAULTS", "FastRCNNConfig", "FastRCNN", "build_fast_rcnn", "sample_rois", "BOX_WEIGHTS", "FastRCNNDetector",
+           "train_fast_rcnn", "load_fast_rcnn"]
+
+#: Training settings of ``rcnn fast train`` that differ from :class:`rcnn_cli.engine.TrainConfig`'s.
+TRAIN_DEFAULTS = {"epochs": 10}
 
 #: Box-coder weights of Fast/Faster R-CNN (targets divided by stds 0.1, 0.1, 0.2, 0.2).
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-
-#: Leading trunk modules kept frozen by default (the paper does not fine-tune conv1-conv2 of VGG16).
-DEFAULT_FROZEN = {"efficientnet_lite0": 3, "alexnet": 3, "vgg16": 10, "resnet50": 5}
 
 
 @dataclass
@@ -53,12 +56,13 @@ class FastRCNNConfig:
 
     backbone: str = "efficientnet_lite0"
     classes: list[str] = field(default_factory=list)
+    weights: str = "imagenet"  # the backbone's starting weights (imagenet | none | a file)
     weights_id: str = ""
-    head: str = "auto"              # "fc": 7x7 RoI pool + two new FC layers; "backbone": the backbone's own head
+    head: str = "auto"              # "mlp": 7x7 RoI pool + two new FC layers; "backbone": the backbone's own head
     roi_size: int = 7
     roi_align: bool = False
-    representation_size: int = 1024  # width of the two FC layers of head "fc"
-    frozen_layers: int | None = None  # leading trunk modules not trained (None: the backbone default)
+    representation_size: int = 1024  # width of the two FC layers of head "mlp"
+    frozen_layers: int | None = None  # leading trunk modules not trained (None: the backbone registry's)
     min_size: int = 600
     max_size: int = 1000
     # training
@@ -68,20 +72,32 @@ class FastRCNNConfig:
     bg_iou_low: float = 0.1
     max_proposals: int = 2000
     # inference
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.3
-    detections_per_img: int = 100
+    score_thresh: float = DetectConfig.score_threshold
+    nms_thresh: float = DetectConfig.nms
+    detections_per_img: int = DetectConfig.top_k
     # how proposals were made for training (detect without a file makes them the same way)
     proposals: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fg_fraction <= 1:
+            raise UserError(f"--fg-fraction must be in (0, 1], got {self.fg_fraction}")
+        if self.rois_per_image < 1:
+            raise UserError(f"--rois-per-image must be at least 1, got {self.rois_per_image}")
+        if self.min_size < 32 or self.max_size < self.min_size:
+            raise UserError(f"--min-size {self.min_size} / --max-size {self.max_size}: need 32 <= min-size <= max-size")
+        if self.head not in ("auto", "mlp", "fc", "backbone"):
+            raise UserError(f"--head {self.head}: choose mlp or backbone (or auto)")
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def resolved_head(self) -> str:
+        if self.head == "fc":  # the name runs of rcnn 0.1 recorded for the MLP head
+            return "mlp"
         if self.head != "auto":
             return self.head
-        return "backbone" if self.backbone in ("vgg16", "alexnet") else "fc"
+        return "backbone" if self.backbone in ("vgg16", "alexnet") else "mlp"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -187,14 +203,9 @@ class FastRCNN(nn.Module):
                              aligned=True)
         return roi_pool(features, rois, output_size=size, spatial_scale=1.0 / self.stride)
 
-    def _scale(self, boxes: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
-        """Boxes from original ``(h, w)`` pixels to resized pixels."""
-        ry, rx = resized[0] / original[0], resized[1] / original[1]
-        return boxes * torch.tensor([rx, ry, rx, ry], dtype=boxes.dtype, device=boxes.device)
-
     def _prepare_proposals(self, props: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
         props = props.reshape(-1, 4).float()[: self.config.max_proposals]
-        props = clip_boxes_to_image(self._scale(props, original, resized), resized)
+        props = clip_boxes_to_image(resize_boxes(props, original[::-1], resized[::-1]), resized)
         keep = remove_small_boxes(props, 1e-2)
         return props[keep]
 
@@ -261,17 +272,9 @@ class FastRCNN(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = batched_nms(boxes, scores, labels, self.config.nms_thresh)[: self.config.detections_per_img]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            ry, rx = orig[0] / size[0], orig[1] / size[1]
-            boxes = boxes * torch.tensor([rx, ry, rx, ry], dtype=boxes.dtype, device=boxes.device)
+            boxes = resize_boxes(boxes, size[::-1], orig[::-1])  # (h, w) sizes -> original pixels
             results.append({"boxes": boxes, "scores": scores, "labels": labels})
         return results
-
-
-def _freeze_leading(trunk: nn.Module, n: int) -> None:
-    children = list(trunk.children())
-    for module in children[: max(0, min(n, len(children)))]:
-        for p in module.parameters():
-            p.requires_grad_(False)
 
 
 def build_fast_rcnn(config: FastRCNNConfig, weights: str = "imagenet") -> FastRCNN:
@@ -279,7 +282,7 @@ def build_fast_rcnn(config: FastRCNNConfig, weights: str = "imagenet") -> FastRC
 
     Batch norms are frozen (statistics and affine), as in torchvision's detection models: minibatches of
     two images cannot estimate them. The first ``config.frozen_layers`` trunk modules are not trained
-    (the backbone's :data:`DEFAULT_FROZEN` when None).
+    (the backbone registry's ``frozen_modules`` when None).
     """
     from rcnn_cli import backbones
 
@@ -293,14 +296,14 @@ def build_fast_rcnn(config: FastRCNNConfig, weights: str = "imagenet") -> FastRC
             config.roi_size = int(fixed)  # flatten + fc6 need the exact pool5 size
         elif fixed and config.roi_size == 7:
             config.roi_size = int(fixed)
-    elif config.resolved_head() != "fc":
-        raise UserError(f"--head {config.head}: choose fc or backbone")
+    elif config.resolved_head() != "mlp":
+        raise UserError(f"--head {config.head}: choose mlp or backbone")
     config.head = config.resolved_head()
     if not config.weights_id:
         config.weights_id = backbones.weights_id(config.backbone, weights)
-    frozen = DEFAULT_FROZEN.get(config.backbone, 0) if config.frozen_layers is None else config.frozen_layers
+    frozen = spec.frozen_modules if config.frozen_layers is None else config.frozen_layers
     config.frozen_layers = frozen
-    _freeze_leading(trunk, frozen)
+    backbones.freeze_leading(trunk, frozen)
     return FastRCNN(trunk, channels, stride, config, spec.mean, spec.std, head=head)
 
 
@@ -321,49 +324,51 @@ def _proposal_settings(attrs: dict[str, Any]) -> dict[str, Any]:
 
 def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig, proposals,
                     weights: str = "imagenet", resume: bool = False, val_dataset=None,
-                    val_proposals=None, val_metric: str = "voc12", command: str = "rcnn fast train") -> dict[str, Any]:
+                    val_proposals=None, val_metric: str = "voc12", command: str = "rcnn fast train",
+                    sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Train Fast R-CNN on ``dataset`` (a :class:`rcnn_cli.data.Dataset`) with region ``proposals``
-    (path of a proposals file) into ``out_dir`` through :func:`rcnn_cli.engine.train`.
+    (path of a proposals file) into ``out_dir`` through the one trainer (:func:`rcnn_cli.engine.train`).
 
     ``model_config.classes`` defaults to the dataset's classes. With ``val_dataset``, the mAP
     (``val_metric``) on it is computed after every epoch from ``val_proposals`` (default: the same
-    file). Returns the engine's summary (+ ``"val"``: the last validation result).
+    file). ``sources`` (setting -> where its value came from) goes into the run record. Returns the
+    trainer's summary (+ ``"val"``: the last validation result).
     """
     from pathlib import Path
 
     from rcnn_cli import engine
     from rcnn_cli.data.torch_dataset import DetectionDataset
-    from rcnn_cli.proposals import load as load_proposals
+    from rcnn_cli.rcnn.proposals import load as load_proposals
+    from rcnn_cli.runtime import seed_everything
 
     out_dir = Path(out_dir)
     if not dataset.classes:
         raise UserError("the dataset has no classes")
     if not model_config.classes:
         model_config.classes = list(dataset.classes)
-    reader = load_proposals(proposals)
-    try:
+    with load_proposals(proposals) as reader:
         model_config.proposals = dict(_proposal_settings(dict(reader.attrs)), file=str(proposals))
-    finally:
-        reader.close()
     train_set = DetectionDataset(dataset, flip=True, proposals=proposals, seed=train_config.seed,
                                  max_proposals=model_config.max_proposals)
-    engine.seed_everything(train_config.seed)
-    model = build_fast_rcnn(model_config, "none" if resume and (out_dir / engine.CHECKPOINT_DIR).is_dir() else weights)
-    if resume and (out_dir / engine.CHECKPOINT_DIR).is_dir():
-        model.config.weights_id = engine.read_run_config(out_dir)["model"].get("weights_id", model.config.weights_id)
+    seed_everything(train_config.seed)
+    resuming = resume and engine.find_checkpoint(out_dir) is not None
+    model_config.weights = str(weights)
+    model = build_fast_rcnn(model_config, "none" if resuming else weights)
+    if resuming:
+        from rcnn_cli.io.runs import read_run
 
+        model.config.weights_id = read_run(out_dir).model.get("weights_id", model.config.weights_id)
     last_val: dict[str, Any] = {}
     evaluate_fn = None
     if val_dataset is not None:
         def evaluate_fn(net: nn.Module, epoch: int) -> dict:
-            result = evaluate_model(net, val_dataset, val_proposals or proposals, metric=val_metric,
-                                    device=next(net.parameters()).device)
+            result = evaluate_model(net, val_dataset, val_proposals or proposals, metric=val_metric)
             last_val.clear()
             last_val.update(result)
             return {"mAP": float(result["mAP"]), **{f"AP_{c}": float(v) for c, v in result["AP"].items() if v is not None}}
 
     summary = engine.train(model, train_set, out_dir, train_config, resume=resume, model_config=model.config.to_dict(),
-                           evaluate_fn=evaluate_fn, command=command)
+                           evaluate_fn=evaluate_fn, command=command, kind="fast", sources=sources)
     if last_val:
         summary["val"] = {k: v for k, v in last_val.items() if k != "curves"}
     return summary
@@ -373,148 +378,129 @@ def load_fast_rcnn(run_dir, device: str | torch.device = "cpu") -> FastRCNN:
     """The trained model of a run directory (``config.json`` + ``model.safetensors``), in eval mode."""
     from pathlib import Path
 
-    from rcnn_cli import engine
+    from rcnn_cli.engine import CHECKPOINT_DIR
+    from rcnn_cli.io.runs import read_run
+    from rcnn_cli.io.tensors import load_state
+    from rcnn_cli.runtime import resolve_device
 
     run_dir = Path(run_dir)
-    config = FastRCNNConfig.from_dict(engine.read_run_config(run_dir)["model"])
+    run = read_run(run_dir)
+    if run.kind != "fast":
+        raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a Fast R-CNN one (use `rcnn detect`)")
+    config = FastRCNNConfig.from_dict(run.model)
     weights_file = run_dir / "model.safetensors"
-    if not weights_file.is_file() and (run_dir / engine.CHECKPOINT_DIR / "model.safetensors").is_file():
-        weights_file = run_dir / engine.CHECKPOINT_DIR / "model.safetensors"
+    if not weights_file.is_file() and (run_dir / CHECKPOINT_DIR / "model.safetensors").is_file():
+        weights_file = run_dir / CHECKPOINT_DIR / "model.safetensors"
     with torch.random.fork_rng(devices=[]):
         model = build_fast_rcnn(config, "none")
-    engine.load_weights(model, weights_file)
-    device = engine.resolve_device(device) if isinstance(device, str) else device
-    return model.to(device).eval()
+    load_state(model, weights_file)
+    return model.to(resolve_device(device)).eval()
 
 
-class FastRCNNDetector:
-    """``detector(image, image_id) -> ImageDetections`` for :func:`rcnn_cli.inference.run_inference`.
+class FastRCNNDetector(Detector):
+    """A trained Fast R-CNN: ``detect(image, image_id) -> ImageDetections``.
 
-    Proposals come from ``proposals`` (a proposals file) when given, else from selective search run
-    on the fly with the settings the model was trained with. ``timings``: "proposals", "network"
-    (resize + trunk + RoI head + NMS on the device), "post" (conversion to class names).
+    Proposals come from ``proposals`` (a proposals file or reader) when it has the image, else from
+    selective search run on the fly with the settings the model was trained with. ``timings``:
+    "proposals", "network" (resize + trunk + RoI head + NMS on the device), "post" (class names).
     """
 
-    def __init__(self, run_dir, device: str = "auto", score_threshold: float | None = None, nms: float | None = None,
-                 top_k: int | None = None, proposals=None, max_proposals: int | None = None) -> None:
-        from rcnn_cli import engine
+    kind = "fast"
+
+    def __init__(self, model: FastRCNN, config: DetectConfig | None = None, proposals=None,
+                 max_proposals: int | None = None) -> None:
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()
-
-        self.device = engine.resolve_device(device)
-        self.model = load_fast_rcnn(run_dir, self.device)
-        from rcnn_cli.inference import check_detect_settings
-
-        check_detect_settings(score_threshold, nms, top_k)
-        cfg = self.model.config
-        if score_threshold is not None:
-            cfg.score_thresh = float(score_threshold)
-        if nms is not None:
-            cfg.nms_thresh = float(nms)
-        if top_k is not None:
-            cfg.detections_per_img = int(top_k)
-        if max_proposals is not None:
-            cfg.max_proposals = int(max_proposals)
+        self.model = model
+        self.device = next(model.parameters()).device
+        cfg = model.config
+        self.config = config or DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img)
+        self.max_proposals = int(max_proposals or cfg.max_proposals)
         self.classes = list(cfg.classes)
-        self.reader = None
-        if proposals is not None:
-            from rcnn_cli.proposals import load as load_proposals
-
-            self.reader = proposals if hasattr(proposals, "boxes") else load_proposals(proposals)
+        self.reader, self._own_reader = _open_proposals(proposals)
         self._warned = False
 
+    @classmethod
+    def from_run(cls, run_dir, device: str = "auto", config: DetectConfig | None = None, proposals=None,
+                 max_proposals: int | None = None) -> "FastRCNNDetector":
+        """``proposals``: a proposals file (else selective search on the fly); ``max_proposals``:
+        top-ranked proposals used per image (default: as trained)."""
+        from rcnn_cli.runtime import resolve_device
+
+        return cls(load_fast_rcnn(run_dir, resolve_device(device)), config, proposals, max_proposals)
+
     def close(self) -> None:
-        if self.reader is not None and hasattr(self.reader, "close"):
+        if self._own_reader:
             self.reader.close()
 
-    def propose(self, image) -> np.ndarray:
-        """Selective search with the training run's settings (``mode``, ``max_size``, ``min_size``)."""
-        from rcnn_cli.proposals import selective_search
+    def settings(self) -> dict:
+        return dict(super().settings(), max_proposals=self.max_proposals,
+                    proposals=str(getattr(self.reader, "path", "")) or "selective search on the fly")
 
+    def propose(self, image, image_id: str) -> np.ndarray:
+        """Proposals ``(N, 4)``: from the store when it has the image (rescaled to this image's size),
+        else selective search with the training run's settings."""
+        from rcnn_cli.rcnn.proposals import boxes_for, selective_search
+
+        if self.reader is not None:
+            if image_id in self.reader:
+                return boxes_for(self.reader, image_id, image.size)
+            logger.warning("%s: not in the proposals file; running selective search", image_id)
         settings = self.model.config.proposals or {}
         method = settings.get("method", "selective-search")
         if method not in ("selective-search", "selective_search", "ss") and not self._warned:
-            from rcnn_cli.log import logger
-
             logger.warning("the model was trained on '%s' proposals; without --proposals, selective search is used", method)
             self._warned = True
         kwargs = {k: settings[k] for k in ("mode", "max_size", "min_size") if settings.get(k) is not None}
-        return selective_search(image, **kwargs)
-
-    def proposals_for(self, image, image_id: str) -> np.ndarray:
-        if self.reader is not None:
-            if image_id in self.reader:
-                boxes = np.asarray(self.reader.boxes(image_id), np.float32).reshape(-1, 4)
-                try:
-                    pw, ph = self.reader.image_size(image_id)
-                except Exception:  # noqa: BLE001
-                    pw, ph = image.size
-                w, h = image.size
-                if (pw, ph) != (w, h) and pw and ph:
-                    boxes = boxes * np.array([w / pw, h / ph, w / pw, h / ph], np.float32)
-                return boxes
-            from rcnn_cli.log import logger
-
-            logger.warning("%s: not in the proposals file; running selective search", image_id)
-        return np.asarray(self.propose(image), np.float32).reshape(-1, 4)
+        return np.asarray(selective_search(image, **kwargs), np.float32).reshape(-1, 4)
 
     @torch.no_grad()
-    def __call__(self, image, image_id: str):
-        import time
-
+    def detect(self, image, image_id: str):
         from rcnn_cli.data.images import to_tensor
-        from rcnn_cli.detections import ImageDetections
+        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.runtime import synchronize
 
         t0 = time.perf_counter()
-        boxes = self.proposals_for(image, image_id)[: self.model.config.max_proposals]
+        boxes = self.propose(image, image_id)[: self.max_proposals]
         t1 = time.perf_counter()
-        tensor = to_tensor(image).to(self.device)
-        out = self.model([tensor], proposals=[torch.from_numpy(boxes).to(self.device)])[0]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        cfg = self.model.config
+        cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img = (
+            self.config.score_threshold, self.config.nms, self.config.top_k)
+        cfg.max_proposals = self.max_proposals
+        out = self.model([to_tensor(image).to(self.device)], proposals=[torch.from_numpy(boxes).to(self.device)])[0]
+        synchronize(self.device)
         t2 = time.perf_counter()
         labels = [self.classes[int(i) - 1] for i in out["labels"].tolist()]
-        det = ImageDetections(image_id, out["boxes"].float().cpu().numpy(), out["scores"].float().cpu().numpy(), labels)
-        t3 = time.perf_counter()
-        det.timings = {"proposals": t1 - t0, "network": t2 - t1, "post": t3 - t2}
+        det = ImageDetections(image_id, out["boxes"].float().cpu().numpy(), out["scores"].float().cpu().numpy(),
+                              labels, num_proposals=int(len(boxes)))
+        det.timings = {"proposals": t1 - t0, "network": t2 - t1, "post": time.perf_counter() - t2}
         return det
 
 
-@torch.no_grad()
-def evaluate_model(model: FastRCNN, dataset, proposals, metric: str = "voc12", device=None) -> dict[str, Any]:
-    """mAP of ``model`` on a labelled ``dataset`` with proposals from a file (path or reader); images
-    missing from the file are skipped with a warning. Returns :func:`rcnn_cli.evaluation.evaluate`'s dict."""
-    from rcnn_cli.data.images import load_image, to_tensor
-    from rcnn_cli.detections import ImageDetections
-    from rcnn_cli.errors import ImageError
+def _open_proposals(proposals) -> tuple[Any, bool]:
+    """``(reader or None, whether it was opened here)`` from a path, a reader or None."""
+    import os
+
+    from rcnn_cli.rcnn.proposals import load as load_proposals
+
+    if isinstance(proposals, (str, os.PathLike)):
+        return load_proposals(proposals), True
+    return proposals, False
+
+
+def evaluate_model(model: FastRCNN, dataset, proposals, metric: str = "voc12") -> dict[str, Any]:
+    """mAP of ``model`` on a labelled ``dataset`` with proposals from a file (path or reader), through
+    the one inference loop. Returns :func:`rcnn_cli.evaluation.evaluate`'s dict."""
     from rcnn_cli.evaluation import evaluate
-    from rcnn_cli.log import logger
-    from rcnn_cli.proposals import load as load_proposals
+    from rcnn_cli.inference import detect_dataset
 
     was_training = model.training
     model.eval()
-    device = device or next(model.parameters()).device
-    reader = proposals if hasattr(proposals, "boxes") else load_proposals(proposals)
-    classes = model.config.classes
-    detections = {}
+    detector = FastRCNNDetector(model, proposals=proposals)
     try:
-        for record in dataset.records:
-            if record.image_id not in reader:
-                logger.warning("%s: no proposals; left out of validation", record.image_id)
-                continue
-            try:
-                image = load_image(record.path)
-            except ImageError as e:
-                logger.warning("%s", e)
-                continue
-            boxes = torch.as_tensor(np.asarray(reader.boxes(record.image_id), np.float32)).reshape(-1, 4)
-            out = model([to_tensor(image).to(device)], proposals=[boxes.to(device)])[0]
-            detections[record.image_id] = ImageDetections(
-                record.image_id, out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
-                [classes[int(i) - 1] for i in out["labels"].tolist()])
+        detections = detect_dataset(detector, dataset, detector.classes)
     finally:
-        if reader is not proposals:
-            reader.close()
+        detector.close()
         model.train(was_training)
     return evaluate(dataset, detections, metric=metric)

@@ -49,11 +49,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from rcnn_cli.detector import DetectConfig, Detector
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 
 __all__ = [
     "MODEL_KIND",
+    "TRAIN_DEFAULTS",
     "default_config",
     "build_model",
     "make_anchor_generator",
@@ -61,20 +63,13 @@ __all__ = [
     "load_model",
     "FasterRCNNDetector",
     "rpn_proposer",
-    "parse_floats",
 ]
 
 MODEL_KIND = "faster_rcnn"
+
+#: Training settings of ``rcnn faster train`` that differ from :class:`rcnn_cli.engine.TrainConfig`'s.
+TRAIN_DEFAULTS = {"epochs": 12}
 MODEL_VERSION = 1
-
-# Leading children of each trunk (``build_trunk``'s Sequential) whose parameters stay frozen.
-_FROZEN_DEFAULT = {
-    "efficientnet_lite0": 4,  # conv_stem, bn1, blocks 0-1 (stride 4)
-    "vgg16": 10,  # conv1_1 .. conv2_2 (+ ReLUs and pool): the paper fine-tunes conv3_1 and up
-    "alexnet": 3,  # conv1
-    "resnet50": 5,  # conv1, bn1, relu, maxpool, layer1 (torchvision's trainable_layers=3)
-}
-
 
 def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0", **overrides: Any) -> dict:
     """The model configuration (JSON-serialisable) with the paper's defaults; ``overrides`` win.
@@ -93,7 +88,7 @@ def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0",
         "weights_id": None,
         "head": "mlp",  # "mlp" (TwoMLPHead 1024) or "backbone" (build_head)
         "representation_size": 1024,
-        "frozen_modules": None,  # None: the backbone's default (_FROZEN_DEFAULT)
+        "frozen_modules": None,  # None: the backbone registry's frozen_modules
         "image_mean": list(spec.mean),
         "image_std": list(spec.std),
         "min_size": 600,
@@ -116,9 +111,9 @@ def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0",
         "box_bg_iou_thresh": 0.5,
         "box_batch_size_per_image": 128,
         "box_positive_fraction": 0.25,
-        "box_score_thresh": 0.05,
-        "box_nms_thresh": 0.3,
-        "box_detections_per_img": 100,
+        "box_score_thresh": DetectConfig.score_threshold,
+        "box_nms_thresh": DetectConfig.nms,
+        "box_detections_per_img": DetectConfig.top_k,
     }
     for key, value in overrides.items():
         if key not in cfg:
@@ -133,6 +128,11 @@ def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0",
         raise UserError(f"head must be 'mlp' or 'backbone' (got '{cfg['head']}')")
     if cfg["fpn"] and cfg["head"] == "backbone":
         raise UserError("head 'backbone' is not available with --fpn (use the MLP head)")
+    for name in ("min_size", "max_size"):
+        if int(cfg[name]) < 16:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 16 (got {cfg[name]})")
+    if int(cfg["max_size"]) < int(cfg["min_size"]):
+        raise UserError(f"--max-size ({cfg['max_size']}) is smaller than --min-size ({cfg['min_size']})")
     sizes = cfg["train_min_sizes"]
     if sizes is not None and (not sizes or any(int(v) < 16 for v in sizes)):
         raise UserError(f"training sizes must be at least 16 pixels (got {sizes})")
@@ -148,21 +148,6 @@ def _check_anchors(cfg: dict) -> None:
         raise UserError(f"aspect ratios must be positive numbers (got {ratios})")
     if cfg["fpn"] and len(sizes) != 5:
         raise UserError(f"with --fpn give 5 anchor sizes, one per pyramid level P2-P6 (got {len(sizes)})")
-
-
-def parse_floats(text: str | Sequence[float] | None, what: str) -> list[float] | None:
-    """``"128,256,512"`` -> ``[128.0, 256.0, 512.0]``; ``None`` stays ``None``; bad text is a UserError."""
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        return [float(v) for v in text]
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise UserError(f"{what}: expected comma-separated numbers, got '{text}'") from None
-    if not values:
-        raise UserError(f"{what}: expected comma-separated numbers, got '{text}'")
-    return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,13 +185,6 @@ class _Trunk(nn.Module):
         return self.body(x)
 
 
-def _freeze_leading(body: nn.Module, n: int) -> None:
-    children = list(body.children())
-    for child in children[: max(0, n)]:
-        for p in child.parameters():
-            p.requires_grad_(False)
-
-
 def _resnet_fpn(weights: str) -> nn.Module:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
@@ -239,7 +217,7 @@ def build_model(cfg: dict, weights: str = "none") -> nn.Module:
     from torchvision.models.detection.rpn import RPNHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    from rcnn_cli.backbones import build_head, build_trunk
+    from rcnn_cli.backbones import build_head, build_trunk, freeze_leading, get_spec
 
     num_classes = len(cfg["classes"]) + 1
     name = cfg["backbone"]
@@ -253,7 +231,7 @@ def build_model(cfg: dict, weights: str = "none") -> nn.Module:
     else:
         body, channels, _stride = build_trunk(name, weights, freeze_bn=True)
         frozen = cfg.get("frozen_modules")
-        _freeze_leading(body, _FROZEN_DEFAULT.get(name, 0) if frozen is None else int(frozen))
+        freeze_leading(body, get_spec(name).frozen_modules if frozen is None else int(frozen))
         backbone = _Trunk(body, channels)
         featmap_names = ["0"]
         anchor_gen = make_anchor_generator(cfg["anchor_sizes"], cfg["aspect_ratios"], levels=1)
@@ -369,146 +347,120 @@ def fit_anchor_sizes(dataset, n: int = 3, min_size: int = 600, max_size: int = 1
 # Loading a trained model
 
 
-def _model_config_from(record: dict, path: Path) -> dict:
-    """Find the model configuration in a run's config.json, whatever wrapping the engine used."""
-    candidates = [record]
-    for key in ("model_config", "model", "config"):
-        if isinstance(record.get(key), dict):
-            candidates.append(record[key])
-            for sub in ("model_config", "model"):
-                if isinstance(record[key].get(sub), dict):
-                    candidates.append(record[key][sub])
-    for c in candidates:
-        if c.get("kind") == MODEL_KIND:
-            return c
-    for c in candidates:
-        if c.get("kind"):
-            raise UserError(f"{path}: a '{c['kind']}' model, not a Faster R-CNN one (use the matching command)")
-    raise UserError(f"{path}: not a Faster R-CNN model configuration")
+def _model_config_from(run_dir: Path) -> dict:
+    """The Faster R-CNN model configuration of a run (any run format); another kind is a UserError."""
+    from rcnn_cli.io.runs import read_run
+
+    run = read_run(run_dir)
+    if run.kind != "faster":
+        raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a Faster R-CNN one (use `rcnn detect`)")
+    return run.model
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
+               overrides: dict | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from ``RUN_DIR/config.json`` + ``RUN_DIR/model.safetensors``.
 
-    Returns ``(model in eval mode on device, model configuration)``. A missing directory, a
-    configuration of another model or weights that do not fit are one-line :class:`UserError`.
+    ``overrides`` replace model settings before building (e.g. the RPN's test-time top-N). Returns
+    ``(model in eval mode on device, model configuration)``. A missing directory, a configuration
+    of another model or weights that do not fit are one-line :class:`UserError`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from rcnn_cli.io import read_json
+    from rcnn_cli.io.tensors import load_state
+    from rcnn_cli.runtime import resolve_device
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UserError(f"{model_dir}: model directory not found")
-    cfg_path, weights_path = model_dir / "config.json", model_dir / "model.safetensors"
+    cfg = _model_config_from(model_dir)
+    weights_path = model_dir / "model.safetensors"
     if not weights_path.is_file():
         raise UserError(f"{weights_path}: not found (is the training finished? `rcnn faster train --resume` goes on)")
-    cfg = _model_config_from(read_json(cfg_path), cfg_path)
     if int(cfg.get("version", 0)) > MODEL_VERSION:
-        raise UserError(f"{cfg_path}: model version {cfg['version']} is newer than this rcnn ({MODEL_VERSION})")
+        raise UserError(f"{model_dir}/config.json: model version {cfg['version']} is newer than this rcnn ({MODEL_VERSION})")
+    cfg = dict(cfg, **(overrides or {}))
     model = build_model(cfg, weights="none")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{weights_path}: not a readable safetensors file ({e})") from None
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        example = (wrong + missing + unexpected)[0]
-        raise UserError(f"{weights_path}: weights do not match the model in config.json ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. {example})")
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), cfg
+    load_state(model, weights_path)
+    return model.to(resolve_device(device)).eval(), cfg
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    from rcnn_cli.engine import resolve_device
-
-    return resolve_device(device)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _rpn_top_n(cfg: dict, post_nms_top_n: int | None) -> dict:
+    """Model overrides for ``post_nms_top_n`` RPN proposals per test image (pre-NMS raised to match)."""
+    if post_nms_top_n is None:
+        return {}
+    if post_nms_top_n < 1:
+        raise UserError(f"the number of RPN proposals must be at least 1 (got {post_nms_top_n})")
+    return {"rpn_post_nms_top_n_test": int(post_nms_top_n),
+            "rpn_pre_nms_top_n_test": max(int(cfg["rpn_pre_nms_top_n_test"]), int(post_nms_top_n))}
 
 
-class FasterRCNNDetector:
-    """A trained Faster R-CNN, ready to detect: ``detector(image, image_id) -> ImageDetections``.
+def _rpn_boxes(model: nn.Module, images, features) -> list[torch.Tensor]:
+    proposals, _ = model.rpn(images, features)
+    return proposals
 
-    ``score_threshold`` / ``nms`` / ``top_k`` / ``rpn_post_nms_top_n`` override the run's defaults
-    (0.05, 0.3, 100 and 300). Timings: ``"network"`` (resize, trunk, RPN, RoI head) and ``"post"``
-    (softmax, box decoding, per-class NMS, rescaling to original pixels).
+
+def _trunk(model: nn.Module, x: torch.Tensor):
+    """Resize + normalise, then the backbone: ``(ImageList, {"0": features, ...})``."""
+    images, _ = model.transform([x])
+    features = model.backbone(images.tensors)
+    return images, ({"0": features} if isinstance(features, torch.Tensor) else features)
+
+
+class FasterRCNNDetector(Detector):
+    """A trained Faster R-CNN: ``detect(image, image_id) -> ImageDetections`` (boxes in original pixels).
+
+    Timings: ``"network"`` (resize, trunk, RPN, RoI head) and ``"post"`` (softmax, box decoding,
+    per-class NMS, rescaling); ``num_proposals`` the RPN boxes the head scored.
     """
 
-    def __init__(self, model_dir: str | Path, device: str | torch.device = "auto", score_threshold: float | None = None,
-                 nms: float | None = None, top_k: int | None = None, rpn_post_nms_top_n: int | None = None):
+    kind = "faster"
+
+    def __init__(self, model: nn.Module, model_config: dict, config: DetectConfig | None = None) -> None:
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()
-        self.device = _resolve_device(device)
-        self.model, self.config = load_model(model_dir, self.device)
-        self.classes: list[str] = list(self.config["classes"])
-        from rcnn_cli.inference import check_detect_settings
+        self.model, self.model_config = model, model_config
+        self.classes: list[str] = list(model_config["classes"])
+        self.device = next(model.parameters()).device
+        heads = model.roi_heads
+        self.config = config or DetectConfig(float(heads.score_thresh), float(heads.nms_thresh),
+                                             int(heads.detections_per_img))
+        heads.score_thresh, heads.nms_thresh = self.config.score_threshold, self.config.nms
+        heads.detections_per_img = self.config.top_k
 
-        check_detect_settings(score_threshold, nms, top_k)
-        heads = self.model.roi_heads
-        if score_threshold is not None:
-            heads.score_thresh = float(score_threshold)
-        if nms is not None:
-            heads.nms_thresh = float(nms)
-        if top_k is not None:
-            heads.detections_per_img = int(top_k)
-        if rpn_post_nms_top_n is not None:
-            _set_rpn_top_n(self.model, rpn_post_nms_top_n)
+    @classmethod
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+                 rpn_top_n: int | None = None) -> "FasterRCNNDetector":
+        """``rpn_top_n``: RPN proposals per image (default: the run's, 300)."""
+        cfg = _model_config_from(Path(run_dir))
+        model, cfg = load_model(run_dir, device, overrides=_rpn_top_n(cfg, rpn_top_n))
+        base = DetectConfig(float(cfg["box_score_thresh"]), float(cfg["box_nms_thresh"]),
+                            int(cfg["box_detections_per_img"]))
+        return cls(model, cfg, config or base)
 
     def settings(self) -> dict:
-        """The detection settings in effect (for the run record)."""
-        h, rpn = self.model.roi_heads, self.model.rpn
-        return {"score_threshold": h.score_thresh, "nms": h.nms_thresh, "top_k": h.detections_per_img,
-                "rpn_post_nms_top_n": rpn._post_nms_top_n["testing"], "device": str(self.device)}
+        return dict(super().settings(), rpn_post_nms_top_n=int(self.model_config["rpn_post_nms_top_n_test"]))
 
     @torch.inference_mode()
-    def __call__(self, image, image_id: str):
+    def detect(self, image, image_id: str):
         from rcnn_cli.data.images import to_tensor
-        from rcnn_cli.detections import ImageDetections
+        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.runtime import synchronize
 
-        model = self.model
+        model, heads = self.model, self.model.roi_heads
         t0 = time.perf_counter()
         x = to_tensor(image).to(self.device, non_blocking=True)
-        original = (x.shape[-2], x.shape[-1])
-        images, _ = model.transform([x])
-        features = model.backbone(images.tensors)
-        if isinstance(features, torch.Tensor):
-            features = {"0": features}
-        proposals, _ = model.rpn(images, features)
-        heads = model.roi_heads
+        images, features = _trunk(model, x)
+        proposals = _rpn_boxes(model, images, features)
         pooled = heads.box_roi_pool(features, proposals, images.image_sizes)
         logits, deltas = heads.box_predictor(heads.box_head(pooled))
-        _sync(self.device)
+        synchronize(self.device)
         t1 = time.perf_counter()
         boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
         dets = [{"boxes": boxes[0], "scores": scores[0], "labels": labels[0]}]
-        dets = model.transform.postprocess(dets, images.image_sizes, [original])[0]
-        boxes_np = dets["boxes"].float().cpu().numpy().astype(np.float32)
-        scores_np = dets["scores"].float().cpu().numpy().astype(np.float32)
+        dets = model.transform.postprocess(dets, images.image_sizes, [(x.shape[-2], x.shape[-1])])[0]
         names = [self.classes[int(i) - 1] for i in dets["labels"].cpu().tolist()]
-        t2 = time.perf_counter()
-        return ImageDetections(image_id=image_id, boxes=boxes_np.reshape(-1, 4), scores=scores_np, labels=names,
-                               timings={"network": t1 - t0, "post": t2 - t1})
-
-
-def _set_rpn_top_n(model: nn.Module, post_nms_top_n: int) -> None:
-    if post_nms_top_n < 1:
-        raise UserError(f"the number of RPN proposals must be at least 1 (got {post_nms_top_n})")
-    rpn = model.rpn
-    rpn._post_nms_top_n["testing"] = int(post_nms_top_n)
-    rpn._pre_nms_top_n["testing"] = max(int(rpn._pre_nms_top_n["testing"]), int(post_nms_top_n))
+        det = ImageDetections(image_id, dets["boxes"].float().cpu().numpy().reshape(-1, 4),
+                              dets["scores"].float().cpu().numpy(), names, num_proposals=int(len(proposals[0])))
+        det.timings = {"network": t1 - t0, "post": time.perf_counter() - t1}
+        return det
 
 
 def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
@@ -517,38 +469,31 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
 
     Returns ``propose(image: PIL.Image) -> (N, 4) float32`` boxes in original image pixels, in
     decreasing objectness, at most ``post_nms_top_n`` after the RPN's NMS at 0.7 (pre-NMS top-N is
-    raised to at least that many). Give it to ``rcnn_cli.proposals.run_propose(proposer=...)`` to
-    write the standard proposals file.
+    raised to at least that many). Give it to ``rcnn_cli.rcnn.proposals.run_propose(proposer=...)``
+    to write the standard proposals file.
     """
     from torchvision.models.detection.transform import resize_boxes
 
     from rcnn_cli.data.images import to_tensor
 
-    dev = _resolve_device(device)
-    model, _cfg = load_model(model_dir, dev)
-    _set_rpn_top_n(model, post_nms_top_n)
+    cfg = _model_config_from(Path(model_dir))
+    model, _cfg = load_model(model_dir, device, overrides=_rpn_top_n(cfg, post_nms_top_n))
+    dev = next(model.parameters()).device
 
     @torch.inference_mode()
     def propose(image) -> np.ndarray:
         x = to_tensor(image).to(dev)
-        images, _ = model.transform([x])
-        features = model.backbone(images.tensors)
-        if isinstance(features, torch.Tensor):
-            features = {"0": features}
-        boxes, _ = model.rpn(images, features)
-        boxes = resize_boxes(boxes[0], images.image_sizes[0], (x.shape[-2], x.shape[-1]))
+        images, features = _trunk(model, x)
+        boxes = resize_boxes(_rpn_boxes(model, images, features)[0], images.image_sizes[0], (x.shape[-2], x.shape[-1]))
         return boxes.float().cpu().numpy().astype(np.float32).reshape(-1, 4)
 
-    propose.model = model  # type: ignore[attr-defined]
     return propose
 
 
 def rpn_attrs(model_dir: str | Path, post_nms_top_n: int) -> dict:
     """Attributes recorded in a proposals file written by :func:`rpn_proposer`."""
-    from rcnn_cli.io import read_json
-
     model_dir = Path(model_dir)
-    cfg = _model_config_from(read_json(model_dir / "config.json"), model_dir / "config.json")
+    cfg = _model_config_from(model_dir)
     return {"method": "rpn", "model": str(model_dir.resolve()), "backbone": cfg["backbone"],
             "post_nms_top_n": int(post_nms_top_n), "min_size": int(cfg["min_size"]), "max_size": int(cfg["max_size"])}
 
@@ -557,45 +502,15 @@ def rpn_attrs(model_dir: str | Path, post_nms_top_n: int) -> dict:
 # Training and evaluation
 
 
-def detect_dataset(model: nn.Module, dataset, classes: Sequence[str], progress: bool = False) -> dict:
-    """Run ``model`` (eval mode, on its own device) over every image of ``dataset``.
-
-    Returns ``{image_id: ImageDetections}``; unreadable images are logged and skipped.
-    """
-    from rcnn_cli.data.images import load_image, to_tensor
-    from rcnn_cli.detections import ImageDetections
-    from rcnn_cli.errors import ImageError
-    from rcnn_cli.log import progress_bar
-
-    device = next(model.parameters()).device
-    out = {}
-    was_training = model.training
-    model.eval()
-    with progress_bar(enabled=progress) as bar, torch.inference_mode():
-        task = bar.add_task("detect", total=len(dataset.records), status="")
-        for rec in dataset.records:
-            try:
-                image = load_image(rec.path)
-            except ImageError as e:
-                logger.warning("%s; skipped", e)
-                bar.advance(task)
-                continue
-            det = model([to_tensor(image).to(device)])[0]
-            out[rec.image_id] = ImageDetections(
-                image_id=rec.image_id, boxes=det["boxes"].float().cpu().numpy().astype(np.float32).reshape(-1, 4),
-                scores=det["scores"].float().cpu().numpy().astype(np.float32),
-                labels=[classes[int(i) - 1] for i in det["labels"].cpu().tolist()])
-            bar.advance(task)
-    model.train(was_training)
-    return out
-
-
 def make_evaluate_fn(dataset, classes: Sequence[str], metrics: Sequence[str] = ("voc12",)) -> Callable[[nn.Module, int], dict]:
-    """``evaluate_fn(model, epoch) -> {"mAP_voc12": ...}`` for the engine's per-epoch validation."""
+    """``evaluate_fn(model, epoch) -> {"mAP_voc12": ...}`` for the trainer's per-epoch validation,
+    through the one inference loop."""
     from rcnn_cli.evaluation import evaluate
+    from rcnn_cli.inference import detect_dataset
 
     def evaluate_fn(model: nn.Module, epoch: int) -> dict:
-        dets = detect_dataset(model, dataset, classes)
+        cfg = dict(model.rcnn_config, classes=list(classes))
+        dets = detect_dataset(FasterRCNNDetector(model, cfg), dataset, classes)
         return {f"mAP_{m}": float(evaluate(dataset, dets, metric=m)["mAP"]) for m in metrics}
 
     return evaluate_fn
@@ -607,7 +522,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
                  aspect_ratios: Sequence[float] | None = None, auto_anchors: bool = False,
                  min_size: int = 600, max_size: int = 1000, train_sizes: Sequence[int] | None = None,
                  val_split: str | None = None, resume: bool = False, model_overrides: dict | None = None,
-                 command: str = "rcnn faster train") -> dict:
+                 command: str = "rcnn faster train", sources: dict[str, str] | None = None) -> dict:
     """Train a Faster R-CNN on a labelled dataset split with :func:`rcnn_cli.engine.train`.
 
     ``train_config`` is an :class:`rcnn_cli.engine.TrainConfig`. ``auto_anchors`` replaces the
@@ -620,7 +535,8 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.torch_dataset import DetectionDataset
-    from rcnn_cli.engine import read_run_config, seed_everything, train
+    from rcnn_cli.engine import train
+    from rcnn_cli.runtime import seed_everything
 
     out = Path(out)
     ds = load_dataset(dataset_path, split, images)
@@ -629,7 +545,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     cfg = None
     if resume and (out / "config.json").is_file():
         try:
-            cfg = _model_config_from(read_run_config(out), out / "config.json")
+            cfg = _model_config_from(out)
             logger.info("resuming with the model configuration recorded in %s", out / "config.json")
         except UserError:
             cfg = None
@@ -646,6 +562,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
                          aspect_ratios=[float(r) for r in aspect_ratios] if aspect_ratios else None)
         cfg = default_config(ds.classes, backbone, **overrides)
         cfg["weights_id"] = weights_id(backbone, weights)
+        cfg["weights"] = str(weights)
         cfg["auto_anchors"] = bool(auto_anchors)
         cfg["trained_on"] = {"dataset": str(Path(dataset_path).resolve()), "split": split,
                              "images": len(ds.records)}
@@ -659,6 +576,6 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
         evaluate_fn = make_evaluate_fn(val, ds.classes)
     train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed)
     summary = train(model, train_ds, out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
-                    command=command)
+                    command=command, kind="faster", sources=sources)
     summary["model_config"] = cfg
     return summary

@@ -77,6 +77,8 @@ import h5py
 import numpy as np
 
 from rcnn_cli import __version__
+from rcnn_cli.io.files import fsync_path
+from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id, unescape_id
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger
 
@@ -112,17 +114,6 @@ _META_KEYS = ("format", "format_version", "version", "uuid", "config", "created"
 # ----------------------------------------------------------------------------------------------
 # ids
 # ----------------------------------------------------------------------------------------------
-
-def escape_id(image_id: str) -> str:
-    """HDF5 link name for an image id: ``%`` -> ``%25``, ``/`` -> ``%2F``, a lone ``.`` -> ``%2E``."""
-    name = image_id.replace("%", "%25").replace("/", "%2F")
-    return "%2E" if name == "." else name
-
-
-def unescape_id(name: str) -> str:
-    """Inverse of :func:`escape_id`."""
-    return name.replace("%2E", ".").replace("%2F", "/").replace("%25", "%") if "%" in name else name
-
 
 # ----------------------------------------------------------------------------------------------
 # proposal methods
@@ -401,16 +392,6 @@ def _read_journal(out: Path, uuid: str) -> list[dict]:
 # the writer
 # ----------------------------------------------------------------------------------------------
 
-def _attr_value(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
-
-
 def _h5_value(v: Any) -> Any:
     if v is None:
         return ""
@@ -429,14 +410,6 @@ def _write_image(group: h5py.Group, rec: dict) -> None:
     for key in ("image_id", "width", "height", "seconds", "load_seconds", "method", "fallback", "note"):
         ds.attrs[key] = _h5_value(rec.get(key, ""))
     ds.attrs["complete"] = True  # set last
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Store:
@@ -471,16 +444,16 @@ class _Store:
             self.out.unlink()
         if self.out.exists():
             existing = _read_file_attrs(self.out)
-            requested = {k: _attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in _META_KEYS}
+            requested = {k: attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in _META_KEYS}
             diffs = [f"{k}={existing.get(k)!r} (now {v!r})" for k, v in requested.items()
-                     if _attr_value(existing.get(k)) != v]
+                     if attr_value(existing.get(k)) != v]
             if diffs:
                 raise UserError(f"{self.out} was made with different settings: {', '.join(diffs)}; "
                                 "use a new --out or --overwrite")
             self.uuid = str(existing["uuid"])
             with h5py.File(self.out, "r") as f:
                 g = f[GROUP]
-                self.done = {str(_attr_value(ds.attrs["image_id"])) for ds in g.values()
+                self.done = {str(attr_value(ds.attrs["image_id"])) for ds in g.values()
                              if bool(ds.attrs.get("complete", False))}
         else:
             self.uuid = uuidlib.uuid4().hex
@@ -493,7 +466,7 @@ class _Store:
                     f.attrs["uuid"] = self.uuid
                     f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                     f.create_group(GROUP, track_order=True)
-                _fsync(tmp)
+                fsync_path(tmp)
         # Journal: replay records of this file, drop a torn tail and anything stale.
         self.journal.seek(0)
         records, valid_len = _read_records(self.journal.read())
@@ -522,7 +495,7 @@ class _Store:
     def add(self, rec: dict) -> None:
         """Journal one finished image (kill-safe once this returns) and commit when due."""
         boxes = np.ascontiguousarray(rec["boxes"], dtype="<f4").reshape(-1, 4)
-        header = {k: _attr_value(v) for k, v in rec.items() if k != "boxes"}
+        header = {k: attr_value(v) for k, v in rec.items() if k != "boxes"}
         header["kind"] = "image"
         self.journal.seek(0, os.SEEK_END)
         self.journal.write(_encode_record(header, boxes.tobytes()))
@@ -545,9 +518,9 @@ class _Store:
                 g = f[GROUP]
                 for rec in self.pending:
                     _write_image(g, rec)
-            _fsync(tmp)
+            fsync_path(tmp)
         try:
-            _fsync(self.out.parent)
+            fsync_path(self.out.parent)
         except OSError:  # pragma: no cover
             pass
         self.pending = []
@@ -568,7 +541,7 @@ class _Store:
 def _read_file_attrs(path: Path) -> dict:
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+            attrs = {k: attr_value(v) for k, v in f.attrs.items()}
             ok = attrs.get("format") == FORMAT and GROUP in f
     except OSError as e:
         raise UserError(f"{path}: not a readable HDF5 file ({e}); use a new --out or --overwrite") from None
@@ -619,7 +592,7 @@ def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-s
     if attrs:
         file_attrs.update({k: v for k, v in attrs.items() if k not in _META_KEYS})
     method_name = str(file_attrs.get("method", method))
-    config = dict({k: _attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
+    config = dict({k: attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
                   out=str(out), images=len(unique))
     file_attrs["config"] = json.dumps(run_record(command, config))
 
@@ -679,7 +652,7 @@ def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-s
 # reader
 # ----------------------------------------------------------------------------------------------
 
-class ProposalReader:
+class ProposalReader(StoreReader):
     """Lazy reader of a proposals file (and of a journal left beside it by an interrupted run)."""
 
     def __init__(self, path: str | os.PathLike):
@@ -690,7 +663,7 @@ class ProposalReader:
             self._f = h5py.File(self.path, "r")
         except OSError as e:
             raise UserError(f"{self.path}: not a readable HDF5 file ({e})") from None
-        raw = {k: _attr_value(v) for k, v in self._f.attrs.items()}
+        raw = {k: attr_value(v) for k, v in self._f.attrs.items()}
         if raw.get("format") != FORMAT or GROUP not in self._f:
             self._f.close()
             raise UserError(f"{self.path}: not a proposals file (made by `rcnn propose`)")
@@ -710,7 +683,7 @@ class ProposalReader:
     def ids(self) -> list[str]:
         """Ids of complete images, in file order (journalled ones last)."""
         if self._ids is None:
-            ids = [str(_attr_value(ds.attrs["image_id"])) for ds in self._group.values()
+            ids = [str(attr_value(ds.attrs["image_id"])) for ds in self._group.values()
                    if bool(ds.attrs.get("complete", False))]
             have = set(ids)
             ids += [i for i in self._journal if i not in have]
@@ -750,7 +723,7 @@ class ProposalReader:
             d = {k: v for k, v in item.items() if k not in ("boxes", "kind")}
             d["num_boxes"] = len(item["boxes"])
         else:
-            d = {k: _attr_value(v) for k, v in item.attrs.items()}
+            d = {k: attr_value(v) for k, v in item.attrs.items()}
             d["num_boxes"] = int(item.shape[0])
         return d
 
@@ -760,14 +733,22 @@ class ProposalReader:
         except Exception:  # noqa: BLE001
             pass
 
-    def __enter__(self) -> "ProposalReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"ProposalReader({str(self.path)!r}, method={self.attrs.get('method')!r})"
+
+
+def boxes_for(reader, image_id: str, size: tuple[int, int]) -> np.ndarray:
+    """``reader.boxes(image_id)`` in the pixels of an image of ``size`` ``(width, height)``: rescaled
+    when the proposals were computed on another size of the image (any reader with ``boxes`` and,
+    optionally, ``image_size``)."""
+    from rcnn_cli.boxes import resize_boxes
+
+    boxes = np.asarray(reader.boxes(image_id), np.float32).reshape(-1, 4)
+    try:
+        pw, ph = reader.image_size(image_id)
+    except (AttributeError, KeyError, ValueError):  # a file or reader without sizes: the same image
+        return boxes
+    return resize_boxes(boxes, (pw, ph), size) if (pw, ph) != tuple(size) and pw and ph else boxes
 
 
 def load(path: str | os.PathLike) -> ProposalReader:

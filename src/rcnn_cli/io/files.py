@@ -48,22 +48,40 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(f.fileno())
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
+def json_default(obj: Any) -> Any:
+    """``json.dump(default=...)``: numpy scalars and arrays, tensors, paths; anything else as ``str``."""
+    if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, (np.floating,)):
+    if isinstance(obj, np.floating):
         return float(obj)
-    if isinstance(obj, np.ndarray):
+    if hasattr(obj, "tolist"):  # numpy arrays and torch tensors
         return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return str(obj)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` turned into plain JSON types (what :func:`write_json` would write)."""
+    return json.loads(json.dumps(obj, default=json_default))
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's entry to disk (folders: after a rename inside them); best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
     """Write ``data`` as JSON atomically (numpy scalars and arrays allowed)."""
     with atomic_open(path) as f:
-        json.dump(data, f, indent=indent, default=_json_default)
+        json.dump(data, f, indent=indent, default=json_default)
         f.write("\n")
 
 
@@ -90,13 +108,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def run_record(command: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The configuration record written beside every output: command, settings, versions, time."""
+def run_record(command: str, config: dict[str, Any] | None) -> dict[str, Any]:
+    """The configuration record written beside every output: command, settings, versions, time
+    (``config`` None: without the ``config`` entry, for records that hold their settings themselves)."""
     import torch
 
     return {
         "command": command,
-        "config": config,
+        **({} if config is None else {"config": config}),
         "rcnn_version": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,

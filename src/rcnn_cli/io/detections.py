@@ -68,6 +68,8 @@ class ImageDetections:
     #: Evaluation breaks score ties by it, as the devkit's stable sort keeps a file's line order
     #: (VOC files are per class, so this order can interleave images).
     order: np.ndarray | None = None
+    #: Regions the detector scored for this image (None: the method has no proposal stage of its own).
+    num_proposals: int | None = None
 
     def __post_init__(self) -> None:
         self.image_id = str(self.image_id)
@@ -101,6 +103,10 @@ class ImageDetections:
         if self.timings:
             record["timings"] = {k: round(float(v), 6) for k, v in self.timings.items()}
         return record
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same record as a JSON line: ``{"image_id", "detections": [{"label", "score", "box"}]}``."""
+        return self.to_json()
 
 
 def _short_floats(values: np.ndarray) -> list[float]:

@@ -29,19 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from rcnn_cli import __version__
-from rcnn_cli.classifiers import BBoxRegressor, SVMModel
-from rcnn_cli.errors import UserError
-from rcnn_cli.io import read_json, write_json
 
-MODEL_FORMAT = "rcnn-model"
+from rcnn_cli.rcnn.classifiers import BBoxRegressor, SVMModel
+from rcnn_cli.errors import UserError
+from rcnn_cli.detector import DetectConfig, Detector
+
 MODEL_VERSION = 1
 WEIGHTS_FILE = "backbone.safetensors"
 SVM_FILE = "svm.safetensors"
 BBOX_FILE = "bbox.safetensors"
 
 DEFAULT_PROPOSALS = {"method": "selective-search", "mode": "fast", "max_size": 500, "min_size": 20, "limit": None}
-DEFAULT_DETECT = {"score_threshold": 0.05, "nms": 0.3, "top_k": 100}
+DEFAULT_DETECT = DetectConfig().to_dict()
+_D = DetectConfig()
 
 _SVM_ARRAYS = ("weight", "bias")
 _BBOX_ARRAYS = ("weight", "bias", "target_mean", "target_std")
@@ -51,13 +51,22 @@ _BBOX_ARRAYS = ("weight", "bias", "target_mean", "target_std")
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "config.json"
-    if not path.exists():
+    """The model configuration of an R-CNN model directory (``{}`` when it has none yet)."""
+    from rcnn_cli.io.runs import read_run
+
+    if not (model_dir / "config.json").exists():
         return {}
-    cfg = read_json(path)
-    if not isinstance(cfg, dict) or cfg.get("format") != MODEL_FORMAT:
-        raise UserError(f"{path}: not an R-CNN model config (format is not '{MODEL_FORMAT}')")
-    return cfg
+    run = read_run(model_dir)
+    if run.kind != "rcnn":
+        raise UserError(f"{model_dir / 'config.json'}: a '{run.kind}' run, not an R-CNN model directory")
+    return dict(run.model)
+
+
+def _write_config(model_dir: Path, cfg: dict[str, Any], command: str) -> None:
+    from rcnn_cli.io.runs import write_run
+
+    stages = {k: cfg[k] for k in ("svm", "bbox") if k in cfg}
+    write_run(model_dir, "rcnn", cfg, stages, command)
 
 
 _FEATURE_KEYS = ("backbone", "weights_id", "layer", "warp_size", "padding", "feature_dim")
@@ -94,7 +103,7 @@ def _merge_config(model_dir: Path, updates: dict[str, Any]) -> dict[str, Any]:
     arrays = dict(cfg.get("arrays", {}))
     arrays.update(updates.pop("arrays", {}))
     cfg.update(updates)
-    cfg.update({"format": MODEL_FORMAT, "version": MODEL_VERSION, "rcnn_version": __version__, "arrays": arrays})
+    cfg.update({"version": MODEL_VERSION, "arrays": arrays})
     cfg.setdefault("proposals", dict(DEFAULT_PROPOSALS))
     cfg.setdefault("detect", dict(DEFAULT_DETECT))
     cfg.setdefault("weights", "imagenet")
@@ -102,14 +111,11 @@ def _merge_config(model_dir: Path, updates: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    from safetensors.numpy import save_file
+    from rcnn_cli.io.tensors import save_tensors
 
-    from rcnn_cli.io import atomic_path
-
-    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
-    with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp))
-    return {k: list(v.shape) for k, v in arrays.items()}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
+    save_tensors(path, tensors)
+    return {k: list(v.shape) for k, v in tensors.items()}
 
 
 def install_weights(model_dir: str | Path, weights: str | Path | None) -> str:
@@ -141,7 +147,7 @@ def save_svm(model_dir: str | Path, svm: SVMModel, features_cfg: dict[str, Any],
     if proposals:
         updates["proposals"] = proposals
     cfg = _merge_config(model_dir, updates)
-    write_json(model_dir / "config.json", cfg)
+    _write_config(model_dir, cfg, "rcnn train-svm")
     return cfg
 
 
@@ -162,7 +168,7 @@ def save_bbox(model_dir: str | Path, reg: BBoxRegressor, features_cfg: dict[str,
     if "feature_scale" in cfg:
         updates.pop("feature_scale", None)  # keep the SVM's scale; the regressor records its own
     cfg = _merge_config(model_dir, updates)
-    write_json(model_dir / "config.json", cfg)
+    _write_config(model_dir, cfg, "rcnn train-bbox")
     return cfg
 
 
@@ -199,15 +205,9 @@ def _need(cfg: dict, key: str, types: type | tuple, where: Path) -> Any:
 
 
 def _load_arrays(path: Path, names: tuple[str, ...], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from rcnn_cli.io.tensors import load_tensors
 
-    if not path.is_file():
-        raise UserError(f"{path}: missing model array file")
-    try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    arrays = {k: v.numpy() for k, v in load_tensors(path, "model array").items()}
     for name in names:
         if name not in arrays:
             raise UserError(f"{path}: missing array '{name}'")
@@ -276,7 +276,8 @@ def load_model(model_dir: str | Path) -> RCNNModel:
 
 
 def postprocess(model: RCNNModel, features: np.ndarray, boxes: np.ndarray, width: int | None, height: int | None,
-                score_threshold: float = 0.05, nms: float = 0.3, top_k: int = 100, use_bbox: bool = True,
+                score_threshold: float = _D.score_threshold, nms: float = _D.nms, top_k: int = _D.top_k,
+                use_bbox: bool = True,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SVM scores, box regression, per-class NMS and top-K for one image's regions.
 
@@ -305,54 +306,81 @@ def postprocess(model: RCNNModel, features: np.ndarray, boxes: np.ndarray, width
     return tb[keep].numpy(), ts[keep].numpy(), tc[keep].numpy()
 
 
-class RCNNDetector:
-    """``detector(image, image_id) -> ImageDetections`` with an R-CNN model directory.
+class RCNNDetector(Detector):
+    """An R-CNN model directory, ready to detect: ``detect(image, image_id) -> ImageDetections``.
 
-    Proposals come from ``proposals`` (a proposals store, when it has the image) or selective
-    search with the model's settings; features from :class:`rcnn_cli.features.FeatureExtractor`.
+    Regions come from ``proposals`` (a proposals store, when it has the image) or the model's own
+    proposal method (selective search with the training settings, or the RPN of the Faster R-CNN
+    run the training proposals came from). Features come from ``features`` (a features store made
+    with the model's settings, when it has the image: R-CNN's cached ``rcnn_test``; its
+    ground-truth rows are left out) or the feature extractor.
     """
 
-    def __init__(self, model: RCNNModel | str | Path, device: str = "auto", score_threshold: float | None = None,
-                 nms: float | None = None, top_k: int | None = None, proposals: Any = None, use_bbox: bool = True,
-                 batch_size: int = 64, extractor: Any = None):
+    kind = "rcnn"
+
+    def __init__(self, model: RCNNModel | str | Path, device: str = "auto", config: DetectConfig | None = None,
+                 proposals: Any = None, features: Any = None, use_bbox: bool = True, batch_size: int = 64,
+                 extractor: Any = None):
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()  # the same large crops and activations on every call: keep them on the heap
         self.model = model if isinstance(model, RCNNModel) else load_model(model)
-        d = dict(DEFAULT_DETECT, **self.model.config.get("detect", {}))
-        self.score_threshold = float(d["score_threshold"] if score_threshold is None else score_threshold)
-        self.nms = float(d["nms"] if nms is None else nms)
-        self.top_k = int(d["top_k"] if top_k is None else top_k)
-        from rcnn_cli.inference import check_detect_settings
-
-        check_detect_settings(self.score_threshold, self.nms, self.top_k)
-        self.use_bbox = use_bbox
-        self.device = device
-        self._rpn = None  # the RPN of a model trained on RPN proposals, loaded on first use
-        self.proposals = proposals
-        self.proposal_settings = dict(DEFAULT_PROPOSALS, **self.model.config.get("proposals", {}))
         cfg = self.model.config
-        if extractor is None:
-            from rcnn_cli.features import FeatureExtractor
+        self.config = config or DetectConfig(**dict(DEFAULT_DETECT, **cfg.get("detect", {})))
+        self.use_bbox, self.device, self.batch_size = use_bbox, device, batch_size
+        self._rpn = None  # the RPN of a model trained on RPN proposals, loaded on first use
+        self.proposals, self.features = proposals, features
+        if features is not None:
+            _check_features(dict(features.attrs), cfg)
+        self.proposal_settings = dict(DEFAULT_PROPOSALS, **cfg.get("proposals", {}))
+        self._extractor = extractor
 
-            extractor = FeatureExtractor(cfg["backbone"], weights=self.model.weights, layer=cfg["layer"],
-                                         warp_size=cfg["warp_size"], padding=cfg["padding"], batch_size=batch_size,
-                                         device=device)
-            got = extractor.config.get("weights_id")
-            if got is not None and got != cfg["weights_id"]:
-                raise UserError(f"{self.model.root}: weights {self.model.weights} give weights id {got}, the model was "
-                                f"trained on {cfg['weights_id']}")
-        self.extractor = extractor
+    @classmethod
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+                 proposals: Any = None, use_bbox: bool = True, batch_size: int = 64) -> "RCNNDetector":
+        """``proposals``: a proposals file (else the model's proposal method runs on the fly)."""
+        from rcnn_cli.rcnn.proposals import load as load_proposals
+
+        reader = load_proposals(proposals) if isinstance(proposals, (str, Path)) else proposals
+        detector = cls(run_dir, device=device, config=config, proposals=reader, use_bbox=use_bbox,
+                       batch_size=batch_size)
+        detector._own = reader if reader is not proposals else None
+        return detector
+
+    def close(self) -> None:
+        own = getattr(self, "_own", None)
+        if own is not None:
+            own.close()
 
     @property
     def classes(self) -> list[str]:
         return self.model.classes
 
+    @property
+    def extractor(self):
+        """The feature extractor with the model's settings (built on first use)."""
+        if self._extractor is None:
+            from rcnn_cli.rcnn.features import FeatureExtractor
+
+            cfg = self.model.config
+            self._extractor = FeatureExtractor(cfg["backbone"], weights=self.model.weights, layer=cfg["layer"],
+                                               warp_size=cfg["warp_size"], padding=cfg["padding"],
+                                               batch_size=self.batch_size, device=self.device)
+            got = self._extractor.config.get("weights_id")
+            if got is not None and got != cfg["weights_id"]:
+                raise UserError(f"{self.model.root}: weights {self.model.weights} give weights id {got}, the model "
+                                f"was trained on {cfg['weights_id']}")
+        return self._extractor
+
+    def settings(self) -> dict[str, Any]:
+        return dict(super().settings(), use_bbox=self.use_bbox, proposals=self.proposal_settings)
+
     def propose(self, image, image_id: str) -> np.ndarray:
         """Proposals ``(N, 4)`` for one image: from the store when it has the image, else computed."""
+        from rcnn_cli.rcnn import proposals as P
+
         if self.proposals is not None and image_id in self.proposals:
-            return np.asarray(self.proposals.boxes(image_id), np.float32)
-        from rcnn_cli import proposals as P
+            return np.asarray(P.boxes_for(self.proposals, image_id, image.size), np.float32)
 
         s = self.proposal_settings
         if s.get("method") == "rpn":
@@ -378,55 +406,39 @@ class RCNNDetector:
             self._rpn = rpn_proposer(run, device=self.device, post_nms_top_n=int(s.get("post_nms_top_n") or 300))
         return self._rpn(image)
 
-    def __call__(self, image, image_id: str):
-        from rcnn_cli.detections import ImageDetections
-
+    def _regions(self, image, image_id: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(boxes (N, 4), features (N, D), proposal seconds)``: cached, or proposed and extracted."""
+        if self.features is not None and image_id in self.features:
+            item = self.features.get(image_id)
+            keep = ~item["gt"].astype(bool) if "gt" in item else np.ones(len(item["boxes"]), bool)
+            return (np.asarray(item["boxes"], np.float32)[keep], np.asarray(item["features"], np.float32)[keep],
+                    0.0)
         t0 = time.perf_counter()
         boxes = self.propose(image, image_id)
-        t1 = time.perf_counter()
-        feats = self.extractor(image, boxes) if len(boxes) else np.zeros((0, self.model.config["feature_dim"]), np.float32)
+        seconds = time.perf_counter() - t0
+        dim = self.model.config["feature_dim"]
+        return boxes, (self.extractor(image, boxes) if len(boxes) else np.zeros((0, dim), np.float32)), seconds
+
+    def detect(self, image, image_id: str):
+        from rcnn_cli.io.detections import ImageDetections
+
+        t0 = time.perf_counter()
+        boxes, feats, t_prop = self._regions(image, image_id)
         t2 = time.perf_counter()
         width, height = image.size
-        b, s, c = postprocess(self.model, feats, boxes, width, height, self.score_threshold, self.nms, self.top_k,
+        c = self.config
+        b, s, k = postprocess(self.model, feats, boxes, width, height, c.score_threshold, c.nms, c.top_k,
                               self.use_bbox)
-        t3 = time.perf_counter()
-        return ImageDetections(image_id, b, s, [self.classes[i] for i in c],
-                               timings={"proposals": t1 - t0, "network": t2 - t1, "post": t3 - t2})
+        return ImageDetections(image_id, b, s, [self.classes[i] for i in k], num_proposals=int(len(boxes)),
+                               timings={"proposals": t_prop, "network": t2 - t0 - t_prop,
+                                        "post": time.perf_counter() - t2})
 
 
-def detect_cached(model: RCNNModel, reader: Any, out: str | Path | None, fmt: str = "jsonl",
-                  score_threshold: float = 0.05, nms: float = 0.3, top_k: int = 100, use_bbox: bool = True,
-                  sizes: dict[str, tuple[int, int]] | None = None, progress: bool = True, **writer_kwargs: Any) -> dict:
-    """Detections from a features store (R-CNN's ``rcnn_test``): ground-truth rows are ignored.
-
-    The store must have been extracted with the model's settings. ``sizes`` maps image id ->
-    ``(width, height)`` for clipping. Streams through :func:`rcnn_cli.detections.open_writer`.
-    Returns ``{"images": n, "detections": m, "seconds": s}``.
-    """
-    from rcnn_cli.detections import ImageDetections, open_writer
-    from rcnn_cli.log import progress_bar
-
-    attrs = dict(reader.attrs)
+def _check_features(attrs: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """A features store must have been extracted with the model's settings."""
     for key in ("backbone", "weights_id", "layer", "warp_size", "padding"):
-        if key in attrs and str(attrs[key]) != str(model.config[key]):
-            raise UserError(f"features store has {key}={attrs[key]!r}, the model was trained on {model.config[key]!r}")
-    ids = reader.ids()
-    n_det = 0
-    t0 = time.perf_counter()
-    with open_writer(out, fmt, model.classes, **writer_kwargs) as writer, progress_bar(progress) as bar:
-        task = bar.add_task("detect", total=len(ids), status="")
-        for image_id in ids:
-            t = time.perf_counter()
-            item = reader.get(image_id)
-            keep = ~item["gt"].astype(bool) if "gt" in item else np.ones(len(item["boxes"]), bool)
-            w, h = (sizes or {}).get(image_id, (None, None))
-            b, s, c = postprocess(model, np.asarray(item["features"], np.float32)[keep], item["boxes"][keep], w, h,
-                                  score_threshold, nms, top_k, use_bbox)
-            writer.write(ImageDetections(image_id, b, s, [model.classes[i] for i in c],
-                                         timings={"post": time.perf_counter() - t}))
-            n_det += len(s)
-            bar.update(task, advance=1)
-    return {"images": len(ids), "detections": n_det, "seconds": time.perf_counter() - t0}
+        if key in attrs and str(attrs[key]) != str(cfg[key]):
+            raise UserError(f"features store has {key}={attrs[key]!r}, the model was trained on {cfg[key]!r}")
 
 
 # ------------------------------------------------------------------------------ training stages
@@ -456,7 +468,7 @@ def _features_context(features: str | Path, proposals: str | Path | None, weight
                       model_dir: Path) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
     """Open the features store; the model-config features entries; the proposal settings."""
     from rcnn_cli.backbones import weights_id
-    from rcnn_cli.features import load_features
+    from rcnn_cli.rcnn.features import load_features
 
     reader = load_features(features)
     attrs = dict(reader.attrs)
@@ -486,7 +498,7 @@ def _features_context(features: str | Path, proposals: str | Path | None, weight
     cfg = feature_config(attrs, dim, install_weights(model_dir, weights))
     props = None
     if proposals is not None:
-        from rcnn_cli.proposals import load as load_proposals
+        from rcnn_cli.rcnn.proposals import load as load_proposals
 
         with load_proposals(proposals) as p:
             props = proposal_settings(p.attrs)
@@ -506,7 +518,7 @@ def train_svm_model(features: str | Path, out: str | Path, C: float = 0.001, bia
     records the selective-search settings that ``detect`` reuses; ``weights`` names fine-tuned
     backbone weights when the features were extracted with them (copied into ``out``).
     """
-    from rcnn_cli.classifiers import train_svms
+    from rcnn_cli.rcnn.classifiers import train_svms
 
     if C <= 0 or bias < 0 or pos_weight <= 0:
         raise UserError("--C and --pos-weight must be positive, --bias non-negative")
@@ -532,7 +544,7 @@ def train_bbox_model(features: str | Path, out: str | Path, lam: float = 1000.0,
 
     Uses the model's feature scale when the SVMs are already there, else computes it.
     """
-    from rcnn_cli.classifiers import train_bbox_regressors
+    from rcnn_cli.rcnn.classifiers import train_bbox_regressors
 
     if lam < 0 or not 0 < min_overlap <= 1:
         raise UserError("--lambda must be >= 0 and --min-overlap in (0, 1]")
@@ -547,50 +559,3 @@ def train_bbox_model(features: str | Path, out: str | Path, lam: float = 1000.0,
         return save_bbox(out, reg, dict(fcfg, classes=list(reg.classes)), settings, props)
     finally:
         reader.close()
-
-
-def run_detect(inputs: list[str], model: str | Path, split: str | None = None, images: str | None = None,
-               score_threshold: float = 0.05, nms: float = 0.3, top_k: int = 100, proposals: str | Path | None = None,
-               use_bbox: bool = True, fmt: str = "jsonl", out: str | None = None, draw: str | Path | None = None,
-               batch_size: int = 64, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """``rcnn detect``: resolve the inputs, build the detector, stream detections (see ``run_inference``)."""
-    from rcnn_cli.data.inputs import is_dataset, load_dataset, resolve_inputs
-    from rcnn_cli.detections import FORMATS
-    from rcnn_cli.inference import run_inference
-    from rcnn_cli.io import write_run_record
-
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got '{fmt}')")
-    if fmt in ("coco", "voc") and out in (None, "-"):
-        raise UserError(f"--format {fmt} needs --out")
-    loaded = load_model(model)
-    items = resolve_inputs(list(inputs), split=split, images=images)
-    if not items:
-        raise UserError("no input images")
-    reader = None
-    if proposals is not None:
-        from rcnn_cli.proposals import load as load_proposals
-
-        reader = load_proposals(proposals)
-    try:
-        detector = RCNNDetector(loaded, device=device, score_threshold=score_threshold, nms=nms, top_k=top_k,
-                                proposals=reader, use_bbox=use_bbox, batch_size=batch_size)
-        category_ids, coco_ids = None, None
-        datasets = [i for i in inputs if is_dataset(i)]
-        if len(datasets) == 1 and Path(datasets[0]).suffix.lower() == ".json":
-            from rcnn_cli.detections import coco_image_ids
-
-            ds = load_dataset(datasets[0], split, images)
-            category_ids = {c: ds.category_ids[c] for c in detector.classes if c in ds.category_ids} or None
-            coco_ids = coco_image_ids(ds)
-        result = run_inference(detector, items, out, fmt=fmt, classes=detector.classes, category_ids=category_ids,
-                               draw_dir=draw, progress=progress, coco_image_ids=coco_ids, split=split or "test")
-    finally:
-        if reader is not None:
-            reader.close()
-    if out not in (None, "-"):
-        write_run_record(Path(out), "rcnn detect", {
-            "inputs": list(inputs), "split": split, "model": str(model), "format": fmt, "proposals": str(proposals) if proposals else None,
-            "score_threshold": score_threshold, "nms": nms, "top_k": top_k, "use_bbox": use_bbox,
-            "model_config": {k: v for k, v in loaded.config.items() if k not in ("svm", "bbox")}, "result": result})
-    return result

@@ -79,6 +79,9 @@ from torchvision.ops import roi_align
 from rcnn_cli import __version__
 from rcnn_cli.backbones import build_feature_extractor, get_spec, normalize, weights_id as make_weights_id
 from rcnn_cli.boxes import iou_matrix
+from rcnn_cli.io.files import fsync_path
+from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id
+from rcnn_cli.runtime import resolve_device
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger, progress_bar
 from rcnn_cli.memory import release_memory, reuse_memory
@@ -171,19 +174,6 @@ def region_targets(boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarra
 # ---------------------------------------------------------------------------------- extractor
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device}: not a device (auto, cpu, cuda, cuda:N)") from None
-
-
 def image_to_tensor(image) -> torch.Tensor:
     """``(3, H, W)`` uint8 tensor from an RGB PIL image (the prefetch threads' output)."""
     arr = np.array(image, dtype=np.uint8)  # a writable copy
@@ -219,7 +209,7 @@ class FeatureExtractor:
             raise UserError(f"--batch-size {batch_size}: must be at least 1")
         self.batch_size = int(batch_size)
         self.dtype = dtype
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model = build_feature_extractor(backbone, weights, self.layer).eval().to(self.device)
         self.out_dim = int(self.model.out_dim)
         self.weights = str(weights)
@@ -271,23 +261,8 @@ class FeatureExtractor:
 # ----------------------------------------------------------------------------- HDF5 helpers
 
 
-def escape_id(image_id: str) -> str:
-    """HDF5-safe name of an image id (``%``, ``/``, ``.`` escaped; reversible)."""
-    return image_id.replace("%", "%25").replace("/", "%2F").replace(".", "%2E")
-
-
-def _attr(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
-
-
 def _read_attrs(f: h5py.File) -> dict[str, Any]:
-    out = {k: _attr(v) for k, v in f.attrs.items()}
+    out = {k: attr_value(v) for k, v in f.attrs.items()}
     for key in ("classes", "proposals"):
         if isinstance(out.get(key), str):
             try:
@@ -326,25 +301,17 @@ def _write_image(group: h5py.Group, image_id: str, rec: dict[str, np.ndarray], w
         g.create_dataset(key, data=rec[key])
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, final: Path) -> None:
     """fsync ``tmp``, rename it onto ``final`` (atomic), fsync the folder."""
-    _fsync_path(tmp)
+    fsync_path(tmp)
     os.replace(tmp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
 
 
 # ------------------------------------------------------------------------------------ reader
 
 
-class FeatureReader:
+class FeatureReader(StoreReader):
     """Lazy reader of a features store (also a context manager).
 
     ``get(image_id)`` returns ``features (N, D)`` (stored dtype), ``boxes (N, 4)`` float32,
@@ -367,7 +334,7 @@ class FeatureReader:
             self._f.close()
             raise UserError(f"{self.path}: not an rcnn features file")
         self.classes: list[str] = list(self.attrs.get("classes") or [])
-        self._names = {_attr(g.attrs["image_id"]): name for name, g in self._f["images"].items()}
+        self._names = {attr_value(g.attrs["image_id"]): name for name, g in self._f["images"].items()}
         order = {i: int(self._f["images"][n].attrs.get("order", 0)) for i, n in self._names.items()}
         self._ids = sorted(self._names, key=lambda i: order[i])
 
@@ -400,12 +367,6 @@ class FeatureReader:
         if getattr(self, "_f", None) is not None:
             self._f.close()
             self._f = None
-
-    def __enter__(self) -> "FeatureReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"FeatureReader({self.path}, {len(self._ids)} images, {self.attrs.get('backbone')}/{self.attrs.get('layer')})"
@@ -506,7 +467,7 @@ def _existing(out: Path, settings: dict[str, Any]) -> tuple[dict[str, tuple[Path
                     raise UserError(f"{out} was made with other settings ({'; '.join(diff)}): use another --out "
                                     "or --overwrite")
                 for name, g in f["images"].items():
-                    done.setdefault(_attr(g.attrs["image_id"]), (path, name))
+                    done.setdefault(attr_value(g.attrs["image_id"]), (path, name))
         except OSError as e:
             raise UserError(f"{path}: exists but is not a readable HDF5 file ({e}); use another --out") from None
     return done, next_n
@@ -582,12 +543,12 @@ def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str 
 
     ``data``: a labelled :class:`rcnn_cli.data.Dataset` (ground-truth boxes become regions, with
     overlaps/labels) or a list of :class:`rcnn_cli.data.ImageInput` (unlabelled). ``proposals``: a
-    :class:`rcnn_cli.proposals.ProposalReader` or a path. ``shard=(K, N)``: every N-th image from
+    :class:`rcnn_cli.rcnn.proposals.ProposalReader` or a path. ``shard=(K, N)``: every N-th image from
     K. Resumable and crash-safe (see the module docstring); ``overwrite`` starts afresh. Images that fail to load or have no
     proposals entry are skipped with a warning. Returns ``{"images", "done_before", "extracted",
     "skipped", "regions", "seconds", "crops_per_second", "out"}``.
     """
-    from rcnn_cli import proposals as P
+    from rcnn_cli.rcnn import proposals as P
     from rcnn_cli.data.dataset import Dataset
     from rcnn_cli.io import write_run_record
 
@@ -766,7 +727,7 @@ def merge_features(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) 
                 for _, fi, name in entries:
                     src = readers[fi]._f
                     src.copy(src["images"][name], images, name=name)
-            _fsync_path(tmp)
+            fsync_path(tmp)
     finally:
         for r in readers:
             r.close()

@@ -3,7 +3,7 @@
 Regions are an image's proposals plus its ground-truth boxes. A region with IoU >= 0.5 to a ground
 truth takes that ground truth's class, every other region is background. Each minibatch has 128
 regions, 32 foreground and 96 background, drawn across the training images (as R-CNN's window data
-layer does); warping is R-CNN's (:func:`rcnn_cli.features.warp_regions`, context padding), and a
+layer does); warping is R-CNN's (:func:`rcnn_cli.rcnn.features.warp_regions`, context padding), and a
 random half of the crops are flipped horizontally. SGD with lr 0.001, momentum 0.9, weight decay
 5e-4 (the new classifier learns 10x faster, as the paper's fc8); batch-norm statistics stay frozen
 (a 128-crop batch of one dataset would pull them away from ImageNet's).
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch import nn
 
 from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.errors import UserError
+from rcnn_cli.io.files import jsonable
 from rcnn_cli.log import logger, progress_bar
 
 
@@ -50,7 +51,7 @@ class FinetuneConfig:
     head_lr_mult: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_steps: tuple[int, ...] = ()  # iterations at which lr drops 10x
+    lr_steps: tuple[int, ...] | None = ()  # epochs at which lr drops 10x (None: the trainer's default)
     batch_size: int = 128
     fg_per_batch: int = 32
     fg_overlap: float = 0.5
@@ -58,7 +59,9 @@ class FinetuneConfig:
     max_proposals: int | None = None  # per image, top of the ranking
     seed: int = 0
     device: str = "auto"
-    checkpoint_every: int = 200
+    checkpoint_every: int = 200  # iterations between checkpoints (0: once per epoch)
+    log_every: int = 1
+    progress: bool = True
 
 
 class FinetuneNet(nn.Module):
@@ -174,7 +177,7 @@ def warp_batch(table: RegionTable, sel: np.ndarray, flip: np.ndarray, images: _I
                padding: int) -> torch.Tensor:
     """Warped, normalised crops ``(B, 3, S, S)`` of the selected regions (flipped where asked)."""
     from rcnn_cli.backbones import normalize
-    from rcnn_cli.features import warp_regions
+    from rcnn_cli.rcnn.features import warp_regions
 
     crops = torch.empty((len(sel), 3, warp_size, warp_size))
     for idx in np.unique(table.image[sel]):
@@ -187,112 +190,128 @@ def warp_batch(table: RegionTable, sel: np.ndarray, flip: np.ndarray, images: _I
     return crops
 
 
-def finetune(dataset, proposals, out: str | Path, config: FinetuneConfig | None = None, resume: bool = False,
-             progress: bool = True, command: str = "rcnn finetune") -> dict[str, Any]:
-    """Fine-tune ``config.backbone`` on warped regions of ``dataset`` (labelled) with ``proposals``.
+def _region_table(dataset, proposals, cfg: FinetuneConfig) -> tuple[RegionTable, np.ndarray, np.ndarray, dict]:
+    """The regions of ``dataset`` with ``proposals`` (a reader or a path): the table, the indices of
+    the foreground and background regions, and the proposals file's attributes."""
+    from rcnn_cli.rcnn import proposals as P
 
-    ``proposals``: a :class:`rcnn_cli.proposals.ProposalReader` or a path. Returns a summary
-    (iterations, final loss, accuracy, seconds, output paths).
-    """
-    from rcnn_cli import proposals as P
-    from rcnn_cli.backbones import build_feature_extractor, get_spec, weights_id
-    from rcnn_cli.engine import _find_checkpoint, _load_checkpoint, _write_checkpoint, resolve_device, save_weights
-    from rcnn_cli.io import write_json, write_run_record
-
-    cfg = config or FinetuneConfig()
-    out = Path(out)
-    spec = get_spec(cfg.backbone)
-    warp = int(cfg.warp_size or spec.native_size)
-    layer = cfg.layer or spec.default_layer
-    if not 0 < cfg.fg_per_batch <= cfg.batch_size:
-        raise UserError(f"--fg-per-batch must be in 1..{cfg.batch_size}")
-    own_reader = not hasattr(proposals, "boxes")
+    own_reader = isinstance(proposals, (str, Path))
     reader = P.load(proposals) if own_reader else proposals
     try:
         table = build_regions(dataset, reader, cfg.max_proposals, cfg.fg_overlap)
+        attrs = jsonable(getattr(reader, "attrs", {}))
     finally:
         if own_reader:
             reader.close()
-    fg_idx = np.flatnonzero(table.labels > 0)
-    bg_idx = np.flatnonzero(table.labels == 0)
+    fg_idx, bg_idx = np.flatnonzero(table.labels > 0), np.flatnonzero(table.labels == 0)
     if len(fg_idx) == 0:
         raise UserError("no foreground regions (IoU >= %.2f with a ground truth) to fine-tune on" % cfg.fg_overlap)
-    iters_per_epoch = math.ceil(len(fg_idx) / cfg.fg_per_batch)
-    total = cfg.epochs * iters_per_epoch
-    if cfg.max_iters is not None:
-        total = min(total, int(cfg.max_iters))
-    settings = dict(asdict(cfg), warp_size=warp, layer=layer, weights_id=weights_id(cfg.backbone, cfg.weights),
-                    classes=list(dataset.classes), proposals_attrs=_jsonable(getattr(reader, "attrs", {})))
-    settings.pop("device")
-    out.mkdir(parents=True, exist_ok=True)
+    return table, fg_idx, bg_idx, attrs
 
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = FinetuneNet(build_feature_extractor(cfg.backbone, cfg.weights, layer), len(dataset.classes)).to(device)
-    head = list(model.classifier.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-    optimizer = torch.optim.SGD([{"params": body, "lr_mult": 1.0}, {"params": head, "lr_mult": cfg.head_lr_mult}],
-                                lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start = 0
-    ckpt = _find_checkpoint(out)
-    if resume and ckpt is not None:
-        state = _load_checkpoint(ckpt, model, optimizer)
-        if _resume_key(state.get("settings", {})) != _resume_key(_jsonable(settings)):
-            raise UserError(f"{out}: the checkpoint was made with other settings; use another --out or drop --resume")
-        start = int(state["iteration"])
-        logger.info("resuming fine-tuning at iteration %d of %d", start, total)
-    elif ckpt is not None and not resume:
+
+class RegionBatches(torch.utils.data.Dataset):
+    """The fine-tuning minibatches of an epoch for the trainer: item ``i`` is batch ``i``,
+    ``(crops (B, 3, S, S) normalised, {"labels": (B,) int64})``, a pure function of ``(seed, epoch, i)``."""
+
+    def __init__(self, table: RegionTable, fg_idx: np.ndarray, bg_idx: np.ndarray, cfg: FinetuneConfig, spec,
+                 warp: int) -> None:
+        self.table, self.fg_idx, self.bg_idx, self.cfg, self.spec, self.warp = table, fg_idx, bg_idx, cfg, spec, warp
+        self.images = _ImageCache(table.records)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.fg_idx) / self.cfg.fg_per_batch)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sel, flip = _batch_indices(self.table, self.fg_idx, self.bg_idx, self.cfg, self.epoch, i)
+        crops = warp_batch(self.table, sel, flip, self.images, self.spec, self.warp, self.cfg.padding)
+        return crops, {"labels": torch.from_numpy(self.table.labels[sel])}
+
+
+class _RegionLoss(nn.Module):
+    """The trainer's view of :class:`FinetuneNet`: ``(images=[crops], targets=[{"labels"}]) -> losses``."""
+
+    def __init__(self, net: FinetuneNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        logits = self.net(torch.cat(images))
+        return {"loss_classifier": nn.functional.cross_entropy(logits, torch.cat([t["labels"] for t in targets]))}
+
+
+def _one_batch(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
+    crops, target = batch[0]
+    return [crops], [target]
+
+
+def _train_config(cfg: FinetuneConfig):
+    from rcnn_cli.engine import TrainConfig
+
+    return TrainConfig(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       lr_steps=cfg.lr_steps, warmup_iters=0, batch_size=1, seed=cfg.seed, device=cfg.device,
+                       max_iters=cfg.max_iters, clip_grad=None, log_every=cfg.log_every, progress=cfg.progress,
+                       checkpoint_every=cfg.checkpoint_every)
+
+
+def _check_resume(out: Path, settings: dict[str, Any], resume: bool) -> None:
+    """A checkpoint in ``out`` continues only with ``--resume`` and the same settings."""
+    from rcnn_cli.engine import find_checkpoint
+    from rcnn_cli.io.runs import read_run
+
+    if find_checkpoint(out) is None:
+        return
+    if not resume:
         raise UserError(f"{out} holds a fine-tuning checkpoint: pass --resume to continue it, or choose another --out")
-    metrics_path = out / "metrics.jsonl"
-    if start == 0 and metrics_path.exists():
-        metrics_path.unlink()
+    if _resume_key(read_run(out).model) != _resume_key(jsonable(settings)):
+        raise UserError(f"{out}: the checkpoint was made with other settings; use another --out or drop --resume")
 
-    images = _ImageCache(table.records)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
+
+def finetune(dataset, proposals, out: str | Path, config: FinetuneConfig | None = None, resume: bool = False,
+             progress: bool = True, command: str = "rcnn finetune") -> dict[str, Any]:
+    """Fine-tune ``config.backbone`` on warped regions of ``dataset`` (labelled) with ``proposals``
+    (a reader or a path), on the one trainer (:func:`rcnn_cli.engine.train`: checkpoints, exact
+    resume, schedule in epochs, ``metrics.jsonl``, DDP). Returns a summary (iterations, final loss,
+    seconds, output paths)."""
+    from rcnn_cli.backbones import build_feature_extractor, get_spec, weights_id
+    from rcnn_cli.engine import train
+    from rcnn_cli.io.files import write_json
+    from rcnn_cli.io.tensors import save_state
+
+    cfg = replace(config or FinetuneConfig(), progress=progress)
+    out = Path(out)
+    spec = get_spec(cfg.backbone)
+    warp, layer = int(cfg.warp_size or spec.native_size), cfg.layer or spec.default_layer
+    if not 0 < cfg.fg_per_batch <= cfg.batch_size:
+        raise UserError(f"--fg-per-batch must be in 1..{cfg.batch_size}")
+    table, fg_idx, bg_idx, proposal_attrs = _region_table(dataset, proposals, cfg)
+    settings = dict(asdict(cfg), warp_size=warp, layer=layer, weights_id=weights_id(cfg.backbone, cfg.weights),
+                    classes=list(dataset.classes), proposals_attrs=proposal_attrs)
+    for key in ("device", "progress"):
+        settings.pop(key)
+    _check_resume(out, settings, resume)
+    torch.manual_seed(cfg.seed)
+    net = FinetuneNet(build_feature_extractor(cfg.backbone, cfg.weights, layer), len(dataset.classes))
+    head = list(net.classifier.parameters())
+    body = [p for n, p in net.named_parameters() if not n.startswith("classifier.")]
+    batches = RegionBatches(table, fg_idx, bg_idx, cfg, spec, warp)
+    logger.info("fine-tuning %s on %d regions (%d foreground) of %d images: %d iterations per epoch, warp %d",
+                cfg.backbone, len(table.labels), len(fg_idx), len(table.records), len(batches), warp)
     t0 = time.perf_counter()
-    ema_loss, ema_acc, last = None, None, {}
-    logger.info("fine-tuning %s on %d regions (%d foreground) of %d images: %d iterations (%d per epoch), warp %d",
-                cfg.backbone, len(table.labels), len(fg_idx), len(table.records), total, iters_per_epoch, warp)
-    with progress_bar(progress) as bar, open(metrics_path, "a", encoding="utf-8") as mf:
-        task = bar.add_task("finetune", total=total, completed=start, status="")
-        for it_global in range(start, total):
-            epoch, it = divmod(it_global, iters_per_epoch)
-            lr = cfg.lr * (0.1 ** sum(it_global >= s for s in cfg.lr_steps))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-            sel, flip = _batch_indices(table, fg_idx, bg_idx, cfg, epoch, it)
-            crops = warp_batch(table, sel, flip, images, spec, warp, cfg.padding).to(device)
-            target = torch.from_numpy(table.labels[sel]).to(device)
-            torch.manual_seed(hash((cfg.seed, epoch, it)) & 0x7FFFFFFF)  # dropout: a function of the batch
-            logits = model(crops)
-            loss = loss_fn(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise UserError(f"fine-tuning diverged at iteration {it_global} (loss {lv}); lower --lr")
-            acc = float((logits.detach().argmax(1) == target).float().mean())
-            ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
-            ema_acc = acc if ema_acc is None else 0.9 * ema_acc + 0.1 * acc
-            last = {"iteration": it_global + 1, "epoch": epoch, "loss": lv, "accuracy": acc, "lr": lr}
-            mf.write(json.dumps(last) + "\n")
-            mf.flush()
-            bar.update(task, advance=1, status=f"epoch {epoch + 1} loss {ema_loss:.3f} acc {ema_acc:.2f}")
-            done = it_global + 1
-            if done == total or done % iters_per_epoch == 0 or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                _write_checkpoint(out, model, optimizer, {"iteration": done, "epoch": done / iters_per_epoch,
-                                                          "settings": _jsonable(settings), "last": last})
-    model.eval()
-    save_weights(model.features, out / "model.safetensors")
-    save_weights(model.classifier, out / "classifier.safetensors")
-    summary = {"iterations": total, "iterations_per_epoch": iters_per_epoch, "regions": int(len(table.labels)),
-               "foreground": int(len(fg_idx)), "seconds": time.perf_counter() - t0, "last": last,
+    result = train(_RegionLoss(net), batches, out, _train_config(cfg), collate_fn=_one_batch, resume=resume,
+                   model_config=jsonable(settings), command=command, kind="finetune",
+                   param_groups=[{"params": body, "lr_mult": 1.0}, {"params": head, "lr_mult": cfg.head_lr_mult}])
+    net.eval()
+    save_state(net.features, out / "model.safetensors")  # exactly the feature extractor's state dict
+    save_state(net.classifier, out / "classifier.safetensors")
+    summary = {"iterations": result["iterations"], "iterations_per_epoch": len(batches),
+               "regions": int(len(table.labels)), "foreground": int(len(fg_idx)),
+               "seconds": time.perf_counter() - t0, "last": result["losses"],
                "weights": str(out / "model.safetensors"),
                "weights_id": weights_id(cfg.backbone, out / "model.safetensors")}
-    write_run_record(out, command, dict(settings, summary=summary))
     write_json(out / "summary.json", summary)
     return summary
 
@@ -300,10 +319,6 @@ def finetune(dataset, proposals, out: str | Path, config: FinetuneConfig | None 
 def _resume_key(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings that must match to resume (the run length and checkpoint period may change)."""
     return {k: v for k, v in settings.items() if k not in ("epochs", "max_iters", "checkpoint_every")}
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
@@ -318,16 +333,16 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     from rcnn_cli.backbones import feature_state_from_detector, weights_id
-    from rcnn_cli.engine import read_run_config
+    from rcnn_cli.io.runs import read_run
     from rcnn_cli.io import atomic_path, write_run_record
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the weights file must end in .safetensors")
-    model_cfg = read_run_config(run_dir)["model"]
+    model_cfg = read_run(run_dir).model
     if model_cfg.get("fpn"):
         raise UserError(f"{run_dir}: a feature-pyramid model has no single-layer backbone to export")
-    if model_cfg.get("kind") == "faster_rcnn":
+    if read_run(run_dir).kind == "faster":
         from rcnn_cli.models.faster_rcnn import load_model
 
         model, _ = load_model(run_dir)

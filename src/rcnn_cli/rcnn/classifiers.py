@@ -1,6 +1,6 @@
 """R-CNN's per-class linear SVMs (with hard-negative mining) and bounding-box ridge regressors.
 
-Both read a features store (:func:`rcnn_cli.features.load_features`): per image ``features (N, D)``,
+Both read a features store (:func:`rcnn_cli.rcnn.features.load_features`): per image ``features (N, D)``,
 ``boxes (N, 4)``, ``gt (N,)`` (ground-truth rows), ``overlaps``/``labels`` (max IoU with any ground
 truth and its class ``1..K``).
 
@@ -41,7 +41,7 @@ BBOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
 class FeatureSource(Protocol):
-    """What the trainers need from a features store (``rcnn_cli.features.FeatureReader``)."""
+    """What the trainers need from a features store (``rcnn_cli.rcnn.features.FeatureReader``)."""
 
     attrs: dict
     classes: list[str]

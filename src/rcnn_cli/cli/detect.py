@@ -1,0 +1,52 @@
+"""CLI command: ``rcnn detect`` for every kind of run (and its aliases ``rcnn fast detect``,
+``rcnn faster detect``); library: :func:`rcnn_cli.inference.detect`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from rcnn_cli.cli import options as O
+from rcnn_cli.cli.app import app, fast_app, faster_app
+from rcnn_cli.log import console
+
+
+def detect_cmd(
+    inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin) or a dataset (with --split)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Any run directory: an R-CNN model, a Fast or a Faster R-CNN run."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="Split when INPUT is a VOC dataset."),
+    images: Optional[str] = typer.Option(None, "--images", help="Image folder when INPUT is a COCO JSON."),
+    score_threshold: float = O.score_threshold(),
+    nms: float = O.nms(),
+    top_k: int = O.top_k(),
+    proposals: Optional[Path] = typer.Option(None, "--proposals", "-p", help="R-CNN, Fast R-CNN: precomputed proposals (else the model's own method runs on the fly)."),
+    max_proposals: Optional[int] = typer.Option(None, "--max-proposals", help="Fast R-CNN: top-ranked proposals used per image (default: as trained)."),
+    rpn_top_n: Optional[int] = typer.Option(None, "--rpn-top-n", help="Faster R-CNN: RPN proposals per image (default: the run's, 300)."),
+    no_bbox: bool = typer.Option(False, "--no-bbox", help="R-CNN: skip box regression."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="R-CNN: regions per network batch (default 64)."),
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl (streamed), coco (results JSON) or voc (comp4 files in a folder)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file/folder (jsonl: stdout when omitted)."),
+    draw: Optional[Path] = typer.Option(None, "--draw", help="Also write images with the boxes drawn into this folder."),
+    device: str = O.device(),
+    progress: bool = O.progress(),
+) -> None:
+    """Detect objects with any trained run: streams one JSON line per image as soon as it is done."""
+    from rcnn_cli.inference import detect
+
+    given = {"proposals": proposals, "max_proposals": max_proposals, "rpn_top_n": rpn_top_n,
+             "use_bbox": False if no_bbox else None, "batch_size": batch_size}
+    result = detect(inputs, model, split=split, images=images, config=O.detect_config(score_threshold, nms, top_k),
+                    fmt=fmt, out=out, draw=draw, device=device, progress=progress,
+                    **{k: v for k, v in given.items() if v is not None})
+    timings = result.get("timings", {})
+    per_stage = ", ".join(f"{k} {v['median'] * 1000:.1f} ms" for k, v in timings.items()
+                          if k in ("proposals", "network", "post", "total"))
+    console.print(f"{result.get('images', 0)} images ({result.get('skipped', 0)} skipped), "
+                  f"{result.get('detections', 0)} detections; median per image: {per_stage}", highlight=False)
+
+
+app.command("detect")(detect_cmd)
+fast_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)
+faster_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)

@@ -1,0 +1,146 @@
+"""The one detector contract: every method (R-CNN, Fast R-CNN, Faster R-CNN, ...) is a :class:`Detector`.
+
+A detector is built from a run directory by :func:`load_detector`, which reads the run's ``kind``
+(:mod:`rcnn_cli.io.runs`) and calls that kind's ``from_run``. The one inference loop
+(:func:`rcnn_cli.inference.run_inference`) only ever calls :meth:`Detector.detect`; it never asks a
+detector what it is.
+
+``detect(image, image_id) -> ImageDetections``: ``image`` a decoded RGB ``PIL.Image``; boxes in
+``x1, y1, x2, y2`` pixels of that image; ``timings`` in seconds per stage (``proposals``,
+``network``, ``post``); ``num_proposals`` the regions the network scored (``None`` where a method
+has no proposal stage of its own).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rcnn_cli.errors import UserError
+
+__all__ = ["DetectConfig", "Detector", "load_detector", "as_image", "DETECTOR_CLASSES"]
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Test-time settings shared by every detector (the one home of their defaults)."""
+
+    score_threshold: float = 0.05  # drop detections scoring below this
+    nms: float = 0.3               # per-class NMS IoU (R-CNN's; 0.5 keeps touching objects apart)
+    top_k: int = 100               # detections kept per image
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise UserError(f"--score-threshold must be in [0, 1] (got {self.score_threshold})")
+        if not 0.0 < self.nms <= 1.0:
+            raise UserError(f"--nms must be an IoU in (0, 1] (got {self.nms})")
+        if int(self.top_k) != self.top_k or self.top_k < 1:
+            raise UserError(f"--top-k must be a whole number >= 1 (got {self.top_k})")
+
+    def updated(self, **given: Any) -> "DetectConfig":
+        """A copy with the values that were given (``None`` means not given)."""
+        names = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in given.items() if k in names and v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Detector class of each run ``kind`` ("module:Class", imported on first use).
+DETECTOR_CLASSES: dict[str, str] = {
+    "rcnn": "rcnn_cli.rcnn.model:RCNNDetector",
+    "fast": "rcnn_cli.models.fast_rcnn:FastRCNNDetector",
+    "faster": "rcnn_cli.models.faster_rcnn:FasterRCNNDetector",
+}
+
+
+def as_image(image: Any) -> tuple[Any, str]:
+    """``(RGB PIL image, default image id)`` from a path, a ``PIL.Image`` or an ``(H, W, 3)`` uint8 array."""
+    from PIL import Image
+
+    from rcnn_cli.data.images import load_image
+
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image), Path(image).stem
+    if isinstance(image, Image.Image):
+        return (image if image.mode == "RGB" else image.convert("RGB")), "image"
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise UserError(f"an image array must be (H, W, 3) RGB (got shape {image.shape})")
+        return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB"), "image"
+    raise UserError(f"cannot detect in a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) array")
+
+
+class Detector:
+    """Base class of every detector. Subclasses set ``kind``, ``classes``, ``device``, ``config``
+    and implement :meth:`detect` and :meth:`from_run`."""
+
+    kind: ClassVar[str] = ""
+    classes: list[str]
+    config: DetectConfig
+
+    @classmethod
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+                 **options: Any) -> "Detector":
+        raise NotImplementedError
+
+    def propose(self, image: Any, image_id: str) -> np.ndarray | None:
+        """Region proposals ``(N, 4)`` pixels for methods that have a proposal stage; else ``None``."""
+        return None
+
+    def detect(self, image: Any, image_id: str):
+        """Detections of one decoded RGB image (see the module docstring)."""
+        raise NotImplementedError
+
+    def __call__(self, image: Any, image_id: str | None = None):
+        """``detect`` on a path, a PIL image or an ``(H, W, 3)`` uint8 array."""
+        decoded, default_id = as_image(image)
+        return self.detect(decoded, image_id if image_id is not None else default_id)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings in effect, for the record beside every output."""
+        return {"kind": self.kind, **self.config.to_dict(), "device": str(getattr(self, "device", "cpu"))}
+
+    def close(self) -> None:
+        """Release files the detector holds open (proposal stores)."""
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def detector_class(kind: str) -> type[Detector]:
+    """The :class:`Detector` subclass of a run ``kind``."""
+    if kind not in DETECTOR_CLASSES:
+        raise UserError(f"a '{kind}' run is not a detector (detectors: {', '.join(DETECTOR_CLASSES)})")
+    module, name = DETECTOR_CLASSES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: DetectConfig | None = None,
+                  **options: Any) -> Detector:
+    """The detector of any run directory (R-CNN model, Fast or Faster R-CNN run), by its ``kind``.
+
+    ``config`` overrides the run's test-time settings; ``options`` are the kind's own
+    (``proposals`` for R-CNN and Fast R-CNN, ``rpn_top_n`` for Faster R-CNN, ...): an option the
+    kind does not take is a one-line error.
+    """
+    import inspect
+
+    from rcnn_cli.io.runs import read_run
+
+    run = read_run(run_dir)
+    cls = detector_class(run.kind)
+    accepted = inspect.signature(cls.from_run).parameters
+    foreign = [k for k in options if k not in accepted]
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise UserError(f"{flags}: not a setting of a '{run.kind}' run ({run.root})")
+    return cls.from_run(run.root, device=device, config=config, **options)

@@ -1,0 +1,446 @@
+"""``rcnn pipeline``: every classic R-CNN stage in one run folder, resumable by configuration.
+
+Stages, in order (each writes into ``RUN_DIR`` and records its configuration):
+
+==================  =====================================  =========================================
+stage               output                                 library call
+==================  =====================================  =========================================
+data (no DATASET)   ``data/`` (VOC layout)                 ``rcnn_cli.data.shapes.make_shapes``
+propose-train/test  ``proposals_<split>.h5``               ``rcnn_cli.rcnn.proposals.run_propose``
+features-train/test ``features_<split>[_ft].h5``           ``rcnn_cli.rcnn.features`` (extract)
+finetune (opt.)     ``finetune/``                          :func:`rcnn_cli.rcnn.finetune.finetune`
+train-svm           ``model/`` (svm.safetensors, config)   :func:`rcnn_cli.rcnn.train_svm_model`
+train-bbox          ``model/`` (bbox.safetensors)          :func:`rcnn_cli.rcnn.train_bbox_model`
+detect              ``detections_<split>.jsonl``           :func:`rcnn_cli.inference.run_inference`
+evaluate            ``metrics.json``                       :func:`rcnn_cli.evaluation.evaluate`
+==================  =====================================  =========================================
+
+A stage is skipped when ``RUN_DIR/stages/<stage>.json`` records the same configuration hash and
+its outputs exist. A stage's configuration includes the hashes of the stages it reads, so a
+change reruns that stage and everything downstream, and nothing else. Detection on the test split
+uses the cached test features (R-CNN's ``rcnn_test``), ground-truth rows excluded; ``rcnn
+detect`` on the same images with the same model gives the same boxes (up to float16 storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rcnn_cli.detector import DetectConfig
+from rcnn_cli.errors import UserError
+from rcnn_cli.io import jsonable, read_json, write_json, write_run_record
+from rcnn_cli.log import console, logger
+
+STAGES_DIR = "stages"
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of :func:`run_pipeline`. Defaults fit the built-in shapes data on 2 CPU cores."""
+
+    dataset: str | None = None
+    train_split: str = "trainval"
+    test_split: str = "test"
+    images: str | None = None
+    # built-in data
+    train_images: int = 200
+    test_images: int = 50
+    image_size: int = 256
+    # proposals
+    method: str = "selective-search"  # or "rpn": the region proposal network of rpn_model
+    rpn_model: str | None = None  # a `rcnn faster train` run directory (method "rpn")
+    mode: str = "fast"
+    max_size: int = 256
+    min_size: int = 16
+    limit: int | None = 100
+    workers: int | None = None
+    # features
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    layer: str | None = None
+    warp_size: int = 64
+    padding: int = 6
+    batch_size: int = 64
+    dtype: str = "float16"
+    # fine-tuning
+    finetune: bool = False
+    finetune_iters: int | None = None
+    finetune_epochs: int = 1
+    finetune_lr: float = 0.001
+    # classifiers
+    C: float = 0.001
+    bias: float = 10.0
+    pos_weight: float = 2.0
+    lam: float = 1000.0
+    bbox: bool = True
+    # detection
+    score_threshold: float = DetectConfig.score_threshold
+    nms: float = DetectConfig.nms
+    top_k: int = DetectConfig.top_k
+    seed: int = 0
+    device: str = "auto"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable hash of a JSON-able configuration."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class StageRunner:
+    """Runs named stages in a run folder; skips those whose recorded configuration matches."""
+
+    def __init__(self, run_dir: Path, progress: bool = True):
+        self.run_dir = run_dir
+        self.progress = progress
+        self.timings: dict[str, dict[str, Any]] = {}
+        self.hashes: dict[str, str] = {}
+        (run_dir / STAGES_DIR).mkdir(parents=True, exist_ok=True)
+
+    def record_path(self, name: str) -> Path:
+        return self.run_dir / STAGES_DIR / f"{name}.json"
+
+    def done(self, name: str, h: str, outputs: list[Path]) -> dict[str, Any] | None:
+        path = self.record_path(name)
+        if not path.is_file():
+            return None
+        try:
+            record = read_json(path)
+        except UserError:
+            return None
+        if record.get("hash") != h or not all(Path(p).exists() for p in outputs):
+            return None
+        return record
+
+    def run(self, name: str, config: dict[str, Any], outputs: list[Path], fn: Callable[[], Any],
+            clean: list[Path] | None = None) -> Any:
+        """Run ``fn`` unless the stage finished with this ``config``; returns its (recorded) result."""
+        h = config_hash(config)
+        self.hashes[name] = h
+        record = self.done(name, h, outputs)
+        if record is not None:
+            self.timings[name] = {"seconds": record.get("seconds", 0.0), "status": "skipped"}
+            logger.info("stage %s: up to date (config %s), skipped", name, h)
+            return record.get("result")
+        old = self.record_path(name)
+        if old.exists():
+            old.unlink()  # the previous run of this stage is no longer valid
+        for p in (clean if clean is not None else outputs):
+            p = Path(p)
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        console.print(f"[bold]stage {name}[/]", highlight=False)
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        write_json(self.record_path(name), {"stage": name, "hash": h, "config": config, "seconds": seconds,
+                                           "outputs": [str(p) for p in outputs], "result": result,
+                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.timings[name] = {"seconds": seconds, "status": "ran"}
+        return result
+
+
+def _rpn_source(cfg: PipelineConfig) -> dict[str, Any]:
+    """RPN proposals (``method "rpn"``): the run's attributes, its weights' hash (part of the stage
+    configuration: retraining that run redoes the proposals) and a ``proposer`` factory."""
+    from rcnn_cli.io import file_sha256
+    from rcnn_cli.models.faster_rcnn import rpn_attrs, rpn_proposer
+
+    run = Path(cfg.rpn_model or "")
+    if not cfg.rpn_model or not (run / "model.safetensors").is_file():
+        raise UserError(f"--method rpn needs --rpn-model RUN_DIR, a finished `rcnn faster train` run (got '{run}')")
+    top_n = int(cfg.limit or 2000)
+    return {"attrs": rpn_attrs(run, top_n), "weights_sha256": file_sha256(run / "model.safetensors"),
+            "proposer": lambda: rpn_proposer(run, device=cfg.device, post_nms_top_n=top_n)}
+
+
+@dataclass
+class DataSource:
+    """A labelled dataset with its two splits, as every workflow reads it."""
+
+    path: str
+    train_split: str
+    test_split: str
+    images: str | None
+    data_id: dict[str, Any]
+    train_ds: Any
+    test_ds: Any
+
+
+def prepare_data(st: StageRunner, dataset: str | Path | None, images: str | Path | None, train_split: str,
+                 test_split: str, generator: dict[str, Any], seed: int) -> DataSource:
+    """The dataset of a workflow: ``dataset`` as given, or (None) the built-in shapes data generated
+    as stage ``data`` into the run folder (``generator``: ``train``, ``test``, ``size``)."""
+    from rcnn_cli.data.inputs import load_dataset
+
+    if dataset is None:
+        data_dir = st.run_dir / "data"
+
+        def make() -> dict:
+            from rcnn_cli.data.shapes import make_shapes
+
+            make_shapes(data_dir, train=int(generator["train"]), test=int(generator["test"]),
+                        size=int(generator["size"]), seed=seed)
+            return {"path": str(data_dir)}
+
+        st.run("data", {"generator": "shapes", **generator, "seed": seed}, [data_dir], make)
+        path, train_split, test_split, images = str(data_dir), "trainval", "test", None
+        data_id: dict[str, Any] = {"data": st.hashes["data"]}
+    else:
+        if not Path(dataset).exists():
+            raise UserError(f"{dataset}: dataset not found")
+        path = str(dataset)
+        data_id = {"dataset": str(Path(path).resolve()), "images": str(images) if images else None,
+                   "train_split": train_split, "test_split": test_split}
+    train_ds = load_dataset(path, train_split, images)
+    test_ds = load_dataset(path, test_split, images, classes=list(train_ds.classes))
+    if not train_ds.records or not test_ds.records:
+        raise UserError(f"empty split: {len(train_ds.records)} training and {len(test_ds.records)} test images")
+    return DataSource(path, train_split, test_split, str(images) if images else None, data_id, train_ds, test_ds)
+
+
+def evaluate_file(det_path: Path, dataset) -> dict[str, Any]:
+    """VOC07 and VOC12 results of a detections file on a labelled split."""
+    from rcnn_cli.evaluation import evaluate, json_summary
+    from rcnn_cli.io.detections import read_detections
+
+    dets = read_detections(det_path, dataset)
+    return {m: jsonable(json_summary(evaluate(dataset, dets, metric=m))) for m in ("voc07", "voc12")}
+
+
+@dataclass
+class _Run:
+    """What the stages of :func:`run_pipeline` share."""
+
+    cfg: PipelineConfig
+    dir: Path
+    st: StageRunner
+    data: DataSource
+    progress: bool
+    start_weights: str
+    weights: str = ""
+    weights_stage: str | None = None
+    suffix: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    def proposals(self, tag: str) -> Path:
+        return self.dir / f"proposals_{self.split(tag)}.h5"
+
+    def features(self, tag: str) -> Path:
+        return self.dir / f"features_{self.split(tag)}{self.suffix}.h5"
+
+    def split(self, tag: str) -> str:
+        return self.data.train_split if tag == "train" else self.data.test_split
+
+    def dataset(self, tag: str):
+        return self.data.train_ds if tag == "train" else self.data.test_ds
+
+    def tuned_weights(self) -> str | None:
+        return None if self.weights_stage is None else self.weights
+
+
+def _propose_stage(r: _Run, tag: str) -> None:
+    from rcnn_cli.data.inputs import ImageInput
+
+    cfg, out = r.cfg, r.proposals(tag)
+    prop_cfg = {"method": cfg.method, "mode": cfg.mode, "max_size": cfg.max_size, "min_size": cfg.min_size,
+                "limit": cfg.limit}
+    rpn = _rpn_source(cfg) if cfg.method == "rpn" else None
+    if rpn:
+        prop_cfg.update(rpn_model=rpn["attrs"]["model"], rpn_weights=rpn["weights_sha256"])
+
+    def propose() -> dict:
+        from rcnn_cli.rcnn.proposals import run_propose
+
+        inputs = [ImageInput(x.image_id, x.path) for x in r.dataset(tag).records]
+        return jsonable(run_propose(inputs, out, method=cfg.method, mode=cfg.mode, max_size=cfg.max_size,
+                                    min_size=cfg.min_size, limit=cfg.limit, workers=cfg.workers, progress=r.progress,
+                                    proposer=rpn["proposer"]() if rpn else None, attrs=rpn["attrs"] if rpn else None))
+
+    r.st.run(f"propose-{tag}", dict(prop_cfg, split=r.split(tag), **r.data.data_id), [out], propose,
+             clean=[out, out.with_name(out.name + ".config.json")])
+
+
+def _features_stage(r: _Run, tag: str) -> None:
+    from rcnn_cli.rcnn.features import run_extract_features
+
+    cfg, out = r.cfg, r.features(tag)
+    c = {"backbone": cfg.backbone, "layer": cfg.layer, "warp_size": cfg.warp_size, "padding": cfg.padding,
+         "dtype": cfg.dtype, "split": r.split(tag), "proposals": r.st.hashes[f"propose-{tag}"],
+         "weights": r.start_weights if r.weights_stage is None else r.st.hashes[r.weights_stage]}
+
+    def extract() -> dict:
+        return jsonable(run_extract_features(r.dataset(tag), r.proposals(tag), out, backbone=cfg.backbone,
+                                             weights=r.weights, layer=cfg.layer, warp_size=cfg.warp_size,
+                                             padding=cfg.padding, batch_size=cfg.batch_size, dtype=cfg.dtype,
+                                             device=cfg.device, progress=r.progress))
+
+    r.st.run(f"features-{tag}{r.suffix}", c, [out], extract, clean=[out, out.with_name(out.name + ".config.json")])
+
+
+def _finetune_stage(r: _Run) -> None:
+    """Optional fine-tuning; the features after it are extracted again with the tuned weights."""
+    cfg, ft_dir = r.cfg, r.path("finetune")
+    ft_cfg = {"backbone": cfg.backbone, "weights": r.start_weights, "layer": cfg.layer, "warp_size": cfg.warp_size,
+              "padding": cfg.padding, "iters": cfg.finetune_iters, "epochs": cfg.finetune_epochs,
+              "lr": cfg.finetune_lr, "seed": cfg.seed, "proposals": r.st.hashes["propose-train"]}
+
+    def ft() -> dict:
+        from rcnn_cli.rcnn.finetune import FinetuneConfig, finetune
+
+        fc = FinetuneConfig(backbone=cfg.backbone, weights=cfg.weights, layer=cfg.layer, warp_size=cfg.warp_size,
+                            padding=cfg.padding, epochs=cfg.finetune_epochs, max_iters=cfg.finetune_iters,
+                            lr=cfg.finetune_lr, seed=cfg.seed, device=cfg.device)
+        return jsonable(finetune(r.data.train_ds, r.proposals("train"), ft_dir, fc,
+                                 resume=(ft_dir / "checkpoint").exists(), progress=r.progress,
+                                 command="rcnn pipeline (finetune)"))
+
+    # a half-finished fine-tuning of the same configuration resumes from its checkpoint
+    prev = r.st.record_path("finetune")
+    r.st.run("finetune", ft_cfg, [ft_dir / "model.safetensors"], ft,
+             clean=[ft_dir] if (prev.exists() or not (ft_dir / "checkpoint").exists()) else [])
+    r.weights, r.weights_stage, r.suffix = str(ft_dir / "model.safetensors"), "finetune", "_ft"
+
+
+def _svm_stage(r: _Run) -> None:
+    cfg = r.cfg
+    svm_cfg = {"features": r.st.hashes[f"features-train{r.suffix}"], "C": cfg.C, "bias": cfg.bias,
+               "pos_weight": cfg.pos_weight, "proposals": r.st.hashes["propose-train"]}
+
+    def svm() -> dict:
+        from rcnn_cli.rcnn.model import train_svm_model
+
+        c = train_svm_model(r.features("train"), r.model_dir, C=cfg.C, bias=cfg.bias, pos_weight=cfg.pos_weight,
+                            proposals=r.proposals("train"), weights=r.tuned_weights(), progress=r.progress)
+        return {"feature_scale": c["feature_scale"], "stats": c["svm"]["stats"]}
+
+    r.st.run("train-svm", svm_cfg, [r.model_dir / "svm.safetensors"], svm, clean=[r.model_dir])
+
+
+def _bbox_stage(r: _Run) -> None:
+    cfg = r.cfg
+
+    def bbox() -> dict:
+        from rcnn_cli.rcnn.model import train_bbox_model
+
+        c = train_bbox_model(r.features("train"), r.model_dir, lam=cfg.lam, min_overlap=0.6,
+                             weights=r.tuned_weights(), progress=r.progress)
+        return {"stats": c["bbox"]["stats"]}
+
+    r.st.run("train-bbox", {"svm": r.st.hashes["train-svm"], "lambda": cfg.lam, "min_overlap": 0.6},
+             [r.model_dir / "bbox.safetensors"], bbox, clean=[r.model_dir / "bbox.safetensors"])
+
+
+def _detect_stage(r: _Run) -> None:
+    """Detection on the test split from its cached features (R-CNN's ``rcnn_test``), through the one
+    inference loop."""
+    cfg, det_path = r.cfg, r.path(f"detections_{r.data.test_split}.jsonl")
+    det_cfg = {"svm": r.st.hashes["train-svm"], "bbox": r.st.hashes.get("train-bbox") if cfg.bbox else None,
+               "features": r.st.hashes[f"features-test{r.suffix}"], "score_threshold": cfg.score_threshold,
+               "nms": cfg.nms, "top_k": cfg.top_k}
+
+    def detect() -> dict:
+        from rcnn_cli.data.inputs import ImageInput
+        from rcnn_cli.inference import run_inference
+        from rcnn_cli.rcnn.features import load_features
+        from rcnn_cli.rcnn.model import RCNNDetector
+
+        with load_features(r.features("test")) as store:
+            detector = RCNNDetector(r.model_dir, device=cfg.device, features=store, use_bbox=cfg.bbox,
+                                    config=DetectConfig(cfg.score_threshold, cfg.nms, cfg.top_k))
+            inputs = [ImageInput(x.image_id, x.path) for x in r.data.test_ds.records if x.image_id in store]
+            res = run_inference(detector, inputs, det_path, classes=detector.classes, progress=r.progress)
+        write_run_record(det_path, "rcnn pipeline (detect)", {"model": str(r.model_dir),
+                                                              "features": str(r.features("test")), **det_cfg})
+        return {k: v for k, v in jsonable(res).items() if k != "per_image"}
+
+    r.st.run("detect", det_cfg, [det_path], detect, clean=[det_path])
+
+
+def _evaluate_stage(r: _Run) -> None:
+    det_path = r.path(f"detections_{r.data.test_split}.jsonl")
+    r.results = r.st.run("evaluate", {"detect": r.st.hashes["detect"]}, [],
+                         lambda: evaluate_file(det_path, r.data.test_ds))
+
+
+#: The R-CNN stages in order: (name, function, run only when).
+STAGES: list[tuple[str, Callable[[_Run], None], Callable[[PipelineConfig], bool]]] = [
+    ("propose-train", lambda r: _propose_stage(r, "train"), lambda c: True),
+    ("propose-test", lambda r: _propose_stage(r, "test"), lambda c: True),
+    ("finetune", _finetune_stage, lambda c: c.finetune),
+    ("features-train", lambda r: _features_stage(r, "train"), lambda c: True),
+    ("features-test", lambda r: _features_stage(r, "test"), lambda c: True),
+    ("train-svm", _svm_stage, lambda c: True),
+    ("train-bbox", _bbox_stage, lambda c: c.bbox),
+    ("detect", _detect_stage, lambda c: True),
+    ("evaluate", _evaluate_stage, lambda c: True),
+]
+
+
+def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True,
+                 sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole R-CNN pipeline in ``run_dir`` (:data:`STAGES`); returns the metrics
+    written to ``run_dir/metrics.json`` (``voc07``/``voc12`` evaluate results, ``mAP``, stage timings).
+    ``sources`` (setting -> where its value came from) goes into the record beside it."""
+    from rcnn_cli.backbones import weights_id
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    st = StageRunner(run_dir, progress)
+    t_start = time.perf_counter()
+    data = prepare_data(st, cfg.dataset, cfg.images, cfg.train_split, cfg.test_split,
+                        {"train": cfg.train_images, "test": cfg.test_images, "size": cfg.image_size}, cfg.seed)
+    # a weights file enters the stage configurations by its content: a retrained file redoes the features
+    start = cfg.weights if cfg.weights in ("imagenet", "none") else weights_id(cfg.backbone, cfg.weights)
+    r = _Run(cfg, run_dir, st, data, progress, start, weights=cfg.weights)
+    for _name, stage, wanted in STAGES:
+        if wanted(cfg):
+            stage(r)
+    det_path = r.path(f"detections_{data.test_split}.jsonl")
+    metrics = {
+        "dataset": data.path, "train_split": data.train_split, "test_split": data.test_split,
+        "mAP": {m: r.results[m]["mAP"] for m in ("voc07", "voc12")},
+        "voc07": r.results["voc07"], "voc12": r.results["voc12"], "stages": st.timings,
+        "total_seconds": time.perf_counter() - t_start, "config": asdict(cfg), "model": str(r.model_dir),
+        "detections": str(det_path),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    write_run_record(run_dir / "metrics.json", "rcnn pipeline", dict(asdict(cfg), stage_hashes=st.hashes,
+                                                                     sources=sources or {}))
+    return metrics
+
+
+def print_report(metrics: dict[str, Any]) -> None:
+    """Print the stage timings and the evaluation tables (stderr, rich)."""
+    from rich.table import Table
+
+    from rcnn_cli.evaluation import results_table
+
+    t = Table(title="stages", title_justify="left")
+    t.add_column("stage")
+    t.add_column("status")
+    t.add_column("seconds", justify="right")
+    for name, s in metrics["stages"].items():
+        t.add_row(name, s["status"], f"{s['seconds']:.1f}")
+    t.add_section()
+    t.add_row("total (this run)", "", f"{metrics['total_seconds']:.1f}")
+    console.print(t)
+    for m in ("voc07", "voc12"):
+        console.print(results_table(metrics[m]))
+    console.print(f"mAP@0.5: voc07 {100 * metrics['mAP']['voc07']:.2f}, voc12 {100 * metrics['mAP']['voc12']:.2f} "
+                  f"(metrics: {Path(metrics['model']).parent / 'metrics.json'})", highlight=False)

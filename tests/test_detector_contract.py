@@ -1,0 +1,246 @@
+"""The one detector contract: run directories of every kind (also those written before format 2)
+load through one function, detect through one loop and one command, with the same boxes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import rcnn_cli
+from rcnn_cli.cli import main
+from rcnn_cli.detector import DetectConfig, Detector, load_detector
+from rcnn_cli.errors import UserError
+from rcnn_cli.io.runs import read_run
+
+OLD_RUNS = Path(__file__).parent / "fixtures" / "runs_e8b1e22"
+EXPECTED = json.loads((OLD_RUNS / "expected.json").read_text())
+IMAGES = sorted((OLD_RUNS / "images").glob("*.jpg"))
+
+
+class _Proposals:
+    """The test images' proposals as the fixture recorded them (a reader of the proposals API)."""
+
+    def __init__(self, boxes: dict):
+        self._boxes = {k: np.asarray(v, np.float32) for k, v in boxes.items()}
+
+    def __contains__(self, image_id):
+        return image_id in self._boxes
+
+    def boxes(self, image_id):
+        return self._boxes[image_id]
+
+
+def _options(kind):
+    if kind == "faster":
+        return {"config": DetectConfig(score_threshold=0.001)}
+    return {"proposals": _Proposals(EXPECTED["proposals"])}
+
+
+@pytest.mark.parametrize("kind", ["rcnn", "fast", "faster"])
+def test_runs_written_before_format_2_load_and_detect_the_same_boxes(kind):
+    run = read_run(OLD_RUNS / kind)
+    assert run.kind == kind and run.format_version == 1 and run.model["classes"] == ["circle", "square", "star",
+                                                                                        "triangle"]
+    with rcnn_cli.load(OLD_RUNS / kind, device="cpu", **_options(kind)) as detector:
+        assert isinstance(detector, Detector) and detector.kind == kind
+        for path, want in zip(IMAGES, EXPECTED[kind]):
+            det = detector(path)  # a path: decoded by the one loader, id from the file name
+            assert det.image_id == want["image_id"] == path.stem
+            assert det.labels == want["labels"]
+            np.testing.assert_allclose(det.boxes, np.asarray(want["boxes"], np.float32).reshape(-1, 4), atol=1e-3)
+            np.testing.assert_allclose(det.scores, want["scores"], atol=1e-5)
+            if kind == "faster":  # the RPN's boxes after its NMS, at most the run's 300
+                assert 0 < det.num_proposals <= 300
+            else:
+                assert det.num_proposals == len(EXPECTED["proposals"][path.stem])
+    assert len(EXPECTED[kind][0]["boxes"]) > 0  # the fixture does hold detections to compare
+
+
+def test_load_takes_a_pil_image_or_an_array_and_returns_dicts():
+    with rcnn_cli.load(OLD_RUNS / "faster", device="cpu", config=DetectConfig(score_threshold=0.001)) as det:
+        image = Image.open(IMAGES[0]).convert("RGB")
+        a, b = det(image, "x"), det(np.asarray(image))
+        assert a.image_id == "x" and b.image_id == "image"
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        d = a.to_dict()
+        assert d["image_id"] == "x" and len(d["detections"]) == len(a)
+        assert set(d["detections"][0]) == {"label", "score", "box"} and len(d["detections"][0]["box"]) == 4
+        with pytest.raises(UserError, match=r"\(H, W, 3\)"):
+            det(np.zeros((4, 4)))
+
+
+def test_new_runs_record_kind_and_format(tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(OLD_RUNS / "rcnn", run)
+    from rcnn_cli.rcnn.model import load_model, save_svm
+
+    model = load_model(run)
+    save_svm(run, model.svm, {k: model.config[k] for k in ("backbone", "weights_id", "layer", "warp_size", "padding",
+                                                          "feature_dim")}, {"C": 0.001})
+    record = json.loads((run / "config.json").read_text())
+    assert record["kind"] == "rcnn" and record["format_version"] == 2 and record["model"]["classes"] == model.classes
+    assert "rcnn_version" in record and record["command"] == "rcnn train-svm"
+
+
+def test_unknown_kind_format_and_foreign_options_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"kind": "rcnn", "format_version": 99, "model": {}}))
+    with pytest.raises(UserError, match="format version 99"):
+        load_detector(bad)
+    (bad / "config.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(UserError, match="not a run of rcnn"):
+        load_detector(bad)
+    with pytest.raises(UserError, match="--rpn-top-n: not a setting of a 'rcnn' run"):
+        load_detector(OLD_RUNS / "rcnn", rpn_top_n=5)
+
+
+@pytest.mark.parametrize("kind", ["rcnn", "fast", "faster"])
+def test_rcnn_detect_command_works_for_every_kind(kind, tmp_path, capsys):
+    out = tmp_path / "dets.jsonl"
+    extra = ["--score-threshold", "0.001"] if kind == "faster" else []
+    with pytest.raises(SystemExit) as e:
+        main(["detect", str(IMAGES[0]), "--model", str(OLD_RUNS / kind), "--out", str(out), "--no-progress",
+              "--device", "cpu", *extra])
+    assert e.value.code == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["image_id"] for x in lines] == [IMAGES[0].stem]
+    assert all(d["label"] in ("circle", "square", "star", "triangle") for d in lines[0]["detections"])
+    record = json.loads(Path(str(out) + ".config.json").read_text())["config"]
+    assert record["kind"] == kind and record["score_threshold"] == (0.001 if kind == "faster" else 0.05)
+
+
+def _coco_dataset(tmp_path: Path) -> Path:
+    """The fixture's two test images as a COCO dataset with ids that no file name gives."""
+    ann = {"images": [{"id": 4000 + i, "file_name": p.name, "width": 128, "height": 128} for i, p in enumerate(IMAGES)],
+           "annotations": [{"id": 1 + i, "image_id": 4000 + i, "category_id": 17, "bbox": [10, 10, 30, 30],
+                            "area": 900, "iscrowd": 0} for i in range(len(IMAGES))],
+           "categories": [{"id": 11 + 2 * k, "name": c} for k, c in enumerate(["circle", "square", "star",
+                                                                               "triangle"])]}
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(ann))
+    return path
+
+
+@pytest.mark.parametrize("command", [["fast", "detect"], ["faster", "detect"]])
+def test_alias_detect_on_coco_writes_the_datasets_own_ids(command, tmp_path):
+    from pycocotools.coco import COCO
+
+    coco = _coco_dataset(tmp_path)
+    out = tmp_path / "results.json"
+    kind = command[0]
+    extra = ["--score-threshold", "0.001"] if kind == "faster" else ["--proposals", str(_proposals_file(tmp_path))]
+    with pytest.raises(SystemExit) as e:
+        main([*command, str(coco), "--images", str(OLD_RUNS / "images"), "--model", str(OLD_RUNS / kind),
+              "--format", "coco", "--out", str(out), "--no-progress", "--device", "cpu", *extra])
+    assert e.value.code == 0
+    results = json.loads(out.read_text())
+    assert results and {r["image_id"] for r in results} <= {4000, 4001}
+    assert {r["category_id"] for r in results} <= {11, 13, 15, 17}
+    gt = COCO(str(coco))
+    assert len(gt.loadRes(str(out)).getAnnIds()) == len(results)  # pycocotools accepts the file
+
+
+def _proposals_file(tmp_path: Path) -> Path:
+    from rcnn_cli.data.inputs import ImageInput
+    from rcnn_cli.rcnn.proposals import run_propose
+
+    boxes = {k: np.asarray(v, np.float32) for k, v in EXPECTED["proposals"].items()}
+    out = tmp_path / "props.h5"
+    items = [ImageInput(p.stem, p) for p in IMAGES]
+    order = iter([boxes[p.stem] for p in IMAGES])
+    run_propose(items, out, proposer=lambda image: next(order), progress=False, workers=1, min_size=0)
+    return out
+
+
+def test_every_cli_default_is_its_configuration_default():
+    """The CLI takes its defaults from the configuration dataclasses: one place for each."""
+    import typer.main
+
+    from rcnn_cli.cli.app import app
+    from rcnn_cli.engine import TrainConfig
+    from rcnn_cli.models import fast_rcnn, faster_rcnn
+    from rcnn_cli.workflows.pipeline import PipelineConfig
+
+    d = DetectConfig()
+    fast_m, fast_t = fast_rcnn.FastRCNNConfig(), TrainConfig(**fast_rcnn.TRAIN_DEFAULTS)
+    faster_m, faster_t = faster_rcnn.default_config(["x"]), TrainConfig(**faster_rcnn.TRAIN_DEFAULTS)
+    faster_names = {"rpn_pre_nms_train": "rpn_pre_nms_top_n_train", "rpn_post_nms_train": "rpn_post_nms_top_n_train",
+                    "rpn_pre_nms_test": "rpn_pre_nms_top_n_test", "rpn_post_nms_test": "rpn_post_nms_top_n_test",
+                    "rpn_nms": "rpn_nms_thresh", "rois_per_image": "box_batch_size_per_image"}
+    root = typer.main.get_command(app)
+    sources = {
+        ("detect",): [vars(d)], ("fast", "detect"): [vars(d)], ("faster", "detect"): [vars(d)],
+        ("fast", "train"): [vars(fast_m), fast_t.to_dict()],
+        ("faster", "train"): [{k: faster_m[v] for k, v in faster_names.items()}, faster_m, faster_t.to_dict()],
+        ("pipeline",): [vars(PipelineConfig())],
+    }
+    checked = 0
+    for path, dicts in sources.items():
+        cmd = root
+        for name in path:
+            cmd = cmd.commands[name]
+        for param in cmd.params:
+            if getattr(param, "param_type_name", "") != "option" or param.default is None:
+                continue
+            for values in dicts:
+                if param.name in values and values[param.name] is not None:
+                    default = values[param.name]
+                    assert param.default == default, f"{' '.join(path)} --{param.name}: {param.default} != {default}"
+                    checked += 1
+                    break
+    assert checked >= 40
+
+
+def test_no_function_in_src_is_over_100_lines():
+    script = Path(__file__).parents[1] / "scripts" / "function_lengths.py"
+    res = subprocess.run([sys.executable, str(script), "--max", "100", "src"], capture_output=True, text=True,
+                         cwd=script.parents[1])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_config_replays_a_recorded_run_and_records_the_sources(shapes_root, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    base = ["faster", "train", str(shapes_root), "--split", "trainval", "--epochs", "1", "--no-progress",
+            "--device", "cpu"]
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--out", str(first), "--min-size", "96", "--max-size", "128", "--max-iters", "1",
+              "--weights", "none", "--rpn-post-nms-test", "77", "--lr-steps", "1", "--anchor-sizes", "16,32,64"])
+    assert e.value.code == 0
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--out", str(second), "--config", str(first / "config.json"), "--max-size", "112"])
+    assert e.value.code == 0
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, second))
+    assert b["model"]["min_size"] == 96 and b["model"]["max_size"] == 112  # replayed; the flag given wins
+    assert b["model"]["rpn_post_nms_top_n_test"] == 77 and b["model"]["anchor_sizes"] == [16.0, 32.0, 64.0]
+    assert b["model"]["weights_id"] == a["model"]["weights_id"] == "efficientnet_lite0:none-seed0"
+    assert b["train"]["max_iters"] == 1 and b["train"]["lr_steps"] == [1]
+    src = b["sources"]
+    assert src["max_size"] == "command line" and src["min_size"] == f"config {first / 'config.json'}"
+    assert src["val_split"] == "default" and src["out"] == "command line"
+    assert a["sources"]["min_size"] == "command line" and a["sources"]["lr"] == "default"
+
+
+def test_recorded_settings_from_yaml_and_bad_files(tmp_path):
+    from rcnn_cli.cli.options import read_recorded
+
+    good = tmp_path / "c.yaml"
+    good.write_text("min_size: 96\nanchor_sizes: [16, 32]\n")
+    assert read_recorded(good) == {"min_size": 96, "anchor_sizes": [16, 32]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("min_size: [1, 2\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        read_recorded(bad)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="mapping"):
+        read_recorded(tmp_path / "list.json")
+    record = {"kind": "fast", "format_version": 2, "model": {"min_size": 300}, "train": {"lr": 0.02, "min_size": 1}}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert read_recorded(tmp_path / "run.json") == {"lr": 0.02, "min_size": 300}  # the model's value wins
