@@ -248,13 +248,9 @@ class FeatureNet(nn.Module):
 def _load_file(module: nn.Module, name: str, path: Path) -> None:
     if path.suffix != ".safetensors":
         raise UserError(f"--weights {path}: expected a .safetensors file (pickled .pth files are not loaded)")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from rcnn_cli.io.tensors import load_tensors
 
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"--weights {path}: not a readable safetensors file ({e})") from None
+    state = load_tensors(path, "--weights")
     if state and not any(k.startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}  # a bare torchvision/timm state dict
     own = module.state_dict()

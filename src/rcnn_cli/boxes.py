@@ -155,9 +155,9 @@ def valid_box_mask(boxes: np.ndarray, width: int | None = None, height: int | No
 
 def scale_boxes(boxes, sx: float, sy: float):
     """``(N, 4)`` boxes (numpy or torch) times ``(sx, sy, sx, sy)``: pixels of one image size to another."""
-    import torch
+    if type(boxes).__module__.startswith("torch"):  # a tensor (torch is not imported for numpy input)
+        import torch
 
-    if isinstance(boxes, torch.Tensor):
         return boxes * torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
     return np.asarray(boxes, np.float32) * np.array([sx, sy, sx, sy], np.float32)
 

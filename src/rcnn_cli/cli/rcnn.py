@@ -9,10 +9,11 @@ import typer
 
 from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
+from rcnn_cli.rcnn.classifiers import BBoxConfig, SVMConfig
 from rcnn_cli.rcnn.finetune import FinetuneConfig
 from rcnn_cli.workflows.pipeline import PipelineConfig
 
-_FT = FinetuneConfig()
+_FT, _SVM, _BOX = FinetuneConfig(), SVMConfig(), BBoxConfig()
 _P = PipelineConfig()
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
@@ -87,22 +88,22 @@ def export_backbone_cmd(
 def train_svm_cmd(
     features: Path = typer.Option(..., "--features", "-F", help="Features store of the training split (extract-features)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory (created or updated)."),
-    C: float = typer.Option(0.001, "--C", help="SVM regularisation C (liblinear)."),
-    bias: float = typer.Option(10.0, "--bias", help="Bias feature value (liblinear -B; the bias is regularised)."),
-    pos_weight: float = typer.Option(2.0, "--pos-weight", help="Loss weight of positives (liblinear -w1)."),
-    neg_overlap: float = typer.Option(0.3, "--neg-overlap", help="Negatives: IoU below this with every box of the class."),
-    retrain_limit: int = typer.Option(2000, "--retrain-limit", help="Retrain after this many new hard negatives."),
-    passes: int = typer.Option(1, "--passes", help="Mining passes over the features."),
+    C: float = typer.Option(_SVM.C, "--C", help="SVM regularisation C (liblinear)."),
+    bias: float = typer.Option(_SVM.bias, "--bias", help="Bias feature value (liblinear -B; the bias is regularised)."),
+    pos_weight: float = typer.Option(_SVM.pos_weight, "--pos-weight", help="Loss weight of positives (liblinear -w1)."),
+    neg_overlap: float = typer.Option(_SVM.neg_overlap, "--neg-overlap", help="Negatives: IoU below this with every box of the class."),
+    retrain_limit: int = typer.Option(_SVM.retrain_limit, "--retrain-limit", help="Retrain after this many new hard negatives."),
+    passes: int = typer.Option(_SVM.passes, "--passes", help="Mining passes over the features."),
     proposals: Optional[Path] = typer.Option(None, "--proposals", "-p", help="Proposals file the features came from (records its settings for detect)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Fine-tuned backbone weights the features were made with."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = O.progress(),
 ) -> None:
     """Train one linear SVM per class with hard-negative mining (R-CNN's step 3)."""
     from rcnn_cli.rcnn.model import train_svm_model
 
-    cfg = train_svm_model(features, out, C=C, bias=bias, pos_weight=pos_weight, neg_overlap=neg_overlap,
-                          retrain_limit=retrain_limit, passes=passes, proposals=proposals, weights=weights,
-                          progress=progress)
+    svm = SVMConfig(C=C, bias=bias, pos_weight=pos_weight, neg_overlap=neg_overlap, retrain_limit=retrain_limit,
+                    passes=passes)
+    cfg = train_svm_model(features, out, svm, proposals=proposals, weights=weights, progress=progress)
     for name, s in cfg["svm"]["stats"].items():
         console.print(f"  {name}: {s['positives']} positives, {s['negatives']} hard negatives, {s['retrains']} retrains"
                       + (f", objective {s['objective']:.4f}" if "objective" in s else ""), highlight=False)
@@ -113,17 +114,17 @@ def train_svm_cmd(
 def train_bbox_cmd(
     features: Path = typer.Option(..., "--features", "-F", help="Features store of the training split."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory (created or updated)."),
-    lam: float = typer.Option(1000.0, "--lambda", help="Ridge regularisation."),
-    min_overlap: float = typer.Option(0.6, "--min-overlap", help="Train on regions with at least this IoU to a ground truth."),
+    lam: float = typer.Option(_BOX.lam, "--lambda", help="Ridge regularisation."),
+    min_overlap: float = typer.Option(_BOX.min_overlap, "--min-overlap", help="Train on regions with at least this IoU to a ground truth."),
     proposals: Optional[Path] = typer.Option(None, "--proposals", "-p", help="Proposals file the features came from."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Fine-tuned backbone weights the features were made with."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = O.progress(),
 ) -> None:
     """Fit class-specific bounding-box ridge regressors (R-CNN's box regression)."""
     from rcnn_cli.rcnn.model import train_bbox_model
 
-    cfg = train_bbox_model(features, out, lam=lam, min_overlap=min_overlap, proposals=proposals, weights=weights,
-                           progress=progress)
+    cfg = train_bbox_model(features, out, BBoxConfig(lam=lam, min_overlap=min_overlap), proposals=proposals,
+                           weights=weights, progress=progress)
     for name, s in cfg["bbox"]["stats"].items():
         if s.get("examples"):
             console.print(f"  {name}: {s['examples']} regions, target MSE {s['train_mse_before']:.4f} -> "

@@ -40,6 +40,39 @@ TARGET_NORM = 20.0
 BBOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
+@dataclass(frozen=True)
+class SVMConfig:
+    """R-CNN's SVM training settings (liblinear hinge loss, hard-negative mining): their one home."""
+
+    C: float = 0.001             # regularisation
+    bias: float = 10.0           # bias feature value (liblinear -B; the bias is regularised)
+    pos_weight: float = 2.0      # loss weight of positives (liblinear -w1)
+    neg_overlap: float = 0.3     # negatives: IoU below this with every box of the class
+    hard_threshold: float = -1.0001  # a cached negative scoring above this is hard
+    easy_threshold: float = -1.2     # a cached negative scoring below this is dropped
+    retrain_limit: int = 2000    # retrain after this many new hard negatives
+    passes: int = 1              # mining passes over the features
+
+    def __post_init__(self) -> None:
+        if self.C <= 0 or self.bias < 0 or self.pos_weight <= 0:
+            raise UserError("--C and --pos-weight must be positive, --bias non-negative")
+
+
+@dataclass(frozen=True)
+class BBoxConfig:
+    """R-CNN's box-regression settings (class-specific ridge regressors)."""
+
+    lam: float = 1000.0          # ridge regularisation (--lambda)
+    min_overlap: float = 0.6     # train on regions with at least this IoU to a ground truth
+
+    def __post_init__(self) -> None:
+        if self.lam < 0 or not 0 < self.min_overlap <= 1:
+            raise UserError("--lambda must be >= 0 and --min-overlap in (0, 1]")
+
+
+_S, _B = SVMConfig(), BBoxConfig()
+
+
 class FeatureSource(Protocol):
     """What the trainers need from a features store (``rcnn_cli.rcnn.features.FeatureReader``)."""
 
@@ -203,9 +236,10 @@ class _NegCache:
         return int(len(dropped))
 
 
-def train_svms(reader: FeatureSource, C: float = 0.001, bias: float = 10.0, pos_weight: float = 2.0,
-               neg_overlap: float = 0.3, hard_threshold: float = -1.0001, easy_threshold: float = -1.2,
-               retrain_limit: int = 2000, passes: int = 1, feature_scale: float | None = None,
+def train_svms(reader: FeatureSource, C: float = _S.C, bias: float = _S.bias, pos_weight: float = _S.pos_weight,
+               neg_overlap: float = _S.neg_overlap, hard_threshold: float = _S.hard_threshold,
+               easy_threshold: float = _S.easy_threshold, retrain_limit: int = _S.retrain_limit,
+               passes: int = _S.passes, feature_scale: float | None = None,
                classes: list[str] | None = None, max_iter: int = 20000, progress: bool = True,
                keep_cache_keys: bool = False) -> tuple[SVMModel, dict[str, Any]]:
     """Train one linear SVM per class with R-CNN's hard-negative mining over a features store.
@@ -342,7 +376,7 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.
     return w, my - mx @ w
 
 
-def train_bbox_regressors(reader: FeatureSource, lam: float = 1000.0, min_overlap: float = 0.6,
+def train_bbox_regressors(reader: FeatureSource, lam: float = _B.lam, min_overlap: float = _B.min_overlap,
                           feature_scale: float | None = None, classes: list[str] | None = None,
                           progress: bool = True) -> tuple[BBoxRegressor, dict[str, Any]]:
     """Fit R-CNN's class-specific box regressors on regions with IoU >= ``min_overlap`` to a ground truth.

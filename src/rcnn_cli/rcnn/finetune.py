@@ -330,19 +330,19 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     ``state_dict``; layers the detector did not train (those after the trunk when its head was an
     MLP) keep ImageNet weights. Returns ``{"backbone", "head", "trained_layers", "weights_id"}``.
     """
-    from safetensors.torch import save_file
-
     from rcnn_cli.backbones import feature_state_from_detector, weights_id
+    from rcnn_cli.io import write_run_record
     from rcnn_cli.io.runs import read_run
-    from rcnn_cli.io import atomic_path, write_run_record
+    from rcnn_cli.io.tensors import save_tensors
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the weights file must end in .safetensors")
-    model_cfg = read_run(run_dir).model
+    run = read_run(run_dir)
+    model_cfg = run.model
     if model_cfg.get("fpn"):
         raise UserError(f"{run_dir}: a feature-pyramid model has no single-layer backbone to export")
-    if read_run(run_dir).kind == "faster":
+    if run.kind == "faster":
         from rcnn_cli.models.faster_rcnn import load_model
 
         model, _ = load_model(run_dir)
@@ -356,8 +356,7 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     state, with_head = feature_state_from_detector(name, trunk, head)
     trained = "trunk and head" if with_head else "trunk (the layers after it are ImageNet's)"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata={"format": "rcnn-feature-net", "backbone": name})
+    save_tensors(out, state, metadata={"format": "rcnn-feature-net", "backbone": name})
     info = {"backbone": name, "head": model_cfg.get("head"), "trained_layers": trained,
             "weights_id": weights_id(name, out)}
     write_run_record(out, "rcnn export-backbone", {"run": str(run_dir), **info})

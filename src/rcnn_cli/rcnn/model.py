@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 
-from rcnn_cli.rcnn.classifiers import BBoxRegressor, SVMModel
+from rcnn_cli.rcnn.classifiers import BBoxConfig, BBoxRegressor, SVMConfig, SVMModel
 from rcnn_cli.errors import UserError
 from rcnn_cli.detector import DetectConfig, Detector
 
@@ -507,9 +507,7 @@ def _features_context(features: str | Path, proposals: str | Path | None, weight
     return reader, cfg, props
 
 
-def train_svm_model(features: str | Path, out: str | Path, C: float = 0.001, bias: float = 10.0,
-                    pos_weight: float = 2.0, neg_overlap: float = 0.3, hard_threshold: float = -1.0001,
-                    easy_threshold: float = -1.2, retrain_limit: int = 2000, passes: int = 1,
+def train_svm_model(features: str | Path, out: str | Path, config: SVMConfig | None = None,
                     proposals: str | Path | None = None, weights: str | Path | None = None,
                     progress: bool = True) -> dict[str, Any]:
     """``rcnn train-svm``: train the SVMs on a features store into the model directory ``out``.
@@ -518,26 +516,23 @@ def train_svm_model(features: str | Path, out: str | Path, C: float = 0.001, bia
     records the selective-search settings that ``detect`` reuses; ``weights`` names fine-tuned
     backbone weights when the features were extracted with them (copied into ``out``).
     """
+    from dataclasses import asdict
+
     from rcnn_cli.rcnn.classifiers import train_svms
 
-    if C <= 0 or bias < 0 or pos_weight <= 0:
-        raise UserError("--C and --pos-weight must be positive, --bias non-negative")
+    config = config or SVMConfig()
     out = Path(out)
     reader, fcfg, props = _features_context(features, proposals, weights, out)
     try:
-        svm, stats = train_svms(reader, C=C, bias=bias, pos_weight=pos_weight, neg_overlap=neg_overlap,
-                                hard_threshold=hard_threshold, easy_threshold=easy_threshold,
-                                retrain_limit=retrain_limit, passes=passes, progress=progress)
-        settings = {"C": C, "bias": bias, "pos_weight": pos_weight, "neg_overlap": neg_overlap,
-                    "hard_threshold": hard_threshold, "easy_threshold": easy_threshold, "retrain_limit": retrain_limit,
-                    "passes": passes, "loss": "hinge (liblinear -s 3)", "features": str(features),
+        svm, stats = train_svms(reader, **asdict(config), progress=progress)
+        settings = {**asdict(config), "loss": "hinge (liblinear -s 3)", "features": str(features),
                     "feature_images": len(reader.ids()), "stats": stats}
         return save_svm(out, svm, dict(fcfg, classes=list(svm.classes)), settings, props)
     finally:
         reader.close()
 
 
-def train_bbox_model(features: str | Path, out: str | Path, lam: float = 1000.0, min_overlap: float = 0.6,
+def train_bbox_model(features: str | Path, out: str | Path, config: BBoxConfig | None = None,
                      proposals: str | Path | None = None, weights: str | Path | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """``rcnn train-bbox``: fit the box regressors into the model directory ``out`` (merging its config).
@@ -546,8 +541,8 @@ def train_bbox_model(features: str | Path, out: str | Path, lam: float = 1000.0,
     """
     from rcnn_cli.rcnn.classifiers import train_bbox_regressors
 
-    if lam < 0 or not 0 < min_overlap <= 1:
-        raise UserError("--lambda must be >= 0 and --min-overlap in (0, 1]")
+    config = config or BBoxConfig()
+    lam, min_overlap = config.lam, config.min_overlap
     out = Path(out)
     reader, fcfg, props = _features_context(features, proposals, weights, out)
     try:

@@ -77,6 +77,7 @@ import h5py
 import numpy as np
 
 from rcnn_cli import __version__
+from rcnn_cli.boxes import resize_boxes
 from rcnn_cli.io.files import fsync_path
 from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id, unescape_id
 from rcnn_cli.errors import ImageError, UserError
@@ -259,7 +260,7 @@ def propose_image(image, method: str = "selective-search", mode: str = "fast", m
             boxes = rects.copy()
             boxes[:, 2] += boxes[:, 0]
             boxes[:, 3] += boxes[:, 1]
-            boxes *= np.array([width / nw, height / nh, width / nw, height / nh], np.float32)
+            boxes = resize_boxes(boxes, (nw, nh), (width, height))
             boxes = filter_boxes(boxes, width, height, min_size, limit)
             if len(boxes):
                 return ProposalResult(boxes, "selective-search", seconds=time.perf_counter() - t0)

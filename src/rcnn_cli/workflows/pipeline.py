@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rcnn_cli.detector import DetectConfig
+from rcnn_cli.rcnn.classifiers import BBoxConfig, SVMConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.io import jsonable, read_json, write_json, write_run_record
 from rcnn_cli.log import console, logger
@@ -74,10 +75,10 @@ class PipelineConfig:
     finetune_epochs: int = 1
     finetune_lr: float = 0.001
     # classifiers
-    C: float = 0.001
-    bias: float = 10.0
-    pos_weight: float = 2.0
-    lam: float = 1000.0
+    C: float = SVMConfig.C
+    bias: float = SVMConfig.bias
+    pos_weight: float = SVMConfig.pos_weight
+    lam: float = BBoxConfig.lam
     bbox: bool = True
     # detection
     score_threshold: float = DetectConfig.score_threshold
@@ -323,9 +324,10 @@ def _svm_stage(r: _Run) -> None:
                "pos_weight": cfg.pos_weight, "proposals": r.st.hashes["propose-train"]}
 
     def svm() -> dict:
+        from rcnn_cli.rcnn.classifiers import SVMConfig
         from rcnn_cli.rcnn.model import train_svm_model
 
-        c = train_svm_model(r.features("train"), r.model_dir, C=cfg.C, bias=cfg.bias, pos_weight=cfg.pos_weight,
+        c = train_svm_model(r.features("train"), r.model_dir, SVMConfig(C=cfg.C, bias=cfg.bias, pos_weight=cfg.pos_weight),
                             proposals=r.proposals("train"), weights=r.tuned_weights(), progress=r.progress)
         return {"feature_scale": c["feature_scale"], "stats": c["svm"]["stats"]}
 
@@ -336,13 +338,14 @@ def _bbox_stage(r: _Run) -> None:
     cfg = r.cfg
 
     def bbox() -> dict:
+        from rcnn_cli.rcnn.classifiers import BBoxConfig
         from rcnn_cli.rcnn.model import train_bbox_model
 
-        c = train_bbox_model(r.features("train"), r.model_dir, lam=cfg.lam, min_overlap=0.6,
-                             weights=r.tuned_weights(), progress=r.progress)
+        c = train_bbox_model(r.features("train"), r.model_dir, BBoxConfig(lam=cfg.lam), weights=r.tuned_weights(),
+                             progress=r.progress)
         return {"stats": c["bbox"]["stats"]}
 
-    r.st.run("train-bbox", {"svm": r.st.hashes["train-svm"], "lambda": cfg.lam, "min_overlap": 0.6},
+    r.st.run("train-bbox", {"svm": r.st.hashes["train-svm"], "lambda": cfg.lam, "min_overlap": BBoxConfig.min_overlap},
              [r.model_dir / "bbox.safetensors"], bbox, clean=[r.model_dir / "bbox.safetensors"])
 
 
