@@ -46,3 +46,87 @@ def test_data_info_json_and_make_shapes(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "rcnn_cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"rcnn {__version__}"
+
+
+# ------------------------------------------------------------------ defects found as a new user (issue 20)
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+
+    from rcnn_cli.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_output_path_under_a_regular_file_is_one_line(tmp_path, capsys):
+    from rcnn_cli.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    img = tmp_path / "im.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(img)
+    with pytest.raises(SystemExit) as e:
+        main(["propose", str(img), "--out", str(blocker / "p.h5"), "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "internal error" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import typer.main
+
+    from rcnn_cli.cli.app import app
+
+    def commands(group, path=()):
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                yield from commands(cmd, path + (name,))
+            else:
+                yield path + (name,), cmd
+
+    missing = [f"{' '.join(path)} {p.opts[0]}" for path, cmd in commands(typer.main.get_command(app))
+               for p in cmd.params if getattr(p, "param_type_name", "") == "option" and not p.help]
+    assert missing == []
+
+
+def test_evaluate_json_dash_goes_to_stdout(tmp_path, capsys, monkeypatch):
+    from rcnn_cli.data.shapes import make_shapes
+
+    root = make_shapes(tmp_path / "d", train=1, test=2, size=64, seed=0)
+    dets = tmp_path / "dets.jsonl"
+    dets.write_text("".join(json.dumps({"image_id": f"test_{k:05d}", "detections": []}) + "\n" for k in range(2)))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(root), "--split", "test", "--detections", str(dets), "--json", "-"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["mAP"] == 0.0  # stdout holds the JSON alone; the table went to stderr
+    assert not (tmp_path / "-").exists() and not (tmp_path / "-.config.json").exists()
+
+
+def test_extract_features_with_proposals_of_other_images_is_an_error(tmp_path, capsys):
+    from rcnn_cli.data.inputs import ImageInput
+    from rcnn_cli.data.shapes import make_shapes
+    from rcnn_cli.rcnn.proposals import run_propose
+
+    root = make_shapes(tmp_path / "d", train=2, test=1, size=64, seed=0)
+    other = tmp_path / "other.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(other)
+    props = tmp_path / "p.h5"
+    run_propose([ImageInput("elsewhere", other)], props, method="sliding-window", progress=False, workers=1)
+    out = tmp_path / "f.h5"
+    with pytest.raises(SystemExit) as e:
+        main(["extract-features", str(root), "--split", "trainval", "--proposals", str(props), "--out", str(out),
+              "--no-progress", "--device", "cpu", "--warp-size", "32", "--padding", "3"])
+    assert e.value.code == 2 and "none of the 2 images" in capsys.readouterr().err
+    assert not out.exists()

@@ -264,3 +264,17 @@ def test_flip_boxes_twice_is_identity():
     once = flip_boxes(boxes, 100)
     np.testing.assert_array_equal(once, [[90, 2, 98.5, 20], [0, 0, 100, 50]])
     np.testing.assert_array_equal(flip_boxes(once, 100), boxes)
+
+
+def test_training_into_a_log_file_prints_progress_lines_with_an_eta(tmp_path, caplog):
+    """stderr is not a terminal (nohup, CI, pytest): one plain line per logged iteration."""
+    import logging
+
+    seed_everything(0)
+    with caplog.at_level(logging.INFO, logger="rcnn"):
+        train(ToyModel(), ToyData(6), tmp_path / "run", TrainConfig(epochs=1, batch_size=2, lr=0.01, warmup_iters=0, log_every=1,
+                                                       progress=False, device="cpu"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1 iter ")]
+    assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("loss " in line and " lr " in line and "img/s" in line and " ETA " in line for line in lines)
+    assert lines[-1].endswith("ETA 0m00s")

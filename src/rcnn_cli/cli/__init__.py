@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # e.g. `rcnn detect ... | head`
         sys.stderr.close()
         sys.exit(0)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path the user gave
+        where = e.filename or ""
+        console.print(f"[bold red]error:[/] {where}: {e.strerror or e} (check the output path)", highlight=False,
+                      soft_wrap=True)
+        sys.exit(2)
     except Exception as e:  # a bug, not a user error: one line unless --verbose
         if state["verbose"]:
             traceback.print_exc()

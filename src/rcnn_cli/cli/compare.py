@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
 from rcnn_cli.log import console
 
@@ -25,7 +26,7 @@ def compare_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of data generation, training and sampling."),
     timing_images: Optional[int] = typer.Option(None, "--timing-images", help="Test images timed per method (default: quick 6, full 10)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one budget setting, e.g. --set fast.epochs=8 (repeatable; recorded in the output)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = O.progress(),
 ) -> None:
     """Train, evaluate and time R-CNN, Fast R-CNN and Faster R-CNN on the same data: the lecture's table.
 

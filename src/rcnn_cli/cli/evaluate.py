@@ -32,7 +32,7 @@ def evaluate_command(
                                   help="voc07: 11-point AP (VOC devkit); voc12: area under the PR envelope; "
                                        "coco: AP@[.5:.95], AP50, AP75, APs/m/l via pycocotools."),
     iou: Optional[float] = typer.Option(None, "--iou", help="IoU threshold for voc07/voc12 (default 0.5, devkit's >=)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (AP as fractions) here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (AP as fractions) here ('-': stdout, the table then goes to stderr)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write precision/recall PNGs (one per class + overview) here."),
     ignore_unknown: bool = typer.Option(False, "--ignore-unknown",
                                         help="Warn about and skip detections of images/classes not in the split "
@@ -46,7 +46,7 @@ def evaluate_command(
     from rcnn_cli.data.voc import is_voc_root
     from rcnn_cli.io.detections import read_detections
     from rcnn_cli.evaluation import evaluate, json_summary, results_table
-    from rcnn_cli.io import write_json, write_run_record
+    from rcnn_cli.io import jsonable, write_json, write_run_record
     from rcnn_cli.log import logger
 
     if is_voc_root(dataset) and not split:
@@ -58,8 +58,13 @@ def evaluate_command(
     dets = read_detections(detections, ds, ignore_unknown=ignore_unknown)
     result = evaluate(ds, dets, metric=metric.value, iou=0.5 if iou is None else iou,
                       ignore_unknown=ignore_unknown, curves=plot is not None)
-    Console().print(results_table(result))  # the results go to stdout
-    if json_out is not None:
+    to_stdout = json_out is not None and str(json_out) == "-"
+    Console(stderr=to_stdout).print(results_table(result))  # stdout, unless the JSON goes there
+    if to_stdout:
+        import json
+
+        print(json.dumps(jsonable(json_summary(result)), indent=2))
+    elif json_out is not None:
         write_json(json_out, json_summary(result))
         write_run_record(json_out, "evaluate", {
             "dataset": str(dataset), "split": split, "detections": detections, "metric": metric.value,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rcnn_cli.errors import UserError
-from rcnn_cli.io.files import fsync_path, read_json
+from rcnn_cli.io.files import creation_mode, fsync_path, read_json
 from rcnn_cli.io.tensors import load_state, load_tensors, unwrap
 
 __all__ = ["CHECKPOINT_DIR", "STATE_VERSION", "rng_state", "set_rng_state", "write_checkpoint", "find_checkpoint",
@@ -88,6 +88,7 @@ def write_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opt
     final = out_dir / CHECKPOINT_DIR
     old = out_dir / (CHECKPOINT_DIR + ".old")
     tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.", suffix=".tmp", dir=out_dir))
+    os.chmod(tmp, creation_mode(directory=True))
     try:
         weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))

@@ -43,7 +43,7 @@ from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import atomic_open, json_default
 from rcnn_cli.io.runs import write_run
 from rcnn_cli.io.tensors import save_state
-from rcnn_cli.log import logger, progress_bar
+from rcnn_cli.log import console, logger, progress_bar
 from rcnn_cli.runtime import barrier, dist_info, init_distributed, resolve_device, seed_everything
 
 __all__ = ["TrainConfig", "default_lr_steps", "collate_detection", "train", "lr_at", "CHECKPOINT_DIR"]
@@ -377,6 +377,14 @@ def _status(values: dict[str, float], ips: float, lr: float) -> str:
     return f"{' '.join(parts)} | {ips:.1f} img/s | lr {lr:.2g}"
 
 
+def _log_line(loop: _Loop, ips: float, lr: float) -> str:
+    """``epoch 1/12 iter 40/2400 loss 1.234 objectness 0.1 ... lr 0.01 2.1 img/s ETA 12m05s``."""
+    per_iter = (time.perf_counter() - loop.started) / max(loop.iteration - loop.start_iteration, 1)
+    eta = int(per_iter * (loop.total_iters - loop.iteration))
+    return (f"epoch {loop.epoch + 1}/{loop.config.epochs} iter {loop.iteration}/{loop.total_iters} "
+            f"{_status(loop.last_losses, ips, lr).replace(' | ', ' ')} ETA {eta // 60}m{eta % 60:02d}s")
+
+
 def _run_epoch(loop: _Loop, metrics: "_Metrics", progress, task) -> dict[str, Any]:
     """One (possibly resumed, possibly cut by ``max_iters``) epoch; returns its record."""
     c, world = loop.config, loop.world
@@ -409,6 +417,8 @@ def _run_epoch(loop: _Loop, metrics: "_Metrics", progress, task) -> dict[str, An
             loop.last_losses = _reduce_mean(values, loop.device)
             metrics.write(_iteration_record(loop, loop.last_losses, lr, grad_norm, ips))
             progress.update(task, status=_status(loop.last_losses, ips, lr))
+            if loop.is_main and not console.is_terminal:  # a log file (nohup, CI): a plain line, with an ETA
+                logger.info("%s", _log_line(loop, ips, lr))
         progress.update(task, completed=loop.iteration)
         if loop.iteration >= loop.total_iters:
             break
@@ -443,6 +453,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     out_dir = Path(out_dir)
     loop = _Loop(model, dataset, out_dir, config, collate_fn, param_groups)
     resumed = loop.resume() if resume else False
+    loop.start_iteration, loop.started = loop.iteration, time.perf_counter()
     loop.build_loader()
     metrics = _Metrics(out_dir / "metrics.jsonl", loop.is_main, keep_until=loop.iteration if resumed else None)
     train_record = dict(config.to_dict(), world_size=loop.world, device=str(loop.device), amp_active=loop.amp)

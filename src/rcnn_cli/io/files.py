@@ -18,6 +18,13 @@ import numpy as np
 from rcnn_cli import __version__
 
 
+def creation_mode(directory: bool = False) -> int:
+    """The mode a new file (or folder) gets under the process's umask (0644 / 0755 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -29,6 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, creation_mode())  # mkstemp makes 0600; outputs honour the umask
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -595,6 +595,9 @@ def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str 
             done, next_part = _existing(out, settings)
             todo = [(order, it) for order, it in indexed if it[0] not in done]
             missing = [it[0] for _, it in todo if it[0] not in reader]
+            if indexed and not any(it[0] in reader for _, it in indexed):
+                raise UserError(f"{getattr(reader, 'path', proposals)} holds proposals for none of the "
+                                f"{len(indexed)} images (wrong --proposals file or --split?)")
             for image_id in missing:
                 logger.warning("%s: no proposals for this image in %s; skipped", image_id, getattr(reader, "path", ""))
             todo = [(order, it) for order, it in todo if it[0] in reader]
