@@ -131,19 +131,19 @@ def plain_torchvision(faster_dir: Path, device: torch.device):
     from rcnn_cli.models.faster_rcnn import _model_config_from
 
     cfg = _model_config_from(faster_dir)
-    if cfg.get("fpn") or cfg.get("head") != "mlp" or int(cfg.get("representation_size", 1024)) != 1024:
+    if cfg.fpn or cfg.head != "mlp" or int(cfg.representation_size) != 1024:
         return None, cfg
-    body, channels, _ = build_trunk(cfg["backbone"], "none", freeze_bn=True)
+    body, channels, _ = build_trunk(cfg.backbone, "none", freeze_bn=True)
     model = FasterRCNN(
-        _Trunk(body, channels), num_classes=len(cfg["classes"]) + 1, min_size=int(cfg["min_size"]),
-        max_size=int(cfg["max_size"]), image_mean=list(cfg["image_mean"]), image_std=list(cfg["image_std"]),
-        rpn_anchor_generator=AnchorGenerator(sizes=(tuple(float(s) for s in cfg["anchor_sizes"]),),
-                                             aspect_ratios=(tuple(float(r) for r in cfg["aspect_ratios"]),)),
-        rpn_pre_nms_top_n_test=int(cfg["rpn_pre_nms_top_n_test"]), rpn_post_nms_top_n_test=int(cfg["rpn_post_nms_top_n_test"]),
-        rpn_nms_thresh=float(cfg["rpn_nms_thresh"]),
-        box_roi_pool=MultiScaleRoIAlign(["0"], int(cfg["roi_output_size"]), int(cfg["roi_sampling_ratio"])),
-        box_score_thresh=float(cfg["box_score_thresh"]), box_nms_thresh=float(cfg["box_nms_thresh"]),
-        box_detections_per_img=int(cfg["box_detections_per_img"]))
+        _Trunk(body, channels), num_classes=len(cfg.classes) + 1, min_size=int(cfg.min_size),
+        max_size=int(cfg.max_size), image_mean=list(cfg.image_mean), image_std=list(cfg.image_std),
+        rpn_anchor_generator=AnchorGenerator(sizes=(tuple(float(s) for s in cfg.anchor_sizes),),
+                                             aspect_ratios=(tuple(float(r) for r in cfg.aspect_ratios),)),
+        rpn_pre_nms_top_n_test=int(cfg.rpn_pre_nms_top_n_test), rpn_post_nms_top_n_test=int(cfg.rpn_post_nms_top_n_test),
+        rpn_nms_thresh=float(cfg.rpn_nms_thresh),
+        box_roi_pool=MultiScaleRoIAlign(["0"], int(cfg.roi_output_size), int(cfg.roi_sampling_ratio)),
+        box_score_thresh=float(cfg.box_score_thresh), box_nms_thresh=float(cfg.box_nms_thresh),
+        box_detections_per_img=int(cfg.box_detections_per_img))
     state = load_file(str(faster_dir / "model.safetensors"))
     model.load_state_dict({k[7:] if k.startswith("module.") else k: v for k, v in state.items()}, strict=True)
     return model.to(device).eval(), cfg
@@ -316,7 +316,7 @@ def main(argv=None) -> dict:
     del fast
 
     ours = make_detector("faster", faster_dir, str(device))
-    faster_input = f"{ours.model_config['min_size']}/{ours.model_config['max_size']} px"
+    faster_input = f"{ours.model_config.min_size}/{ours.model_config.max_size} px"
     results["faster"] = time_detector(ours, images, **kw)
 
     if reader is not None:  # the networks read the file: time the search on its own, add it
@@ -346,7 +346,7 @@ def main(argv=None) -> dict:
         if model is None:
             console.print("(b) skipped: the Faster R-CNN model has an FPN or a backbone head", highlight=False)
         else:
-            pd = PlainDetector(model, list(cfg["classes"]), device)
+            pd = PlainDetector(model, list(cfg.classes), device)
             diffs = []
             for image_id, image in images:
                 a, b = ours(image, image_id), pd(image, image_id)

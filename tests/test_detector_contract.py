@@ -171,7 +171,7 @@ def test_every_cli_default_is_its_configuration_default():
 
     d = DetectConfig()
     fast_m, fast_t = fast_rcnn.FastRCNNConfig(), TrainConfig(**fast_rcnn.TRAIN_DEFAULTS)
-    faster_m, faster_t = faster_rcnn.default_config(["x"]), TrainConfig(**faster_rcnn.TRAIN_DEFAULTS)
+    faster_m, faster_t = vars(faster_rcnn.FasterRCNNConfig()), TrainConfig(**faster_rcnn.TRAIN_DEFAULTS)
     faster_names = {"rpn_pre_nms_train": "rpn_pre_nms_top_n_train", "rpn_post_nms_train": "rpn_post_nms_top_n_train",
                     "rpn_pre_nms_test": "rpn_pre_nms_top_n_test", "rpn_post_nms_test": "rpn_post_nms_top_n_test",
                     "rpn_nms": "rpn_nms_thresh", "rois_per_image": "box_batch_size_per_image"}

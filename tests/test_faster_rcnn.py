@@ -54,10 +54,10 @@ def test_anchors_for_a_known_feature_map():
 
 def test_model_uses_paper_anchor_defaults():
     cfg = fr.default_config(["a"])
-    assert cfg["anchor_sizes"] == [128.0, 256.0, 512.0] and cfg["aspect_ratios"] == [0.5, 1.0, 2.0]
-    assert (cfg["rpn_pre_nms_top_n_train"], cfg["rpn_post_nms_top_n_train"]) == (12000, 2000)
-    assert (cfg["rpn_pre_nms_top_n_test"], cfg["rpn_post_nms_top_n_test"]) == (6000, 300)
-    assert cfg["rpn_nms_thresh"] == 0.7 and (cfg["min_size"], cfg["max_size"]) == (600, 1000)
+    assert cfg.anchor_sizes == [128.0, 256.0, 512.0] and cfg.aspect_ratios == [0.5, 1.0, 2.0]
+    assert (cfg.rpn_pre_nms_top_n_train, cfg.rpn_post_nms_top_n_train) == (12000, 2000)
+    assert (cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test) == (6000, 300)
+    assert cfg.rpn_nms_thresh == 0.7 and (cfg.min_size, cfg.max_size) == (600, 1000)
     with pytest.raises(UserError, match="unknown Faster R-CNN setting"):
         fr.default_config(["a"], anchor_size=[1])
     with pytest.raises(UserError, match="5 anchor sizes"):

@@ -11,9 +11,9 @@ from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import faster_app
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.log import console
-from rcnn_cli.models.faster_rcnn import TRAIN_DEFAULTS, default_config
+from rcnn_cli.models.faster_rcnn import TRAIN_DEFAULTS, FasterRCNNConfig
 
-_M, _T = default_config(["object"]), TrainConfig(**TRAIN_DEFAULTS)
+_M, _T = FasterRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 
 
 #: CLI parameter -> the name the run records it under (for --config replays).
@@ -32,7 +32,7 @@ def train_cmd(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone from the registry (efficientnet_lite0, vgg16, resnet50, alexnet)."),
     weights: str = typer.Option("imagenet", "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file."),
     fpn: bool = typer.Option(False, "--fpn", help="ResNet-50 with a feature pyramid (5 anchor sizes, one per level)."),
-    head: str = typer.Option(_M["head"], "--head", help="RoI head: mlp (two FC layers of 1024) or backbone (the net's own layers after the trunk, e.g. VGG16 fc6/fc7)."),
+    head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two FC layers of 1024) or backbone (the net's own layers after the trunk, e.g. VGG16 fc6/fc7)."),
     epochs: int = typer.Option(_T.epochs, "--epochs", help="Training epochs."),
     lr: float = typer.Option(_T.lr, "--lr", help="Base learning rate (SGD, momentum 0.9)."),
     lr_steps: Optional[str] = typer.Option(None, "--lr-steps", help="Epochs at which the learning rate drops 10x, e.g. 8,11 (default: 2/3 and 11/12 of --epochs)."),
@@ -48,19 +48,19 @@ def train_cmd(
     anchor_sizes: Optional[str] = typer.Option(None, "--anchor-sizes", help="Anchor sizes in resized-image pixels, e.g. 128,256,512 (default; 32,...,512 with --fpn)."),
     aspect_ratios: Optional[str] = typer.Option(None, "--aspect-ratios", help="Anchor aspect ratios h/w, e.g. 0.5,1,2 (default)."),
     auto_anchors: bool = typer.Option(False, "--auto-anchors", help="Fit the anchor sizes to the training boxes (class-balanced quantiles)."),
-    min_size: int = typer.Option(_M["min_size"], "--min-size", help="Shorter image side after resizing."),
-    max_size: int = typer.Option(_M["max_size"], "--max-size", help="Longer image side at most."),
+    min_size: int = typer.Option(_M.min_size, "--min-size", help="Shorter image side after resizing."),
+    max_size: int = typer.Option(_M.max_size, "--max-size", help="Longer image side at most."),
     train_sizes: Optional[str] = typer.Option(
         None, "--train-sizes", help="Multi-scale training: shorter sides drawn per image, e.g. 416,448,480,512,544 "
         "(plus --min-size, the test size); raise --max-size so that the larger ones are not capped."),
     rpn_pre_nms_train: int = typer.Option(
-        _M["rpn_pre_nms_top_n_train"], "--rpn-pre-nms-train", help="RPN boxes before NMS in training (the paper's 12000; on a CPU that NMS "
+        _M.rpn_pre_nms_top_n_train, "--rpn-pre-nms-train", help="RPN boxes before NMS in training (the paper's 12000; on a CPU that NMS "
         "takes a third of each iteration at 480x640, and torchvision's 2000 trains 1.5x faster)."),
-    rpn_post_nms_train: int = typer.Option(_M["rpn_post_nms_top_n_train"], "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
-    rpn_pre_nms_test: int = typer.Option(_M["rpn_pre_nms_top_n_test"], "--rpn-pre-nms-test", help="RPN boxes before NMS at test."),
-    rpn_post_nms_test: int = typer.Option(_M["rpn_post_nms_top_n_test"], "--rpn-post-nms-test", help="RPN proposals after NMS at test."),
-    rpn_nms: float = typer.Option(_M["rpn_nms_thresh"], "--rpn-nms", help="RPN proposal NMS IoU."),
-    rois_per_image: int = typer.Option(_M["box_batch_size_per_image"], "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
+    rpn_post_nms_train: int = typer.Option(_M.rpn_post_nms_top_n_train, "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
+    rpn_pre_nms_test: int = typer.Option(_M.rpn_pre_nms_top_n_test, "--rpn-pre-nms-test", help="RPN boxes before NMS at test."),
+    rpn_post_nms_test: int = typer.Option(_M.rpn_post_nms_top_n_test, "--rpn-post-nms-test", help="RPN proposals after NMS at test."),
+    rpn_nms: float = typer.Option(_M.rpn_nms_thresh, "--rpn-nms", help="RPN proposal NMS IoU."),
+    rois_per_image: int = typer.Option(_M.box_batch_size_per_image, "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Split evaluated (mAP voc12) after every epoch."),
     progress: bool = O.progress(),
     config: Optional[Path] = O.config_file(),

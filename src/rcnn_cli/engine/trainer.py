@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -433,7 +433,7 @@ def _run_epoch(loop: _Loop, metrics: "_Metrics", progress, task) -> dict[str, An
 
 
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os.PathLike, config: TrainConfig,
-          collate_fn: Callable = collate_detection, resume: bool = False, model_config: dict | None = None,
+          collate_fn: Callable = collate_detection, resume: bool = False, model_config: Any = None,
           evaluate_fn: Callable[[nn.Module, int], dict] | None = None, command: str = "train",
           kind: str = "faster", param_groups: Sequence[dict] | None = None,
           sources: dict[str, str] | None = None) -> dict[str, Any]:
@@ -457,6 +457,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     loop.build_loader()
     metrics = _Metrics(out_dir / "metrics.jsonl", loop.is_main, keep_until=loop.iteration if resumed else None)
     train_record = dict(config.to_dict(), world_size=loop.world, device=str(loop.device), amp_active=loop.amp)
+    model_config = asdict(model_config) if is_dataclass(model_config) else dict(model_config or {})
     if loop.is_main:
         write_run(out_dir, kind, model_config or {}, train_record, command, complete=False, sources=sources or {})
     with progress_bar(enabled=config.progress and loop.is_main) as progress:

@@ -42,6 +42,7 @@ Model directory (``rcnn faster train --out RUN_DIR``): ``model.safetensors`` (we
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,6 +57,7 @@ from rcnn_cli.log import logger
 __all__ = [
     "MODEL_KIND",
     "TRAIN_DEFAULTS",
+    "FasterRCNNConfig",
     "default_config",
     "build_model",
     "make_anchor_generator",
@@ -71,83 +73,108 @@ MODEL_KIND = "faster_rcnn"
 TRAIN_DEFAULTS = {"epochs": 12}
 MODEL_VERSION = 1
 
-def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0", **overrides: Any) -> dict:
-    """The model configuration (JSON-serialisable) with the paper's defaults; ``overrides`` win.
-
-    Keys not known here are a :class:`UserError` (typos must not pass silently).
-    """
-    from rcnn_cli.backbones import get_spec
-
-    spec = get_spec(backbone)
-    cfg: dict[str, Any] = {
-        "kind": MODEL_KIND,
-        "version": MODEL_VERSION,
-        "classes": list(classes),
-        "backbone": backbone,
-        "fpn": False,
-        "weights_id": None,
-        "head": "mlp",  # "mlp" (TwoMLPHead 1024) or "backbone" (build_head)
-        "representation_size": 1024,
-        "frozen_modules": None,  # None: the backbone registry's frozen_modules
-        "image_mean": list(spec.mean),
-        "image_std": list(spec.std),
-        "min_size": 600,
-        "max_size": 1000,
-        "train_min_sizes": None,  # multi-scale training: shorter sides drawn per image (+ min_size)
-        "anchor_sizes": [128.0, 256.0, 512.0],
-        "aspect_ratios": [0.5, 1.0, 2.0],
-        "rpn_nms_thresh": 0.7,
-        "rpn_pre_nms_top_n_train": 12000,
-        "rpn_post_nms_top_n_train": 2000,
-        "rpn_pre_nms_top_n_test": 6000,
-        "rpn_post_nms_top_n_test": 300,
-        "rpn_fg_iou_thresh": 0.7,
-        "rpn_bg_iou_thresh": 0.3,
-        "rpn_batch_size_per_image": 256,
-        "rpn_positive_fraction": 0.5,
-        "roi_output_size": 7,
-        "roi_sampling_ratio": 2,
-        "box_fg_iou_thresh": 0.5,
-        "box_bg_iou_thresh": 0.5,
-        "box_batch_size_per_image": 128,
-        "box_positive_fraction": 0.25,
-        "box_score_thresh": DetectConfig.score_threshold,
-        "box_nms_thresh": DetectConfig.nms,
-        "box_detections_per_img": DetectConfig.top_k,
-    }
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise UserError(f"unknown Faster R-CNN setting '{key}'")
-        if value is not None:
-            cfg[key] = value
-    if not cfg["classes"]:
-        raise UserError("Faster R-CNN needs at least one class")
-    if cfg["fpn"] and backbone != "resnet50":
-        raise UserError(f"--fpn is available for resnet50 only (not {backbone})")
-    if cfg["head"] not in ("mlp", "backbone"):
-        raise UserError(f"head must be 'mlp' or 'backbone' (got '{cfg['head']}')")
-    if cfg["fpn"] and cfg["head"] == "backbone":
-        raise UserError("head 'backbone' is not available with --fpn (use the MLP head)")
-    for name in ("min_size", "max_size"):
-        if int(cfg[name]) < 16:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 16 (got {cfg[name]})")
-    if int(cfg["max_size"]) < int(cfg["min_size"]):
-        raise UserError(f"--max-size ({cfg['max_size']}) is smaller than --min-size ({cfg['min_size']})")
-    sizes = cfg["train_min_sizes"]
-    if sizes is not None and (not sizes or any(int(v) < 16 for v in sizes)):
-        raise UserError(f"training sizes must be at least 16 pixels (got {sizes})")
-    _check_anchors(cfg)
-    return cfg
-
-
-def _check_anchors(cfg: dict) -> None:
-    sizes, ratios = cfg["anchor_sizes"], cfg["aspect_ratios"]
+def _check_anchors(cfg: "FasterRCNNConfig") -> None:
+    sizes, ratios = cfg.anchor_sizes, cfg.aspect_ratios
     if not sizes or any(float(s) <= 0 for s in sizes):
         raise UserError(f"anchor sizes must be positive numbers (got {sizes})")
     if not ratios or any(float(r) <= 0 for r in ratios):
         raise UserError(f"aspect ratios must be positive numbers (got {ratios})")
-    if cfg["fpn"] and len(sizes) != 5:
+    if cfg.fpn and len(sizes) != 5:
         raise UserError(f"with --fpn give 5 anchor sizes, one per pyramid level P2-P6 (got {len(sizes)})")
+
+
+@dataclass
+class FasterRCNNConfig:
+    """Everything needed to rebuild the network (the run's ``model`` record); defaults are the paper's
+    (torchvision's where the paper is silent). Validates itself; unknown names are a UserError."""
+
+    classes: list[str] = field(default_factory=list)
+    backbone: str = "efficientnet_lite0"
+    kind: str = MODEL_KIND
+    version: int = MODEL_VERSION
+    fpn: bool = False
+    weights: str = "imagenet"         # the backbone's starting weights (imagenet | none | a file)
+    weights_id: str | None = None
+    head: str = "mlp"                 # "mlp" (TwoMLPHead) or "backbone" (build_head)
+    representation_size: int = 1024
+    frozen_modules: int | None = None  # None: the backbone registry's frozen_modules
+    image_mean: list[float] | None = None  # None: the backbone's normalisation
+    image_std: list[float] | None = None
+    min_size: int = 600
+    max_size: int = 1000
+    train_min_sizes: list[int] | None = None  # multi-scale training: shorter sides drawn per image (+ min_size)
+    anchor_sizes: list[float] = field(default_factory=lambda: [128.0, 256.0, 512.0])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    auto_anchors: bool = False
+    rpn_nms_thresh: float = 0.7
+    rpn_pre_nms_top_n_train: int = 12000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 6000
+    rpn_post_nms_top_n_test: int = 300
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    roi_output_size: int = 7
+    roi_sampling_ratio: int = 2
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 128
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = DetectConfig.score_threshold
+    box_nms_thresh: float = DetectConfig.nms
+    box_detections_per_img: int = DetectConfig.top_k
+    trained_on: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from rcnn_cli.backbones import get_spec
+
+        spec = get_spec(self.backbone)
+        self.classes = list(self.classes)
+        self.image_mean = list(self.image_mean or spec.mean)
+        self.image_std = list(self.image_std or spec.std)
+        self.anchor_sizes = [float(v) for v in self.anchor_sizes]
+        self.aspect_ratios = [float(v) for v in self.aspect_ratios]
+        if self.fpn and self.backbone != "resnet50":
+            raise UserError(f"--fpn is available for resnet50 only (not {self.backbone})")
+        if self.head not in ("mlp", "backbone"):
+            raise UserError(f"head must be 'mlp' or 'backbone' (got '{self.head}')")
+        if self.fpn and self.head == "backbone":
+            raise UserError("head 'backbone' is not available with --fpn (use the MLP head)")
+        for name in ("min_size", "max_size"):
+            if int(getattr(self, name)) < 16:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 16 (got {getattr(self, name)})")
+        if int(self.max_size) < int(self.min_size):
+            raise UserError(f"--max-size ({self.max_size}) is smaller than --min-size ({self.min_size})")
+        sizes = self.train_min_sizes
+        if sizes is not None and (not sizes or any(int(v) < 16 for v in sizes)):
+            raise UserError(f"training sizes must be at least 16 pixels (got {sizes})")
+        _check_anchors(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FasterRCNNConfig":
+        """From a run's record (settings this version does not know are left out)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0", **overrides: Any) -> FasterRCNNConfig:
+    """The paper's configuration for ``classes`` with ``overrides`` (``None`` values are not given).
+
+    Names not known here are a :class:`UserError` (typos must not pass silently).
+    """
+    names = {f.name for f in fields(FasterRCNNConfig)}
+    for key in overrides:
+        if key not in names:
+            raise UserError(f"unknown Faster R-CNN setting '{key}'")
+    cfg = FasterRCNNConfig(classes=list(classes), backbone=backbone,
+                           **{k: v for k, v in overrides.items() if v is not None})
+    if not cfg.classes:
+        raise UserError("Faster R-CNN needs at least one class")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +231,7 @@ def _resnet_fpn(weights: str) -> nn.Module:
     return fpn
 
 
-def build_model(cfg: dict, weights: str = "none") -> nn.Module:
+def build_model(cfg: FasterRCNNConfig, weights: str = "none") -> nn.Module:
     """The torchvision ``FasterRCNN`` described by ``cfg`` (see :func:`default_config`).
 
     ``weights`` initialises the backbone: ``"imagenet"``, ``"none"`` or a safetensors file of the
@@ -219,23 +246,23 @@ def build_model(cfg: dict, weights: str = "none") -> nn.Module:
 
     from rcnn_cli.backbones import build_head, build_trunk, freeze_leading, get_spec
 
-    num_classes = len(cfg["classes"]) + 1
-    name = cfg["backbone"]
-    roi_size = int(cfg["roi_output_size"])
+    num_classes = len(cfg.classes) + 1
+    name = cfg.backbone
+    roi_size = int(cfg.roi_output_size)
     box_head = None
-    representation = int(cfg["representation_size"])
-    if cfg["fpn"]:
+    representation = int(cfg.representation_size)
+    if cfg.fpn:
         backbone = _resnet_fpn(str(weights))
         featmap_names = ["0", "1", "2", "3"]
-        anchor_gen = make_anchor_generator(cfg["anchor_sizes"], cfg["aspect_ratios"], levels=5)
+        anchor_gen = make_anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios, levels=5)
     else:
         body, channels, _stride = build_trunk(name, weights, freeze_bn=True)
-        frozen = cfg.get("frozen_modules")
+        frozen = cfg.frozen_modules
         freeze_leading(body, get_spec(name).frozen_modules if frozen is None else int(frozen))
         backbone = _Trunk(body, channels)
         featmap_names = ["0"]
-        anchor_gen = make_anchor_generator(cfg["anchor_sizes"], cfg["aspect_ratios"], levels=1)
-        if cfg["head"] == "backbone":
+        anchor_gen = make_anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios, levels=1)
+        if cfg.head == "backbone":
             box_head, representation = build_head(name, weights, freeze_bn=True)
             roi_size = int(box_head.roi_size)
     if box_head is None:
@@ -245,41 +272,41 @@ def build_model(cfg: dict, weights: str = "none") -> nn.Module:
         backbone,
         num_classes=None,
         min_size=transform_min_sizes(cfg),
-        max_size=int(cfg["max_size"]),
-        image_mean=list(cfg["image_mean"]),
-        image_std=list(cfg["image_std"]),
+        max_size=int(cfg.max_size),
+        image_mean=list(cfg.image_mean),
+        image_std=list(cfg.image_std),
         rpn_anchor_generator=anchor_gen,
         rpn_head=rpn_head,
-        rpn_pre_nms_top_n_train=int(cfg["rpn_pre_nms_top_n_train"]),
-        rpn_pre_nms_top_n_test=int(cfg["rpn_pre_nms_top_n_test"]),
-        rpn_post_nms_top_n_train=int(cfg["rpn_post_nms_top_n_train"]),
-        rpn_post_nms_top_n_test=int(cfg["rpn_post_nms_top_n_test"]),
-        rpn_nms_thresh=float(cfg["rpn_nms_thresh"]),
-        rpn_fg_iou_thresh=float(cfg["rpn_fg_iou_thresh"]),
-        rpn_bg_iou_thresh=float(cfg["rpn_bg_iou_thresh"]),
-        rpn_batch_size_per_image=int(cfg["rpn_batch_size_per_image"]),
-        rpn_positive_fraction=float(cfg["rpn_positive_fraction"]),
-        box_roi_pool=MultiScaleRoIAlign(featmap_names, roi_size, int(cfg["roi_sampling_ratio"])),
+        rpn_pre_nms_top_n_train=int(cfg.rpn_pre_nms_top_n_train),
+        rpn_pre_nms_top_n_test=int(cfg.rpn_pre_nms_top_n_test),
+        rpn_post_nms_top_n_train=int(cfg.rpn_post_nms_top_n_train),
+        rpn_post_nms_top_n_test=int(cfg.rpn_post_nms_top_n_test),
+        rpn_nms_thresh=float(cfg.rpn_nms_thresh),
+        rpn_fg_iou_thresh=float(cfg.rpn_fg_iou_thresh),
+        rpn_bg_iou_thresh=float(cfg.rpn_bg_iou_thresh),
+        rpn_batch_size_per_image=int(cfg.rpn_batch_size_per_image),
+        rpn_positive_fraction=float(cfg.rpn_positive_fraction),
+        box_roi_pool=MultiScaleRoIAlign(featmap_names, roi_size, int(cfg.roi_sampling_ratio)),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(representation, num_classes),
-        box_score_thresh=float(cfg["box_score_thresh"]),
-        box_nms_thresh=float(cfg["box_nms_thresh"]),
-        box_detections_per_img=int(cfg["box_detections_per_img"]),
-        box_fg_iou_thresh=float(cfg["box_fg_iou_thresh"]),
-        box_bg_iou_thresh=float(cfg["box_bg_iou_thresh"]),
-        box_batch_size_per_image=int(cfg["box_batch_size_per_image"]),
-        box_positive_fraction=float(cfg["box_positive_fraction"]),
+        box_score_thresh=float(cfg.box_score_thresh),
+        box_nms_thresh=float(cfg.box_nms_thresh),
+        box_detections_per_img=int(cfg.box_detections_per_img),
+        box_fg_iou_thresh=float(cfg.box_fg_iou_thresh),
+        box_bg_iou_thresh=float(cfg.box_bg_iou_thresh),
+        box_batch_size_per_image=int(cfg.box_batch_size_per_image),
+        box_positive_fraction=float(cfg.box_positive_fraction),
     )
-    model.rcnn_config = dict(cfg)
+    model.rcnn_config = cfg
     return model
 
 
-def transform_min_sizes(cfg: dict) -> int | tuple[int, ...]:
+def transform_min_sizes(cfg: FasterRCNNConfig) -> int | tuple[int, ...]:
     """``GeneralizedRCNNTransform``'s ``min_size``: the test size, or with multi-scale training
     the training sizes with the test size last (torchvision draws one of them per training image
     and resizes to the last one in eval mode)."""
-    test = int(cfg["min_size"])
-    train_sizes = [int(s) for s in cfg.get("train_min_sizes") or []]
+    test = int(cfg.min_size)
+    train_sizes = [int(s) for s in cfg.train_min_sizes or []]
     if not train_sizes:
         return test
     return tuple([s for s in dict.fromkeys(train_sizes) if s != test] + [test])
@@ -347,18 +374,18 @@ def fit_anchor_sizes(dataset, n: int = 3, min_size: int = 600, max_size: int = 1
 # Loading a trained model
 
 
-def _model_config_from(run_dir: Path) -> dict:
+def _model_config_from(run_dir: Path) -> FasterRCNNConfig:
     """The Faster R-CNN model configuration of a run (any run format); another kind is a UserError."""
     from rcnn_cli.io.runs import read_run
 
     run = read_run(run_dir)
     if run.kind != "faster":
         raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a Faster R-CNN one (use `rcnn detect`)")
-    return run.model
+    return FasterRCNNConfig.from_dict(run.model)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
-               overrides: dict | None = None) -> tuple[nn.Module, dict]:
+               overrides: dict | None = None) -> tuple[nn.Module, FasterRCNNConfig]:
     """Rebuild a trained model from ``RUN_DIR/config.json`` + ``RUN_DIR/model.safetensors``.
 
     ``overrides`` replace model settings before building (e.g. the RPN's test-time top-N). Returns
@@ -373,9 +400,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
     weights_path = model_dir / "model.safetensors"
     if not weights_path.is_file():
         raise UserError(f"{weights_path}: not found (is the training finished? `rcnn faster train --resume` goes on)")
-    if int(cfg.get("version", 0)) > MODEL_VERSION:
-        raise UserError(f"{model_dir}/config.json: model version {cfg['version']} is newer than this rcnn ({MODEL_VERSION})")
-    cfg = dict(cfg, **(overrides or {}))
+    if int(cfg.version) > MODEL_VERSION:
+        raise UserError(f"{model_dir}/config.json: model version {cfg.version} is newer than this rcnn ({MODEL_VERSION})")
+    cfg = replace(cfg, **(overrides or {}))
     model = build_model(cfg, weights="none")
     load_state(model, weights_path)
     return model.to(resolve_device(device)).eval(), cfg
@@ -388,7 +415,7 @@ def _rpn_top_n(cfg: dict, post_nms_top_n: int | None) -> dict:
     if post_nms_top_n < 1:
         raise UserError(f"the number of RPN proposals must be at least 1 (got {post_nms_top_n})")
     return {"rpn_post_nms_top_n_test": int(post_nms_top_n),
-            "rpn_pre_nms_top_n_test": max(int(cfg["rpn_pre_nms_top_n_test"]), int(post_nms_top_n))}
+            "rpn_pre_nms_top_n_test": max(int(cfg.rpn_pre_nms_top_n_test), int(post_nms_top_n))}
 
 
 def _rpn_boxes(model: nn.Module, images, features) -> list[torch.Tensor]:
@@ -412,12 +439,12 @@ class FasterRCNNDetector(Detector):
 
     kind = "faster"
 
-    def __init__(self, model: nn.Module, model_config: dict, config: DetectConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, model_config: FasterRCNNConfig, config: DetectConfig | None = None) -> None:
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()
         self.model, self.model_config = model, model_config
-        self.classes: list[str] = list(model_config["classes"])
+        self.classes: list[str] = list(model_config.classes)
         self.device = next(model.parameters()).device
         heads = model.roi_heads
         self.config = config or DetectConfig(float(heads.score_thresh), float(heads.nms_thresh),
@@ -431,12 +458,12 @@ class FasterRCNNDetector(Detector):
         """``rpn_top_n``: RPN proposals per image (default: the run's, 300)."""
         cfg = _model_config_from(Path(run_dir))
         model, cfg = load_model(run_dir, device, overrides=_rpn_top_n(cfg, rpn_top_n))
-        base = DetectConfig(float(cfg["box_score_thresh"]), float(cfg["box_nms_thresh"]),
-                            int(cfg["box_detections_per_img"]))
+        base = DetectConfig(float(cfg.box_score_thresh), float(cfg.box_nms_thresh),
+                            int(cfg.box_detections_per_img))
         return cls(model, cfg, config or base)
 
     def settings(self) -> dict:
-        return dict(super().settings(), rpn_post_nms_top_n=int(self.model_config["rpn_post_nms_top_n_test"]))
+        return dict(super().settings(), rpn_post_nms_top_n=int(self.model_config.rpn_post_nms_top_n_test))
 
     @torch.inference_mode()
     def detect(self, image, image_id: str):
@@ -494,8 +521,8 @@ def rpn_attrs(model_dir: str | Path, post_nms_top_n: int) -> dict:
     """Attributes recorded in a proposals file written by :func:`rpn_proposer`."""
     model_dir = Path(model_dir)
     cfg = _model_config_from(model_dir)
-    return {"method": "rpn", "model": str(model_dir.resolve()), "backbone": cfg["backbone"],
-            "post_nms_top_n": int(post_nms_top_n), "min_size": int(cfg["min_size"]), "max_size": int(cfg["max_size"])}
+    return {"method": "rpn", "model": str(model_dir.resolve()), "backbone": cfg.backbone,
+            "post_nms_top_n": int(post_nms_top_n), "min_size": int(cfg.min_size), "max_size": int(cfg.max_size)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,8 +536,7 @@ def make_evaluate_fn(dataset, classes: Sequence[str], metrics: Sequence[str] = (
     from rcnn_cli.inference import detect_dataset
 
     def evaluate_fn(model: nn.Module, epoch: int) -> dict:
-        cfg = dict(model.rcnn_config, classes=list(classes))
-        dets = detect_dataset(FasterRCNNDetector(model, cfg), dataset, classes)
+        dets = detect_dataset(FasterRCNNDetector(model, model.rcnn_config), dataset, classes)
         return {f"mAP_{m}": float(evaluate(dataset, dets, metric=m)["mAP"]) for m in metrics}
 
     return evaluate_fn
@@ -561,13 +587,12 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
                          anchor_sizes=[float(s) for s in sizes] if sizes else None,
                          aspect_ratios=[float(r) for r in aspect_ratios] if aspect_ratios else None)
         cfg = default_config(ds.classes, backbone, **overrides)
-        cfg["weights_id"] = weights_id(backbone, weights)
-        cfg["weights"] = str(weights)
-        cfg["auto_anchors"] = bool(auto_anchors)
-        cfg["trained_on"] = {"dataset": str(Path(dataset_path).resolve()), "split": split,
-                             "images": len(ds.records)}
-    elif list(cfg["classes"]) != list(ds.classes):
-        raise UserError(f"{out}: the checkpoint was trained on classes {cfg['classes']}, this split has {ds.classes}")
+        cfg.weights_id = weights_id(backbone, weights)
+        cfg.weights = str(weights)
+        cfg.auto_anchors = bool(auto_anchors)
+        cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records)}
+    elif list(cfg.classes) != list(ds.classes):
+        raise UserError(f"{out}: the checkpoint was trained on classes {cfg.classes}, this split has {ds.classes}")
     seed_everything(train_config.seed)  # the new layers' initialisation
     model = build_model(cfg, weights=weights)
     evaluate_fn = None
@@ -577,5 +602,5 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed)
     summary = train(model, train_ds, out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
                     command=command, kind="faster", sources=sources)
-    summary["model_config"] = cfg
+    summary["model_config"] = cfg.to_dict()
     return summary
