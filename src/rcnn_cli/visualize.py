@@ -18,7 +18,7 @@ from rcnn_cli.io import atomic_path
 if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.io.detections import ImageDetections
 
-__all__ = ["PALETTE", "class_color", "draw_detections", "plot_lines", "plot_precision_recall", "save_image"]
+__all__ = ["PALETTE", "class_color", "draw_boxes", "draw_detections", "plot_lines", "plot_precision_recall", "save_image"]
 
 #: 20 well-separated colours (matplotlib's tab20 reordered so neighbours differ), RGB 0..255.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -57,30 +57,26 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def draw_detections(image: Image.Image, det: "ImageDetections", classes: Sequence[str],
-                    score_format: str = "{:.2f}") -> Image.Image:
-    """A copy of ``image`` with each detection drawn: a box in its class colour and a label
-    ``"<class> <score>"`` on a filled tag in the same colour, the text black or white by contrast,
-    so that it stays readable on any background. Lower scores are drawn first (best on top).
-    """
+def draw_boxes(image: Image.Image, boxes, texts: Sequence[str], colors: Sequence[tuple[int, int, int]],
+               order: Sequence[int] | None = None) -> Image.Image:
+    """A copy of ``image`` with each box ``(N, 4)`` drawn in its colour with its text on a filled tag in
+    the same colour (black or white by contrast, readable on any background), in ``order``."""
     out = image.convert("RGB").copy()
-    if len(det.scores) == 0:
+    if len(texts) == 0:
         return out
     draw = ImageDraw.Draw(out)
     w, h = out.size
     line = max(1, round(min(w, h) / 200))
     font = _font(max(10, round(min(w, h) / 40)))
-    order = np.argsort(np.asarray(det.scores, np.float64), kind="stable")
-    for i in order:
-        x1, y1, x2, y2 = (float(v) for v in det.boxes[i])
+    for i in (range(len(texts)) if order is None else order):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
         if not all(np.isfinite([x1, y1, x2, y2])):
             continue
         x1, x2 = sorted((x1, x2))
         y1, y2 = sorted((y1, y2))
-        color = class_color(det.labels[i], classes)
+        color = colors[i]
         draw.rectangle([x1, y1, x2, y2], outline=color, width=line)
-        text = f"{det.labels[i]} {score_format.format(float(det.scores[i]))}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), texts[i], font=font)
         tw, th = right - left, bottom - top
         pad = max(1, line)
         tag_h = th + 2 * pad
@@ -89,8 +85,18 @@ def draw_detections(image: Image.Image, det: "ImageDetections", classes: Sequenc
         ty = min(max(ty, 0), max(h - tag_h, 0))
         tx = min(max(x1, 0), max(w - tw - 2 * pad, 0))
         draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + tag_h], fill=color)
-        draw.text((tx + pad - left, ty + pad - top), text, fill=_text_color(color), font=font)
+        draw.text((tx + pad - left, ty + pad - top), texts[i], fill=_text_color(color), font=font)
     return out
+
+
+def draw_detections(image: Image.Image, det: "ImageDetections", classes: Sequence[str],
+                    score_format: str = "{:.2f}") -> Image.Image:
+    """A copy of ``image`` with each detection drawn: a box in its class colour and a label
+    ``"<class> <score>"``; lower scores are drawn first (best on top)."""
+    texts = [f"{lab} {score_format.format(float(s))}" for lab, s in zip(det.labels, det.scores)]
+    colors = [class_color(lab, classes) for lab in det.labels]
+    order = np.argsort(np.asarray(det.scores, np.float64), kind="stable")
+    return draw_boxes(image, det.boxes, texts, colors, order)
 
 
 def save_image(image: Image.Image, path: str | os.PathLike, quality: int = 90) -> Path:

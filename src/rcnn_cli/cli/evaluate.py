@@ -37,6 +37,12 @@ def evaluate_command(
     ignore_unknown: bool = typer.Option(False, "--ignore-unknown",
                                         help="Warn about and skip detections of images/classes not in the split "
                                              "(default: error)."),
+    analysis: Optional[Path] = typer.Option(None, "--analysis", help="Write the error analysis here: TIDE error types "
+                                            "with their dAP, confusion matrix, per-class counts, the worst images, "
+                                            "index.html."),
+    score_threshold: float = typer.Option(0.3, "--score-threshold", help="--analysis: detections at least this "
+                                          "confident enter the confusion matrix and the per-class counts."),
+    worst: int = typer.Option(8, "--worst", help="--analysis: how many of the images with the most errors to draw."),
 ) -> None:
     """Evaluate detections against ground truth: per-class AP and mAP (VOC07, VOC12 or COCO).
 
@@ -70,6 +76,14 @@ def evaluate_command(
             "dataset": str(dataset), "split": split, "detections": detections, "metric": metric.value,
             "iou": result.get("iou"), "classes": ds.classes, "ignore_unknown": ignore_unknown})
         logger.info("wrote %s", json_out)
+    if analysis is not None:
+        from rcnn_cli.evaluation.report import write_analysis
+
+        rep = write_analysis(ds, dets, analysis, metric="voc07" if metric is Metric.voc07 else "voc12",
+                             iou=0.5 if iou is None else iou, score_threshold=score_threshold, worst=worst)
+        b = rep["breakdown"]
+        logger.info("error analysis (dAP, mAP points): %s -> %s/index.html", ", ".join(
+            f"{k} {100 * v:.1f}" for k, v in b["dAP"].items()), analysis)
     if plot is not None:
         from rcnn_cli.visualize import plot_precision_recall
 
