@@ -244,3 +244,18 @@ def test_recorded_settings_from_yaml_and_bad_files(tmp_path):
     record = {"kind": "fast", "format_version": 2, "model": {"min_size": 300}, "train": {"lr": 0.02, "min_size": 1}}
     (tmp_path / "run.json").write_text(json.dumps(record))
     assert read_recorded(tmp_path / "run.json") == {"lr": 0.02, "min_size": 300}  # the model's value wins
+
+
+def test_detect_with_the_best_weights(tmp_path):
+    run = tmp_path / "faster"
+    shutil.copytree(OLD_RUNS / "faster", run)
+    with pytest.raises(UserError, match="no best/ weights"):
+        load_detector(run, weights="best")
+    (run / "best").mkdir()
+    shutil.copy(run / "model.safetensors", run / "best" / "model.safetensors")
+    with load_detector(run, device="cpu", weights="best", config=DetectConfig(score_threshold=0.001)) as det:
+        assert det.settings()["weights"] == "best"
+        np.testing.assert_allclose(det(IMAGES[0]).boxes, np.asarray(EXPECTED["faster"][0]["boxes"]).reshape(-1, 4),
+                                   atol=1e-3)
+    with pytest.raises(UserError, match="--weights: not a setting of a 'rcnn' run"):
+        load_detector(OLD_RUNS / "rcnn", weights="best")

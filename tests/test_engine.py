@@ -278,3 +278,30 @@ def test_training_into_a_log_file_prints_progress_lines_with_an_eta(tmp_path, ca
     assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"]
     assert all("loss " in line and " lr " in line and "img/s" in line and " ETA " in line for line in lines)
     assert lines[-1].endswith("ETA 0m00s")
+
+
+def test_best_checkpoint_and_early_stop(tmp_path):
+    """Validation mAP 0.5, 0.7, 0.6: with patience 1 the run stops after epoch 3 and best/ holds epoch 2."""
+    scores = iter([0.5, 0.7, 0.6, 0.9])
+
+    def evaluate_fn(model, epoch):
+        return {"mAP": next(scores)}
+
+    def run(out, epochs, **kw):
+        seed_everything(123)
+        model = ToyModel()
+        cfg = TrainConfig(epochs=epochs, lr=0.05, warmup_iters=0, lr_steps=(), batch_size=3, progress=False, **kw)
+        return train(model, ToyData(), out, cfg, evaluate_fn=evaluate_fn if "patience" in kw else None)
+
+    summary = run(tmp_path / "a", 6, patience=1)
+    assert summary["epochs"] == 3 and summary["stopped_early"] is True
+    assert summary["best"] == {"value": 0.7, "epoch": 2, "since": 1, "metric": "mAP"}
+    run(tmp_path / "b", 2)  # the same run without validation, stopped after epoch 2
+    best = load_file(str(tmp_path / "a" / "best" / "model.safetensors"))
+    two = load_file(str(tmp_path / "b" / "model.safetensors"))
+    final = load_file(str(tmp_path / "a" / "model.safetensors"))
+    assert all((best[k] == two[k]).all() for k in two) and not all((final[k] == two[k]).all() for k in two)
+    record = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert record["complete"] is True and record["summary"]["best"]["epoch"] == 2
+    with pytest.raises(UserError, match="--patience"):
+        TrainConfig(patience=0)

@@ -54,6 +54,7 @@ def train_cmd(
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Report mAP (voc12) on this split after every epoch."),
     val_proposals: Optional[Path] = typer.Option(None, "--val-proposals", help="Proposals of the validation split (default: --proposals)."),
     log_every: int = typer.Option(_T.log_every, "--log-every", help="Log losses to metrics.jsonl every N iterations."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="With --val-split: stop after this many epochs without a better validation mAP (the best epoch is kept in RUN/best/)."),
     progress: bool = O.progress(),
     config: Optional[Path] = O.config_file(),
 ) -> None:

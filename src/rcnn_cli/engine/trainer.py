@@ -40,13 +40,15 @@ from rcnn_cli.engine.checkpoint import (
     write_checkpoint,
 )
 from rcnn_cli.errors import UserError
-from rcnn_cli.io.files import atomic_open, json_default
+from rcnn_cli.io.files import atomic_open, json_default, read_json, write_json
 from rcnn_cli.io.runs import write_run
 from rcnn_cli.io.tensors import save_state
 from rcnn_cli.log import console, logger, progress_bar
 from rcnn_cli.runtime import barrier, dist_info, init_distributed, resolve_device, seed_everything
 
-__all__ = ["TrainConfig", "default_lr_steps", "collate_detection", "train", "lr_at", "CHECKPOINT_DIR"]
+BEST_DIR = "best"
+
+__all__ = ["BEST_DIR", "TrainConfig", "default_lr_steps", "collate_detection", "train", "lr_at", "CHECKPOINT_DIR"]
 
 
 def default_lr_steps(epochs: int) -> tuple[int, ...]:
@@ -81,6 +83,8 @@ class TrainConfig:
     progress: bool = True
     channels_last: bool = True  # NHWC weights and activations (README: bench_train figures)
     checkpoint_every: int = 0  # also checkpoint every N iterations (0: once per epoch)
+    best_metric: str = "mAP"  # the validation number whose best epoch is kept in best/
+    patience: int | None = None  # stop after this many validations without improvement
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -94,6 +98,8 @@ class TrainConfig:
         self.lr_steps = tuple(int(s) for s in self.lr_steps)
         if any(s < 1 for s in self.lr_steps):
             raise UserError(f"--lr-steps are epochs, at least 1 (got {', '.join(map(str, self.lr_steps))})")
+        if self.patience is not None and self.patience < 1:
+            raise UserError(f"--patience must be at least 1 epoch (got {self.patience})")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -235,7 +241,8 @@ class _Loop:
         # Randomness inside the loop (RoI sampling, ...) is seeded per rank; the weights are the caller's.
         seed_everything(config.seed + self.rank)
         self.epoch, self.iteration, self.batch_in_epoch, self.train_time = 0, 0, 0, 0.0
-        self.images_seen, self.bad_steps = 0, 0
+        self.images_seen, self.bad_steps, self.stop = 0, 0, False
+        self.best: dict[str, Any] = {}
         self.last_losses: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.collate_fn = collate_fn
@@ -248,6 +255,8 @@ class _Loop:
             logger.info("%s: no checkpoint yet; starting from the beginning", self.out_dir)
             return False
         state = load_checkpoint(ckpt, self.model, self.optimizer)
+        best = self.out_dir / BEST_DIR / "best.json"
+        self.best = read_json(best) if best.is_file() else {}
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.train_time = float(state.get("train_time", 0.0))
@@ -342,7 +351,8 @@ class _Loop:
         barrier()
 
     def validate(self, evaluate_fn: Callable | None, record: dict[str, Any]) -> None:
-        """The ``evaluate_fn`` hook on rank 0, its numbers into the epoch record."""
+        """The ``evaluate_fn`` hook on rank 0, its numbers into the epoch record; the best epoch's
+        weights kept in ``best/`` and, with ``patience``, the run stopped when it stops improving."""
         if evaluate_fn is None:
             return
         if self.is_main:
@@ -353,7 +363,28 @@ class _Loop:
             record.update({f"val_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
             logger.info("epoch %d: %s", self.epoch, ", ".join(
                 f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+            self._keep_best(result.get(self.config.best_metric))
+        if self.distributed:
+            flag = [self.stop]
+            dist.broadcast_object_list(flag, src=0)
+            self.stop = bool(flag[0])
         barrier()
+
+    def _keep_best(self, value: float | None) -> None:
+        if value is None:
+            return
+        b = self.best
+        if b.get("value") is None or value > b["value"]:
+            save_state(self.model, self.out_dir / BEST_DIR / "model.safetensors")
+            b.update(value=float(value), epoch=self.epoch, since=0)
+        else:
+            b["since"] = int(b.get("since", 0)) + 1
+        b["metric"] = self.config.best_metric
+        write_json(self.out_dir / BEST_DIR / "best.json", b)
+        if self.config.patience is not None and b["since"] >= self.config.patience:
+            logger.info("validation %s has not improved for %d epoch(s) (best %.4f at epoch %d): stopping",
+                        b["metric"], b["since"], b["value"], b["epoch"])
+            self.stop = True
 
     def summary(self) -> dict[str, Any]:
         seen = self.images_seen * self.world
@@ -361,7 +392,7 @@ class _Loop:
                 "train_time_s": round(self.train_time, 3),
                 "images_per_s": round(seen / self.train_time, 3) if self.train_time > 0 else None,
                 "losses": self.last_losses, "history": self.history, "device": str(self.device),
-                "world_size": self.world}
+                "world_size": self.world, "best": dict(self.best), "stopped_early": self.stop}
 
 
 def _iteration_record(loop: _Loop, values: dict[str, float], lr: float, grad_norm: float,
@@ -462,7 +493,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
         write_run(out_dir, kind, model_config or {}, train_record, command, complete=False, sources=sources or {})
     with progress_bar(enabled=config.progress and loop.is_main) as progress:
         task = progress.add_task("train", total=loop.total_iters, completed=loop.iteration, status="")
-        while loop.epoch < config.epochs and loop.iteration < loop.total_iters:
+        while loop.epoch < config.epochs and loop.iteration < loop.total_iters and not loop.stop:
             record = _run_epoch(loop, metrics, progress, task)
             if record["complete"]:
                 loop.epoch, loop.batch_in_epoch = loop.epoch + 1, 0
@@ -475,7 +506,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     summary = loop.summary()
     if loop.is_main:
         save_state(model, out_dir / "model.safetensors")
-        write_run(out_dir, kind, model_config or {}, train_record, command, complete=loop.epoch >= config.epochs,
+        write_run(out_dir, kind, model_config or {}, train_record, command,
+                  complete=loop.epoch >= config.epochs or loop.stop,
                   sources=sources or {}, summary={k: v for k, v in summary.items() if k != "history"})
     barrier()
     return summary

@@ -24,7 +24,7 @@ from typing import Any
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import read_json, run_record, write_json
 
-__all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_config_path"]
+__all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_config_path", "weights_file"]
 
 FORMAT_VERSION = 2
 KINDS = ("rcnn", "fast", "faster", "finetune")
@@ -104,3 +104,17 @@ def write_run(run_dir: str | os.PathLike, kind: str, model: dict[str, Any], trai
     path = run_config_path(run_dir)
     write_json(path, record)
     return path
+
+
+def weights_file(run_dir: str | os.PathLike, weights: str = "final") -> Path:
+    """A trained run's weights: ``final`` (``model.safetensors``) or ``best`` (the best validation
+    epoch's, ``best/model.safetensors``, kept when the run was trained with a validation split)."""
+    root = Path(run_dir)
+    if weights == "final":
+        return root / "model.safetensors"
+    if weights == "best":
+        path = root / "best" / "model.safetensors"
+        if not path.is_file():
+            raise UserError(f"{root}: no best/ weights (the run was trained without --val-split)")
+        return path
+    raise UserError(f"--weights {weights}: choose final or best")

@@ -344,6 +344,8 @@ def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig
     out_dir = Path(out_dir)
     if not dataset.classes:
         raise UserError("the dataset has no classes")
+    if train_config.patience is not None and val_dataset is None:
+        raise UserError("--patience needs --val-split (early stopping watches the validation mAP)")
     if not model_config.classes:
         model_config.classes = list(dataset.classes)
     with load_proposals(proposals) as reader:
@@ -374,12 +376,13 @@ def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig
     return summary
 
 
-def load_fast_rcnn(run_dir, device: str | torch.device = "cpu") -> FastRCNN:
-    """The trained model of a run directory (``config.json`` + ``model.safetensors``), in eval mode."""
+def load_fast_rcnn(run_dir, device: str | torch.device = "cpu", weights: str = "final") -> FastRCNN:
+    """The trained model of a run directory (``config.json`` + ``model.safetensors``; ``weights``
+    ``best``: the best validation epoch's), in eval mode."""
     from pathlib import Path
 
     from rcnn_cli.engine import CHECKPOINT_DIR
-    from rcnn_cli.io.runs import read_run
+    from rcnn_cli.io.runs import read_run, weights_file
     from rcnn_cli.io.tensors import load_state
     from rcnn_cli.runtime import resolve_device
 
@@ -388,12 +391,12 @@ def load_fast_rcnn(run_dir, device: str | torch.device = "cpu") -> FastRCNN:
     if run.kind != "fast":
         raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a Fast R-CNN one (use `rcnn detect`)")
     config = FastRCNNConfig.from_dict(run.model)
-    weights_file = run_dir / "model.safetensors"
-    if not weights_file.is_file() and (run_dir / CHECKPOINT_DIR / "model.safetensors").is_file():
-        weights_file = run_dir / CHECKPOINT_DIR / "model.safetensors"
+    path = weights_file(run_dir, weights)
+    if weights == "final" and not path.is_file() and (run_dir / CHECKPOINT_DIR / "model.safetensors").is_file():
+        path = run_dir / CHECKPOINT_DIR / "model.safetensors"
     with torch.random.fork_rng(devices=[]):
         model = build_fast_rcnn(config, "none")
-    load_state(model, weights_file)
+    load_state(model, path)
     return model.to(resolve_device(device)).eval()
 
 
@@ -423,19 +426,21 @@ class FastRCNNDetector(Detector):
 
     @classmethod
     def from_run(cls, run_dir, device: str = "auto", config: DetectConfig | None = None, proposals=None,
-                 max_proposals: int | None = None) -> "FastRCNNDetector":
+                 max_proposals: int | None = None, weights: str = "final") -> "FastRCNNDetector":
         """``proposals``: a proposals file (else selective search on the fly); ``max_proposals``:
-        top-ranked proposals used per image (default: as trained)."""
+        top-ranked proposals used per image (default: as trained); ``weights``: final | best."""
         from rcnn_cli.runtime import resolve_device
 
-        return cls(load_fast_rcnn(run_dir, resolve_device(device)), config, proposals, max_proposals)
+        detector = cls(load_fast_rcnn(run_dir, resolve_device(device), weights), config, proposals, max_proposals)
+        detector.weights = weights
+        return detector
 
     def close(self) -> None:
         if self._own_reader:
             self.reader.close()
 
     def settings(self) -> dict:
-        return dict(super().settings(), max_proposals=self.max_proposals,
+        return dict(super().settings(), max_proposals=self.max_proposals, weights=getattr(self, "weights", "final"),
                     proposals=str(getattr(self.reader, "path", "")) or "selective search on the fly")
 
     def propose(self, image, image_id: str) -> np.ndarray:

@@ -384,20 +384,22 @@ def _model_config_from(run_dir: Path) -> FasterRCNNConfig:
     return FasterRCNNConfig.from_dict(run.model)
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
-               overrides: dict | None = None) -> tuple[nn.Module, FasterRCNNConfig]:
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu", overrides: dict | None = None,
+               weights: str = "final") -> tuple[nn.Module, FasterRCNNConfig]:
     """Rebuild a trained model from ``RUN_DIR/config.json`` + ``RUN_DIR/model.safetensors``.
 
-    ``overrides`` replace model settings before building (e.g. the RPN's test-time top-N). Returns
+    ``overrides`` replace model settings before building (e.g. the RPN's test-time top-N); ``weights``
+    ``best`` takes the best validation epoch's weights (``best/``) instead of the final ones. Returns
     ``(model in eval mode on device, model configuration)``. A missing directory, a configuration
     of another model or weights that do not fit are one-line :class:`UserError`.
     """
+    from rcnn_cli.io.runs import weights_file
     from rcnn_cli.io.tensors import load_state
     from rcnn_cli.runtime import resolve_device
 
     model_dir = Path(model_dir)
     cfg = _model_config_from(model_dir)
-    weights_path = model_dir / "model.safetensors"
+    weights_path = weights_file(model_dir, weights)
     if not weights_path.is_file():
         raise UserError(f"{weights_path}: not found (is the training finished? `rcnn faster train --resume` goes on)")
     if int(cfg.version) > MODEL_VERSION:
@@ -454,16 +456,19 @@ class FasterRCNNDetector(Detector):
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
-                 rpn_top_n: int | None = None) -> "FasterRCNNDetector":
-        """``rpn_top_n``: RPN proposals per image (default: the run's, 300)."""
+                 rpn_top_n: int | None = None, weights: str = "final") -> "FasterRCNNDetector":
+        """``rpn_top_n``: RPN proposals per image (default: the run's, 300); ``weights``: final | best."""
         cfg = _model_config_from(Path(run_dir))
-        model, cfg = load_model(run_dir, device, overrides=_rpn_top_n(cfg, rpn_top_n))
+        model, cfg = load_model(run_dir, device, overrides=_rpn_top_n(cfg, rpn_top_n), weights=weights)
         base = DetectConfig(float(cfg.box_score_thresh), float(cfg.box_nms_thresh),
                             int(cfg.box_detections_per_img))
-        return cls(model, cfg, config or base)
+        detector = cls(model, cfg, config or base)
+        detector.weights = weights
+        return detector
 
     def settings(self) -> dict:
-        return dict(super().settings(), rpn_post_nms_top_n=int(self.model_config.rpn_post_nms_top_n_test))
+        return dict(super().settings(), rpn_post_nms_top_n=int(self.model_config.rpn_post_nms_top_n_test),
+                    weights=getattr(self, "weights", "final"))
 
     @torch.inference_mode()
     def detect(self, image, image_id: str):
@@ -537,7 +542,8 @@ def make_evaluate_fn(dataset, classes: Sequence[str], metrics: Sequence[str] = (
 
     def evaluate_fn(model: nn.Module, epoch: int) -> dict:
         dets = detect_dataset(FasterRCNNDetector(model, model.rcnn_config), dataset, classes)
-        return {f"mAP_{m}": float(evaluate(dataset, dets, metric=m)["mAP"]) for m in metrics}
+        out = {f"mAP_{m}": float(evaluate(dataset, dets, metric=m)["mAP"]) for m in metrics}
+        return dict(out, mAP=out[f"mAP_{metrics[0]}"])  # the trainer keeps the best "mAP" in best/
 
     return evaluate_fn
 
@@ -565,6 +571,8 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     from rcnn_cli.runtime import seed_everything
 
     out = Path(out)
+    if train_config.patience is not None and not val_split:
+        raise UserError("--patience needs --val-split (early stopping watches the validation mAP)")
     ds = load_dataset(dataset_path, split, images)
     if not ds.records:
         raise UserError(f"{dataset_path}: split '{split}' has no images")
