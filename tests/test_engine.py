@@ -305,3 +305,31 @@ def test_best_checkpoint_and_early_stop(tmp_path):
     assert record["complete"] is True and record["summary"]["best"]["epoch"] == 2
     with pytest.raises(UserError, match="--patience"):
         TrainConfig(patience=0)
+
+
+def test_plot_curves_and_tensorboard_error(tmp_path, monkeypatch):
+    from rcnn_cli.cli import main
+
+    summary = _run(tmp_path / "run", 2)
+    assert summary is not None
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path / "run")])
+    assert e.value.code == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "run" / "curves.png").size[0] > 500
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path / "nowhere")])
+    assert e.value.code == 2
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(UserError, match="tensorboard package"):
+        train(ToyModel(), ToyData(), tmp_path / "tb", TrainConfig(epochs=1, progress=False, tensorboard=True))

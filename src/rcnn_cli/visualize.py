@@ -215,3 +215,46 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], a
     finally:
         plt.close(fig)
     return written
+
+
+def plot_training(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Training curves of a run's ``metrics.jsonl``: every logged loss and the learning rate per
+    iteration, and the validation numbers (``val_*``) per epoch when the run had a validation split."""
+    import json
+
+    from rcnn_cli.errors import UserError
+
+    path = Path(metrics_jsonl)
+    if not path.is_file():
+        raise UserError(f"{path}: no metrics.jsonl (not a training run?)")
+    iters, epochs = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        (iters if rec.get("type") == "iter" else epochs).append(rec)
+    if not iters:
+        raise UserError(f"{path}: no logged iterations yet")
+    plt = _pyplot()
+    val_keys = sorted({k for r in epochs for k in r if k.startswith("val_")})
+    fig, axes = plt.subplots(1, 3 if val_keys else 2, figsize=(13 if val_keys else 9, 3.6))
+    try:
+        x = [r["iteration"] for r in iters]
+        for key in sorted({k for r in iters for k in r if k.startswith("loss")}):
+            axes[0].plot(x, [r.get(key, np.nan) for r in iters], label=key, lw=1.2)
+        axes[0].set(xlabel="iteration", ylabel="loss", title="losses")
+        axes[0].legend(fontsize="x-small")
+        axes[1].plot(x, [r["lr"] for r in iters], color="black", lw=1.2)
+        axes[1].set(xlabel="iteration", ylabel="learning rate", title="schedule")
+        if val_keys:
+            for key in val_keys:
+                pts = [(r["epoch"], r[key]) for r in epochs if key in r]
+                axes[2].plot(*zip(*pts), marker="o", label=key[4:], lw=1.2)
+            axes[2].set(xlabel="epoch", title="validation")
+            axes[2].legend(fontsize="x-small")
+        for ax in axes:
+            ax.grid(True, alpha=0.3)
+        return _savefig(fig, out_png)
+    finally:
+        plt.close(fig)

@@ -90,3 +90,16 @@ def evaluate_command(
         name = "COCO (precision at IoU 0.5)" if metric is Metric.coco else f"{metric.value.upper()} IoU {result['iou']:g}"
         written = plot_precision_recall(result["curves"], result["AP"], plot, title=name, classes=ds.classes)
         logger.info("wrote %d plots to %s", len(written), plot)
+
+
+@app.command("plot")
+def plot_command(
+    run: Path = typer.Argument(..., help="A training run directory (its metrics.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The PNG to write (default: RUN/curves.png)."),
+) -> None:
+    """Draw a run's training curves: losses and learning rate per iteration, validation mAP per epoch."""
+    from rcnn_cli.log import console
+    from rcnn_cli.visualize import plot_training
+
+    path = plot_training(run / "metrics.jsonl", out or run / "curves.png")
+    console.print(f"curves: {path}", highlight=False)

@@ -55,6 +55,7 @@ def train_cmd(
     val_proposals: Optional[Path] = typer.Option(None, "--val-proposals", help="Proposals of the validation split (default: --proposals)."),
     log_every: int = typer.Option(_T.log_every, "--log-every", help="Log losses to metrics.jsonl every N iterations."),
     patience: Optional[int] = typer.Option(None, "--patience", help="With --val-split: stop after this many epochs without a better validation mAP (the best epoch is kept in RUN/best/)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard events into OUT/tensorboard (needs the tensorboard package)."),
     progress: bool = O.progress(),
     config: Optional[Path] = O.config_file(),
 ) -> None:

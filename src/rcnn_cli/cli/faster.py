@@ -63,6 +63,7 @@ def train_cmd(
     rois_per_image: int = typer.Option(_M.box_batch_size_per_image, "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Split evaluated (mAP voc12) after every epoch."),
     patience: Optional[int] = typer.Option(None, "--patience", help="With --val-split: stop after this many epochs without a better validation mAP (the best epoch is kept in RUN/best/)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard events into OUT/tensorboard (needs the tensorboard package)."),
     progress: bool = O.progress(),
     config: Optional[Path] = O.config_file(),
 ) -> None:

@@ -85,6 +85,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N iterations (0: once per epoch)
     best_metric: str = "mAP"  # the validation number whose best epoch is kept in best/
     patience: int | None = None  # stop after this many validations without improvement
+    tensorboard: bool = False  # also write TensorBoard events into RUN/tensorboard
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -159,12 +160,14 @@ def lr_at(config: TrainConfig, iteration: int, epoch: int) -> float:
 class _Metrics:
     """Append-only ``metrics.jsonl`` (rank 0 only); on resume, entries past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, enabled: bool, keep_until: int | None) -> None:
+    def __init__(self, path: Path, enabled: bool, keep_until: int | None, tensorboard: bool = False) -> None:
         self.path = path
         self.enabled = enabled
-        self.file = None
+        self.file = self.board = None
         if not enabled:
             return
+        if tensorboard:
+            self.board = _tensorboard_writer(path.parent / "tensorboard")
         if keep_until is None:
             lines: list[str] = []
         else:
@@ -186,11 +189,27 @@ class _Metrics:
         if self.file is not None:
             self.file.write(json.dumps(record, default=json_default) + "\n")
             self.file.flush()
+        if self.board is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("iteration", "epoch"):
+                    self.board.add_scalar(f"{record['type']}/{key}", value, record["iteration"])
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
+
+def _tensorboard_writer(folder: Path):
+    """TensorBoard's event writer; a one-line error when the package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'rcnn-cli[tensorboard]'") from None
+    return SummaryWriter(str(folder))
 
 
 def _reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -486,7 +505,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     resumed = loop.resume() if resume else False
     loop.start_iteration, loop.started = loop.iteration, time.perf_counter()
     loop.build_loader()
-    metrics = _Metrics(out_dir / "metrics.jsonl", loop.is_main, keep_until=loop.iteration if resumed else None)
+    metrics = _Metrics(out_dir / "metrics.jsonl", loop.is_main, keep_until=loop.iteration if resumed else None,
+                       tensorboard=config.tensorboard)
     train_record = dict(config.to_dict(), world_size=loop.world, device=str(loop.device), amp_active=loop.amp)
     model_config = asdict(model_config) if is_dataclass(model_config) else dict(model_config or {})
     if loop.is_main:
