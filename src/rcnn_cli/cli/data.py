@@ -93,22 +93,46 @@ def info_cmd(
 
 @data_app.command("convert")
 def convert_cmd(
-    source: Path = typer.Argument(..., help="VOC root or COCO instances JSON."),
-    out: Path = typer.Option(..., "--out", "-o", help="COCO: output .json; VOC: output folder."),
-    to: str = typer.Option(..., "--to", help="Target format: coco or voc."),
+    source: Path = typer.Argument(..., help="A dataset: VOC root, COCO instances JSON, YOLO data.yaml or LabelMe folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="COCO: output .json; VOC, YOLO: output folder."),
+    to: str = typer.Option(..., "--to", help="Target format: coco, voc or yolo."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="VOC split to read / name of the split written."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON source."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list."),
 ) -> None:
-    """Convert between Pascal VOC layout and COCO instances JSON."""
+    """Convert a dataset (VOC, COCO, YOLO or LabelMe) to Pascal VOC layout, COCO instances JSON or YOLO."""
     from rcnn_cli.data.convert import to_coco, to_voc
     from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.yolo import to_yolo
 
+    if to not in ("coco", "voc", "yolo"):
+        raise UserError(f"--to must be coco, voc or yolo, not {to!r}")
     ds = load_dataset(source, split, images, parse_classes(classes))
     if to == "coco":
         to_coco(ds, out)
     elif to == "voc":
         to_voc(ds, out, split=split or "all")
     else:
-        raise UserError(f"--to must be coco or voc, not {to!r}")
+        to_yolo(ds, out, split=split or "train")
     console.print(f"wrote {len(ds)} images as {to} to {out}")
+
+
+@data_app.command("split")
+def split_cmd(
+    dataset: Path = typer.Argument(..., help="A dataset: VOC root, COCO JSON, YOLO data.yaml or LabelMe folder."),
+    source: Optional[str] = typer.Option(None, "--split", "-s", help="The split to divide (default: every image)."),
+    val: float = typer.Option(0.2, "--val", help="Share of the images in the 'val' split."),
+    test: float = typer.Option(0.0, "--test", help="Share of the images in the 'test' split (0: none)."),
+    train_name: str = typer.Option("train", "--train-name", help="Name of the split that takes the rest."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffle (the same seed gives the same splits)."),
+) -> None:
+    """Write new split files (stratified by each image's rarest class) without touching the images."""
+    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.split import assign_splits, write_splits
+
+    ds = load_dataset(dataset, source)
+    fractions = {train_name: 1.0, "val": val, **({"test": test} if test > 0 else {})}
+    splits = assign_splits(ds, fractions, seed=seed)
+    for path in write_splits(dataset, ds, splits):
+        console.print(f"wrote {path}", highlight=False)
+    console.print(", ".join(f"{k}: {len(v)} images" for k, v in splits.items()), highlight=False)

@@ -29,22 +29,35 @@ def is_image_file(path: Path) -> bool:
 
 
 def is_dataset(path: str | Path) -> bool:
-    """A VOC root or a COCO ``.json`` file."""
+    """A VOC root, a COCO ``.json`` file, a YOLO dataset (``data.yaml``) or a LabelMe folder."""
+    from rcnn_cli.data.labelme import is_labelme_folder
+    from rcnn_cli.data.yolo import is_yolo_root
+
     path = Path(path)
-    return is_voc_root(path) or (path.is_file() and path.suffix.lower() == ".json")
+    return (is_voc_root(path) or (path.is_file() and path.suffix.lower() == ".json") or is_yolo_root(path)
+            or is_labelme_folder(path))
 
 
 def load_dataset(path: str | Path, split: str | None = None, images: str | Path | None = None,
                  classes: list[str] | None = None) -> Dataset:
-    """Load a labelled dataset: a VOC root (``split``) or a COCO instances JSON (``images``)."""
+    """Load a labelled dataset: a VOC root (``split``), a COCO instances JSON (``images``), a YOLO
+    dataset (its ``data.yaml`` or folder; ``split`` a key of it) or a LabelMe folder."""
+    from rcnn_cli.data.labelme import is_labelme_folder, load_labelme
+    from rcnn_cli.data.yolo import is_yolo_root, load_yolo
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: dataset not found")
     if is_voc_root(path):
         return load_voc(path, split, classes)
+    if is_yolo_root(path):
+        return load_yolo(path, split, classes)
     if path.suffix.lower() == ".json":
         return load_coco(path, images, classes)
-    raise UserError(f"{path}: not a dataset (expected a VOC root with Annotations/ or a COCO .json)")
+    if is_labelme_folder(path):
+        return load_labelme(path, split, classes)
+    raise UserError(f"{path}: not a dataset (expected a VOC root with Annotations/, a COCO .json, a YOLO data.yaml "
+                    "or a folder of LabelMe .json files)")
 
 
 def _read_list(lines: Iterable[str], base: Path | None) -> list[Path]:
