@@ -259,3 +259,31 @@ def test_detect_with_the_best_weights(tmp_path):
                                    atol=1e-3)
     with pytest.raises(UserError, match="--weights: not a setting of a 'rcnn' run"):
         load_detector(OLD_RUNS / "rcnn", weights="best")
+
+
+def test_video_gives_a_line_per_frame_and_an_annotated_video(tmp_path):
+    import cv2
+
+    from rcnn_cli.inference import detect
+
+    video = tmp_path / "clip.mp4"
+    frame = np.asarray(Image.open(IMAGES[0]).convert("RGB"))[:, :, ::-1]
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (frame.shape[1], frame.shape[0]))
+    for _ in range(10):
+        writer.write(np.ascontiguousarray(frame))
+    writer.release()
+    out, drawn = tmp_path / "dets.jsonl", tmp_path / "drawn.mp4"
+    result = detect([str(video)], OLD_RUNS / "faster", config=DetectConfig(score_threshold=0.001), out=str(out),
+                    draw=drawn, device="cpu", progress=False)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert result["images"] == 10 and [x["frame"] for x in lines] == list(range(10))
+    assert lines[3]["time_s"] == pytest.approx(0.3) and lines[3]["image_id"] == "clip_f000003"
+    cap = cv2.VideoCapture(str(drawn))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+    cap.release()
+    every = detect([str(video)], OLD_RUNS / "faster", out=str(tmp_path / "e.jsonl"), device="cpu", progress=False,
+                   every=4)
+    assert every["images"] == 3
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(UserError, match="cannot open the video"):
+        detect([str(tmp_path / "bad.mp4")], OLD_RUNS / "faster", device="cpu", progress=False)

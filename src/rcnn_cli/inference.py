@@ -47,14 +47,24 @@ class DetectOutput:
     split: str = "test"
     collect: dict[str, ImageDetections] | None = None
     write: bool = True  # False: collect only, no writer
+    fps: float = 25.0  # frames per second of a drawn video (``draw`` ending in a video suffix)
 
     def check(self) -> None:
         if self.fmt not in FORMATS:
             raise UserError(f"unknown --format '{self.fmt}' (use one of: {', '.join(FORMATS)})")
         if self.write and self.fmt in ("coco", "voc") and (self.out is None or str(self.out) == "-"):
             raise UserError(f"--format {self.fmt} needs --out ({'a file' if self.fmt == 'coco' else 'a folder'})")
-        if self.draw is not None and Path(self.draw).exists() and not Path(self.draw).is_dir():
+        if self.draw is not None and not self.draws_video and Path(self.draw).exists() and not Path(self.draw).is_dir():
             raise UserError(f"--draw {self.draw}: not a folder")
+
+    @property
+    def draws_video(self) -> bool:
+        from rcnn_cli.data.video import is_video
+
+        return self.draw is not None and is_video(self.draw)
+
+    def drawer(self) -> "_Drawer":
+        return _Drawer(self)
 
 
 def timing_summary(timings: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
@@ -69,6 +79,35 @@ def timing_summary(timings: Mapping[str, Sequence[float]]) -> dict[str, dict[str
 
 def _draw_name(image_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in image_id).lstrip(".") or "image"
+
+
+class _Drawer:
+    """Drawn detections: one JPEG per image in the ``draw`` folder, or the frames of a ``draw`` video."""
+
+    def __init__(self, output: DetectOutput) -> None:
+        self.folder = self.video = None
+        if output.draws_video:
+            from rcnn_cli.data.video import VideoSink
+
+            self.video = VideoSink(output.draw, output.fps)
+        elif output.draw is not None:
+            self.folder = Path(output.draw)
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, image: Any, det: ImageDetections, classes: Sequence[str]) -> None:
+        if self.folder is None and self.video is None:
+            return
+        from rcnn_cli.visualize import draw_detections, save_image
+
+        drawn = draw_detections(image, det, list(classes))
+        if self.video is not None:
+            self.video.write(drawn)
+        else:
+            save_image(drawn, self.folder / f"{_draw_name(det.image_id)}.jpg")
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
 
 
 class _NullWriter:
@@ -122,8 +161,6 @@ def run_inference(detect: Detect, inputs: Sequence[ImageInput], out: str | os.Pa
     """
     output = output or DetectOutput(out, fmt, draw_dir, category_ids, coco_image_ids, split)
     output.check()
-    if output.draw is not None:
-        Path(output.draw).mkdir(parents=True, exist_ok=True)
     if warmup < 0 or repeats < 1:
         raise UserError("warm-up must be >= 0 and repeats >= 1")
     writer = (open_writer(output.out, output.fmt, list(classes), category_ids=output.category_ids,
@@ -132,6 +169,7 @@ def run_inference(detect: Detect, inputs: Sequence[ImageInput], out: str | os.Pa
     n_skipped = n_det = 0
     warmed = warmup == 0
     start = time.perf_counter()
+    drawer = output.drawer()
     with writer, progress_bar(progress) as bar:
         task = bar.add_task("detect", total=len(inputs), status="")
         for item in inputs:
@@ -148,15 +186,16 @@ def run_inference(detect: Detect, inputs: Sequence[ImageInput], out: str | os.Pa
                 _run_one(detect, image, item.image_id, warmup)
                 warmed = True
             det, runs = _run_one(detect, image, item.image_id, repeats)
+            det.meta = dict(item.meta or {})
             writer.write(det)
             if output.collect is not None:
                 output.collect[item.image_id] = det
-            if output.draw is not None:
-                _draw(image, det, classes, Path(output.draw) / f"{_draw_name(item.image_id)}.jpg")
+            drawer.add(image, det, classes)
             per_image.append(_image_timings(item.image_id, t_load, runs, det.num_proposals))
             n_det += len(det)
             bar.update(task, advance=1, status=f"{len(det)} dets, {per_image[-1]['total']:.2f} s"
                        + (f", {n_skipped} skipped" if n_skipped else ""))
+    drawer.close()
     seconds = time.perf_counter() - start
     if n_skipped:
         logger.warning("%d of %d images could not be read and were skipped", n_skipped, len(inputs))
@@ -176,12 +215,6 @@ def _image_timings(image_id: str, t_load: float, runs: list[dict], num_proposals
     row["without_proposals"] = row["total"] - row.get("proposals", 0.0)
     row["num_proposals"] = num_proposals
     return row
-
-
-def _draw(image: Any, det: ImageDetections, classes: Sequence[str], path: Path) -> None:
-    from rcnn_cli.visualize import draw_detections, save_image
-
-    save_image(draw_detections(image, det, list(classes)), path)
 
 
 def detect_dataset(detect: Detect, dataset: Any, classes: Sequence[str], progress: bool = False
@@ -207,14 +240,29 @@ def _dataset_ids(inputs: Sequence[str], split: str | None, images: str | None, c
     return ({c: ds.category_ids[c] for c in classes if c in ds.category_ids} or None), coco_image_ids(ds)
 
 
+def _video_inputs(inputs: Sequence[str], every: int):
+    """``(VideoFrames, its inputs)`` when the one input is a video, else ``(None, None)``."""
+    from rcnn_cli.data.video import VideoFrames, is_video
+
+    videos = [i for i in inputs if is_video(i)]
+    if not videos:
+        return None, None
+    if len(inputs) != 1:
+        raise UserError("give one video at a time (or images, folders and datasets without a video)")
+    frames = VideoFrames(videos[0], every)
+    return frames, frames.inputs
+
+
 def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = None, images: str | None = None,
            config: DetectConfig | None = None, fmt: str = "jsonl", out: str | None = None,
            draw: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
-           command: str = "rcnn detect", **options: Any) -> dict[str, Any]:
+           command: str = "rcnn detect", every: int = 1, **options: Any) -> dict[str, Any]:
     """``rcnn detect`` for every kind of run: resolve the inputs, load the detector, stream detections.
 
-    ``options`` go to the run kind's detector (:func:`rcnn_cli.detector.load_detector`). With
-    ``out`` a file or folder, ``<out>.config.json`` records the settings and the summary.
+    A video input gives one line per ``every``-th frame (with ``frame`` and ``time_s``); ``draw``
+    ending in ``.mp4`` writes the annotated video. ``options`` go to the run kind's detector
+    (:func:`rcnn_cli.detector.load_detector`). With ``out`` a file or folder,
+    ``<out>.config.json`` records the settings and the summary.
     """
     from rcnn_cli.data.inputs import resolve_inputs
     from rcnn_cli.detector import load_detector
@@ -222,12 +270,21 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
 
     output = DetectOutput(out, fmt, draw, split=split or "test")
     output.check()
-    items = resolve_inputs(list(inputs), split=split, images=images)
+    frames, items = _video_inputs(inputs, every)
+    if frames is None:
+        items = resolve_inputs(list(inputs), split=split, images=images)
+    else:
+        output.fps = frames.fps / every
     if not items:
-        raise UserError("no input images")
+        raise UserError("no input images (or a video without frames)")
     with load_detector(model, device=device, config=config, **options) as detector:
         output.category_ids, output.coco_image_ids = _dataset_ids(inputs, split, images, detector.classes)
-        result = run_inference(detector, items, classes=detector.classes, progress=progress, output=output)
+        try:
+            result = run_inference(detector, items, classes=detector.classes, progress=progress, output=output,
+                                   images=frames)
+        finally:
+            if frames is not None:
+                frames.close()
         settings = detector.settings()
     if out not in (None, "-"):
         write_run_record(Path(out), command, {

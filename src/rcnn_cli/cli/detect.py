@@ -14,7 +14,7 @@ from rcnn_cli.log import console
 
 
 def detect_cmd(
-    inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin) or a dataset (with --split)."),
+    inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin), a dataset (with --split) or one video."),
     model: Path = typer.Option(..., "--model", "-m", help="Any run directory: an R-CNN model, a Fast or a Faster R-CNN run."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split when INPUT is a VOC dataset."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when INPUT is a COCO JSON."),
@@ -29,7 +29,8 @@ def detect_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", help="Fast/Faster R-CNN: final (default) or best (the best validation epoch's, kept with --val-split)."),
     fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl (streamed), coco (results JSON) or voc (comp4 files in a folder)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file/folder (jsonl: stdout when omitted)."),
-    draw: Optional[Path] = typer.Option(None, "--draw", help="Also write images with the boxes drawn into this folder."),
+    draw: Optional[Path] = typer.Option(None, "--draw", help="Also draw the boxes: into this folder (one image each), or a video file (.mp4) for a video input."),
+    every: int = typer.Option(1, "--every", help="Video input: detect in every N-th frame."),
     device: str = O.device(),
     progress: bool = O.progress(),
 ) -> None:
@@ -39,7 +40,7 @@ def detect_cmd(
     given = {"proposals": proposals, "max_proposals": max_proposals, "rpn_top_n": rpn_top_n,
              "use_bbox": False if no_bbox else None, "batch_size": batch_size, "weights": weights}
     result = detect(inputs, model, split=split, images=images, config=O.detect_config(score_threshold, nms, top_k),
-                    fmt=fmt, out=out, draw=draw, device=device, progress=progress,
+                    fmt=fmt, out=out, draw=draw, device=device, progress=progress, every=every,
                     **{k: v for k, v in given.items() if v is not None})
     timings = result.get("timings", {})
     per_stage = ", ".join(f"{k} {v['median'] * 1000:.1f} ms" for k, v in timings.items()

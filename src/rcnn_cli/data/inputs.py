@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import glob
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, TextIO
 
@@ -18,10 +18,12 @@ from rcnn_cli.errors import UserError
 
 @dataclass(frozen=True)
 class ImageInput:
-    """An image to process: its id (file stem or dataset id) and path."""
+    """An image to process: its id (file stem or dataset id), path, and what the detections record
+    about it beside the boxes (``meta``: a video frame's ``frame`` and ``time_s``)."""
 
     image_id: str
     path: Path
+    meta: dict | None = field(default=None, hash=False, compare=False)
 
 
 def is_image_file(path: Path) -> bool:

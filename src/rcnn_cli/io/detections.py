@@ -70,6 +70,8 @@ class ImageDetections:
     order: np.ndarray | None = None
     #: Regions the detector scored for this image (None: the method has no proposal stage of its own).
     num_proposals: int | None = None
+    #: What the JSON line records beside the boxes (a video frame's ``frame`` and ``time_s``).
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.image_id = str(self.image_id)
@@ -96,7 +98,7 @@ class ImageDetections:
         boxes = _short_floats(self.boxes.reshape(-1))
         scores = _short_floats(self.scores)
         record: dict[str, Any] = {
-            "image_id": self.image_id,
+            "image_id": self.image_id, **self.meta,
             "detections": [{"label": lab, "score": scores[i], "box": boxes[4 * i:4 * i + 4]}
                            for i, lab in enumerate(self.labels)],
         }
