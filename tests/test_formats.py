@@ -109,3 +109,23 @@ def test_data_split_is_stratified_and_repeatable(shapes_root, tmp_path):
     everything = {r.image_id for r in load_dataset(root).records}
     assert train | val == everything and not train & val and len(val) == 3  # 12 images: 1/4 of each stratum
     assert (root / "JPEGImages").is_dir() and len(list((root / "JPEGImages").iterdir())) == 12
+
+
+def test_data_show_and_info_plots(shapes_root, tmp_path):
+    from rcnn_cli.data.browse import box_statistics
+
+    with pytest.raises(SystemExit) as e:
+        main(["data", "show", str(shapes_root), "--split", "test", "--out", str(tmp_path / "show"), "--limit", "2"])
+    assert e.value.code == 0
+    drawn = sorted((tmp_path / "show").glob("*.jpg"))
+    assert [p.stem for p in drawn] == ["test_00000", "test_00001"] and Image.open(drawn[0]).size == (128, 128)
+    with pytest.raises(SystemExit) as e:
+        main(["data", "info", str(shapes_root), "--split", "test", "--plot", str(tmp_path / "plots"), "--json"])
+    assert e.value.code == 0
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"box_sizes.png", "aspect_ratios.png"}
+    ds = load_dataset(shapes_root, "test")
+    stats = box_statistics(ds)
+    assert stats["mean_objects_per_image"] == pytest.approx(sum(len(r.labels) for r in ds.records) / 4)
+    r = ds.records[0]
+    x1, y1, x2, y2 = r.boxes[0]
+    assert stats["sizes"][r.labels[0]][0] == pytest.approx(float(np.sqrt((x2 - x1) * (y2 - y1))))

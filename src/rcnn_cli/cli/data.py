@@ -52,19 +52,26 @@ def info_cmd(
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list (default: from the data, sorted)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     max_problems: int = typer.Option(20, "--max-problems", help="Problems listed in the table (all are in --json)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write box-size and aspect-ratio histograms (PNG) here."),
 ) -> None:
-    """Images, objects per class, image sizes and the problems found (bad boxes, missing images)."""
+    """Images, objects per class and per image, image sizes and the problems found (bad boxes, missing images)."""
+    from rcnn_cli.data.browse import plot_box_statistics
     from rcnn_cli.data.info import dataset_info
     from rcnn_cli.data.inputs import load_dataset
 
-    info = dataset_info(load_dataset(dataset, split, images, parse_classes(classes)))
+    ds = load_dataset(dataset, split, images, parse_classes(classes))
+    info = dataset_info(ds)
+    if plot is not None:
+        for path in plot_box_statistics(ds, plot):
+            console.print(f"wrote {path}", highlight=False)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     out = Console()  # results go to stdout
     out.print(f"[bold]{info['root']}[/] ({info['format']}, split {info['split'] or 'all'}): "
               f"{info['num_images']} images, {info['num_objects']} objects, "
-              f"{info['images_without_objects']} images without objects")
+              f"{info['images_without_objects']} images without objects, "
+              f"{info['mean_objects_per_image']:.2f} objects per image (at most {info['max_objects_per_image']})")
     table = Table(title="objects per class")
     table.add_column("class")
     table.add_column("objects", justify="right")
@@ -136,3 +143,19 @@ def split_cmd(
     for path in write_splits(dataset, ds, splits):
         console.print(f"wrote {path}", highlight=False)
     console.print(", ".join(f"{k}: {len(v)} images" for k, v in splits.items()), highlight=False)
+
+
+@data_app.command("show")
+def show_cmd(
+    dataset: Path = typer.Argument(..., help="A dataset: VOC root, COCO JSON, YOLO data.yaml or LabelMe folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the drawn images."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="The split to show (default: every image)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Draw only the first N images."),
+) -> None:
+    """Draw the ground-truth boxes and labels on the images of a dataset."""
+    from rcnn_cli.data.browse import show_dataset
+    from rcnn_cli.data.inputs import load_dataset
+
+    written = show_dataset(load_dataset(dataset, split, images), out, limit)
+    console.print(f"drew {len(written)} images into {out}", highlight=False)

@@ -59,6 +59,8 @@ def dataset_info(ds: Dataset, check_images: bool = True) -> dict[str, Any]:
         "objects_per_class": {c: objects.get(c, 0) for c in ds.classes},
         "difficult_per_class": {c: difficult.get(c, 0) for c in ds.classes},
         "images_without_objects": sum(1 for r in ds.records if len(r.labels) == 0),
+        "mean_objects_per_image": sum(len(r.labels) for r in ds.records) / max(len(ds.records), 1),
+        "max_objects_per_image": max((len(r.labels) for r in ds.records), default=0),
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},
         "problems": problems,
         "problem_counts": dict(Counter(p["problem"] for p in problems)),
