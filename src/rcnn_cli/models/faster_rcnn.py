@@ -86,7 +86,8 @@ def _check_anchors(cfg: "FasterRCNNConfig") -> None:
 @dataclass
 class FasterRCNNConfig:
     """Everything needed to rebuild the network (the run's ``model`` record); defaults are the paper's
-    (torchvision's where the paper is silent). Validates itself; unknown names are a UserError."""
+    (torchvision's where the paper is silent). Validates itself; unknown names are a UserError.
+    The ``rpn_*`` and ``box_*`` settings are torchvision ``FasterRCNN``'s arguments of the same name."""
 
     classes: list[str] = field(default_factory=list)
     backbone: str = "efficientnet_lite0"
@@ -277,25 +278,10 @@ def build_model(cfg: FasterRCNNConfig, weights: str = "none") -> nn.Module:
         image_std=list(cfg.image_std),
         rpn_anchor_generator=anchor_gen,
         rpn_head=rpn_head,
-        rpn_pre_nms_top_n_train=int(cfg.rpn_pre_nms_top_n_train),
-        rpn_pre_nms_top_n_test=int(cfg.rpn_pre_nms_top_n_test),
-        rpn_post_nms_top_n_train=int(cfg.rpn_post_nms_top_n_train),
-        rpn_post_nms_top_n_test=int(cfg.rpn_post_nms_top_n_test),
-        rpn_nms_thresh=float(cfg.rpn_nms_thresh),
-        rpn_fg_iou_thresh=float(cfg.rpn_fg_iou_thresh),
-        rpn_bg_iou_thresh=float(cfg.rpn_bg_iou_thresh),
-        rpn_batch_size_per_image=int(cfg.rpn_batch_size_per_image),
-        rpn_positive_fraction=float(cfg.rpn_positive_fraction),
         box_roi_pool=MultiScaleRoIAlign(featmap_names, roi_size, int(cfg.roi_sampling_ratio)),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(representation, num_classes),
-        box_score_thresh=float(cfg.box_score_thresh),
-        box_nms_thresh=float(cfg.box_nms_thresh),
-        box_detections_per_img=int(cfg.box_detections_per_img),
-        box_fg_iou_thresh=float(cfg.box_fg_iou_thresh),
-        box_bg_iou_thresh=float(cfg.box_bg_iou_thresh),
-        box_batch_size_per_image=int(cfg.box_batch_size_per_image),
-        box_positive_fraction=float(cfg.box_positive_fraction),
+        **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name.startswith(("rpn_", "box_"))},
     )
     model.rcnn_config = cfg
     return model
