@@ -280,3 +280,60 @@ def test_cli_merge_refusal_and_unlabelled_images(store, tmp_path):
         item = r.get(r.ids()[0])
         assert not item["gt"].any() and (item["overlaps"] == 0).all() and (item["gt_index"] == -1).all()
         assert len(item["boxes"]) == 12
+
+
+# ------------------------------------------------------------------ runtimes (channels_last, ONNX Runtime)
+
+
+def test_runtimes_give_the_same_features_and_cache_the_graph(tmp_path, caplog):
+    import logging
+
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from rcnn_cli.rcnn.features import FeatureExtractor
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    boxes = np.array([[0, 0, 60, 50], [20, 10, 120, 90], [5, 40, 50, 95]], np.float32)
+    base = dict(warp_size=32, padding=3, device="cpu", dtype="float32", weights="none")
+    eager = FeatureExtractor(**base)  # torch, channels_last
+    reference = FeatureExtractor(**base)
+    from rcnn_cli.rcnn.features import warp_regions
+    from rcnn_cli.backbones import normalize
+
+    with torch.no_grad():  # plain NCHW eager, the network as built
+        crops = warp_regions(reference.prepare(image), torch.from_numpy(boxes), 32, 3)
+        nchw = build_model_nchw(reference)(crops).numpy()
+    np.testing.assert_allclose(eager(image, boxes), nchw, atol=1e-4)
+    ort = FeatureExtractor(**base, runtime="onnxruntime", cache_dir=tmp_path)
+    np.testing.assert_allclose(ort(image, boxes), nchw, atol=1e-4)
+    graphs = list(tmp_path.glob("*.onnx"))
+    assert len(graphs) == 1 and ort.runtime == "onnxruntime"
+    stamp = graphs[0].stat().st_mtime_ns
+    FeatureExtractor(**base, runtime="onnxruntime", cache_dir=tmp_path)
+    assert graphs[0].stat().st_mtime_ns == stamp  # reused, not exported again
+    FeatureExtractor(**dict(base, warp_size=40), runtime="onnxruntime", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2  # another input size: another graph
+    graphs[0].write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="rcnn"):
+        again = FeatureExtractor(**base, runtime="onnxruntime", cache_dir=tmp_path)
+    assert any("exporting it again" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(again(image, boxes), nchw, atol=1e-4)
+
+
+def build_model_nchw(fx):
+    import copy
+
+    model = copy.deepcopy(fx.model).to(memory_format=torch.contiguous_format)
+    return model.eval()
+
+
+def test_a_runtime_that_is_not_installed_is_one_line(monkeypatch):
+    from rcnn_cli import runtimes
+
+    monkeypatch.setattr(runtimes, "available_runtimes", lambda: ["torch"])
+    with pytest.raises(UserError, match=r"--runtime openvino: not installed \(pip install 'rcnn-cli\[openvino\]'\)"):
+        runtimes.resolve_runtime("openvino")
+    assert runtimes.resolve_runtime("auto") == "torch"
+    with pytest.raises(UserError, match="choose torch"):
+        runtimes.resolve_runtime("tensorrt")

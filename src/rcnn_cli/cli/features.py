@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
@@ -28,6 +29,7 @@ def extract_features_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Regions per forward pass (batches never span images)."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored feature type: float16 | float32."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present) | cpu | cuda."),
+    runtime: str = O.runtime(),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: process every N-th image starting at K (0 <= K < N); join with merge-features."),
     max_proposals: Optional[int] = typer.Option(None, "--max-proposals", help="Use the top-N proposals per image (default: all)."),
     compression: str = typer.Option("none", "--compression", help="HDF5 compression of features: none | lzf | gzip."),
@@ -48,7 +50,7 @@ def extract_features_cmd(
     s = run_extract_features(data, proposals, out, backbone=backbone, weights=weights, layer=layer, warp_size=warp_size,
                              padding=padding, batch_size=batch_size, dtype=dtype, device=device, shard=shard,
                              max_proposals=max_proposals, compression=compression, progress=not no_progress,
-                             checkpoint_seconds=checkpoint_seconds, overwrite=overwrite)
+                             checkpoint_seconds=checkpoint_seconds, overwrite=overwrite, runtime=runtime)
     console.print(f"{s['extracted']} image(s) extracted, {s['done_before']} already done, {s['skipped']} skipped; "
                   f"{s['regions']} regions at {s['crops_per_second']:.1f} crops/s -> {out}", highlight=False)
 

@@ -24,6 +24,11 @@ def top_k() -> int:
     return typer.Option(_D.top_k, "--top-k", help="Detections kept per image.")
 
 
+def runtime() -> str:
+    return typer.Option("torch", "--runtime", help="The CNN's runtime: torch (channels_last), onnxruntime, openvino, "
+                        "or auto (the fastest installed); the ONNX graph is built once and cached.")
+
+
 def device() -> str:
     return typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
 

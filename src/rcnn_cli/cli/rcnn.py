@@ -171,6 +171,7 @@ def pipeline_cmd(
     top_k: int = O.top_k(),
     seed: int = O.seed(),
     device: str = O.device(),
+    runtime: str = O.runtime(),
     progress: bool = O.progress(),
     config: Optional[Path] = O.config_file(),
 ) -> None:

@@ -194,7 +194,8 @@ class FeatureExtractor:
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str | os.PathLike = "imagenet",
                  layer: str | None = None, warp_size: int | None = None, padding: int = 16, batch_size: int = 64,
-                 device: str | torch.device = "auto", dtype: str = "float16"):
+                 device: str | torch.device = "auto", dtype: str = "float16", runtime: str = "torch",
+                 cache_dir: str | os.PathLike | None = None):
         self.spec = get_spec(backbone)
         if dtype not in DTYPES:
             raise UserError(f"--dtype {dtype}: choose float16 or float32")
@@ -228,6 +229,20 @@ class FeatureExtractor:
             "dtype": dtype,
             "version": __version__,
         }
+        self.runtime = self._compile(runtime, cache_dir)
+
+    def _compile(self, runtime: str, cache_dir: str | os.PathLike | None) -> str:
+        """The network in ``runtime`` (torch channels_last, or an exported graph on the CPU)."""
+        from rcnn_cli.runtimes import compile_network, resolve_runtime
+
+        runtime = resolve_runtime(runtime)
+        if runtime != "torch" and self.device.type != "cpu":
+            raise UserError(f"--runtime {runtime} runs on the CPU; use --device cpu or --runtime torch")
+        example = torch.rand(2, 3, self.warp_size, self.warp_size, generator=torch.Generator().manual_seed(0))
+        key = {k: self.config[k] for k in ("backbone", "weights_id", "layer", "warp_size")}
+        folder = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "rcnn" / "graphs"
+        self.network = compile_network(self.model, runtime, normalize(example, self.spec), folder, key)
+        return runtime
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -253,7 +268,7 @@ class FeatureExtractor:
             chunk = boxes_t[start:start + self.batch_size]
             crops = warp_regions(img, chunk, self.warp_size, self.padding)
             with self._autocast():
-                feats = self.model(crops)
+                feats = self.network(crops)
             out[start:start + len(chunk)] = feats.float().cpu().numpy().astype(out.dtype)
         return out.astype(np.float32)
 
@@ -538,7 +553,7 @@ def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str 
                          max_proposals: int | None = None, compression: str | None = None, progress: bool = True,
                          prefetch: int = 4, checkpoint_seconds: float = 20.0, overwrite: bool = False,
                          command: str = "rcnn extract-features",
-                         extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+                         extractor: FeatureExtractor | None = None, runtime: str = "torch") -> dict[str, Any]:
     """Extract R-CNN features of every region of every image into the HDF5 store ``out``.
 
     ``data``: a labelled :class:`rcnn_cli.data.Dataset` (ground-truth boxes become regions, with
@@ -574,7 +589,8 @@ def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str 
     own_reader = not hasattr(proposals, "boxes")
     reader = P.load(proposals) if own_reader else proposals
     try:
-        fx = extractor or FeatureExtractor(backbone, weights, layer, warp_size, padding, batch_size, device, dtype)
+        fx = extractor or FeatureExtractor(backbone, weights, layer, warp_size, padding, batch_size, device, dtype,
+                                           runtime=runtime, cache_dir=Path(out).parent / "graphs")
         file_attrs = {
             "format": FORMAT, "format_version": FORMAT_VERSION, **fx.config, "weights": str(weights),
             "max_proposals": int(max_proposals or 0), "labelled": bool(labelled), "classes": classes,
@@ -583,7 +599,8 @@ def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str 
         }
         settings = _settings(file_attrs)
         run_config = {k: v for k, v in file_attrs.items() if k not in ("format", "format_version")}
-        run_config.update({"batch_size": fx.batch_size, "device": str(fx.device), "compression": compression,
+        run_config.update({"batch_size": fx.batch_size, "device": str(fx.device), "runtime": fx.runtime,
+                           "compression": compression,
                            "proposals_file": str(getattr(reader, "path", proposals))})
         file_attrs["config"] = json.dumps(run_config)
         with _lock(out):

@@ -320,14 +320,14 @@ class RCNNDetector(Detector):
 
     def __init__(self, model: RCNNModel | str | Path, device: str = "auto", config: DetectConfig | None = None,
                  proposals: Any = None, features: Any = None, use_bbox: bool = True, batch_size: int = 64,
-                 extractor: Any = None):
+                 extractor: Any = None, runtime: str = "torch"):
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()  # the same large crops and activations on every call: keep them on the heap
         self.model = model if isinstance(model, RCNNModel) else load_model(model)
         cfg = self.model.config
         self.config = config or DetectConfig(**dict(DEFAULT_DETECT, **cfg.get("detect", {})))
-        self.use_bbox, self.device, self.batch_size = use_bbox, device, batch_size
+        self.use_bbox, self.device, self.batch_size, self.runtime = use_bbox, device, batch_size, runtime
         self._rpn = None  # the RPN of a model trained on RPN proposals, loaded on first use
         self.proposals, self.features = proposals, features
         if features is not None:
@@ -337,13 +337,15 @@ class RCNNDetector(Detector):
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
-                 proposals: Any = None, use_bbox: bool = True, batch_size: int = 64) -> "RCNNDetector":
-        """``proposals``: a proposals file (else the model's proposal method runs on the fly)."""
+                 proposals: Any = None, use_bbox: bool = True, batch_size: int = 64,
+                 runtime: str = "torch") -> "RCNNDetector":
+        """``proposals``: a proposals file (else the model's proposal method runs on the fly);
+        ``runtime``: the region network's (torch, onnxruntime, openvino, auto)."""
         from rcnn_cli.rcnn.proposals import load as load_proposals
 
         reader = load_proposals(proposals) if isinstance(proposals, (str, Path)) else proposals
         detector = cls(run_dir, device=device, config=config, proposals=reader, use_bbox=use_bbox,
-                       batch_size=batch_size)
+                       batch_size=batch_size, runtime=runtime)
         detector._own = reader if reader is not proposals else None
         return detector
 
@@ -365,7 +367,8 @@ class RCNNDetector(Detector):
             cfg = self.model.config
             self._extractor = FeatureExtractor(cfg["backbone"], weights=self.model.weights, layer=cfg["layer"],
                                                warp_size=cfg["warp_size"], padding=cfg["padding"],
-                                               batch_size=self.batch_size, device=self.device)
+                                               batch_size=self.batch_size, device=self.device, runtime=self.runtime,
+                                               cache_dir=self.model.root / "graphs")
             got = self._extractor.config.get("weights_id")
             if got is not None and got != cfg["weights_id"]:
                 raise UserError(f"{self.model.root}: weights {self.model.weights} give weights id {got}, the model "
@@ -373,7 +376,7 @@ class RCNNDetector(Detector):
         return self._extractor
 
     def settings(self) -> dict[str, Any]:
-        return dict(super().settings(), use_bbox=self.use_bbox, proposals=self.proposal_settings)
+        return dict(super().settings(), use_bbox=self.use_bbox, proposals=self.proposal_settings, runtime=self.runtime)
 
     def propose(self, image, image_id: str) -> np.ndarray:
         """Proposals ``(N, 4)`` for one image: from the store when it has the image, else computed."""

@@ -69,6 +69,7 @@ class PipelineConfig:
     padding: int = 6
     batch_size: int = 64
     dtype: str = "float16"
+    runtime: str = "torch"  # the region network's runtime (torch, onnxruntime, openvino, auto)
     # fine-tuning
     finetune: bool = False
     finetune_iters: int | None = None
@@ -289,7 +290,7 @@ def _features_stage(r: _Run, tag: str) -> None:
         return jsonable(run_extract_features(r.dataset(tag), r.proposals(tag), out, backbone=cfg.backbone,
                                              weights=r.weights, layer=cfg.layer, warp_size=cfg.warp_size,
                                              padding=cfg.padding, batch_size=cfg.batch_size, dtype=cfg.dtype,
-                                             device=cfg.device, progress=r.progress))
+                                             device=cfg.device, progress=r.progress, runtime=cfg.runtime))
 
     r.st.run(f"features-{tag}{r.suffix}", c, [out], extract, clean=[out, out.with_name(out.name + ".config.json")])
 
