@@ -335,3 +335,50 @@ def test_recall_and_mabo_on_a_hand_made_case(tmp_path):
         assert r.attrs["method"] == "fixed"
     pngs = P.plot_recall(s, tmp_path / "plots")
     assert all(p.is_file() and p.stat().st_size > 1000 for p in pngs)
+
+
+def test_two_propose_shards_merged_equal_one_run(shapes_root, tmp_path):
+    from rcnn_cli.cli import main
+
+    base = ["propose", str(shapes_root), "--split", "trainval", "--max-size", "128", "--limit", "30",
+            "--workers", "1", "--no-progress"]
+    for args in ([*base, "--out", str(tmp_path / "all.h5")],
+                 [*base, "--out", str(tmp_path / "s0.h5"), "--shard", "0/2"],
+                 [*base, "--out", str(tmp_path / "s1.h5"), "--shard", "1/2"],
+                 ["merge-proposals", str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5"), "--out", str(tmp_path / "m.h5")]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 0, args
+    with P.load(tmp_path / "all.h5") as a, P.load(tmp_path / "m.h5") as m, P.load(tmp_path / "s0.h5") as s0:
+        assert len(s0.ids()) == 4 and m.ids() == a.ids()  # the unsharded order comes back
+        for i in a.ids():
+            np.testing.assert_array_equal(m.boxes(i), a.boxes(i))
+            assert m.image_size(i) == a.image_size(i)
+    with pytest.raises(SystemExit) as e:  # other settings are refused
+        main([*base[:-5], "--max-size", "96", "--limit", "30", "--workers", "1", "--no-progress", "--out",
+              str(tmp_path / "other.h5"), "--shard", "1/2"])
+    assert e.value.code == 0
+    with pytest.raises(UserError, match="other settings"):
+        P.merge_proposals([tmp_path / "s0.h5", tmp_path / "other.h5"], tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_two_detect_shards_concatenated_equal_one_run(tmp_path):
+    import json
+
+    from rcnn_cli.detector import DetectConfig
+    from rcnn_cli.inference import detect
+
+    fixture = Path(__file__).parent / "fixtures" / "runs_e8b1e22"
+    folder = fixture / "images"
+    kw = dict(config=DetectConfig(score_threshold=0.001), device="cpu", progress=False)
+    detect([str(folder)], fixture / "faster", out=str(tmp_path / "all.jsonl"), **kw)
+    for k in (0, 1):
+        detect([str(folder)], fixture / "faster", out=str(tmp_path / f"s{k}.jsonl"), shard=f"{k}/2", **kw)
+    lines = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
+    whole = lines(tmp_path / "all.jsonl")
+    parts = lines(tmp_path / "s0.jsonl") + lines(tmp_path / "s1.jsonl")
+    key = lambda r: r["image_id"]  # noqa: E731
+    assert [json.dumps({k: v for k, v in r.items() if k != "timings"}) for r in sorted(parts, key=key)] == \
+        [json.dumps({k: v for k, v in r.items() if k != "timings"}) for r in sorted(whole, key=key)]
+    assert len(lines(tmp_path / "s0.jsonl")) == 1

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from rcnn_cli.errors import UserError
 
-__all__ = ["parse_floats", "parse_steps"]
+__all__ = ["parse_floats", "parse_steps", "parse_shard"]
 
 
 def parse_floats(text: str | Sequence[float] | None, what: str) -> list[float] | None:
@@ -34,3 +34,16 @@ def parse_steps(text: str | Sequence[int] | None, what: str = "--lr-steps") -> t
         return tuple(int(v) for v in text.replace(",", " ").split())
     except ValueError:
         raise UserError(f"{what} '{text}': expected epoch numbers such as '8,11' or '8 11'") from None
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; ``None`` -> ``None``."""
+    if text in (None, ""):
+        return None
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise UserError(f"--shard {text}: need 0 <= K < N")
+    return k, n

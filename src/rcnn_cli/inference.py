@@ -256,14 +256,17 @@ def _video_inputs(inputs: Sequence[str], every: int):
 def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = None, images: str | None = None,
            config: DetectConfig | None = None, fmt: str = "jsonl", out: str | None = None,
            draw: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
-           command: str = "rcnn detect", every: int = 1, **options: Any) -> dict[str, Any]:
+           command: str = "rcnn detect", every: int = 1, shard: str | tuple[int, int] | None = None,
+           **options: Any) -> dict[str, Any]:
     """``rcnn detect`` for every kind of run: resolve the inputs, load the detector, stream detections.
 
     A video input gives one line per ``every``-th frame (with ``frame`` and ``time_s``); ``draw``
-    ending in ``.mp4`` writes the annotated video. ``options`` go to the run kind's detector
+    ending in ``.mp4`` writes the annotated video. ``shard`` ``K/N`` takes every N-th input from the
+    K-th (the shards' outputs concatenated are the whole run's). ``options`` go to the run kind's detector
     (:func:`rcnn_cli.detector.load_detector`). With ``out`` a file or folder,
     ``<out>.config.json`` records the settings and the summary.
     """
+    from rcnn_cli.config import parse_shard
     from rcnn_cli.data.inputs import resolve_inputs
     from rcnn_cli.detector import load_detector
     from rcnn_cli.io.files import write_run_record
@@ -275,6 +278,9 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
         items = resolve_inputs(list(inputs), split=split, images=images)
     else:
         output.fps = frames.fps / every
+    part = parse_shard(shard) if isinstance(shard, str) else shard
+    if part is not None:
+        items = items[part[0]::part[1]]
     if not items:
         raise UserError("no input images (or a video without frames)")
     with load_detector(model, device=device, config=config, **options) as detector:

@@ -32,6 +32,7 @@ def detect_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file/folder (jsonl: stdout when omitted)."),
     draw: Optional[Path] = typer.Option(None, "--draw", help="Also draw the boxes: into this folder (one image each), or a video file (.mp4) for a video input."),
     every: int = typer.Option(1, "--every", help="Video input: detect in every N-th frame."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only every N-th image from the K-th (one machine of N); concatenate the outputs."),
     device: str = O.device(),
     progress: bool = O.progress(),
 ) -> None:
@@ -41,7 +42,7 @@ def detect_cmd(
     given = {"proposals": proposals, "max_proposals": max_proposals, "rpn_top_n": rpn_top_n,
              "use_bbox": False if no_bbox else None, "batch_size": batch_size, "weights": weights, "runtime": runtime}
     result = detect(inputs, model, split=split, images=images, config=O.detect_config(score_threshold, nms, top_k),
-                    fmt=fmt, out=out, draw=draw, device=device, progress=progress, every=every,
+                    fmt=fmt, out=out, draw=draw, device=device, progress=progress, every=every, shard=shard,
                     **{k: v for k, v in given.items() if v is not None})
     timings = result.get("timings", {})
     per_stage = ", ".join(f"{k} {v['median'] * 1000:.1f} ms" for k, v in timings.items()

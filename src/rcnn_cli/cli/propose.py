@@ -29,10 +29,12 @@ def propose_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Faster R-CNN run directory (for --method rpn)."),
     rpn_top_n: int = typer.Option(2000, "--rpn-top-n", help="RPN proposals per image after NMS (for --method rpn)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (for --method rpn)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only every N-th image from the K-th (0 <= K < N), e.g. one machine of N; join the files with merge-proposals."),
     checkpoint_seconds: float = typer.Option(30.0, "--checkpoint-seconds", hidden=True, help="Seconds between commits of the journal into the file."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Region proposals for every image, stored in one HDF5 file (crash-safe, resumable)."""
+    from rcnn_cli.config import parse_shard
     from rcnn_cli.data.inputs import resolve_inputs
     from rcnn_cli.rcnn.proposals import run_propose
 
@@ -53,7 +55,7 @@ def propose_cmd(
     summary = run_propose(items, out, method=method if proposer is None else "rpn", mode=mode, max_size=max_size,
                           min_size=20.0 if min_size is None else min_size, limit=limit, workers=workers,
                           progress=not no_progress, proposer=proposer, attrs=attrs, seed=seed, overwrite=overwrite,
-                          checkpoint_seconds=checkpoint_seconds)
+                          checkpoint_seconds=checkpoint_seconds, shard=parse_shard(shard))
     console.print(f"{summary['processed']} image(s) processed, {summary['resumed']} resumed, "
                   f"{summary['skipped']} skipped, {summary['fallbacks']} sliding-window fallback(s); "
                   f"{summary['boxes_per_image']:.0f} boxes and {summary['seconds_per_image']:.2f} s per image "
@@ -100,3 +102,15 @@ def recall_cmd(
     if plot is not None:
         paths = plot_recall(stats, plot, name=proposals.stem)
         console.print("plots: " + ", ".join(str(p) for p in paths), highlight=False)
+
+
+@app.command("merge-proposals")
+def merge_proposals_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Proposals files (e.g. the shards of one `rcnn propose --shard` run)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged proposals file."),
+) -> None:
+    """Join proposals files made with the same settings (refuses to mix settings)."""
+    from rcnn_cli.rcnn.proposals import merge_proposals
+
+    s = merge_proposals(inputs, out)
+    console.print(f"{s['images']} image(s) from {s['inputs']} file(s) -> {out}", highlight=False)

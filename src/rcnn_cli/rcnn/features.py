@@ -81,6 +81,7 @@ from rcnn_cli.backbones import build_feature_extractor, get_spec, normalize, wei
 from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.io.files import fsync_path
 from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id
+from rcnn_cli.config import parse_shard
 from rcnn_cli.runtime import resolve_device
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger, progress_bar
@@ -518,19 +519,6 @@ def _finalize(out: Path, file_attrs: dict[str, Any], done: dict[str, tuple[Path,
             f.close()
     if parts.is_dir():
         shutil.rmtree(parts)
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; ``None`` -> ``None``."""
-    if text in (None, ""):
-        return None
-    try:
-        k, n = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text}: expected K/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= k < n:
-        raise UserError(f"--shard {text}: need 0 <= K < N")
-    return k, n
 
 
 def _load_uint8(path: Path) -> torch.Tensor:

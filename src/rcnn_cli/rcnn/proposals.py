@@ -90,6 +90,7 @@ __all__ = [
     "ProposalResult",
     "load",
     "run_propose",
+    "merge_proposals",
     "selective_search",
     "sliding_windows",
     "propose_image",
@@ -558,7 +559,8 @@ def _read_file_attrs(path: Path) -> dict:
 def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-search", mode: str = "fast",
                 max_size: int | None = 500, min_size: float = 20, limit: int | None = None, workers: int | None = None,
                 progress: bool = True, proposer: Callable | None = None, attrs: dict | None = None, seed: int = 0,
-                overwrite: bool = False, checkpoint_seconds: float = 30.0, command: str = "rcnn propose") -> dict:
+                overwrite: bool = False, checkpoint_seconds: float = 30.0, command: str = "rcnn propose",
+                shard: tuple[int, int] | None = None) -> dict:
     """Compute proposals for ``inputs`` (:class:`rcnn_cli.data.ImageInput`) into the HDF5 store ``out``.
 
     Resumes: images already in ``out`` (or its journal) are skipped. A missing or unreadable image
@@ -566,7 +568,8 @@ def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-s
     ``proposer`` (``PIL.Image -> (N, 4)`` original pixels), that callable runs in process instead of
     ``method`` (its boxes are clipped, filtered by ``min_size`` and deduplicated, ``limit`` applied);
     ``attrs`` are added to the file attributes (e.g. ``{"method": "rpn", "model": ...}``).
-    Returns ``{"images", "processed", "resumed", "skipped", "fallbacks", "boxes_per_image",
+    ``shard=(K, N)``: only every N-th input from the K-th (join the shards with
+    :func:`merge_proposals`). Returns ``{"images", "processed", "resumed", "skipped", "fallbacks", "boxes_per_image",
     "seconds_per_image" (median), "workers", "out"}``.
     """
     from rcnn_cli.io import run_record, write_run_record
@@ -586,12 +589,16 @@ def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-s
             continue
         seen.add(inp.image_id)
         unique.append(inp)
+    if shard is not None:
+        unique = unique[shard[0]::shard[1]]
     settings = {"method": method, "mode": mode, "max_size": int(max_size or 0), "min_size": float(min_size),
                 "limit": int(limit or 0), "seed": int(seed), "filter_min_size": float(min_size),
                 "filter_limit": int(limit or 0)}
     file_attrs: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **settings}
     if attrs:
         file_attrs.update({k: v for k, v in attrs.items() if k not in _META_KEYS})
+    if shard is not None:
+        file_attrs["shard"] = f"{shard[0]}/{shard[1]}"
     method_name = str(file_attrs.get("method", method))
     config = dict({k: attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
                   out=str(out), images=len(unique))
@@ -736,6 +743,52 @@ class ProposalReader(StoreReader):
 
     def __repr__(self) -> str:
         return f"ProposalReader({str(self.path)!r}, method={self.attrs.get('method')!r})"
+
+
+def merge_proposals(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
+    """Join proposals files (the shards of one ``rcnn propose --shard K/N`` run, or any files of the
+    same settings) into ``out``; files of other settings are refused. Shards come back in the order
+    of the unsharded run; an image present twice is taken from the first file."""
+    from rcnn_cli.io import atomic_path, write_run_record
+
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise UserError("merge-proposals: give at least one input file")
+    out = Path(out)
+    if any(out.exists() and p.resolve() == out.resolve() for p in paths):
+        raise UserError(f"{out}: the output is also an input")
+    readers = [load(p) for p in paths]
+    try:
+        identity = {k: v for k, v in readers[0].attrs.items() if k not in _META_KEYS + ("shard",)}
+        for p, r in zip(paths[1:], readers[1:]):
+            other = {k: v for k, v in r.attrs.items() if k not in _META_KEYS + ("shard",)}
+            diff = sorted(k for k in set(identity) | set(other) if identity.get(k) != other.get(k))
+            if diff:
+                raise UserError(f"{p} was made with other settings than {paths[0]} ({', '.join(diff)}); not merged")
+        entries, seen = [], set()
+        for fi, r in enumerate(readers):
+            k, n = (int(v) for v in str(r.attrs.get("shard", f"{fi}/{len(readers)}")).split("/"))
+            for i, image_id in enumerate(r.ids()):
+                if image_id not in seen:
+                    seen.add(image_id)
+                    entries.append((i * n + k, fi, image_id))
+        entries.sort()
+        with atomic_path(out) as tmp:
+            with h5py.File(tmp, "w") as f:
+                for key, value in readers[0].attrs.items():
+                    f.attrs[key] = _h5_value(value)
+                f.attrs["shard"] = "merged"
+                f.attrs["uuid"] = uuidlib.uuid4().hex
+                group = f.create_group(GROUP, track_order=True)
+                for _, fi, image_id in entries:
+                    _write_image(group, dict(readers[fi].info(image_id), image_id=image_id,
+                                             boxes=readers[fi].boxes(image_id)))
+            fsync_path(tmp)
+    finally:
+        for r in readers:
+            r.close()
+    write_run_record(out, "rcnn merge-proposals", {"inputs": [str(p) for p in paths], "images": len(entries)})
+    return {"images": len(entries), "inputs": len(paths), "out": str(out)}
 
 
 def boxes_for(reader, image_id: str, size: tuple[int, int]) -> np.ndarray:
