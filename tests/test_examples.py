@@ -256,3 +256,14 @@ def test_stage_chain_reproduces_pipeline(runs):
     assert ev["num_detections"] == pipeline["voc07"]["num_detections"] > 0
     assert ev["AP"] == pytest.approx(pipeline["voc07"]["AP"], abs=1e-9)
     assert ev["mAP"] == pytest.approx(pipeline["mAP"]["voc07"], abs=1e-9)
+
+
+def test_sharded_proposals_example_merges_the_shards(tmp_path):
+    from rcnn_cli.rcnn.proposals import load
+
+    env = {"NPROC": "2", "MAX_SIZE": "96"}  # the tiny data settings (ENV) and 2 shards
+    _ok(_run("sharded_proposals.sh", ["", str(tmp_path)], env))
+    with load(tmp_path / "proposals_trainval.h5") as merged:
+        assert merged.ids() == [f"trainval_{k:05d}" for k in range(int(ENV["TRAIN_IMAGES"]))]
+        assert merged.attrs["shard"] == "merged"
+    subprocess.run(["bash", "-n", str(EXAMPLES / "slurm_proposals.sbatch")], check=True)
