@@ -337,3 +337,17 @@ def test_a_runtime_that_is_not_installed_is_one_line(monkeypatch):
     assert runtimes.resolve_runtime("auto") == "torch"
     with pytest.raises(UserError, match="choose torch"):
         runtimes.resolve_runtime("tensorrt")
+
+
+def test_openvino_runs_the_same_graph_in_float32(tmp_path):
+    pytest.importorskip("openvino")
+    from PIL import Image
+
+    from rcnn_cli.rcnn.features import FeatureExtractor
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    boxes = np.array([[0, 0, 60, 50], [20, 10, 90, 70]], np.float32)
+    base = dict(warp_size=32, padding=3, device="cpu", dtype="float32", weights="none")
+    ov = FeatureExtractor(**base, runtime="openvino", cache_dir=tmp_path)
+    assert ov.runtime == "openvino"
+    np.testing.assert_allclose(ov(image, boxes), FeatureExtractor(**base)(image, boxes), atol=1e-4)

@@ -73,7 +73,8 @@ def _session(runtime: str, path: Path, threads: int) -> Callable[[np.ndarray], n
         return lambda x: session.run(None, {"images": x})[0]
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                           "INFERENCE_PRECISION_HINT": "f32"})  # not bf16
     return lambda x: compiled(x)[0]
 
 
