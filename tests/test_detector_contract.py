@@ -287,3 +287,26 @@ def test_video_gives_a_line_per_frame_and_an_annotated_video(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(UserError, match="cannot open the video"):
         detect([str(tmp_path / "bad.mp4")], OLD_RUNS / "faster", device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["rcnn", "faster"])
+def test_export_gives_the_network_with_its_description(kind, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+
+    from rcnn_cli.runtimes import _exportable, export_run
+
+    out = tmp_path / f"{kind}.onnx"
+    info = export_run(OLD_RUNS / kind, "onnx", out)
+    described = json.loads(Path(str(out) + ".json").read_text())
+    assert described["kind"] == kind and described["inputs"][0]["name"] == "images" and described["caller"]
+    model, example, _ = _exportable(read_run(OLD_RUNS / kind))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, 64, 64) if kind == "rcnn" else torch.rand(1, 3, 160, 208)  # another batch / image size
+    if kind == "rcnn":
+        x = torch.rand(3, *example.shape[1:])
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = session.run(None, {"images": x.numpy()})[0]
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-3
+    assert info["what"].startswith("the R-CNN region network" if kind == "rcnn" else "the faster R-CNN trunk")

@@ -22,7 +22,7 @@ from torch import nn
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 
-__all__ = ["RUNTIMES", "available_runtimes", "resolve_runtime", "compile_network"]
+__all__ = ["RUNTIMES", "available_runtimes", "resolve_runtime", "compile_network", "export_run"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -50,13 +50,13 @@ def _key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export(model: nn.Module, example: torch.Tensor, path: Path, dynamic: dict | None = None) -> None:
     from rcnn_cli.io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = dynamic or {"images": {0: "batch"}, "features": {0: "batch"}}
     with atomic_path(path) as tmp, torch.no_grad():
-        kwargs = dict(input_names=["images"], output_names=["features"], dynamic_axes={"images": {0: "batch"},
-                      "features": {0: "batch"}}, opset_version=17)
+        kwargs = dict(input_names=["images"], output_names=["features"], dynamic_axes=dynamic, opset_version=17)
         try:
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, **kwargs)
         except TypeError:  # torch without the dynamo switch
@@ -107,3 +107,70 @@ def compile_network(model: nn.Module, runtime: str, example: torch.Tensor, cache
                         "use --runtime torch")
     logger.info("%s graph %s checked against torch: largest difference %.1e", runtime, path.name, diff)
     return lambda x: torch.from_numpy(run(np.ascontiguousarray(x.numpy(), np.float32)))
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, Any]:
+    """``rcnn export``: the CNN of a run for deployment, as ONNX (``.onnx``) or OpenVINO IR (``.xml``
+    + ``.bin``), with ``<out>.json`` saying what it is, its inputs and outputs and what the caller
+    does around it. R-CNN: the region network (warped crops -> features); Fast and Faster R-CNN: the
+    trunk (an image of any size -> its stride-16 feature map)."""
+    from rcnn_cli.io import write_json
+    from rcnn_cli.io.runs import read_run
+
+    run, out = read_run(run_dir), Path(out)
+    if fmt not in ("onnx", "openvino"):
+        raise UserError(f"--format {fmt}: choose onnx or openvino")
+    model, example, info = _exportable(run)
+    onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
+    dynamic = {"images": {0: "batch"}} if run.kind == "rcnn" else {"images": {2: "height", 3: "width"}}
+    _export(model, example, onnx_path, dynamic=dict(dynamic, features={0: "batch"} if run.kind == "rcnn" else {}))
+    if fmt == "openvino":
+        import openvino as ov
+
+        resolve_runtime("openvino")
+        ov.save_model(ov.convert_model(str(onnx_path)), str(out.with_suffix(".xml")))
+        onnx_path.unlink()
+    info.update(format=fmt, file=str(out.with_suffix(".xml") if fmt == "openvino" else out), run=str(run.root),
+                kind=run.kind)
+    write_json(Path(str(out) + ".json"), info)
+    return info
+
+
+def _exportable(run) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    """``(module, example input, description)`` of a run's CNN."""
+    from rcnn_cli.backbones import get_spec
+
+    spec = get_spec(run.model["backbone"])
+    norm = {"mean": list(spec.mean), "std": list(spec.std), "input": "RGB in [0, 1], then (x - mean) / std"}
+    if run.kind == "rcnn":
+        from rcnn_cli.rcnn.model import load_model
+
+        m = load_model(run.root)
+        from rcnn_cli.backbones import build_feature_extractor
+
+        net, s = build_feature_extractor(m.config["backbone"], m.weights, m.config["layer"]).eval(), m.config["warp_size"]
+        return net, torch.rand(2, 3, s, s), {
+            "what": "the R-CNN region network", "normalization": norm,
+            "inputs": [{"name": "images", "shape": ["batch", 3, s, s], "dtype": "float32"}],
+            "outputs": [{"name": "features", "shape": ["batch", int(m.config["feature_dim"])], "dtype": "float32"}],
+            "caller": f"propose regions, warp each to {s}x{s} with {m.config['padding']} px of context "
+                      "(rcnn_cli.rcnn.features.warp_regions), normalise, run this, then score the features with "
+                      "svm.safetensors (sigmoid of w.x + b after the model's feature_scale), box regression, NMS"}
+    if run.kind == "faster":
+        from rcnn_cli.models.faster_rcnn import load_model
+
+        trunk = load_model(run.root)[0].backbone.body
+    elif run.kind == "fast":
+        from rcnn_cli.models.fast_rcnn import load_fast_rcnn
+
+        trunk = load_fast_rcnn(run.root).trunk
+    else:
+        raise UserError(f"{run.root}: a '{run.kind}' run has no detector network to export")
+    return trunk.eval(), torch.rand(1, 3, 224, 288), {
+        "what": f"the {run.kind} R-CNN trunk (stride 16)", "normalization": norm,
+        "inputs": [{"name": "images", "shape": [1, 3, "height", "width"], "dtype": "float32"}],
+        "outputs": [{"name": "features", "shape": [1, int(getattr(trunk, "out_channels", 0)), "height/16",
+                                                    "width/16"], "dtype": "float32"}],
+        "caller": "resize the image (shorter side min_size, longer at most max_size of the run's config.json), "
+                  "normalise, run this; the RPN, RoI pooling, the box head and NMS stay in torch/torchvision "
+                  "(rcnn_cli.models): this export is the trunk only"}

@@ -54,3 +54,17 @@ def detect_cmd(
 app.command("detect")(detect_cmd)
 fast_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)
 faster_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="A run directory: an R-CNN model, a Fast or a Faster R-CNN run."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (.onnx) or openvino (.xml + .bin)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The file to write; <out>.json describes it."),
+) -> None:
+    """Export a run's CNN for deployment (R-CNN: the region network; Fast/Faster R-CNN: the trunk)."""
+    from rcnn_cli.runtimes import export_run
+
+    info = export_run(run, fmt, out)
+    console.print(f"{info['file']}: {info['what']} ({info['format']}); inputs, outputs and what the caller "
+                  f"does around it: {out}.json", highlight=False)
