@@ -64,7 +64,7 @@ def _plot_confusion(conf: Mapping[str, Any], path: Path) -> Path:
         plt.close(fig)
 
 
-def _draw_errors(record, det, errors, path: Path) -> Path:
+def _draw_errors(record, det, errors, path: Path, score_threshold: float) -> Path:
     from rcnn_cli.data.images import load_image
     from rcnn_cli.visualize import draw_boxes, save_image
 
@@ -73,7 +73,7 @@ def _draw_errors(record, det, errors, path: Path) -> Path:
     colors = [ERROR_COLOR if j in errors.missed else GT_COLOR for j in range(len(gt))]
     boxes = [gt]
     if det is not None:
-        shown = [d for d, t in enumerate(errors.types) if t != "ignored"]
+        shown = [d for d, t in enumerate(errors.types) if t != "ignored" and det.scores[d] >= score_threshold]
         boxes.append(np.asarray(det.boxes, np.float32)[shown].reshape(-1, 4))
         for d in shown:
             t = errors.types[d]
@@ -83,11 +83,15 @@ def _draw_errors(record, det, errors, path: Path) -> Path:
     return save_image(image, path)
 
 
-def _worst(dataset, detections, errors: Mapping[str, Any], n: int, out: Path) -> list[dict[str, Any]]:
+def _worst(dataset, detections, errors: Mapping[str, Any], n: int, out: Path, score_threshold: float
+           ) -> list[dict[str, Any]]:
+    """The ``n`` images with the most errors among the detections at ``score_threshold`` and up (and
+    misses), drawn."""
     rows = []
     for r in dataset.records:
-        e = errors[r.image_id]
-        count = sum(t in ERROR_TYPES for t in e.types) + len(e.missed)
+        e, det = errors[r.image_id], detections.get(r.image_id)
+        scores = det.scores if det is not None else []
+        count = sum(t in ERROR_TYPES and s >= score_threshold for t, s in zip(e.types, scores)) + len(e.missed)
         if count:
             rows.append({"image_id": r.image_id, "errors": count, "record": r})
     rows.sort(key=lambda x: -x["errors"])
@@ -95,7 +99,7 @@ def _worst(dataset, detections, errors: Mapping[str, Any], n: int, out: Path) ->
     for row in rows[:n]:
         r = row.pop("record")
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in r.image_id) + ".jpg"
-        _draw_errors(r, detections.get(r.image_id), errors[r.image_id], out / "worst" / name)
+        _draw_errors(r, detections.get(r.image_id), errors[r.image_id], out / "worst" / name, score_threshold)
         written.append(dict(row, image=f"worst/{name}"))
     return written
 
@@ -117,7 +121,8 @@ padding:.3em .6em;text-align:right}}figure{{display:inline-block;margin:.5em}}im
 <h2>Per class at score &ge; {conf['score_threshold']:g}</h2>
 <table><tr><th>class</th><th>TP</th><th>FP</th><th>FN</th><th>precision</th><th>recall</th></tr>{cls_rows}</table>
 <h2>Confusion matrix</h2><p><img src="confusion.png" alt="confusion matrix"></p>
-<h2>Images with the most errors</h2><p>green: ground truth; blue: true positives; red: errors and misses</p>
+<h2>Images with the most errors</h2><p>detections scoring &ge; {conf['score_threshold']:g}; green: ground
+truth; blue: true positives; red: errors (labelled by type) and misses</p>
 {worst}</body></html>
 """
 
@@ -134,7 +139,7 @@ def write_analysis(dataset, detections: Mapping[str, Any], out: str | os.PathLik
     errors = breakdown.pop("errors")
     report = {"breakdown": breakdown, "confusion": confusion_matrix(dataset, detections, score_threshold, iou),
               "per_class": per_class_counts(dataset, detections, score_threshold, iou),
-              "worst": _worst(dataset, detections, errors, worst, out)}
+              "worst": _worst(dataset, detections, errors, worst, out, score_threshold)}
     _plot_dap(breakdown, out / "errors.png")
     _plot_confusion(report["confusion"], out / "confusion.png")
     write_json(out / "analysis.json", report)
