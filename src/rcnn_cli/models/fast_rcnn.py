@@ -415,7 +415,7 @@ class FastRCNNDetector(Detector):
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()
-        self.model = model
+        self.model = model.to(memory_format=torch.channels_last)  # 4-d weights; the trainer's layout too
         self.device = next(model.parameters()).device
         cfg = model.config
         self.config = config or DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img)

@@ -431,7 +431,7 @@ class FasterRCNNDetector(Detector):
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()
-        self.model, self.model_config = model, model_config
+        self.model, self.model_config = model.to(memory_format=torch.channels_last), model_config
         self.classes: list[str] = list(model_config.classes)
         self.device = next(model.parameters()).device
         heads = model.roi_heads
@@ -496,6 +496,7 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
 
     cfg = _model_config_from(Path(model_dir))
     model, _cfg = load_model(model_dir, device, overrides=_rpn_top_n(cfg, post_nms_top_n))
+    model = model.to(memory_format=torch.channels_last)
     dev = next(model.parameters()).device
 
     @torch.inference_mode()
