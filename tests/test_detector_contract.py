@@ -310,3 +310,16 @@ def test_export_gives_the_network_with_its_description(kind, tmp_path):
     got = session.run(None, {"images": x.numpy()})[0]
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-3
     assert info["what"].startswith("the R-CNN region network" if kind == "rcnn" else "the faster R-CNN trunk")
+
+
+@pytest.mark.parametrize("kind", ["fast", "faster"])
+def test_detector_trunks_in_onnx_runtime_give_the_same_boxes(kind, tmp_path):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / kind
+    shutil.copytree(OLD_RUNS / kind, run)
+    with load_detector(run, device="cpu", runtime="onnxruntime", **_options(kind)) as det:
+        assert det.settings()["runtime"] == "onnxruntime" and list((run / "graphs").glob("*.onnx"))
+        for path, want in zip(IMAGES, EXPECTED[kind]):
+            d = det(path)
+            assert d.labels == want["labels"]
+            np.testing.assert_allclose(d.boxes, np.asarray(want["boxes"], np.float32).reshape(-1, 4), atol=0.5)

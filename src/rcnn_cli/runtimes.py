@@ -22,7 +22,7 @@ from torch import nn
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 
-__all__ = ["RUNTIMES", "available_runtimes", "resolve_runtime", "compile_network", "export_run"]
+__all__ = ["RUNTIMES", "available_runtimes", "resolve_runtime", "compile_network", "RuntimeTrunk", "export_run"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -79,34 +79,49 @@ def _session(runtime: str, path: Path, threads: int) -> Callable[[np.ndarray], n
 
 
 def compile_network(model: nn.Module, runtime: str, example: torch.Tensor, cache_dir: str | Path,
-                    key: dict[str, Any], tolerance: float = 1e-3) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model`` (eval mode, CPU) as ``f(images (B, 3, S, S) float32) -> (B, D) float32`` in
-    ``runtime``; ``example`` is one batch of the input size (used to export and to check)."""
+                    key: dict[str, Any], tolerance: float = 1e-3,
+                    dynamic: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` (eval mode, CPU) as ``f(x float32) -> y float32`` in ``runtime``; ``example`` is one
+    input (used to export and to check); ``dynamic``: the ONNX dynamic axes (default: the batch)."""
     runtime = resolve_runtime(runtime)
     model = model.eval()
     if runtime == "torch":
         model = model.to(memory_format=torch.channels_last)
         return lambda x: model(x.contiguous(memory_format=torch.channels_last))
-    path = Path(cache_dir) / f"{_key(key)}.onnx"
+    path = Path(cache_dir) / f"{_key(dict(key, dynamic=dynamic))}.onnx"
     threads = torch.get_num_threads()
     if not path.is_file():
         logger.info("exporting the network to ONNX for %s: %s", runtime, path)
-        _export(model, example, path)
+        _export(model, example, path, dynamic)
     try:
         run = _session(runtime, path, threads)
     except Exception as e:  # noqa: BLE001 - a damaged cache file: build it again
         logger.warning("%s: cached graph unreadable (%s); exporting it again", path, str(e).splitlines()[0])
-        _export(model, example, path)
+        _export(model, example, path, dynamic)
         run = _session(runtime, path, threads)
     with torch.no_grad():
         want = model(example).numpy()
     got = run(example.numpy())
     diff = float(np.abs(got - want).max())
     if not diff <= tolerance:
-        raise UserError(f"--runtime {runtime}: its features differ from torch's by {diff:.2e} (> {tolerance:g}); "
+        raise UserError(f"--runtime {runtime}: its outputs differ from torch's by {diff:.2e} (> {tolerance:g}); "
                         "use --runtime torch")
     logger.info("%s graph %s checked against torch: largest difference %.1e", runtime, path.name, diff)
-    return lambda x: torch.from_numpy(run(np.ascontiguousarray(x.numpy(), np.float32)))
+    return lambda x: torch.from_numpy(run(np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)))
+
+
+class RuntimeTrunk(nn.Module):
+    """A detector's trunk run by :func:`compile_network` (images of any size -> feature maps)."""
+
+    def __init__(self, trunk: nn.Module, runtime: str, cache_dir: str | Path, key: dict[str, Any]) -> None:
+        super().__init__()
+        self.out_channels = getattr(trunk, "out_channels", None)
+        example = torch.rand(1, 3, 224, 288, generator=torch.Generator().manual_seed(0))
+        self.run = compile_network(trunk, runtime, example, cache_dir, key,
+                                   dynamic={"images": {2: "height", 3: "width"}})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.run(x[i:i + 1]) for i in range(len(x))]).to(x.device)
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, Any]:

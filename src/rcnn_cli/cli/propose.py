@@ -29,6 +29,7 @@ def propose_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Faster R-CNN run directory (for --method rpn)."),
     rpn_top_n: int = typer.Option(2000, "--rpn-top-n", help="RPN proposals per image after NMS (for --method rpn)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (for --method rpn)."),
+    runtime: str = typer.Option("torch", "--runtime", help="--method rpn: the trunk's runtime (torch, onnxruntime, openvino, auto)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only every N-th image from the K-th (0 <= K < N), e.g. one machine of N; join the files with merge-proposals."),
     checkpoint_seconds: float = typer.Option(30.0, "--checkpoint-seconds", hidden=True, help="Seconds between commits of the journal into the file."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
@@ -47,7 +48,7 @@ def propose_cmd(
             raise UserError("--method rpn needs --model RUN_DIR (a trained `rcnn faster train` run)")
         from rcnn_cli.models.faster_rcnn import rpn_attrs, rpn_proposer
 
-        proposer = rpn_proposer(model, device=device, post_nms_top_n=rpn_top_n)
+        proposer = rpn_proposer(model, device=device, post_nms_top_n=rpn_top_n, runtime=runtime)
         attrs = rpn_attrs(model, rpn_top_n)
         min_size = 0.0 if min_size is None else min_size
     elif model is not None:

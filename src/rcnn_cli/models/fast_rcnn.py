@@ -426,13 +426,25 @@ class FastRCNNDetector(Detector):
 
     @classmethod
     def from_run(cls, run_dir, device: str = "auto", config: DetectConfig | None = None, proposals=None,
-                 max_proposals: int | None = None, weights: str = "final") -> "FastRCNNDetector":
+                 max_proposals: int | None = None, weights: str = "final",
+                 runtime: str = "torch") -> "FastRCNNDetector":
         """``proposals``: a proposals file (else selective search on the fly); ``max_proposals``:
-        top-ranked proposals used per image (default: as trained); ``weights``: final | best."""
-        from rcnn_cli.runtime import resolve_device
+        top-ranked proposals used per image (default: as trained); ``weights``: final | best;
+        ``runtime``: the trunk's (torch, onnxruntime, openvino, auto; the RoI head stays in torch)."""
+        from pathlib import Path
 
-        detector = cls(load_fast_rcnn(run_dir, resolve_device(device), weights), config, proposals, max_proposals)
-        detector.weights = weights
+        from rcnn_cli.io.files import file_sha256
+        from rcnn_cli.io.runs import weights_file
+        from rcnn_cli.runtime import resolve_device
+        from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
+
+        model = load_fast_rcnn(run_dir, resolve_device(device), weights)
+        runtime = resolve_runtime(runtime)
+        if runtime != "torch":
+            key = {"run": "fast-trunk", "weights": file_sha256(weights_file(run_dir, weights))}
+            model.trunk = RuntimeTrunk(model.trunk, runtime, Path(run_dir) / "graphs", key)
+        detector = cls(model, config, proposals, max_proposals)
+        detector.weights, detector.runtime = weights, runtime
         return detector
 
     def close(self) -> None:
@@ -441,6 +453,7 @@ class FastRCNNDetector(Detector):
 
     def settings(self) -> dict:
         return dict(super().settings(), max_proposals=self.max_proposals, weights=getattr(self, "weights", "final"),
+                    runtime=getattr(self, "runtime", "torch"),
                     proposals=str(getattr(self.reader, "path", "")) or "selective search on the fly")
 
     def propose(self, image, image_id: str) -> np.ndarray:

@@ -442,19 +442,21 @@ class FasterRCNNDetector(Detector):
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
-                 rpn_top_n: int | None = None, weights: str = "final") -> "FasterRCNNDetector":
-        """``rpn_top_n``: RPN proposals per image (default: the run's, 300); ``weights``: final | best."""
+                 rpn_top_n: int | None = None, weights: str = "final", runtime: str = "torch") -> "FasterRCNNDetector":
+        """``rpn_top_n``: RPN proposals per image (default: the run's, 300); ``weights``: final | best;
+        ``runtime``: the trunk's (torch, onnxruntime, openvino, auto; the RPN and head stay in torch)."""
         cfg = _model_config_from(Path(run_dir))
         model, cfg = load_model(run_dir, device, overrides=_rpn_top_n(cfg, rpn_top_n), weights=weights)
+        _use_runtime(model, cfg, runtime, Path(run_dir), weights)
         base = DetectConfig(float(cfg.box_score_thresh), float(cfg.box_nms_thresh),
                             int(cfg.box_detections_per_img))
         detector = cls(model, cfg, config or base)
-        detector.weights = weights
+        detector.weights, detector.runtime = weights, runtime
         return detector
 
     def settings(self) -> dict:
         return dict(super().settings(), rpn_post_nms_top_n=int(self.model_config.rpn_post_nms_top_n_test),
-                    weights=getattr(self, "weights", "final"))
+                    weights=getattr(self, "weights", "final"), runtime=getattr(self, "runtime", "torch"))
 
     @torch.inference_mode()
     def detect(self, image, image_id: str):
@@ -481,8 +483,23 @@ class FasterRCNNDetector(Detector):
         return det
 
 
+def _use_runtime(model: nn.Module, cfg: FasterRCNNConfig, runtime: str, run_dir: Path, weights: str) -> None:
+    """Run the trunk of ``model`` in ``runtime`` (the graph cached in ``run_dir/graphs``)."""
+    from rcnn_cli.io.files import file_sha256
+    from rcnn_cli.io.runs import weights_file
+    from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
+
+    runtime = resolve_runtime(runtime)
+    if runtime == "torch":
+        return
+    if cfg.fpn or next(model.parameters()).device.type != "cpu":
+        raise UserError(f"--runtime {runtime}: for single-level trunks on the CPU (use --runtime torch)")
+    key = {"run": "faster-trunk", "weights": file_sha256(weights_file(run_dir, weights))}
+    model.backbone.body = RuntimeTrunk(model.backbone.body, runtime, run_dir / "graphs", key)
+
+
 def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
-                 post_nms_top_n: int = 2000) -> Callable[[Any], np.ndarray]:
+                 post_nms_top_n: int = 2000, runtime: str = "torch") -> Callable[[Any], np.ndarray]:
     """The RPN of a trained Faster R-CNN as a region proposal method.
 
     Returns ``propose(image: PIL.Image) -> (N, 4) float32`` boxes in original image pixels, in
@@ -497,6 +514,7 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
     cfg = _model_config_from(Path(model_dir))
     model, _cfg = load_model(model_dir, device, overrides=_rpn_top_n(cfg, post_nms_top_n))
     model = model.to(memory_format=torch.channels_last)
+    _use_runtime(model, _cfg, runtime, Path(model_dir), "final")
     dev = next(model.parameters()).device
 
     @torch.inference_mode()

@@ -161,7 +161,7 @@ def _rpn_source(cfg: PipelineConfig) -> dict[str, Any]:
         raise UserError(f"--method rpn needs --rpn-model RUN_DIR, a finished `rcnn faster train` run (got '{run}')")
     top_n = int(cfg.limit or 2000)
     return {"attrs": rpn_attrs(run, top_n), "weights_sha256": file_sha256(run / "model.safetensors"),
-            "proposer": lambda: rpn_proposer(run, device=cfg.device, post_nms_top_n=top_n)}
+            "proposer": lambda: rpn_proposer(run, device=cfg.device, post_nms_top_n=top_n, runtime=cfg.runtime)}
 
 
 @dataclass
