@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from rcnn_cli.workflows.report import METHOD_NAMES
-from rcnn_cli.workflows.timing import make_detector, speedups, threads_info, time_detector
+from rcnn_cli.workflows.timing import (PlainDetector, make_detector, plain_torchvision, speedups, threads_info,
+                                       time_detector)
 from rcnn_cli.log import console, setup_logging
 
 GOALS = {("fast", "without_proposals"): 100.0, ("fast", "with_proposals"): 25.0, ("faster", "with_proposals"): 250.0}
@@ -108,64 +109,6 @@ class SelectiveSearchOnly:
         selective_search(image, **self.settings)
         return ImageDetections(image_id, np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [],
                                timings={"proposals": time.perf_counter() - t0})
-
-
-class _Trunk(nn.Module):
-    def __init__(self, body: nn.Module, out_channels: int):
-        super().__init__()
-        self.body = body
-        self.out_channels = out_channels
-
-    def forward(self, x):
-        return self.body(x)
-
-
-def plain_torchvision(faster_dir: Path, device: torch.device):
-    """A plain torchvision ``FasterRCNN`` with our trunk, anchors, sizes and thresholds, and our weights."""
-    from safetensors.torch import load_file
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.ops import MultiScaleRoIAlign
-
-    from rcnn_cli.backbones import build_trunk
-    from rcnn_cli.models.faster_rcnn import _model_config_from
-
-    cfg = _model_config_from(faster_dir)
-    if cfg.fpn or cfg.head != "mlp" or int(cfg.representation_size) != 1024:
-        return None, cfg
-    body, channels, _ = build_trunk(cfg.backbone, "none", freeze_bn=True)
-    model = FasterRCNN(
-        _Trunk(body, channels), num_classes=len(cfg.classes) + 1, min_size=int(cfg.min_size),
-        max_size=int(cfg.max_size), image_mean=list(cfg.image_mean), image_std=list(cfg.image_std),
-        rpn_anchor_generator=AnchorGenerator(sizes=(tuple(float(s) for s in cfg.anchor_sizes),),
-                                             aspect_ratios=(tuple(float(r) for r in cfg.aspect_ratios),)),
-        rpn_pre_nms_top_n_test=int(cfg.rpn_pre_nms_top_n_test), rpn_post_nms_top_n_test=int(cfg.rpn_post_nms_top_n_test),
-        rpn_nms_thresh=float(cfg.rpn_nms_thresh),
-        box_roi_pool=MultiScaleRoIAlign(["0"], int(cfg.roi_output_size), int(cfg.roi_sampling_ratio)),
-        box_score_thresh=float(cfg.box_score_thresh), box_nms_thresh=float(cfg.box_nms_thresh),
-        box_detections_per_img=int(cfg.box_detections_per_img))
-    state = load_file(str(faster_dir / "model.safetensors"))
-    model.load_state_dict({k[7:] if k.startswith("module.") else k: v for k, v in state.items()}, strict=True)
-    return model.to(device).eval(), cfg
-
-
-class PlainDetector:
-    """``detector(image, image_id)`` around a plain torchvision model: to tensor, forward, to numpy."""
-
-    def __init__(self, model: nn.Module, classes: list[str], device: torch.device):
-        self.model, self.classes, self.device = model, classes, device
-
-    @torch.inference_mode()
-    def __call__(self, image, image_id):
-        from rcnn_cli.data.images import to_tensor
-        from rcnn_cli.io.detections import ImageDetections
-
-        t0 = time.perf_counter()
-        out = self.model([to_tensor(image).to(self.device)])[0]
-        boxes = out["boxes"].float().cpu().numpy().astype(np.float32).reshape(-1, 4)
-        scores = out["scores"].float().cpu().numpy().astype(np.float32)
-        names = [self.classes[int(i) - 1] for i in out["labels"].cpu().tolist()]
-        return ImageDetections(image_id, boxes, scores, names, timings={"network": time.perf_counter() - t0})
 
 
 # ---------------------------------------------------------------------------------- tiny models

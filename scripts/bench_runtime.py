@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -111,11 +112,56 @@ def main() -> None:
     console.print(table)
     fastest = min((t, name) for (w, name), t in summary.items() if w == 224) if any(w == 224 for w, _ in summary) \
         else None
+    console.print(detector_table(args, runtimes))
     if fastest:
         per_image = fastest[0] / args.crops * args.proposals
         console.print(f"R-CNN test time per image at {args.proposals} proposals of 224 warps, region network in "
                       f"{fastest[1]}: {per_image:.1f} s (eager NCHW: "
                       f"{summary[(224, 'eager NCHW')] / args.crops * args.proposals:.1f} s)")
+
+
+def tiny_faster(work: Path, min_size: int, max_size: int) -> Path:
+    """A Faster R-CNN run trained for 2 iterations (timing does not depend on accuracy)."""
+    from rcnn_cli.data.shapes import make_shapes
+    from rcnn_cli.engine import TrainConfig
+    from rcnn_cli.models.faster_rcnn import train_faster
+
+    data = make_shapes(work / "data", train=2, test=0, size=256, seed=0)
+    out = work / f"faster_{min_size}"
+    train_faster(data, "trainval", out, TrainConfig(epochs=1, max_iters=2, warmup_iters=1, progress=False,
+                                                      device="cpu"), min_size=min_size, max_size=max_size)
+    return out
+
+
+def detector_table(args, runtimes: list[str]) -> Table:
+    """Faster R-CNN detect ms/image per runtime of its trunk vs plain torchvision eager (NCHW)."""
+    import tempfile
+
+    from rcnn_cli.detector import load_detector
+    from rcnn_cli.workflows.timing import PlainDetector, plain_torchvision
+
+    table = Table(title="Faster R-CNN detect, ms per image (median of 3), vs plain torchvision eager")
+    for col in ("size", "runtime", "ms/image", "vs torchvision", "max box diff (px)", "max score diff"):
+        table.add_column(col, justify="right")
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for min_size, max_size in ((480, 640), (600, 800)):
+            run = tiny_faster(Path(tmp), min_size, max_size)
+            image = Image.fromarray(rng.integers(0, 255, (max_size * 3 // 4, max_size, 3), dtype=np.uint8))
+            model, cfg = plain_torchvision(run, torch.device("cpu"))
+            plain = PlainDetector(model, list(cfg.classes), torch.device("cpu"))
+            ref = plain(image, "x")
+            t_ref = best_of(lambda: plain(image, "x"), args.repeats)
+            table.add_row(f"{min_size}/{max_size}", "torchvision eager", f"{1000 * t_ref:.0f}", "1.00", "0", "0")
+            for rt in ["torch"] + runtimes:
+                with load_detector(run, device="cpu", runtime=rt) as det:
+                    got = det(image, "x")
+                    t = best_of(lambda: det(image, "x"), args.repeats)
+                n = min(len(got), len(ref))
+                box = np.abs(got.boxes[:n] - ref.boxes[:n]).max() if n else 0.0
+                score = np.abs(got.scores[:n] - ref.scores[:n]).max() if n else 0.0
+                table.add_row("", rt, f"{1000 * t:.0f}", f"{t / t_ref:.2f}", f"{box:.3f}", f"{score:.1e}")
+    return table
 
 
 if __name__ == "__main__":
