@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -18,6 +18,7 @@ _M, _T = FastRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 
 
 @fast_app.command("train")
+@O.training_options(_T)
 def train_cmd(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Labelled dataset: a VOC root (with --split) or a COCO instances JSON."),
@@ -28,19 +29,6 @@ def train_cmd(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone of the registry (rcnn_cli.backbones)."),
     weights: str = typer.Option("imagenet", "--weights", help="Backbone weights: imagenet | none | PATH (.safetensors)."),
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two new FC layers), backbone (the backbone's own layers), auto (backbone for VGG16/AlexNet, else mlp)."),
-    epochs: int = typer.Option(_T.epochs, "--epochs", help="Training epochs."),
-    lr: float = typer.Option(_T.lr, "--lr", help="SGD learning rate (for the whole minibatch of one process)."),
-    lr_steps: Optional[str] = typer.Option(None, "--lr-steps", help="Epochs at which lr is multiplied by --lr-gamma, e.g. '8,11' (default: 2/3 and 11/12 of --epochs)."),
-    lr_gamma: float = typer.Option(_T.lr_gamma, "--lr-gamma", help="Learning-rate decay factor at each step."),
-    momentum: float = typer.Option(_T.momentum, "--momentum", help="SGD momentum."),
-    weight_decay: float = typer.Option(_T.weight_decay, "--weight-decay", "--wd", help="SGD weight decay."),
-    warmup_iters: int = typer.Option(_T.warmup_iters, "--warmup-iters", help="Linear warmup iterations."),
-    batch_size: int = typer.Option(_T.batch_size, "--batch-size", "-b", help="Images per minibatch (per process under torchrun)."),
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only; ignored with a warning on the CPU)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue exactly from the last checkpoint in --out."),
-    seed: int = O.seed(),
-    device: str = O.device(),
-    workers: int = typer.Option(_T.workers, "--workers", "-j", help="Data-loading worker processes."),
     min_size: int = typer.Option(_M.min_size, "--min-size", help="Shorter image side after resizing (pixels)."),
     max_size: int = typer.Option(_M.max_size, "--max-size", help="Longer image side at most (pixels)."),
     roi_align: bool = typer.Option(False, "--roi-align", help="RoIAlign instead of the paper's RoI max pooling."),
@@ -50,14 +38,8 @@ def train_cmd(
     bg_iou_low: float = typer.Option(_M.bg_iou_low, "--bg-iou-low", help="Background RoIs have IoU in [this, 0.5)."),
     max_proposals: int = typer.Option(_M.max_proposals, "--max-proposals", help="Top-ranked proposals used per image."),
     frozen_layers: Optional[int] = typer.Option(None, "--frozen-layers", help="Leading trunk modules kept frozen (default per backbone)."),
-    max_iters: Optional[int] = typer.Option(None, "--max-iters", help="Stop after this many iterations (quick runs)."),
-    val_split: Optional[str] = typer.Option(None, "--val-split", help="Report mAP (voc12) on this split after every epoch."),
     val_proposals: Optional[Path] = typer.Option(None, "--val-proposals", help="Proposals of the validation split (default: --proposals)."),
-    log_every: int = typer.Option(_T.log_every, "--log-every", help="Log losses to metrics.jsonl every N iterations."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="With --val-split: stop after this many epochs without a better validation mAP (the best epoch is kept in RUN/best/)."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard events into OUT/tensorboard (needs the tensorboard package)."),
-    progress: bool = O.progress(),
-    config: Optional[Path] = O.config_file(),
+    **train: Any,
 ) -> None:
     """Train Fast R-CNN end to end (classifier, box regressors and convolutional layers jointly).
 
@@ -68,14 +50,14 @@ def train_cmd(
     from rcnn_cli.models.fast_rcnn import train_fast_rcnn
     from rcnn_cli.runtime import dist_info
 
-    p, sources = O.replayed(ctx, config)
+    p, sources = O.replayed(ctx, train["config"])
     ds = load_dataset(dataset, p["split"], images)
     if not ds.records:
         raise UserError(f"{dataset}: split '{p['split']}' has no images")
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
     model_config = O.pick(p, FastRCNNConfig, classes=list(ds.classes), proposals={})
     val = load_dataset(dataset, p["val_split"], images) if p["val_split"] else None
-    summary = train_fast_rcnn(ds, out, train_config, model_config, proposals, weights=p["weights"], resume=resume,
+    summary = train_fast_rcnn(ds, out, train_config, model_config, proposals, weights=p["weights"], resume=p["resume"],
                               val_dataset=val, val_proposals=val_proposals, sources=sources,
                               command="rcnn fast train " + " ".join(map(str, [dataset, "--split", p["split"]])))
     if dist_info()[0] == 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -23,6 +23,7 @@ _RECORDED = {"rpn_pre_nms_train": "rpn_pre_nms_top_n_train", "rpn_post_nms_train
 
 
 @faster_app.command("train")
+@O.training_options(_T)
 def train_cmd(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="VOC root or COCO instances JSON."),
@@ -33,18 +34,6 @@ def train_cmd(
     weights: str = typer.Option("imagenet", "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file."),
     fpn: bool = typer.Option(False, "--fpn", help="ResNet-50 with a feature pyramid (5 anchor sizes, one per level)."),
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two FC layers of 1024) or backbone (the net's own layers after the trunk, e.g. VGG16 fc6/fc7)."),
-    epochs: int = typer.Option(_T.epochs, "--epochs", help="Training epochs."),
-    lr: float = typer.Option(_T.lr, "--lr", help="Base learning rate (SGD, momentum 0.9)."),
-    lr_steps: Optional[str] = typer.Option(None, "--lr-steps", help="Epochs at which the learning rate drops 10x, e.g. 8,11 (default: 2/3 and 11/12 of --epochs)."),
-    weight_decay: float = typer.Option(_T.weight_decay, "--weight-decay", help="SGD weight decay."),
-    warmup_iters: int = typer.Option(_T.warmup_iters, "--warmup-iters", help="Linear warmup iterations."),
-    batch_size: int = typer.Option(_T.batch_size, "--batch-size", "-b", help="Images per batch (per process)."),
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR's last checkpoint."),
-    seed: int = O.seed(),
-    device: str = O.device(),
-    workers: int = typer.Option(_T.workers, "--workers", help="Data loader worker processes."),
-    max_iters: Optional[int] = typer.Option(None, "--max-iters", help="Stop after this many iterations (quick checks)."),
     anchor_sizes: Optional[str] = typer.Option(None, "--anchor-sizes", help="Anchor sizes in resized-image pixels, e.g. 128,256,512 (default; 32,...,512 with --fpn)."),
     aspect_ratios: Optional[str] = typer.Option(None, "--aspect-ratios", help="Anchor aspect ratios h/w, e.g. 0.5,1,2 (default)."),
     auto_anchors: bool = typer.Option(False, "--auto-anchors", help="Fit the anchor sizes to the training boxes (class-balanced quantiles)."),
@@ -61,11 +50,7 @@ def train_cmd(
     rpn_post_nms_test: int = typer.Option(_M.rpn_post_nms_top_n_test, "--rpn-post-nms-test", help="RPN proposals after NMS at test."),
     rpn_nms: float = typer.Option(_M.rpn_nms_thresh, "--rpn-nms", help="RPN proposal NMS IoU."),
     rois_per_image: int = typer.Option(_M.box_batch_size_per_image, "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
-    val_split: Optional[str] = typer.Option(None, "--val-split", help="Split evaluated (mAP voc12) after every epoch."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="With --val-split: stop after this many epochs without a better validation mAP (the best epoch is kept in RUN/best/)."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard events into OUT/tensorboard (needs the tensorboard package)."),
-    progress: bool = O.progress(),
-    config: Optional[Path] = O.config_file(),
+    **train: Any,
 ) -> None:
     """Train Faster R-CNN (RPN + Fast R-CNN head, jointly, four losses) on a labelled split.
 
@@ -75,7 +60,7 @@ def train_cmd(
     from rcnn_cli.models.faster_rcnn import train_faster
     from rcnn_cli.runtime import dist_info
 
-    p, sources = O.replayed(ctx, config, _RECORDED)
+    p, sources = O.replayed(ctx, train["config"], _RECORDED)
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
     overrides = {_RECORDED[k]: p[k] for k in _RECORDED if k != "train_sizes"}
     sizes = parse_floats(p["train_sizes"], "--train-sizes")
@@ -84,7 +69,7 @@ def train_cmd(
                            anchor_sizes=parse_floats(p["anchor_sizes"], "--anchor-sizes"),
                            aspect_ratios=parse_floats(p["aspect_ratios"], "--aspect-ratios"),
                            auto_anchors=p["auto_anchors"], min_size=p["min_size"], max_size=p["max_size"],
-                           train_sizes=[int(v) for v in sizes or []], val_split=p["val_split"], resume=resume,
+                           train_sizes=[int(v) for v in sizes or []], val_split=p["val_split"], resume=p["resume"],
                            model_overrides=overrides, sources=sources)
     if dist_info()[0] != 0:
         return  # under torchrun, rank 0 reports

@@ -115,3 +115,59 @@ def pick(values: dict[str, Any], cls: type, **fixed: Any) -> Any:
 
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names and k not in fixed}, **fixed)
+
+
+# ---------------------------------------------------------------------------- the training options
+
+def _training(d: Any) -> list[tuple[str, Any, Any]]:
+    """``(name, type, typer option)`` of the settings every training command shares, with the
+    command's :class:`rcnn_cli.engine.TrainConfig` defaults ``d``."""
+    return [
+        ("epochs", int, typer.Option(d.epochs, "--epochs", help="Training epochs.")),
+        ("lr", float, typer.Option(d.lr, "--lr", help="SGD learning rate (for the minibatch of one process).")),
+        ("lr_steps", Optional[str], typer.Option(None, "--lr-steps", help="Epochs at which the learning rate is "
+                                                 "multiplied by --lr-gamma, e.g. 8,11 (default: 2/3 and 11/12 of --epochs).")),
+        ("lr_gamma", float, typer.Option(d.lr_gamma, "--lr-gamma", help="Learning-rate decay factor at each step.")),
+        ("momentum", float, typer.Option(d.momentum, "--momentum", help="SGD momentum.")),
+        ("weight_decay", float, typer.Option(d.weight_decay, "--weight-decay", "--wd", help="SGD weight decay.")),
+        ("warmup_iters", int, typer.Option(d.warmup_iters, "--warmup-iters", help="Linear warmup iterations.")),
+        ("batch_size", int, typer.Option(d.batch_size, "--batch-size", "-b", help="Images per minibatch (per process "
+                                         "under torchrun).")),
+        ("amp", bool, typer.Option(False, "--amp", help="Mixed precision (CUDA only; ignored with a warning on the CPU).")),
+        ("resume", bool, typer.Option(False, "--resume", help="Continue exactly from the last checkpoint in --out.")),
+        ("seed", int, seed()),
+        ("device", str, device()),
+        ("workers", int, typer.Option(d.workers, "--workers", "-j", help="Data-loading worker processes.")),
+        ("max_iters", Optional[int], typer.Option(None, "--max-iters", help="Stop after this many iterations (quick runs).")),
+        ("log_every", int, typer.Option(d.log_every, "--log-every", help="Log every N iterations (metrics.jsonl; a "
+                                        "plain line with an ETA when stderr is a file).")),
+        ("val_split", Optional[str], typer.Option(None, "--val-split", help="Report mAP (voc12) on this split after every "
+                                                  "epoch; the best epoch's weights are kept in OUT/best/.")),
+        ("patience", Optional[int], typer.Option(None, "--patience", help="With --val-split: stop after this many epochs "
+                                                 "without a better validation mAP.")),
+        ("tensorboard", bool, typer.Option(False, "--tensorboard", help="Also write TensorBoard events into "
+                                           "OUT/tensorboard (needs the tensorboard package).")),
+        ("progress", bool, progress()),
+        ("config", Optional[Path], config_file()),
+    ]
+
+
+def training_options(defaults: Any):
+    """Decorator: append the shared training options to a command (it takes them as ``**train``)."""
+    import functools
+    import inspect
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ)
+                 for name, typ, opt in _training(defaults) if name not in {p.name for p in own}]
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            return fn(*args, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + extra)
+        return command
+
+    return decorate
