@@ -34,10 +34,11 @@ def available_runtimes() -> list[str]:
 
 
 def resolve_runtime(name: str = "torch") -> str:
-    """``auto`` -> ONNX Runtime when installed (the fastest on CPUs measured here), else torch;
-    a runtime that is not installed is a one-line error."""
+    """``auto`` -> OpenVINO, else ONNX Runtime, else torch, whichever is installed first (the
+    fastest first, as measured by scripts/bench_runtime.py); a runtime not installed is one line."""
     if name == "auto":
-        return "onnxruntime" if "onnxruntime" in available_runtimes() else "torch"
+        installed = available_runtimes()
+        return next(r for r in ("openvino", "onnxruntime", "torch") if r in installed)
     if name not in RUNTIMES:
         raise UserError(f"--runtime {name}: choose torch, onnxruntime, openvino or auto")
     if name != "torch" and name not in available_runtimes():
