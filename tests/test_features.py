@@ -351,3 +351,22 @@ def test_openvino_runs_the_same_graph_in_float32(tmp_path):
     ov = FeatureExtractor(**base, runtime="openvino", cache_dir=tmp_path)
     assert ov.runtime == "openvino"
     np.testing.assert_allclose(ov(image, boxes), FeatureExtractor(**base)(image, boxes), atol=1e-4)
+
+
+def test_hog_features_are_opencvs_dalal_triggs_descriptor():
+    import cv2
+
+    from rcnn_cli.backbones import build_feature_extractor, build_trunk
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    net = build_feature_extractor("hog", window=64)
+    assert net.out_dim == 7 * 7 * 4 * 9 == 1764  # 7x7 blocks of 2x2 cells, 9 orientations
+    got = net(x).numpy()
+    hog = cv2.HOGDescriptor((64, 64), (16, 16), (8, 8), (8, 8), 9)
+    crop = np.ascontiguousarray((x[1] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()[:, :, ::-1])
+    np.testing.assert_allclose(got[1], hog.compute(crop).reshape(-1), atol=1e-6)
+    assert build_feature_extractor("hog", window=32).out_dim == 3 * 3 * 36
+    with pytest.raises(UserError, match="multiple of its 8-pixel cells"):
+        build_feature_extractor("hog", window=60)
+    with pytest.raises(UserError, match="no convolutional trunk"):
+        build_trunk("hog")

@@ -43,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,6 +96,8 @@ _SPECS: dict[str, BackboneSpec] = {
     "alexnet": BackboneSpec("alexnet", 227, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 3),
     "vgg16": BackboneSpec("vgg16", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 10),
     "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool", 5),
+    # the pre-CNN baseline: Dalal-Triggs HOG of the warped region (no learnt weights, no trunk)
+    "hog": BackboneSpec("hog", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("hog",), "hog", 0),
 }
 
 _LAYER_DIMS = {
@@ -141,6 +144,8 @@ def weights_id(name: str, weights: str | Path = "imagenet") -> str:
     """
     get_spec(name)
     w = str(weights)
+    if name == "hog":
+        return "hog:opencv-dalal-triggs"
     if w == "imagenet":
         return f"{name}:imagenet-offline" if name == "efficientnet_lite0" else f"{name}:{_TV_TAG}"
     if w == "none":
@@ -279,15 +284,39 @@ def _full(name: str, weights: str | Path) -> FeatureNet:
     return module.eval()
 
 
-def build_feature_extractor(name: str, weights: str | Path = "imagenet", layer: str | None = None) -> FeatureNet:
+class HOGNet(nn.Module):
+    """Histograms of oriented gradients (Dalal and Triggs, CVPR 2005) of each warped region with
+    OpenCV's ``HOGDescriptor``: 8x8-pixel cells, 16x16 blocks moved by 8 pixels, 9 orientations;
+    the window is the warp size. ``(B, 3, S, S)`` RGB in ``[0, 1]`` -> ``(B, out_dim)`` float32."""
+
+    def __init__(self, window: int) -> None:
+        import cv2
+
+        super().__init__()
+        if window < 16 or window % 8:
+            raise UserError(f"--warp-size {window}: HOG needs a multiple of its 8-pixel cells, at least 16")
+        self.hog = cv2.HOGDescriptor((window, window), (16, 16), (8, 8), (8, 8), 9)
+        self.layer, self.out_dim = "hog", int(self.hog.getDescriptorSize())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        crops = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        feats = [self.hog.compute(np.ascontiguousarray(c[:, :, ::-1])).reshape(-1) for c in crops]  # BGR
+        return torch.from_numpy(np.stack(feats).astype(np.float32)) if feats else torch.zeros(0, self.out_dim)
+
+
+def build_feature_extractor(name: str, weights: str | Path = "imagenet", layer: str | None = None,
+                            window: int | None = None) -> nn.Module:
     """The backbone as a feature extractor: ``(B, 3, S, S)`` normalised -> ``(B, out_dim)``.
 
-    ``layer`` defaults to the spec's ``default_layer``. Returned in eval mode on the CPU.
+    ``layer`` defaults to the spec's ``default_layer``; ``window`` is the input size S (used by
+    ``hog``, whose feature length depends on it). Returned in eval mode on the CPU.
     """
     spec = get_spec(name)
     layer = layer or spec.default_layer
     if layer not in spec.layers:
         raise UserError(f"backbone {name} has no layer '{layer}' (choose from {', '.join(spec.layers)})")
+    if name == "hog":
+        return HOGNet(int(window or spec.native_size)).eval()
     module = _full(name, weights)
     module.layer, module.out_dim = layer, _LAYER_DIMS[(name, layer)]
     return module
@@ -330,6 +359,11 @@ def freeze_leading(trunk: nn.Module, n: int) -> None:
             p.requires_grad_(False)
 
 
+def _no_hog(name: str) -> None:
+    if name == "hog":
+        raise UserError("hog has no convolutional trunk: use it with the R-CNN stages (extract-features, pipeline)")
+
+
 def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False) -> tuple[nn.Module, int, int]:
     """The convolutional trunk for Fast/Faster R-CNN: ``(B, 3, H, W)`` normalised -> ``(B, C, ~H/16, ~W/16)``.
 
@@ -338,6 +372,7 @@ def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = F
     conv1-layer3 (C=1024). ``freeze_bn`` turns batch norms into frozen ones (fixed statistics and
     affine, as torchvision's detection backbones do).
     """
+    _no_hog(name)
     trunk = _trunk_of(_full(name, weights).net, name)
     ch = trunk.out_channels
     if freeze_bn:
@@ -406,6 +441,7 @@ def build_head(name: str, weights: str | Path = "imagenet", freeze_bn: bool = Fa
     - ``resnet50``: layer4 + global average pool; ``(R, 1024, 14, 14)`` -> ``(R, 2048)`` (any P;
       14 recommended, layer4 halves it).
     """
+    _no_hog(name)
     head = _head_of(_full(name, weights).net, name)
     if freeze_bn:
         head = _freeze(head)

@@ -212,7 +212,7 @@ class FeatureExtractor:
         self.batch_size = int(batch_size)
         self.dtype = dtype
         self.device = resolve_device(device)
-        self.model = build_feature_extractor(backbone, weights, self.layer).eval().to(self.device)
+        self.model = build_feature_extractor(backbone, weights, self.layer, self.warp_size).eval().to(self.device)
         self.out_dim = int(self.model.out_dim)
         self.weights = str(weights)
         if self.device.type == "cuda":
@@ -237,6 +237,8 @@ class FeatureExtractor:
         from rcnn_cli.runtimes import compile_network, resolve_runtime
 
         runtime = resolve_runtime(runtime)
+        if self.spec.name == "hog" and runtime != "torch":
+            raise UserError(f"--runtime {runtime}: HOG runs in OpenCV; use --runtime torch")
         if runtime != "torch" and self.device.type != "cpu":
             raise UserError(f"--runtime {runtime} runs on the CPU; use --device cpu or --runtime torch")
         example = torch.rand(2, 3, self.warp_size, self.warp_size, generator=torch.Generator().manual_seed(0))
