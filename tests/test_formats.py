@@ -67,7 +67,8 @@ def test_yolo_bad_labels_are_one_line_errors(tmp_path):
     (tmp_path / "data.yaml").write_text("names: [cat]\ntrain: images\n")
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.5\n")
     rec = load_dataset(tmp_path, "train").records[0]
-    np.testing.assert_allclose(rec.boxes, [[20, 10, 30, 30]], atol=1e-4) and rec.labels == ["cat"]
+    np.testing.assert_allclose(rec.boxes, [[20, 10, 30, 30]], atol=1e-4)
+    assert rec.labels == ["cat"]
     (tmp_path / "labels" / "a.txt").write_text("3 0.5 0.5 0.2 0.5\n")
     with pytest.raises(UserError, match=r"a.txt:1: class 3 is not in data.yaml"):
         load_dataset(tmp_path, "train")

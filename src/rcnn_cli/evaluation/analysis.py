@@ -204,11 +204,9 @@ def confusion_matrix(dataset, detections: Mapping[str, Any], score_threshold: fl
 def per_class_counts(dataset, detections: Mapping[str, Any], score_threshold: float = 0.3, iou: float = 0.5
                      ) -> dict[str, dict[str, float]]:
     """Per class at ``score_threshold``: TP, FP, FN, precision, recall (matching as the VOC devkit)."""
-    kept = {}
-    for image_id, (b, s, lab) in _above(detections, score_threshold).items():
-        from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.io.detections import ImageDetections
 
-        kept[image_id] = ImageDetections(image_id, b, s, lab)
+    kept = {i: ImageDetections(i, b, s, lab) for i, (b, s, lab) in _above(detections, score_threshold).items()}
     errors = classify_errors(dataset, kept, iou)
     out = {c: {"tp": 0, "fp": 0, "fn": 0} for c in dataset.classes}
     for r in dataset.records:

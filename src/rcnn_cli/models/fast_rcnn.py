@@ -409,6 +409,8 @@ class FastRCNNDetector(Detector):
     """
 
     kind = "fast"
+    weights = "final"  # which weights of the run (set by from_run)
+    runtime = "torch"
 
     def __init__(self, model: FastRCNN, config: DetectConfig | None = None, proposals=None,
                  max_proposals: int | None = None) -> None:
@@ -420,6 +422,9 @@ class FastRCNNDetector(Detector):
         cfg = model.config
         self.config = config or DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img)
         self.max_proposals = int(max_proposals or cfg.max_proposals)
+        cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img = (
+            self.config.score_threshold, self.config.nms, self.config.top_k)
+        cfg.max_proposals = self.max_proposals
         self.classes = list(cfg.classes)
         self.reader, self._own_reader = _open_proposals(proposals)
         self._warned = False
@@ -452,8 +457,8 @@ class FastRCNNDetector(Detector):
             self.reader.close()
 
     def settings(self) -> dict:
-        return dict(super().settings(), max_proposals=self.max_proposals, weights=getattr(self, "weights", "final"),
-                    runtime=getattr(self, "runtime", "torch"),
+        return dict(super().settings(), max_proposals=self.max_proposals, weights=self.weights,
+                    runtime=self.runtime,
                     proposals=str(getattr(self.reader, "path", "")) or "selective search on the fly")
 
     def propose(self, image, image_id: str) -> np.ndarray:
@@ -482,10 +487,6 @@ class FastRCNNDetector(Detector):
         t0 = time.perf_counter()
         boxes = self.propose(image, image_id)[: self.max_proposals]
         t1 = time.perf_counter()
-        cfg = self.model.config
-        cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img = (
-            self.config.score_threshold, self.config.nms, self.config.top_k)
-        cfg.max_proposals = self.max_proposals
         out = self.model([to_tensor(image).to(self.device)], proposals=[torch.from_numpy(boxes).to(self.device)])[0]
         synchronize(self.device)
         t2 = time.perf_counter()

@@ -426,6 +426,8 @@ class FasterRCNNDetector(Detector):
     """
 
     kind = "faster"
+    weights = "final"  # which weights of the run (set by from_run)
+    runtime = "torch"
 
     def __init__(self, model: nn.Module, model_config: FasterRCNNConfig, config: DetectConfig | None = None) -> None:
         from rcnn_cli.memory import reuse_memory
@@ -456,7 +458,7 @@ class FasterRCNNDetector(Detector):
 
     def settings(self) -> dict:
         return dict(super().settings(), rpn_post_nms_top_n=int(self.model_config.rpn_post_nms_top_n_test),
-                    weights=getattr(self, "weights", "final"), runtime=getattr(self, "runtime", "torch"))
+                    weights=self.weights, runtime=self.runtime)
 
     @torch.inference_mode()
     def detect(self, image, image_id: str):

@@ -317,6 +317,7 @@ class RCNNDetector(Detector):
     """
 
     kind = "rcnn"
+    _own = None  # the proposals reader from_run opened (closed by close)
 
     def __init__(self, model: RCNNModel | str | Path, device: str = "auto", config: DetectConfig | None = None,
                  proposals: Any = None, features: Any = None, use_bbox: bool = True, batch_size: int = 64,
@@ -350,9 +351,8 @@ class RCNNDetector(Detector):
         return detector
 
     def close(self) -> None:
-        own = getattr(self, "_own", None)
-        if own is not None:
-            own.close()
+        if self._own is not None:
+            self._own.close()
 
     @property
     def classes(self) -> list[str]:

@@ -556,6 +556,60 @@ def _read_file_attrs(path: Path) -> dict:
 # run
 # ----------------------------------------------------------------------------------------------
 
+def _unique_inputs(inputs: list, shard: tuple[int, int] | None) -> list:
+    """The inputs without repeated image ids (the first kept), every N-th from the K-th for a shard."""
+    seen: set[str] = set()
+    unique = []
+    for inp in inputs:
+        if inp.image_id in seen:
+            logger.warning("%s: duplicate image id (%s), kept the first", inp.image_id, inp.path)
+            continue
+        seen.add(inp.image_id)
+        unique.append(inp)
+    return unique[shard[0]::shard[1]] if shard is not None else unique
+
+
+def _file_attrs(settings: dict, attrs: dict | None, shard: tuple[int, int] | None, out: Path, images: int,
+                command: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The proposals file's attributes (settings, extra ``attrs``, shard, the run record) and the record."""
+    from rcnn_cli.io import run_record
+
+    file_attrs: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **settings}
+    if attrs:
+        file_attrs.update({k: v for k, v in attrs.items() if k not in _META_KEYS})
+    if shard is not None:
+        file_attrs["shard"] = f"{shard[0]}/{shard[1]}"
+    config = dict({k: attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
+                  out=str(out), images=images)
+    file_attrs["config"] = json.dumps(run_record(command, config))
+    return file_attrs, config
+
+
+def _store_results(results: Iterable[dict], store: "_Store", total: int, resumed: int, progress: bool
+                   ) -> tuple[int, int, list[int], list[float]]:
+    """Add each image's proposals to ``store`` (errors logged and skipped) under a progress bar;
+    returns ``(skipped, fallbacks, boxes per stored image, seconds per stored image)``."""
+    from rcnn_cli.log import progress_bar
+
+    skipped, fallbacks, nboxes, secs = 0, 0, [], []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("proposals", total=total, completed=resumed, status=f"{resumed} resumed" if resumed else "")
+        for res in results:
+            if "error" in res:
+                skipped += 1
+                logger.warning("skipping %s: %s", res["image_id"], res["error"])
+            else:
+                store.add(res)
+                nboxes.append(len(res["boxes"]))
+                secs.append(res["seconds"])
+                if res.get("fallback"):
+                    fallbacks += 1
+                    logger.warning("%s: fell back to sliding windows: %s", res["image_id"], res["note"])
+                bar.update(task, status=f"{len(res['boxes'])} boxes, {res['seconds']:.2f} s")
+            bar.advance(task)
+    return skipped, fallbacks, nboxes, secs
+
+
 def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-search", mode: str = "fast",
                 max_size: int | None = 500, min_size: float = 20, limit: int | None = None, workers: int | None = None,
                 progress: bool = True, proposer: Callable | None = None, attrs: dict | None = None, seed: int = 0,
@@ -572,8 +626,7 @@ def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-s
     :func:`merge_proposals`). Returns ``{"images", "processed", "resumed", "skipped", "fallbacks", "boxes_per_image",
     "seconds_per_image" (median), "workers", "out"}``.
     """
-    from rcnn_cli.io import run_record, write_run_record
-    from rcnn_cli.log import progress_bar
+    from rcnn_cli.io import write_run_record
 
     out = Path(out)
     limit = _limit(limit)
@@ -581,33 +634,16 @@ def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-s
         _check_settings(method, mode, max_size, min_size)
     cpu = os.cpu_count() or 1
     workers = cpu if workers is None or workers <= 0 else int(workers)
-    seen: set[str] = set()
-    unique = []
-    for inp in inputs:
-        if inp.image_id in seen:
-            logger.warning("%s: duplicate image id (%s), kept the first", inp.image_id, inp.path)
-            continue
-        seen.add(inp.image_id)
-        unique.append(inp)
-    if shard is not None:
-        unique = unique[shard[0]::shard[1]]
+    unique = _unique_inputs(inputs, shard)
     settings = {"method": method, "mode": mode, "max_size": int(max_size or 0), "min_size": float(min_size),
                 "limit": int(limit or 0), "seed": int(seed), "filter_min_size": float(min_size),
                 "filter_limit": int(limit or 0)}
-    file_attrs: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **settings}
-    if attrs:
-        file_attrs.update({k: v for k, v in attrs.items() if k not in _META_KEYS})
-    if shard is not None:
-        file_attrs["shard"] = f"{shard[0]}/{shard[1]}"
+    file_attrs, config = _file_attrs(settings, attrs, shard, out, len(unique), command)
     method_name = str(file_attrs.get("method", method))
-    config = dict({k: attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
-                  out=str(out), images=len(unique))
-    file_attrs["config"] = json.dumps(run_record(command, config))
 
     store = _Store(out, file_attrs, overwrite=overwrite, checkpoint_seconds=checkpoint_seconds)
     resumed = sum(1 for inp in unique if inp.image_id in store.done)
     todo = [inp for inp in unique if inp.image_id not in store.done]
-    processed, skipped, fallbacks, nboxes, secs = 0, 0, 0, [], []
     workers = max(1, min(workers, len(todo))) if proposer is None else 1
     clean = False
     pool = None
@@ -622,23 +658,8 @@ def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-s
             else:
                 pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(max(1, cpu // workers),))
                 results = pool.imap(_work, tasks, chunksize=1)
-        with progress_bar(progress) as bar:
-            task = bar.add_task("proposals", total=len(unique), completed=resumed,
-                                status=f"{resumed} resumed" if resumed else "")
-            for res in results:
-                if "error" in res:
-                    skipped += 1
-                    logger.warning("skipping %s: %s", res["image_id"], res["error"])
-                else:
-                    store.add(res)
-                    processed += 1
-                    nboxes.append(len(res["boxes"]))
-                    secs.append(res["seconds"])
-                    if res.get("fallback"):
-                        fallbacks += 1
-                        logger.warning("%s: fell back to sliding windows: %s", res["image_id"], res["note"])
-                    bar.update(task, status=f"{len(res['boxes'])} boxes, {res['seconds']:.2f} s")
-                bar.advance(task)
+        skipped, fallbacks, nboxes, secs = _store_results(results, store, len(unique), resumed, progress)
+        processed = len(nboxes)
         clean = True
     finally:
         if pool is not None:
