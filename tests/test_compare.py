@@ -25,6 +25,9 @@ TINY = {
     "faster": {"min_size": 128, "max_size": 128, "epochs": 1, "max_iters": 3, "warmup_iters": 1, "lr_steps": [],
                "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200,
                "rpn_post_nms_top_n_test": 50},
+    "yolo": {"input_size": 64, "grid": 2, "epochs": 1, "max_iters": 2, "warmup_iters": 1, "lr_steps": [],
+             "batch_size": 2},
+    "hog": {"warp_size": 32, "padding": 4},
     "timing": {"images": 2},
 }
 
@@ -113,8 +116,9 @@ def test_speedups_arithmetic():
 def test_methods_budgets_and_overrides_are_checked():
     assert C.parse_methods("faster,rcnn") == ["rcnn", "faster"]
     assert C.parse_methods(["Fast-RCNN"]) == ["fast"]
-    with pytest.raises(UserError, match="unknown method 'yolo'"):
-        C.parse_methods("rcnn,yolo")
+    assert C.parse_methods("yolo,faster,HOG-SVM") == ["hog", "faster", "yolo"]  # the lecture's order
+    with pytest.raises(UserError, match="unknown method 'ssd'"):
+        C.parse_methods("rcnn,ssd")
     with pytest.raises(UserError, match="unknown budget"):
         C.budget_settings("huge")
     with pytest.raises(UserError, match="fast.epoch"):
@@ -141,7 +145,7 @@ def compared(tmp_path_factory, _one_thread):
 def test_compare_outputs(compared):
     out, report = compared
     data = json.loads((out / "compare.json").read_text())
-    assert data["methods"] == ["rcnn", "fast", "faster"] and data["budget"] == "quick"
+    assert data["methods"] == ["hog", "rcnn", "fast", "faster", "yolo"] and data["budget"] == "quick"
     assert data["settings"]["proposals"]["limit"] == 20 and data["settings"]["rcnn"]["warp_size"] == 32
     assert data["overrides"]["model"] == {"weights": "none"}
     keys = [r["key"] for r in data["rows"]]
@@ -151,7 +155,11 @@ def test_compare_outputs(compared):
         assert k in keys, k
     rows = {r["key"]: r for r in data["rows"]}
     res = data["results"]
-    for m in ("rcnn", "fast", "faster"):
+    assert rows["proposal_source"]["text"]["yolo"] == "none (2 boxes per cell)"
+    assert rows["proposal_seconds"]["text"]["yolo"] == "in network" and rows["input"]["text"]["hog"].startswith("HOG")
+    assert res["hog"]["recall"] == res["rcnn"]["recall"]  # the same proposals files
+    assert "HOG + SVM" in (out / "compare.md").read_text() and "lecture: YOLO" in (out / "compare.md").read_text()
+    for m in ("hog", "rcnn", "fast", "faster", "yolo"):
         t = res[m]["test_seconds_per_image"]
         assert rows["test_with_proposals"]["values"][m] == t["with_proposals"] > 0
         assert rows["speedup_with_proposals"]["values"][m] == pytest.approx(
@@ -175,8 +183,8 @@ def test_compare_outputs(compared):
     # the R-CNN mAP is the pipeline's
     assert res["rcnn"]["mAP"] == json.loads((out / "rcnn" / "metrics.json").read_text())["mAP"]
     md = (out / "compare.md").read_text()
-    assert "| | R-CNN | Fast R-CNN | Faster R-CNN |" in md
-    assert "| speedup vs R-CNN (with proposals) | 1.0x |" in md
+    assert "| | HOG + SVM | R-CNN | Fast R-CNN | Faster R-CNN | YOLO v1 |" in md
+    assert "| speedup vs R-CNN (with proposals) | " in md and " | 1.0x | " in md.split("speedup vs R-CNN (with")[1]
     assert "warp 32x32+4" in md and "128/128 px" in md and "top 20 per image" in md and "torch threads 1" in md
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads((out / "compare.json.config.json").read_text())
@@ -190,8 +198,7 @@ def test_compare_rerun_reuses_every_method(compared):
                out / "faster" / "detections_test.jsonl", out / "stages" / "timing-rcnn.json"]
     before = {p: p.stat().st_mtime_ns for p in watched}
     again = C.run_compare(None, out=out, progress=False, device="cpu", overrides=TINY)
-    assert {m: again["results"][m]["status"] for m in again["methods"]} == {"rcnn": "reused", "fast": "reused",
-                                                                           "faster": "reused"}
+    assert {m: again["results"][m]["status"] for m in again["methods"]} == {m: "reused" for m in C.METHODS}
     assert all(s["status"] == "skipped" for s in again["stages"].values())
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     # recorded times and results come back unchanged
@@ -256,8 +263,8 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 
 def test_cli_bad_arguments_exit_2(tmp_path, capsys):
-    code, _, err = _cli(["compare", "--out", str(tmp_path / "o"), "--methods", "rcnn,yolo"], capsys)
-    assert code == 2 and "unknown method 'yolo'" in err
+    code, _, err = _cli(["compare", "--out", str(tmp_path / "o"), "--methods", "rcnn,ssd"], capsys)
+    assert code == 2 and "unknown method 'ssd'" in err
     code, _, err = _cli(["compare", "--out", str(tmp_path / "o"), "--budget", "medium"], capsys)
     assert code == 2 and "unknown budget" in err
     code, _, err = _cli(["compare", "--out", str(tmp_path / "o"), "--set", "fast.nope=1"], capsys)

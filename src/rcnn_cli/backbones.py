@@ -57,6 +57,7 @@ __all__ = [
     "get_spec",
     "build_feature_extractor",
     "build_trunk",
+    "build_dense_trunk",
     "build_head",
     "feature_state_from_detector",
     "normalize",
@@ -378,6 +379,28 @@ def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = F
     if freeze_bn:
         trunk = _freeze(trunk)
     return trunk, ch, 16
+
+
+def build_dense_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False) -> tuple[nn.Module, int, int]:
+    """The whole convolutional part of a backbone, for single-shot and sliding-window methods (YOLO,
+    Overfeat): ``(B, 3, H, W)`` normalised -> ``(B, C, H/32, W/32)``. Returns ``(trunk, C, 32)``:
+    EfficientNet-Lite0 up to conv_head + BN/ReLU6 (C=1280), AlexNet and VGG16 ``features`` with
+    pool5 (C=256, 512), ResNet-50 up to layer4 (C=2048). The first children are :func:`build_trunk`'s,
+    so the registry's ``frozen_modules`` freeze the same layers.
+    """
+    _no_hog(name)
+    net = _full(name, weights).net
+    if name == "efficientnet_lite0":
+        trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2), 1280
+    elif name in ("alexnet", "vgg16"):
+        trunk, ch = net.features, {"alexnet": 256, "vgg16": 512}[name]
+    else:
+        trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        ch = 2048
+    trunk.out_channels = ch
+    if freeze_bn:
+        trunk = _freeze(trunk)
+    return trunk, ch, 32
 
 
 def _trunk_of(net: nn.Module, name: str) -> nn.Module:

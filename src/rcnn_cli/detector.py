@@ -56,6 +56,7 @@ DETECTOR_CLASSES: dict[str, str] = {
     "rcnn": "rcnn_cli.rcnn.model:RCNNDetector",
     "fast": "rcnn_cli.models.fast_rcnn:FastRCNNDetector",
     "faster": "rcnn_cli.models.faster_rcnn:FasterRCNNDetector",
+    "yolo": "rcnn_cli.models.yolo:YOLODetector",
 }
 
 

@@ -10,7 +10,7 @@ from rcnn_cli.log import setup_logging
 SETTINGS = dict(rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                 context_settings={"help_option_names": ["-h", "--help"]})
 
-app = typer.Typer(help="Region-based CNN object detection: R-CNN, Fast R-CNN and Faster R-CNN, stage by stage.", **SETTINGS)
+app = typer.Typer(help="CNN object detection: R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1, stage by stage.", **SETTINGS)
 data_app = typer.Typer(help="Datasets: generate the built-in shapes data, inspect, convert.", **SETTINGS)
 proposals_app = typer.Typer(help="Inspect region proposals (recall, MABO).", **SETTINGS)
 fast_app = typer.Typer(help="Fast R-CNN: RoI pooling over one forward pass per image, trained end to end.", **SETTINGS)
@@ -18,7 +18,9 @@ faster_app = typer.Typer(help="Faster R-CNN: a region proposal network and a Fas
 app.add_typer(data_app, name="data")
 app.add_typer(proposals_app, name="proposals")
 app.add_typer(fast_app, name="fast")
+yolo_app = typer.Typer(help="YOLO v1: one regression from the image to an S x S grid of boxes and class scores.", **SETTINGS)
 app.add_typer(faster_app, name="faster")
+app.add_typer(yolo_app, name="yolo")
 
 state = {"verbose": False}
 

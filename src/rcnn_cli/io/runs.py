@@ -3,7 +3,7 @@
 Every run directory (an R-CNN model directory, a Fast or Faster R-CNN run, and the methods to come)
 holds ``config.json``::
 
-    {"kind": "rcnn" | "fast" | "faster", "format_version": 2,
+    {"kind": "rcnn" | "fast" | "faster" | "yolo", "format_version": 2,
      "model": {...},            # everything needed to rebuild the model
      "train": {...},            # the training configuration (stage settings for R-CNN)
      "command": "...", "rcnn_version": "...", "python": ..., "torch": ..., "created": ...}
@@ -27,7 +27,7 @@ from rcnn_cli.io.files import read_json, run_record, write_json
 __all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_config_path", "weights_file"]
 
 FORMAT_VERSION = 2
-KINDS = ("rcnn", "fast", "faster", "finetune")
+KINDS = ("rcnn", "fast", "faster", "yolo", "finetune")
 _LEGACY_KINDS = {"rcnn-model": "rcnn", "fast_rcnn": "fast", "faster_rcnn": "faster"}
 
 

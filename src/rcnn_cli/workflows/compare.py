@@ -1,7 +1,8 @@
-"""``rcnn compare``: the lecture's R-CNN vs Fast R-CNN vs Faster R-CNN table, measured here.
+"""``rcnn compare``: the lecture's table, measured here: HOG + SVM (the pre-CNN baseline), R-CNN, Fast
+R-CNN, Faster R-CNN and YOLO v1.
 
-The three detectors are trained and evaluated with the same backbone, the same data and, for
-R-CNN and Fast R-CNN, the same proposals files, all inside one folder ``OUT``:
+The detectors are trained and evaluated with the same backbone (HOG has none), the same data and,
+for HOG + SVM, R-CNN and Fast R-CNN, the same proposals files, all inside one folder ``OUT``:
 
 ==============  ==============================================  ===========================================
 path            what                                            made by
@@ -11,6 +12,8 @@ path            what                                            made by
 ``rcnn/proposals_<split>.h5``  selective search, shared by R-CNN and Fast R-CNN
 ``fast/``       Fast R-CNN run dir + test detections            :func:`rcnn_cli.models.fast_rcnn.train_fast_rcnn`
 ``faster/``     Faster R-CNN run dir, detections, RPN proposals :func:`rcnn_cli.models.faster_rcnn.train_faster`
+``yolo/``       YOLO v1 run dir + test detections               :func:`rcnn_cli.models.yolo.train_yolo`
+``hog/``        the R-CNN pipeline on HOG features (R-CNN's proposals)  :func:`rcnn_cli.workflows.pipeline.run_pipeline`
 ``stages/``     compare's own stage records (config hashes)      :class:`rcnn_cli.workflows.pipeline.StageRunner`
 ``compare.json`` / ``compare.md`` / ``compare.png``  the table, its settings, the figure
 ==============  ==============================================  ===========================================
@@ -45,7 +48,7 @@ from rcnn_cli.workflows.timing import speedups, threads_info, time_in_child
 __all__ = ["METHODS", "BUDGETS", "METHOD_NAMES", "budget_settings", "run_compare", "print_table", "parse_methods",
            "parse_set"]
 
-METHODS = ("rcnn", "fast", "faster")
+METHODS = ("hog", "rcnn", "fast", "faster", "yolo")  # the lecture's order
 
 #: The two budgets. ``quick`` fits 2 CPU cores in minutes on the built-in data (the pipeline's
 #: defaults for R-CNN, 256-px inputs and short schedules for Fast/Faster); ``full`` uses the
@@ -69,6 +72,9 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                    "batch_size": 2, "auto_anchors": True, "anchor_sizes": None, "aspect_ratios": [0.5, 1.0, 2.0],
                    "rpn_pre_nms_top_n_train": 12000, "rpn_post_nms_top_n_train": 2000,
                    "rpn_pre_nms_top_n_test": 6000, "rpn_post_nms_top_n_test": 300, "max_iters": None},
+        "yolo": {"input_size": 224, "grid": 7, "boxes_per_cell": 2, "epochs": 15, "lr": 0.005, "lr_steps": [12],
+                 "warmup_iters": 50, "batch_size": 8, "max_iters": None},
+        "hog": {"warp_size": 64, "padding": 6},
         "detect": DetectConfig().to_dict(),
         "timing": {"images": 6, "warmup": 1, "repeats": 3},
     },
@@ -88,6 +94,9 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                    "aspect_ratios": [0.5, 1.0, 2.0], "rpn_pre_nms_top_n_train": 12000,
                    "rpn_post_nms_top_n_train": 2000, "rpn_pre_nms_top_n_test": 6000, "rpn_post_nms_top_n_test": 300,
                    "max_iters": None},
+        "yolo": {"input_size": 448, "grid": 7, "boxes_per_cell": 2, "epochs": 60, "lr": 0.005, "lr_steps": [40, 52],
+                 "warmup_iters": 100, "batch_size": 8, "max_iters": None},
+        "hog": {"warp_size": 64, "padding": 16},
         "detect": DetectConfig().to_dict(),
         "timing": {"images": 10, "warmup": 1, "repeats": 1},
     },
@@ -105,13 +114,13 @@ def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
     items = methods.replace(" ", "").split(",") if isinstance(methods, str) else list(methods)
     items = [m.strip().lower().replace("-", "_") for m in items if m and m.strip()]
     aliases = {"r_cnn": "rcnn", "fast_rcnn": "fast", "fast_r_cnn": "fast", "faster_rcnn": "faster",
-               "faster_r_cnn": "faster"}
+               "faster_r_cnn": "faster", "yolo_v1": "yolo", "yolov1": "yolo", "hog_svm": "hog"}
     items = [aliases.get(m, m) for m in items]
     bad = [m for m in items if m not in METHODS]
     if bad:
         raise UserError(f"--methods: unknown method '{bad[0]}' (choose from {', '.join(METHODS)})")
     if not items:
-        raise UserError("--methods: give at least one of rcnn, fast, faster")
+        raise UserError(f"--methods: give at least one of {', '.join(METHODS)}")
     return [m for m in METHODS if m in items]
 
 
@@ -250,32 +259,92 @@ class _Compare:
                            device=self.device, max_iters=s["max_iters"], progress=self.progress)
 
 
-def _rcnn_step(c: _Compare) -> None:
-    """The whole R-CNN pipeline (it also makes the proposals files Fast R-CNN reads)."""
-    from rcnn_cli.workflows.pipeline import PipelineConfig, run_pipeline
+def _pipeline_config(c: _Compare, out_dir: Path, backbone: str, R: Mapping[str, Any]):
+    from rcnn_cli.workflows.pipeline import PipelineConfig
 
-    P, R, D, d = c.settings["proposals"], c.settings["rcnn"], c.settings["detect"], c.data
-    if "rcnn" not in c.methods:
-        logger.info("Fast R-CNN reads R-CNN's proposals files: running the R-CNN pipeline for them")
-    pcfg = PipelineConfig(dataset=d.path, train_split=d.train_split, test_split=d.test_split, images=d.images,
+    P, D, d = c.settings["proposals"], c.settings["detect"], c.data
+    return PipelineConfig(dataset=d.path, train_split=d.train_split, test_split=d.test_split, images=d.images,
                           method=P["method"], mode=P["mode"], max_size=int(P["max_size"]), min_size=int(P["min_size"]),
-                          limit=P["limit"], workers=P["workers"], backbone=c.backbone,
+                          limit=P["limit"], workers=P["workers"], backbone=backbone,
                           weights=c.settings["model"]["weights"], warp_size=int(R["warp_size"]),
                           padding=int(R["padding"]), batch_size=int(R["batch_size"]), finetune=bool(R["finetune"]),
                           finetune_epochs=int(R["finetune_epochs"]), finetune_lr=float(R["finetune_lr"]),
                           C=float(R["C"]), bias=float(R["bias"]), pos_weight=float(R["pos_weight"]),
                           lam=float(R["lam"]), bbox=bool(R["bbox"]), score_threshold=float(D["score_threshold"]),
                           nms=float(D["nms"]), top_k=int(D["top_k"]), seed=c.seed, device=c.device)
-    console.print("[bold]R-CNN[/] (rcnn pipeline)", highlight=False)
-    metrics = run_pipeline(pcfg, c.rcnn_dir, progress=c.progress)
+
+
+def _pipeline_result(metrics: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A pipeline run's row data: status, training seconds (its training stages), mAP."""
     stages = metrics["stages"]
     train_stages = [s for s in stages if s.startswith(("features-train", "finetune", "train-svm", "train-bbox"))]
-    if "rcnn" in c.methods:
-        c.results["rcnn"] = {
-            "status": "reused" if all(v["status"] == "skipped" for v in stages.values()) else "ran",
-            "run_dir": str(c.rcnn_dir), "train_seconds": float(sum(stages[s]["seconds"] for s in train_stages)),
+    return {"status": "reused" if all(v["status"] == "skipped" for v in stages.values()) else "ran",
+            "run_dir": str(run_dir), "train_seconds": float(sum(stages[s]["seconds"] for s in train_stages)),
             "train_stages": {s: stages[s]["seconds"] for s in train_stages}, "mAP": dict(metrics["mAP"])}
-    c.train_proposals_seconds = float(stages.get("propose-train", {}).get("seconds", 0.0))
+
+
+def _rcnn_step(c: _Compare) -> None:
+    """The whole R-CNN pipeline (it also makes the proposals files Fast R-CNN and HOG + SVM read)."""
+    from rcnn_cli.workflows.pipeline import run_pipeline
+
+    if "rcnn" not in c.methods:
+        logger.info("Fast R-CNN and HOG + SVM read R-CNN's proposals files: running the R-CNN pipeline for them")
+    console.print("[bold]R-CNN[/] (rcnn pipeline)", highlight=False)
+    metrics = run_pipeline(_pipeline_config(c, c.rcnn_dir, c.backbone, c.settings["rcnn"]), c.rcnn_dir,
+                           progress=c.progress)
+    if "rcnn" in c.methods:
+        c.results["rcnn"] = _pipeline_result(metrics, c.rcnn_dir)
+    c.train_proposals_seconds = float(metrics["stages"].get("propose-train", {}).get("seconds", 0.0))
+
+
+def _hog_step(c: _Compare) -> None:
+    """The same R-CNN chain (R-CNN's proposals, SVMs with hard negatives, box regression) on HOG features."""
+    import shutil
+
+    from rcnn_cli.workflows.pipeline import STAGES_DIR, run_pipeline
+
+    hog_dir = c.out / "hog"
+    (hog_dir / STAGES_DIR).mkdir(parents=True, exist_ok=True)
+    for split in (c.data.train_split, c.data.test_split):  # R-CNN's proposals, taken as they are
+        for name in (f"proposals_{split}.h5", f"proposals_{split}.h5.config.json"):
+            src, dst = c.rcnn_dir / name, hog_dir / name
+            if src.is_file() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
+                shutil.copy2(src, dst)
+    for tag in ("propose-train", "propose-test"):
+        shutil.copy2(c.rcnn_dir / STAGES_DIR / f"{tag}.json", hog_dir / STAGES_DIR / f"{tag}.json")
+    R = dict(c.settings["rcnn"], **c.settings["hog"], finetune=False)
+    console.print("[bold]HOG + SVM[/] (rcnn pipeline --backbone hog)", highlight=False)
+    c.results["hog"] = _pipeline_result(run_pipeline(_pipeline_config(c, hog_dir, "hog", R), hog_dir,
+                                                     progress=c.progress), hog_dir)
+
+
+def _yolo_step(c: _Compare) -> None:
+    """YOLO v1: training and detection (no proposals)."""
+    from rcnn_cli.models.yolo import YOLODetector, train_yolo
+
+    Y, D, d, st = c.settings["yolo"], c.settings["detect"], c.data, c.st
+    yolo_dir = c.out / "yolo"
+    yolo_cfg = {"Y": Y, "D": D, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
+                "device": c.device, "train_split": d.train_split, **d.data_id}
+
+    def train(resume: bool) -> dict:
+        model = {k: Y[k] for k in ("input_size", "grid", "boxes_per_cell")}
+        model.update(backbone=c.backbone, score_thresh=float(D["score_threshold"]), nms_thresh=float(D["nms"]),
+                     detections_per_img=int(D["top_k"]))
+        summary = train_yolo(d.path, d.train_split, yolo_dir, c.train_config(Y), images=d.images,
+                             model_overrides=model, weights=c.settings["model"]["weights"], resume=resume,
+                             command=f"{c.command} (yolo)")
+        return jsonable({k: v for k, v in summary.items() if k != "history"})
+
+    console.print("[bold]YOLO v1[/]", highlight=False)
+    _train_stage(st, "yolo-train", yolo_cfg, yolo_dir, train)
+    det_path = yolo_dir / f"detections_{d.test_split}.jsonl"
+    ev = st.run("yolo-eval", {"train": st.hashes["yolo-train"], "split": d.test_split}, [det_path],
+                lambda: _detect_split(YOLODetector.from_run(yolo_dir, device=c.device), d.test_ds, det_path,
+                                      c.progress), clean=[det_path])
+    c.results["yolo"] = {"status": _status(st, ("yolo-train", "yolo-eval")), "run_dir": str(yolo_dir),
+                         "train_seconds": float(st.timings["yolo-train"]["seconds"]),
+                         "mAP": {m: ev[m]["mAP"] for m in ("voc07", "voc12")}}
 
 
 def _fast_step(c: _Compare) -> None:
@@ -374,7 +443,7 @@ def _selective_search_recall(c: _Compare) -> None:
     prop_test = c.proposals_file(c.data.test_split)
     ss = c.st.run("ss-recall", {"proposals": _stage_hash(c.rcnn_dir, "propose-test"), "split": c.data.test_split},
                   [prop_test], lambda: _recall_summary(recall_stats(c.data.test_ds, prop_test)), clean=[])
-    for m in ("rcnn", "fast"):
+    for m in ("hog", "rcnn", "fast"):
         if m in c.methods:
             c.results[m]["recall"] = ss
 
@@ -388,13 +457,15 @@ def _timing_step(c: _Compare) -> None:
     items = [(r.image_id, str(r.path)) for r in c.data.test_ds.records]
     runs = {"rcnn": ([_stage_hash(c.rcnn_dir, s) for s in ("train-svm", "train-bbox")], c.rcnn_dir / "model"),
             "fast": (c.st.hashes.get("fast-train"), c.out / "fast"),
-            "faster": (c.st.hashes.get("faster-train"), c.out / "faster")}
+            "faster": (c.st.hashes.get("faster-train"), c.out / "faster"),
+            "yolo": (c.st.hashes.get("yolo-train"), c.out / "yolo"),
+            "hog": ([_stage_hash(c.out / "hog", s) for s in ("train-svm", "train-bbox")], c.out / "hog" / "model")}
     console.print(f"[bold]timing[/] on {len(ids)} test images (+{T['warmup']} warm-up), in a fresh process",
                   highlight=False)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
         for kind in c.methods:
             model_hash, run_dir = runs[kind]
-            job = (kind, str(run_dir), str(c.device), int(R["batch_size"]), items, int(T["images"]), int(T["warmup"]),
+            job = ("rcnn" if kind == "hog" else kind, str(run_dir), str(c.device), int(R["batch_size"]), items, int(T["images"]), int(T["warmup"]),
                    int(T["repeats"]), int(base["threads"]["torch"]))
             c.results[kind]["timing"] = c.st.run(f"timing-{kind}", dict(base, model=model_hash), [],
                                                  lambda job=job: child.submit(time_in_child, *job).result())
@@ -402,21 +473,25 @@ def _timing_step(c: _Compare) -> None:
 
 def _table_step(c: _Compare) -> None:
     """Per-image test times, proposal sources and speedups from the timings."""
-    P, methods = c.settings["proposals"], c.methods
-    inputs_text = {"rcnn": f"warp {c.settings['rcnn']['warp_size']}x{c.settings['rcnn']['warp_size']}"
-                           f"+{c.settings['rcnn']['padding']}",
-                   "fast": resize_text(c.settings["fast"]), "faster": resize_text(c.settings["faster"])}
+    P, methods, s = c.settings["proposals"], c.methods, c.settings
+    warp = lambda r: f"warp {r['warp_size']}x{r['warp_size']}+{r['padding']}"  # noqa: E731
+    inputs_text = {"rcnn": warp(s["rcnn"]), "hog": "HOG of the " + warp(s["hog"]), "fast": resize_text(s["fast"]),
+                   "faster": resize_text(s["faster"]),
+                   "yolo": f"{s['yolo']['input_size']}x{s['yolo']['input_size']} px, {s['yolo']['grid']}x"
+                           f"{s['yolo']['grid']} grid"}
+    sources = {"faster": f"RPN top {s['faster']['rpn_post_nms_top_n_test']}",
+               "yolo": f"none ({s['yolo']['boxes_per_cell']} boxes per cell)"}
+    no_proposals = ("faster", "yolo")  # the regions come out of the network itself
     for m in methods:
         r = c.results[m]
         tm = r["timing"]["median"]
         r["test_seconds_per_image"] = {"without_proposals": tm["without_proposals"], "with_proposals": tm["total"],
-                                       "proposals": None if m == "faster" else tm["proposals"],  # RPN: in the network
+                                       "proposals": None if m in no_proposals else tm["proposals"],
                                        "network": tm["network"], "post": tm["post"]}
         r["proposals_per_image"] = r["timing"].get("proposals_per_image")
-        r["proposal_source"] = (f"RPN top {c.settings['faster']['rpn_post_nms_top_n_test']}" if m == "faster"
-                                else f"SS {P['mode']} @{P['max_size']}px")
+        r["proposal_source"] = sources.get(m, f"SS {P['mode']} @{P['max_size']}px")
         r["input"] = inputs_text[m]
-        if m != "faster":
+        if m not in no_proposals:
             r["train_proposals_seconds"] = c.train_proposals_seconds
     for key in ("without_proposals", "with_proposals"):
         sp = speedups({m: c.results[m]["test_seconds_per_image"][key] for m in methods})
@@ -460,7 +535,8 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
                 seed: int = 0, progress: bool = True, images: str | Path | None = None,
                 timing_images: int | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
                 command: str = "rcnn compare") -> dict[str, Any]:
-    """Train, evaluate and time R-CNN, Fast R-CNN and Faster R-CNN in ``out``; write the table.
+    """Train, evaluate and time HOG + SVM, R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1 (``methods``, default
+    all) in ``out``; write the table.
 
     ``dataset``: a VOC root (``train_split``/``test_split``) or COCO JSON (``images``); ``None``
     generates the built-in shapes data into ``out/data``. ``budget``: ``quick`` or ``full`` (see
@@ -485,8 +561,9 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
     c.st = StageRunner(c.out, progress)
     c.data = prepare_data(c.st, dataset, images, train_split, test_split, settings["data"], seed)
     c.results = {m: {} for m in c.methods}
-    steps = [(_rcnn_step, {"rcnn", "fast"}), (_fast_step, {"fast"}), (_faster_step, {"faster"}),
-             (_selective_search_recall, {"rcnn", "fast"}), (_timing_step, set(METHODS)), (_table_step, set(METHODS))]
+    steps = [(_rcnn_step, {"hog", "rcnn", "fast"}), (_hog_step, {"hog"}), (_fast_step, {"fast"}),
+             (_faster_step, {"faster"}), (_yolo_step, {"yolo"}), (_selective_search_recall, {"hog", "rcnn", "fast"}),
+             (_timing_step, set(METHODS)), (_table_step, set(METHODS))]
     for step, needed_by in steps:
         if needed_by & set(c.methods):
             step(c)

@@ -8,10 +8,40 @@ from typing import Any, Mapping, Sequence
 
 from rcnn_cli.log import console
 
-__all__ = ["METHOD_NAMES", "table_rows", "markdown", "print_table", "plot_compare", "fmt_seconds", "fmt_x",
+__all__ = ["METHOD_NAMES", "title", "claims", "table_rows", "markdown", "print_table", "plot_compare", "fmt_seconds", "fmt_x",
            "resize_text"]
 
-METHOD_NAMES = {"rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN"}
+METHOD_NAMES = {"hog": "HOG + SVM", "rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN", "yolo": "YOLO v1"}
+
+
+def title(report: Mapping[str, Any]) -> str:
+    return " vs ".join(METHOD_NAMES[m] for m in report["methods"]) + f" ({report['budget']} budget)"
+
+
+def _val(report: Mapping[str, Any], m: str, *path: str) -> float | None:
+    v: Any = report["results"].get(m, {})
+    for p in path:
+        v = v.get(p) if isinstance(v, Mapping) else None
+    return v
+
+
+def claims(report: Mapping[str, Any]) -> list[str]:
+    """The lecture's claims beside what this run measured (only those whose methods were run)."""
+    ms, out = report["methods"], []
+    if "yolo" in ms and "faster" in ms:
+        ty, tf = _val(report, "yolo", "test_seconds_per_image", "with_proposals"), \
+            _val(report, "faster", "test_seconds_per_image", "with_proposals")
+        my, mf = _val(report, "yolo", "mAP", "voc12"), _val(report, "faster", "mAP", "voc12")
+        if None not in (ty, tf, my, mf) and tf:
+            out.append(f"- lecture: YOLO is faster than Faster R-CNN but not as good (paper, VOC 2007: 63.4 vs 73.2 "
+                       f"mAP). Here: YOLO {ty / tf:.2f}x Faster R-CNN's test time, mAP {100 * my:.1f} vs {100 * mf:.1f}"
+                       f" (VOC12) -> {'holds' if ty < tf and my < mf else 'does not hold as stated'}.")
+    mh, mc = _val(report, "hog", "mAP", "voc12"), _val(report, "rcnn", "mAP", "voc12")
+    if "hog" in ms and "rcnn" in ms and None not in (mh, mc):
+        out.append(f"- lecture: CNN features are a big improvement over pre-CNN HOG features. Here, the same "
+                   f"R-CNN chain: {100 * mc:.1f} (CNN) vs {100 * mh:.1f} (HOG) mAP (VOC12) -> "
+                   f"{'holds' if mc > mh else 'does not hold'}.")
+    return out
 
 
 def resize_text(s: Mapping[str, Any], short: bool = True) -> str:
@@ -114,6 +144,16 @@ def _settings_lines(report: Mapping[str, Any]) -> list[str]:
                  f"{F['aspect_ratios']}, RPN top-N {F['rpn_pre_nms_top_n_train']}/{F['rpn_post_nms_top_n_train']} "
                  f"train, {F['rpn_pre_nms_top_n_test']}/{F['rpn_post_nms_top_n_test']} test")
         lines.append(f"- {METHOD_NAMES[m]}: {resize_text(F, short=False)}; {sched}; {extra}")
+    if "hog" in methods:
+        H = s["hog"]
+        lines.append(f"- HOG + SVM: the R-CNN chain on OpenCV's Dalal-Triggs HOG (8x8 cells, 16x16 blocks, 9 "
+                     f"orientations) of each region warped to {H['warp_size']}x{H['warp_size']} with {H['padding']} px "
+                     f"context; R-CNN's proposals, SVM and box-regression settings")
+    if "yolo" in methods:
+        Y = s["yolo"]
+        sched = f"{Y['epochs']} epochs, lr {Y['lr']} (x0.1 at epochs {Y['lr_steps']}), batch {Y['batch_size']}"
+        lines.append(f"- YOLO v1: {Y['input_size']}x{Y['input_size']} input, {Y['grid']}x{Y['grid']} grid, "
+                     f"{Y['boxes_per_cell']} boxes per cell; {sched}")
     d = s["detect"]
     lines.append("- network input: R-CNN warps each region to WxW with P pixels of image context (WxW+P); Fast and "
                  "Faster R-CNN resize the whole image to shorter side/longer side at most (S/L px)")
@@ -135,7 +175,7 @@ def _settings_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 def _shared_proposal_seconds(report: Mapping[str, Any]) -> float | None:
-    for m in ("rcnn", "fast"):
+    for m in ("rcnn", "fast", "hog"):
         v = report["results"].get(m, {}).get("train_proposals_seconds")
         if v is not None:
             return float(v)
@@ -147,10 +187,12 @@ def markdown(report: Mapping[str, Any]) -> str:
     methods = report["methods"]
     head = "| | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |"
     sep = "|---|" + "|".join("---:" for _ in methods) + "|"
-    lines = [f"# R-CNN vs Fast R-CNN vs Faster R-CNN ({report['budget']} budget)", "", head, sep]
+    lines = [f"# {title(report)}", "", head, sep]
     for row in report["rows"]:
         cells = [row["row"]] + [row["text"][m] for m in methods]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if claims(report):
+        lines += ["", "## The lecture's claims, measured", ""] + claims(report)
     lines += ["", "## Settings", ""] + _settings_lines(report)
     st = ", ".join(f"{METHOD_NAMES[m]} {report['results'][m].get('status', '')}" for m in methods)
     lines += ["", f"Status of this run: {st}; total {fmt_seconds(report['total_seconds'])} "
@@ -163,7 +205,7 @@ def print_table(report: Mapping[str, Any]) -> None:
     from rich.table import Table
 
     methods = report["methods"]
-    t = Table(title=f"R-CNN vs Fast R-CNN vs Faster R-CNN ({report['budget']} budget, {report['backbone']})",
+    t = Table(title=f"{title(report)}, {report['backbone']}",
               title_justify="left",
               caption=f"{report['device_name']}; torch threads {report['threads'].get('torch')}; median of "
                       f"{report['timing']['images']} test images",
@@ -176,7 +218,7 @@ def print_table(report: Mapping[str, Any]) -> None:
             t.add_section()
         t.add_row(row["row"], *[row["text"][m] for m in methods])
     console.print(t)
-    for line in _settings_lines(report):
+    for line in claims(report) + _settings_lines(report):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
