@@ -112,6 +112,12 @@ def test_resume_is_exact_and_the_run_detects(tmp_path, shapes_root):
     assert isinstance(detector, Y.YOLODetector) and detector.settings()["grid"] == 2
     det = detector(np.zeros((50, 80, 3), np.uint8))
     assert len(det.boxes) == 3 and (det.boxes[:, [0, 2]] <= 80).all() and (det.boxes[:, [1, 3]] <= 50).all()
+    pytest.importorskip("onnxruntime")
+    image = np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8)
+    ort = load_detector(tmp_path / "a", device="cpu", config=DetectConfig(score_threshold=0.0, top_k=3),
+                        runtime="onnxruntime")
+    assert ort.settings()["runtime"] == "onnxruntime"
+    np.testing.assert_allclose(ort(image).boxes, detector(image).boxes, atol=0.5)
 
 
 def test_overfits_a_few_images(tmp_path):

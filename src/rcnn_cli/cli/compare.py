@@ -26,6 +26,7 @@ def compare_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of data generation, training and sampling."),
     timing_images: Optional[int] = typer.Option(None, "--timing-images", help="Test images timed per method (default: quick 6, full 10)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one budget setting, e.g. --set fast.epochs=8 (repeatable; recorded in the output)."),
+    runtime: str = O.runtime(),
     progress: bool = O.progress(),
 ) -> None:
     """Train, evaluate and time HOG + SVM, R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1 on the same data: the lecture's table.
@@ -39,6 +40,6 @@ def compare_cmd(
     overrides = parse_set(set_)
     report = run_compare(dataset, train_split, test_split, out, backbone=backbone, methods=chosen, budget=budget,
                          device=device, seed=seed, progress=progress, images=images, timing_images=timing_images,
-                         overrides=overrides, command="rcnn compare")
+                         overrides=overrides, command="rcnn compare", runtime=runtime)
     print_table(report)
     console.print(f"written: {out}/compare.json, {out}/compare.md, {out}/compare.png", highlight=False)

@@ -32,6 +32,8 @@ def make_shapes_cmd(
     test: int = typer.Option(50, "--test", help="Images in the test split."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
+    single: bool = typer.Option(False, "--single", help="One object per image, of varied scale and position "
+                                "(data for localization: `rcnn localize`, `rcnn evaluate --metric loc`)."),
 ) -> None:
     """Generate the built-in shapes dataset (circle, square, star, triangle) in VOC layout."""
     from rcnn_cli.data.shapes import make_shapes
@@ -39,8 +41,9 @@ def make_shapes_cmd(
 
     if train < 0 or test < 0 or size < 32:
         raise UserError("--train/--test must be >= 0 and --size >= 32")
-    make_shapes(out, train=train, test=test, size=size, seed=seed)
-    write_run_record(out, "rcnn data make-shapes", {"train": train, "test": test, "size": size, "seed": seed})
+    make_shapes(out, train=train, test=test, size=size, seed=seed, single=single)
+    write_run_record(out, "rcnn data make-shapes", {"train": train, "test": test, "size": size, "seed": seed,
+                                                    "single": single})
     console.print(f"wrote {train} trainval + {test} test images to {out}")
 
 

@@ -17,6 +17,7 @@ class Metric(str, Enum):
     voc07 = "voc07"
     voc12 = "voc12"
     coco = "coco"
+    loc = "loc"
 
 
 @app.command("evaluate")
@@ -30,7 +31,8 @@ def evaluate_command(
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list (default: from the data)."),
     metric: Metric = typer.Option(Metric.voc07, "--metric", "-m", case_sensitive=False,
                                   help="voc07: 11-point AP (VOC devkit); voc12: area under the PR envelope; "
-                                       "coco: AP@[.5:.95], AP50, AP75, APs/m/l via pycocotools."),
+                                       "coco: AP@[.5:.95], AP50, AP75, APs/m/l via pycocotools; loc: ILSVRC "
+                                       "localization and classification errors, top-1 and top-5, and with the class known."),
     iou: Optional[float] = typer.Option(None, "--iou", help="IoU threshold for voc07/voc12 (default 0.5, devkit's >=)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (AP as fractions) here ('-': stdout, the table then goes to stderr)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write precision/recall PNGs (one per class + overview) here."),
@@ -57,6 +59,8 @@ def evaluate_command(
 
     if is_voc_root(dataset) and not split:
         raise UserError(f"{dataset} is a VOC dataset: say which split to evaluate with --split (e.g. --split test)")
+    if metric is Metric.loc and (plot is not None or analysis is not None):
+        raise UserError("--plot and --analysis go with the AP metrics (voc07, voc12, coco), not --metric loc")
     if metric is Metric.coco and iou is not None:
         logger.warning("--iou is ignored by --metric coco (it averages IoU 0.50:0.95)")
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None

@@ -77,21 +77,25 @@ def _too_close(a: np.ndarray, b: np.ndarray) -> bool:
     return inter / (area_a + area_b - inter) > 0.2 or inter / min(area_a, area_b) > 0.4
 
 
-def make_image(rng: np.random.Generator, size: int = 256, max_objects: int = 4) -> tuple[Image.Image, list[tuple[str, list[int]]]]:
-    """One image and its objects ``[(class, [xmin, ymin, xmax, ymax]), ...]`` (integer pixels)."""
+def make_image(rng: np.random.Generator, size: int = 256, max_objects: int = 4, single: bool = False
+               ) -> tuple[Image.Image, list[tuple[str, list[int]]]]:
+    """One image and its objects ``[(class, [xmin, ymin, xmax, ymax]), ...]`` (integer pixels).
+
+    ``single``: exactly one object, half-size 8-40 % of the image (localization data)."""
     big = size * SUPERSAMPLE
     canvas = _background(rng, size).resize((big, big), Image.BICUBIC)
     draw = ImageDraw.Draw(canvas)
     objects: list[tuple[str, list[int]]] = []
     boxes: list[np.ndarray] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        for _attempt in range(20):
+    for _ in range(1 if single else int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(200 if single else 20):
             kind = CLASSES[int(rng.integers(len(CLASSES)))]
-            scale = rng.uniform(0.09, 0.24) * size  # half-size in output pixels
+            scale = rng.uniform(*((0.08, 0.4) if single else (0.09, 0.24))) * size  # half-size in output pixels
             aspect = math.exp(rng.uniform(-0.35, 0.35))
             w, h = scale * math.sqrt(aspect), scale / math.sqrt(aspect)
             rotation = rng.uniform(-0.3, 0.3) if kind in ("square", "triangle") else rng.uniform(-math.pi, math.pi) * (kind == "star")
-            cx, cy = rng.uniform(0.12, 0.88, 2) * size
+            margin = min(0.5, 1.1 * scale / size * max(math.sqrt(aspect), 1 / math.sqrt(aspect))) if single else 0.12
+            cx, cy = rng.uniform(margin, 1 - margin, 2) * size
             pts = np.array(_outline(kind, cx, cy, w, h, rotation))
             box = np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()])
             if box[0] < 0 or box[1] < 0 or box[2] > size - 1 or box[3] > size - 1:
@@ -125,8 +129,10 @@ def _annotation_xml(image_id: str, size: int, objects: list[tuple[str, list[int]
     return "\n".join(parts) + "\n"
 
 
-def make_shapes(out: str | Path, train: int = 200, test: int = 50, size: int = 256, seed: int = 0) -> Path:
-    """Write the shapes dataset in VOC layout under ``out``; returns ``out``.
+def make_shapes(out: str | Path, train: int = 200, test: int = 50, size: int = 256, seed: int = 0,
+                single: bool = False) -> Path:
+    """Write the shapes dataset in VOC layout under ``out``; returns ``out``. ``single``: one object
+    per image, of varied scale and position (the localization task's data).
 
     Image ``k`` of a split is drawn from its own random stream (seed, split, k), so the two splits
     are independent and the same arguments always give the same bytes.
@@ -139,7 +145,7 @@ def make_shapes(out: str | Path, train: int = 200, test: int = 50, size: int = 2
         for k in range(count):
             image_id = f"{split}_{k:05d}"
             rng = np.random.default_rng([seed, split_key, k])
-            img, objects = make_image(rng, size)
+            img, objects = make_image(rng, size, single=single)
             with atomic_path(out / "JPEGImages" / f"{image_id}.jpg") as tmp:
                 img.save(tmp, format="JPEG", quality=92)
             with atomic_open(out / "Annotations" / f"{image_id}.xml") as f:

@@ -1,5 +1,6 @@
-"""Detection evaluation: PASCAL VOC AP (devkit-exact, ``voc07`` 11-point and ``voc12`` area) and
-COCO AP through pycocotools.
+"""Detection evaluation: PASCAL VOC AP (devkit-exact, ``voc07`` 11-point and ``voc12`` area),
+COCO AP through pycocotools, and the ILSVRC localization errors (``loc``,
+:mod:`rcnn_cli.evaluation.localization`).
 
 ``evaluate`` returns fractions (0..1)::
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["METRICS", "evaluate", "voc_match", "voc07_ap", "voc12_ap", "ClassMatch", "coco_evaluate", "COCO_KEYS",
            "json_summary", "results_table"]
 
-METRICS = ("voc07", "voc12", "coco")
+METRICS = ("voc07", "voc12", "coco", "loc")
 
 
 def _mean(values: list[float | None]) -> float:
@@ -56,6 +57,10 @@ def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], me
     if not dataset.classes:
         raise UserError("the dataset has no classes to evaluate")
     detections = check_known(detections, dataset, ignore_unknown)
+    if metric == "loc":
+        from rcnn_cli.evaluation.localization import localization_errors
+
+        return localization_errors(dataset, detections, iou=float(iou))
     result: dict[str, Any] = {"metric": metric}
     if metric == "coco":
         coco = coco_evaluate(dataset, detections)
@@ -109,6 +114,8 @@ def results_table(result: Mapping[str, Any], title: str | None = None):
     from rich.table import Table
 
     metric = result["metric"]
+    if metric == "loc":
+        return _loc_table(result)
     coco = metric == "coco"
     if title is None:
         title = "COCO AP@[.50:.95]" if coco else f"{metric.upper()} AP @ IoU {result.get('iou', 0.5):g}"
@@ -136,4 +143,19 @@ def results_table(result: Mapping[str, Any], title: str | None = None):
     if coco:
         for key in ("AP75", "APs", "APm", "APl"):
             table.add_row(key, "", "", _pct(result.get(key)), "")
+    return table
+
+
+def _loc_table(result: Mapping[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"ILSVRC localization (top-{result['guesses']} guesses, IoU >= {result['iou']:g})",
+                  title_justify="left", caption=f"{result['num_images']} images with objects "
+                  f"({result['images_without_objects']} without, left out)", caption_justify="left")
+    table.add_column("error (%)")
+    table.add_column("top-1", justify="right")
+    table.add_column(f"top-{result['guesses']}", justify="right")
+    table.add_row("localization", _pct(result["top1_loc_error"]), _pct(result["top5_loc_error"]))
+    table.add_row("classification", _pct(result["top1_cls_error"]), _pct(result["top5_cls_error"]))
+    table.add_row("localization, class known", _pct(result["gt_known_loc_error"]), "")
     return table

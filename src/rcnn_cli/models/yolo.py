@@ -376,7 +376,8 @@ class YOLODetector(Detector):
     normalise, trunk, head) and ``"post"`` (decoding, threshold, per-class NMS)."""
 
     kind = "yolo"
-    weights = "final"
+    weights = "final"  # which weights of the run (set by from_run)
+    runtime = "torch"
 
     def __init__(self, model: YOLOv1, config: DetectConfig | None = None) -> None:
         from rcnn_cli.memory import reuse_memory
@@ -390,16 +391,27 @@ class YOLODetector(Detector):
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
-                 weights: str = "final") -> "YOLODetector":
-        """``weights``: final | best."""
+                 weights: str = "final", runtime: str = "torch") -> "YOLODetector":
+        """``weights``: final | best; ``runtime``: the trunk's (torch, onnxruntime, openvino, auto; the head
+        stays in torch)."""
+        from rcnn_cli.io.files import file_sha256
+        from rcnn_cli.io.runs import weights_file
+        from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
+
         model, _ = load_model(run_dir, device, weights)
+        runtime = resolve_runtime(runtime)
+        if runtime != "torch":
+            if next(model.parameters()).device.type != "cpu":
+                raise UserError(f"--runtime {runtime}: for the CPU (use --runtime torch)")
+            key = {"run": "yolo-trunk", "weights": file_sha256(weights_file(run_dir, weights))}
+            model.trunk = RuntimeTrunk(model.trunk, runtime, Path(run_dir) / "graphs", key)
         detector = cls(model, config)
-        detector.weights = weights
+        detector.weights, detector.runtime = weights, runtime
         return detector
 
     def settings(self) -> dict:
         cfg = self.model.rcnn_config
-        return dict(super().settings(), weights=self.weights, grid=cfg.grid, boxes_per_cell=cfg.boxes_per_cell,
+        return dict(super().settings(), weights=self.weights, runtime=self.runtime, grid=cfg.grid, boxes_per_cell=cfg.boxes_per_cell,
                     input_size=cfg.input_size)
 
     @torch.inference_mode()

@@ -239,6 +239,7 @@ class _Compare:
     seed: int
     progress: bool
     command: str
+    runtime: str = "torch"
     st: Any = None
     data: Any = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -453,7 +454,7 @@ def _timing_step(c: _Compare) -> None:
     T, R = c.settings["timing"], c.settings["rcnn"]
     ids = [r.image_id for r in c.data.test_ds.records[: int(T["images"])]]
     base = {"images": ids, "warmup": int(T["warmup"]), "repeats": int(T["repeats"]), "device": c.device,
-            "threads": threads_info()}
+            "threads": threads_info(), "runtime": c.runtime}
     items = [(r.image_id, str(r.path)) for r in c.data.test_ds.records]
     runs = {"rcnn": ([_stage_hash(c.rcnn_dir, s) for s in ("train-svm", "train-bbox")], c.rcnn_dir / "model"),
             "fast": (c.st.hashes.get("fast-train"), c.out / "fast"),
@@ -466,7 +467,7 @@ def _timing_step(c: _Compare) -> None:
         for kind in c.methods:
             model_hash, run_dir = runs[kind]
             job = ("rcnn" if kind == "hog" else kind, str(run_dir), str(c.device), int(R["batch_size"]), items, int(T["images"]), int(T["warmup"]),
-                   int(T["repeats"]), int(base["threads"]["torch"]))
+                   int(T["repeats"]), int(base["threads"]["torch"]), "torch" if kind == "hog" else c.runtime)
             c.results[kind]["timing"] = c.st.run(f"timing-{kind}", dict(base, model=model_hash), [],
                                                  lambda job=job: child.submit(time_in_child, *job).result())
 
@@ -506,7 +507,7 @@ def _write_report(c: _Compare, budget: str, overrides: dict, t_start: float) -> 
     T = c.settings["timing"]
     report = {
         "command": c.command, "dataset": d.path, "train_split": d.train_split, "test_split": d.test_split,
-        "budget": budget, "backbone": c.backbone, "methods": c.methods, "seed": c.seed,
+        "budget": budget, "backbone": c.backbone, "methods": c.methods, "seed": c.seed, "runtime": c.runtime,
         "device": first["device"], "device_name": first["device_name"], "threads": first["threads"],
         "settings": c.settings, "overrides": jsonable(overrides),
         "train_images": len(d.train_ds.records), "test_images": len(d.test_ds.records),
@@ -534,14 +535,15 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
                 methods: str | Sequence[str] | None = None, budget: str = "quick", device: str = "auto",
                 seed: int = 0, progress: bool = True, images: str | Path | None = None,
                 timing_images: int | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                command: str = "rcnn compare") -> dict[str, Any]:
+                command: str = "rcnn compare", runtime: str = "torch") -> dict[str, Any]:
     """Train, evaluate and time HOG + SVM, R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1 (``methods``, default
     all) in ``out``; write the table.
 
     ``dataset``: a VOC root (``train_split``/``test_split``) or COCO JSON (``images``); ``None``
     generates the built-in shapes data into ``out/data``. ``budget``: ``quick`` or ``full`` (see
     :data:`BUDGETS`); ``overrides`` (``{section: {key: value}}``) change single settings and are
-    recorded. ``timing_images`` overrides ``timing.images``. Returns the dict written to
+    recorded. ``timing_images`` overrides ``timing.images``. ``runtime``: the CNN's runtime in the timed
+    detectors (torch, onnxruntime, openvino, auto; recorded in the report). Returns the dict written to
     ``out/compare.json`` (also ``compare.md``, ``compare.png``, ``compare.json.config.json``).
     """
     from rcnn_cli.backbones import get_spec
@@ -555,7 +557,10 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
     spec = get_spec(backbone)  # unknown backbone: UserError before any work
     settings["rcnn"]["warp_size"] = int(settings["rcnn"]["warp_size"] or spec.native_size)
     resolve_device(device)  # a bad --device fails now, not after an hour
-    c = _Compare(Path(out), settings, parse_methods(methods), backbone, device, seed, progress, command)
+    from rcnn_cli.runtimes import resolve_runtime
+
+    c = _Compare(Path(out), settings, parse_methods(methods), backbone, device, seed, progress, command,
+                 resolve_runtime(runtime))
     c.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     c.st = StageRunner(c.out, progress)

@@ -95,11 +95,13 @@ def time_detector(detector, images: Sequence[tuple[str, Any]], warmup: int = 1, 
     }
 
 
-def make_detector(kind: str, model_dir: str | Path, device: str = "auto", batch_size: int = 64):
-    """The detector of a run (``kind`` only chooses R-CNN's region batch size)."""
+def make_detector(kind: str, model_dir: str | Path, device: str = "auto", batch_size: int = 64,
+                  runtime: str = "torch"):
+    """The detector of a run (``kind`` only chooses R-CNN's region batch size); ``runtime``: its CNN's."""
     from rcnn_cli.detector import load_detector
 
-    return load_detector(model_dir, device=device, **({"batch_size": int(batch_size)} if kind == "rcnn" else {}))
+    extra = {"batch_size": int(batch_size)} if kind == "rcnn" else {}
+    return load_detector(model_dir, device=device, **extra, **({"runtime": runtime} if runtime != "torch" else {}))
 
 
 def plain_torchvision(faster_dir: Path, device):
@@ -156,7 +158,7 @@ class PlainDetector:
 
 
 def time_in_child(kind: str, model_dir: str, device: str, batch_size: int, items: list[tuple[str, str]], n: int,
-                   warmup: int, repeats: int, threads: int) -> dict:
+                   warmup: int, repeats: int, threads: int, runtime: str = "torch") -> dict:
     """Run in the timing child process: load ``n`` readable images of ``items`` (``(image_id,
     path)``), build the detector, return :func:`time_detector`'s result (JSON-able)."""
     import torch
@@ -165,7 +167,7 @@ def time_in_child(kind: str, model_dir: str, device: str, batch_size: int, items
     torch.set_num_threads(int(threads))
     dataset = SimpleNamespace(records=[SimpleNamespace(image_id=i, path=Path(p)) for i, p in items])
     images = load_timing_images(dataset, n)
-    with make_detector(kind, model_dir, device, batch_size) as detector:
+    with make_detector(kind, model_dir, device, batch_size, runtime) as detector:
         return jsonable(time_detector(detector, images, warmup=warmup, repeats=repeats))
 
 
