@@ -57,6 +57,7 @@ DETECTOR_CLASSES: dict[str, str] = {
     "fast": "rcnn_cli.models.fast_rcnn:FastRCNNDetector",
     "faster": "rcnn_cli.models.faster_rcnn:FasterRCNNDetector",
     "yolo": "rcnn_cli.models.yolo:YOLODetector",
+    "localize": "rcnn_cli.models.localizer:LocalizerDetector",
 }
 
 

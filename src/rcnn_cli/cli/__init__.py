@@ -24,6 +24,7 @@ from rcnn_cli.cli import rcnn as _rcnn  # noqa: F401,E402
 from rcnn_cli.cli import fast as _fast  # noqa: F401,E402
 from rcnn_cli.cli import faster as _faster  # noqa: F401,E402
 from rcnn_cli.cli import yolo as _yolo  # noqa: F401,E402
+from rcnn_cli.cli import localize as _localize  # noqa: F401,E402
 from rcnn_cli.cli import compare as _compare  # noqa: F401,E402
 from rcnn_cli.cli import detect as _detect  # noqa: F401,E402
 

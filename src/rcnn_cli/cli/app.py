@@ -21,6 +21,8 @@ app.add_typer(fast_app, name="fast")
 yolo_app = typer.Typer(help="YOLO v1: one regression from the image to an S x S grid of boxes and class scores.", **SETTINGS)
 app.add_typer(faster_app, name="faster")
 app.add_typer(yolo_app, name="yolo")
+localize_app = typer.Typer(help="Classification + localization: a box regression head beside the classifier (K boxes).", **SETTINGS)
+app.add_typer(localize_app, name="localize")
 
 state = {"verbose": False}
 

@@ -27,7 +27,7 @@ from rcnn_cli.io.files import read_json, run_record, write_json
 __all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_config_path", "weights_file"]
 
 FORMAT_VERSION = 2
-KINDS = ("rcnn", "fast", "faster", "yolo", "finetune")
+KINDS = ("rcnn", "fast", "faster", "yolo", "localize", "finetune")
 _LEGACY_KINDS = {"rcnn-model": "rcnn", "fast_rcnn": "fast", "faster_rcnn": "faster"}
 
 
