@@ -4,8 +4,8 @@
    part (stride 32, frozen batch norms); a linear classifier over the pooled features for the
    dataset's classes. An image's class is that of its largest object.
 2. A fully connected regression head beside it: ``attach="fc"`` on the pooled features (after the
-   last FC-like layer, as DeepPose and R-CNN) or ``attach="conv"`` on the flattened last
-   convolutional map (as Overfeat and VGG); ``boxes="agnostic"`` (4 numbers per box) or
+   last FC-like layer, as DeepPose and R-CNN) or ``attach="conv"`` on the last convolutional map
+   (as Overfeat and VGG: a 1x1 convolution to 64 channels, then the FC layers on the flattened map); ``boxes="agnostic"`` (4 numbers per box) or
    ``"specific"`` (C x 4: one box per class); ``k`` boxes per image (the image's ``k`` largest
    objects, largest first; slots beyond an image's objects are left out of the loss).
 3. Training: ``head_only`` trains the two heads with SGD on frozen features (cached in HDF5, so a
@@ -119,10 +119,11 @@ class Localizer(nn.Module):
             freeze_leading(self.trunk, spec.frozen_modules)
         c, cells = len(cfg.classes), (cfg.input_size // stride) ** 2
         self.classifier = nn.Linear(ch, cfg.k * c)
-        reg_in = ch * cells if cfg.attach == "conv" else ch
         per_box = 4 * (c if cfg.boxes == "specific" else 1)
-        self.regressor = nn.Sequential(nn.Linear(reg_in, cfg.hidden), nn.ReLU(inplace=True),
-                                       nn.Linear(cfg.hidden, cfg.k * per_box))
+        # conv: a 1x1 convolution to 64 channels keeps where things are on the map at a size an FC layer fits
+        self.reduce = nn.Sequential(nn.Conv2d(ch, 64, 1), nn.ReLU(inplace=True)) if cfg.attach == "conv" else None
+        self.regressor = nn.Sequential(nn.Linear(64 * cells if self.reduce is not None else ch, cfg.hidden),
+                                       nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.k * per_box))
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
@@ -137,7 +138,7 @@ class Localizer(nn.Module):
         cfg, n = self.rcnn_config, fmap.shape[0]
         pooled = fmap.mean(dim=(2, 3))
         logits = self.classifier(pooled).view(n, cfg.k, len(cfg.classes))
-        reg_in = fmap.flatten(1) if cfg.attach == "conv" else pooled
+        reg_in = self.reduce(fmap).flatten(1) if self.reduce is not None else pooled
         boxes = self.regressor(reg_in).view(n, cfg.k, -1, 4)
         return logits, boxes
 
