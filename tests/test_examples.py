@@ -37,7 +37,7 @@ ENV = {
     "LIMIT": str(LIMIT), "WARP": "32", "WORKERS": "1", "EPOCHS": "1", "WARMUP_ITERS": "1", "MIN_SIZE": str(SIZE),
     "RPN_TOP_N": str(LIMIT), "ROIS": "16", "SCORE": "0",
 }
-SETTINGS = ("MODEL", "IMAGES", "JQ", "TORCHRUN", "FINETUNE", "FT_ITERS", "MAX_ITERS", "NPROC", "METHOD", "METRICS",
+SETTINGS = ("GRID", "BOXES_PER_CELL", "INPUT_SIZE", "BOXES", "ATTACH", "K", "HEAD_ONLY", "MODEL", "IMAGES", "JQ", "TORCHRUN", "FINETUNE", "FT_ITERS", "MAX_ITERS", "NPROC", "METHOD", "METRICS",
             "TRAIN_SPLIT", "TEST_SPLIT", "BACKBONE", "WEIGHTS", "PADDING", "MODE", "SS_MAX_SIZE", "MAX_SIZE", "MIN_BOX",
             "BATCH", "LR", "LR_STEPS", "ANCHOR_SIZES", "SEED", "RESUME")  # script settings a user may have exported
 WORKERS = 2  # scripts at a time (each process is single-threaded: OMP_NUM_THREADS=1)
@@ -74,6 +74,8 @@ def runs(data: Path, tmp_path_factory: pytest.TempPathFactory):
         ("fast", "fast_rcnn.sh", str(data), {"MIN_BOX": "8", "METRICS": "voc12"}),
         ("torchrun", "torchrun.sh", str(data), {"NPROC": "2", "METHOD": "faster"}),
         ("folder", "detect_folder.sh", str(data), {}),
+        ("yolo", "yolo.sh", str(data), {"GRID": "2", "INPUT_SIZE": "64"}),
+        ("localize", "localize.sh", "", {"INPUT_SIZE": "64"}),  # generates single-object shapes itself
     ]
     pool = ThreadPoolExecutor(max_workers=WORKERS)
     started: dict[str, tuple[Future, Path]] = {}
@@ -267,3 +269,25 @@ def test_sharded_proposals_example_merges_the_shards(tmp_path):
         assert merged.ids() == [f"trainval_{k:05d}" for k in range(int(ENV["TRAIN_IMAGES"]))]
         assert merged.attrs["shard"] == "merged"
     subprocess.run(["bash", "-n", str(EXAMPLES / "slurm_proposals.sbatch")], check=True)
+
+
+def test_yolo_script(runs, data):
+    proc, out = _result(runs, "yolo")
+    ceiling = json.loads((out / "ceiling_trainval.json").read_text())
+    assert {(r["grid"], r["boxes_per_cell"]) for r in ceiling} >= {(2, 2), (7, 1), (14, 2)}
+    assert all(0 <= r["total"] <= 1 for r in ceiling)
+    _check_detections(out / "detections_test.jsonl", _split_ids(data, "test"))
+    _check_eval(out / "eval_test.json", "voc12")
+    assert json.loads((out / "run" / "config.json").read_text())["kind"] == "yolo"
+
+
+def test_localize_script(runs):
+    proc, out = _result(runs, "localize")
+    test_ids = _split_ids(out / "data", "test")
+    lines = [json.loads(x) for x in (out / "guesses_test.jsonl").read_text().splitlines()]
+    assert [d["image_id"] for d in lines] == test_ids
+    assert all(len(d["detections"]) == 4 for d in lines)  # top-5 guesses of 4 classes: all 4
+    loc = json.loads((out / "loc_test.json").read_text())
+    assert loc["metric"] == "loc" and loc["num_images"] == TEST
+    assert all(0 <= loc[k] <= 1 for k in ("top1_loc_error", "top5_loc_error", "gt_known_loc_error"))
+    assert loc["top5_cls_error"] == 0.0  # all four classes are among the guesses
