@@ -121,8 +121,8 @@ def _settings_lines(report: Mapping[str, Any]) -> list[str]:
     lines = [f"- data: `{report['dataset']}` ({report['train_split']} {report['train_images']} images -> "
              f"{report['test_split']} {report['test_images']} images); backbone `{report['backbone']}` "
              f"({s['model']['weights']} weights); seed {report['seed']}"]
-    if "rcnn" in methods or "fast" in methods:
-        lines.append(f"- proposals (R-CNN and Fast R-CNN, the same files): {P['method']} {P['mode']}, image resized "
+    if {"hog", "rcnn", "fast"} & set(methods):
+        lines.append(f"- proposals (HOG + SVM, R-CNN and Fast R-CNN, the same files): {P['method']} {P['mode']}, image resized "
                      f"to max side {P['max_size']}, boxes >= {P['min_size']} px, top {lim} per image")
     if "rcnn" in methods:
         ft = (f"fine-tuned ({R['finetune_epochs']} epochs, lr {R['finetune_lr']})" if R["finetune"]
