@@ -24,7 +24,8 @@ from typing import Any
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import read_json, run_record, write_json
 
-__all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_config_path", "weights_file"]
+__all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_config_path", "weights_file",
+           "model_config", "load_weights"]
 
 FORMAT_VERSION = 2
 KINDS = ("rcnn", "fast", "faster", "yolo", "localize", "finetune")
@@ -118,3 +119,23 @@ def weights_file(run_dir: str | os.PathLike, weights: str = "final") -> Path:
             raise UserError(f"{root}: no best/ weights (the run was trained without --val-split)")
         return path
     raise UserError(f"--weights {weights}: choose final or best")
+
+
+def model_config(run_dir: str | os.PathLike, kind: str, config_cls: type) -> Any:
+    """The model configuration (``config_cls.from_dict``) of a run of ``kind``; another kind is a
+    one-line :class:`UserError`."""
+    run = read_run(run_dir)
+    if run.kind != kind:
+        raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a '{kind}' one (use `rcnn detect`)")
+    return config_cls.from_dict(run.model)
+
+
+def load_weights(model: Any, run_dir: str | os.PathLike, weights: str = "final") -> Any:
+    """Load a run's ``final`` or ``best`` safetensors weights into ``model``; a missing file is one line."""
+    from rcnn_cli.io.tensors import load_state
+
+    path = weights_file(run_dir, weights)
+    if not path.is_file():
+        raise UserError(f"{path}: not found (is the training finished? the training command with --resume goes on)")
+    load_state(model, path)
+    return model

@@ -362,12 +362,9 @@ def fit_anchor_sizes(dataset, n: int = 3, min_size: int = 600, max_size: int = 1
 
 def _model_config_from(run_dir: Path) -> FasterRCNNConfig:
     """The Faster R-CNN model configuration of a run (any run format); another kind is a UserError."""
-    from rcnn_cli.io.runs import read_run
+    from rcnn_cli.io.runs import model_config
 
-    run = read_run(run_dir)
-    if run.kind != "faster":
-        raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a Faster R-CNN one (use `rcnn detect`)")
-    return FasterRCNNConfig.from_dict(run.model)
+    return model_config(run_dir, "faster", FasterRCNNConfig)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu", overrides: dict | None = None,

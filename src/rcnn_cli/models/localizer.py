@@ -240,12 +240,9 @@ def cache_features(model: Localizer, dataset, path: Path, progress: bool = False
 
 
 def _model_config_from(run_dir: Path) -> LocalizerConfig:
-    from rcnn_cli.io.runs import read_run
+    from rcnn_cli.io.runs import model_config
 
-    run = read_run(run_dir)
-    if run.kind != "localize":
-        raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a localizer (use `rcnn detect`)")
-    return LocalizerConfig.from_dict(run.model)
+    return model_config(run_dir, "localize", LocalizerConfig)
 
 
 def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
@@ -300,16 +297,10 @@ class LocalizerDetector(Detector):
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
                  weights: str = "final") -> "LocalizerDetector":
-        from rcnn_cli.io.runs import weights_file
-        from rcnn_cli.io.tensors import load_state
+        from rcnn_cli.io.runs import load_weights
         from rcnn_cli.runtime import resolve_device
 
-        cfg = _model_config_from(Path(run_dir))
-        path = weights_file(run_dir, weights)
-        if not path.is_file():
-            raise UserError(f"{path}: not found (is the training finished?)")
-        model = Localizer(cfg, weights="none")
-        load_state(model, path)
+        model = load_weights(Localizer(_model_config_from(Path(run_dir)), weights="none"), run_dir, weights)
         detector = cls(model.to(resolve_device(device)), config)
         detector.weights = weights
         return detector

@@ -345,29 +345,21 @@ def build_model(cfg: YOLOConfig, weights: str = "imagenet") -> YOLOv1:
 
 
 def _model_config_from(run_dir: Path) -> YOLOConfig:
-    from rcnn_cli.io.runs import read_run
+    from rcnn_cli.io.runs import model_config
 
-    run = read_run(run_dir)
-    if run.kind != "yolo":
-        raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a YOLO one (use `rcnn detect`)")
-    return YOLOConfig.from_dict(run.model)
+    return model_config(run_dir, "yolo", YOLOConfig)
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "final"
                ) -> tuple[YOLOv1, YOLOConfig]:
     """Rebuild a trained YOLO from ``RUN_DIR/config.json`` and its safetensors weights (eval mode)."""
-    from rcnn_cli.io.runs import weights_file
-    from rcnn_cli.io.tensors import load_state
+    from rcnn_cli.io.runs import load_weights
     from rcnn_cli.runtime import resolve_device
 
     cfg = _model_config_from(Path(run_dir))
-    path = weights_file(run_dir, weights)
-    if not path.is_file():
-        raise UserError(f"{path}: not found (is the training finished? `rcnn yolo train --resume` goes on)")
     if int(cfg.version) > MODEL_VERSION:
         raise UserError(f"{run_dir}/config.json: model version {cfg.version} is newer than this rcnn ({MODEL_VERSION})")
-    model = build_model(cfg, weights="none")
-    load_state(model, path)
+    model = load_weights(build_model(cfg, weights="none"), run_dir, weights)
     return model.to(resolve_device(device)).eval(), cfg
 
 

@@ -214,6 +214,20 @@ def _train_stage(st, name: str, config: dict, run_dir: Path, train: Callable[[bo
     return st.run(name, config, [run_dir / "model.safetensors"], fn, clean=[] if resumable else [run_dir])
 
 
+def _train_and_evaluate(c: "_Compare", name: str, config: dict, run_dir: Path, train: Callable[[bool], Any],
+                        load: Callable[[], Any], eval_extra: dict | None = None) -> dict[str, Any]:
+    """Stages ``<name>-train`` (resumable) and ``<name>-eval`` (detect the test split with ``load()``'s
+    detector, VOC07/VOC12); returns the method's result row data."""
+    st, d = c.st, c.data
+    _train_stage(st, f"{name}-train", config, run_dir, train)
+    det_path = run_dir / f"detections_{d.test_split}.jsonl"
+    ev = st.run(f"{name}-eval", {"train": st.hashes[f"{name}-train"], **(eval_extra or {}), "split": d.test_split},
+                [det_path], lambda: _detect_split(load(), d.test_ds, det_path, c.progress), clean=[det_path])
+    return {"status": _status(st, (f"{name}-train", f"{name}-eval")), "run_dir": str(run_dir),
+            "train_seconds": float(st.timings[f"{name}-train"]["seconds"]),
+            "mAP": {m: ev[m]["mAP"] for m in ("voc07", "voc12")}}
+
+
 def _detect_split(detector, dataset, det_path: Path, progress: bool) -> dict[str, Any]:
     """Detect every image of ``dataset`` into ``det_path`` (JSON lines) and evaluate VOC07/VOC12."""
     from rcnn_cli.data.inputs import ImageInput
@@ -323,7 +337,7 @@ def _yolo_step(c: _Compare) -> None:
     """YOLO v1: training and detection (no proposals)."""
     from rcnn_cli.models.yolo import YOLODetector, train_yolo
 
-    Y, D, d, st = c.settings["yolo"], c.settings["detect"], c.data, c.st
+    Y, D, d = c.settings["yolo"], c.settings["detect"], c.data
     yolo_dir = c.out / "yolo"
     yolo_cfg = {"Y": Y, "D": D, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
                 "device": c.device, "train_split": d.train_split, **d.data_id}
@@ -338,21 +352,15 @@ def _yolo_step(c: _Compare) -> None:
         return jsonable({k: v for k, v in summary.items() if k != "history"})
 
     console.print("[bold]YOLO v1[/]", highlight=False)
-    _train_stage(st, "yolo-train", yolo_cfg, yolo_dir, train)
-    det_path = yolo_dir / f"detections_{d.test_split}.jsonl"
-    ev = st.run("yolo-eval", {"train": st.hashes["yolo-train"], "split": d.test_split}, [det_path],
-                lambda: _detect_split(YOLODetector.from_run(yolo_dir, device=c.device), d.test_ds, det_path,
-                                      c.progress), clean=[det_path])
-    c.results["yolo"] = {"status": _status(st, ("yolo-train", "yolo-eval")), "run_dir": str(yolo_dir),
-                         "train_seconds": float(st.timings["yolo-train"]["seconds"]),
-                         "mAP": {m: ev[m]["mAP"] for m in ("voc07", "voc12")}}
+    c.results["yolo"] = _train_and_evaluate(c, "yolo", yolo_cfg, yolo_dir, train,
+                                            lambda: YOLODetector.from_run(yolo_dir, device=c.device))
 
 
 def _fast_step(c: _Compare) -> None:
     """Fast R-CNN on the same proposals files."""
     from rcnn_cli.models.fast_rcnn import FastRCNNConfig, FastRCNNDetector, train_fast_rcnn
 
-    F, D, d, st = c.settings["fast"], c.settings["detect"], c.data, c.st
+    F, D, d = c.settings["fast"], c.settings["detect"], c.data
     fast_dir, limit = c.out / "fast", c.settings["proposals"]["limit"]
     fast_cfg = {"F": F, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
                 "device": c.device, "proposals": _stage_hash(c.rcnn_dir, "propose-train"),
@@ -370,16 +378,10 @@ def _fast_step(c: _Compare) -> None:
         return jsonable({k: v for k, v in summary.items() if k != "history"})
 
     console.print("[bold]Fast R-CNN[/]", highlight=False)
-    _train_stage(st, "fast-train", fast_cfg, fast_dir, train)
-    det_path = fast_dir / f"detections_{d.test_split}.jsonl"
-    ev = st.run("fast-eval", {"train": st.hashes["fast-train"], "proposals": _stage_hash(c.rcnn_dir, "propose-test"),
-                              "split": d.test_split}, [det_path],
-                lambda: _detect_split(FastRCNNDetector.from_run(fast_dir, device=c.device,
-                                                                proposals=c.proposals_file(d.test_split)),
-                                      d.test_ds, det_path, c.progress), clean=[det_path])
-    c.results["fast"] = {"status": _status(st, ("fast-train", "fast-eval")), "run_dir": str(fast_dir),
-                         "train_seconds": float(st.timings["fast-train"]["seconds"]),
-                         "mAP": {m: ev[m]["mAP"] for m in ("voc07", "voc12")}}
+    c.results["fast"] = _train_and_evaluate(
+        c, "fast", fast_cfg, fast_dir, train,
+        lambda: FastRCNNDetector.from_run(fast_dir, device=c.device, proposals=c.proposals_file(d.test_split)),
+        eval_extra={"proposals": _stage_hash(c.rcnn_dir, "propose-test")})
 
 
 def _faster_step(c: _Compare) -> None:
@@ -406,15 +408,11 @@ def _faster_step(c: _Compare) -> None:
         return jsonable({k: v for k, v in summary.items() if k != "history"})
 
     console.print("[bold]Faster R-CNN[/]", highlight=False)
-    _train_stage(st, "faster-train", faster_cfg, faster_dir, train)
-    det_path = faster_dir / f"detections_{d.test_split}.jsonl"
-    ev = st.run("faster-eval", {"train": st.hashes["faster-train"], "split": d.test_split}, [det_path],
-                lambda: _detect_split(FasterRCNNDetector.from_run(faster_dir, device=c.device), d.test_ds, det_path,
-                                      c.progress), clean=[det_path])
-    rec = _rpn_recall(c, faster_dir, int(G["rpn_post_nms_top_n_test"]))
-    c.results["faster"] = {"status": _status(st, ("faster-train", "faster-eval", "faster-recall")),
-                           "run_dir": str(faster_dir), "train_seconds": float(st.timings["faster-train"]["seconds"]),
-                           "mAP": {m: ev[m]["mAP"] for m in ("voc07", "voc12")}, "recall": rec}
+    result = _train_and_evaluate(c, "faster", faster_cfg, faster_dir, train,
+                                 lambda: FasterRCNNDetector.from_run(faster_dir, device=c.device))
+    result["recall"] = _rpn_recall(c, faster_dir, int(G["rpn_post_nms_top_n_test"]))
+    result["status"] = _status(st, ("faster-train", "faster-eval", "faster-recall"))
+    c.results["faster"] = result
 
 
 def _rpn_recall(c: _Compare, faster_dir: Path, top_n: int) -> dict:
