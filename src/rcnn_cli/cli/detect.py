@@ -15,7 +15,7 @@ from rcnn_cli.log import console
 
 def detect_cmd(
     inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin), a dataset (with --split) or one video."),
-    model: Path = typer.Option(..., "--model", "-m", help="Any run directory: an R-CNN model, a Fast or a Faster R-CNN run."),
+    model: Path = typer.Option(..., "--model", "-m", help="Any run directory: an R-CNN model, a Fast or Faster R-CNN, YOLO or localizer run."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split when INPUT is a VOC dataset."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when INPUT is a COCO JSON."),
     score_threshold: float = O.score_threshold(),
