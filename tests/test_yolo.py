@@ -138,3 +138,19 @@ def test_overfits_a_few_images(tmp_path):
         det = detector(rec.path)
         hits += int(iou_matrix(det.boxes, rec.boxes).max() >= 0.5)
     assert hits >= 3
+
+
+def test_export_the_whole_network(tmp_path, shapes_root):
+    """`rcnn export` of a YOLO run: the whole network in ONNX, the same output as torch."""
+    ort = pytest.importorskip("onnxruntime")
+    from rcnn_cli.runtimes import export_run
+
+    _tiny(tmp_path / "run", shapes_root, max_iters=1)
+    info = export_run(tmp_path / "run", "onnx", tmp_path / "yolo.onnx")
+    assert info["outputs"][0]["shape"] == ["batch", 2, 2, 14] and "decode_output" in info["caller"]
+    model, _ = Y.load_model(tmp_path / "run")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.head(model.trunk(x)).numpy()
+    got = ort.InferenceSession(str(tmp_path / "yolo.onnx")).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)

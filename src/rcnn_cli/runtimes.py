@@ -138,8 +138,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, Any]
         raise UserError(f"--format {fmt}: choose onnx or openvino")
     model, example, info = _exportable(run)
     onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
-    dynamic = {"images": {0: "batch"}} if run.kind == "rcnn" else {"images": {2: "height", 3: "width"}}
-    _export(model, example, onnx_path, dynamic=dict(dynamic, features={0: "batch"} if run.kind == "rcnn" else {}))
+    batched = run.kind in ("rcnn", "yolo")  # fixed-size inputs, any batch; trunks: any image size
+    dynamic = {"images": {0: "batch"}} if batched else {"images": {2: "height", 3: "width"}}
+    _export(model, example, onnx_path, dynamic=dict(dynamic, features={0: "batch"} if batched else {}))
     if fmt == "openvino":
         import openvino as ov
 
@@ -150,6 +151,31 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, Any]
                 kind=run.kind)
     write_json(Path(str(out) + ".json"), info)
     return info
+
+
+class _WholeYOLO(nn.Module):
+    """A YOLO v1 network from normalised ``(N, 3, S, S)`` squares to its ``(N, S', S', 5B + C)`` output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.trunk(x))
+
+
+def _yolo_exportable(run, norm: dict) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    from rcnn_cli.models.yolo import load_model
+
+    model, cfg = load_model(run.root)
+    s, depth = cfg.input_size, cfg.depth
+    return _WholeYOLO(model).eval(), torch.rand(1, 3, s, s), {
+        "what": "the whole YOLO v1 network (trunk and head)", "normalization": norm,
+        "inputs": [{"name": "images", "shape": ["batch", 3, s, s], "dtype": "float32"}],
+        "outputs": [{"name": "features", "shape": ["batch", cfg.grid, cfg.grid, depth], "dtype": "float32"}],
+        "caller": f"resize the image to {s}x{s}, normalise, run this; per cell the first {5 * cfg.boxes_per_cell} "
+                  f"numbers are {cfg.boxes_per_cell} x (x, y, sqrt w, sqrt h, confidence) and the rest the class "
+                  "probabilities: decode with rcnn_cli.models.yolo.decode_output, then threshold, per-class NMS"}
 
 
 def _exportable(run) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
@@ -180,6 +206,8 @@ def _exportable(run) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
         from rcnn_cli.models.fast_rcnn import load_fast_rcnn
 
         trunk = load_fast_rcnn(run.root).trunk
+    elif run.kind == "yolo":
+        return _yolo_exportable(run, norm)
     else:
         raise UserError(f"{run.root}: a '{run.kind}' run has no detector network to export")
     return trunk.eval(), torch.rand(1, 3, 224, 288), {

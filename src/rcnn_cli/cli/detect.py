@@ -58,11 +58,11 @@ faster_app.command("detect", help="Alias of `rcnn detect` (any run works).")(det
 
 @app.command("export")
 def export_cmd(
-    run: Path = typer.Argument(..., help="A run directory: an R-CNN model, a Fast or a Faster R-CNN run."),
+    run: Path = typer.Argument(..., help="A run directory: an R-CNN model, a Fast, Faster R-CNN or YOLO run."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (.onnx) or openvino (.xml + .bin)."),
     out: Path = typer.Option(..., "--out", "-o", help="The file to write; <out>.json describes it."),
 ) -> None:
-    """Export a run's CNN for deployment (R-CNN: the region network; Fast/Faster R-CNN: the trunk)."""
+    """Export a run's CNN for deployment (R-CNN: the region network; Fast/Faster R-CNN: the trunk; YOLO: the whole network)."""
     from rcnn_cli.runtimes import export_run
 
     info = export_run(run, fmt, out)
