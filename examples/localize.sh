@@ -32,6 +32,8 @@ rcnn localize train "$DATASET" --split "$TRAIN_SPLIT" --out "$OUT/run" --boxes "
   --device "${DEVICE:-auto}" --seed "${SEED:-0}" --no-progress $( [[ "$HEAD_ONLY" == 1 ]] && echo --head-only )
 rcnn detect "$DATASET" --split "$TEST_SPLIT" --model "$OUT/run" --out "$OUT/guesses_$TEST_SPLIT.jsonl" \
   --device "${DEVICE:-auto}" --no-progress
+# the model's classes: a guess of a class the test split happens not to hold is a wrong guess, not an error
+CLASSES="$(python3 -c 'import json, sys; print(",".join(json.load(open(sys.argv[1]))["model"]["classes"]))' "$OUT/run/config.json")"
 rcnn evaluate "$DATASET" --split "$TEST_SPLIT" --detections "$OUT/guesses_$TEST_SPLIT.jsonl" --metric loc \
-  --json "$OUT/loc_$TEST_SPLIT.json"
+  --classes "$CLASSES" --json "$OUT/loc_$TEST_SPLIT.json"
 echo "localization errors: $OUT/loc_$TEST_SPLIT.json"

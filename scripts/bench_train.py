@@ -9,7 +9,9 @@ in the main process) for:
 * the same in ``channels_last`` (NHWC) layout, the engine's default;
 * ``channels_last`` with torchvision's 2000 boxes before the proposal NMS (``--rpn-pre-nms-train``);
 * Fast R-CNN, contiguous and ``channels_last`` (random proposals: its speed does not depend on
-  where the boxes come from).
+  where the boxes come from);
+* both with ``torch.compile`` of the training forward (``TrainConfig.compile``; the first
+  ``--warmup`` iterations, which include the compilation, are excluded).
 
 Each variant trains ``--iters`` iterations of 2 images; the first ``--warmup`` are excluded (the
 engine logs images/s per window of ``--warmup`` iterations). Variants are interleaved over
@@ -34,12 +36,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "bccd"
 
-VARIANTS = [  # (name, model, channels_last, RPN pre-NMS top-N in training)
-    ("faster, NCHW, pre-NMS 12000", "faster", False, 12000),
-    ("faster, channels_last, pre-NMS 12000", "faster", True, 12000),
-    ("faster, channels_last, pre-NMS 2000", "faster", True, 2000),
-    ("fast, NCHW", "fast", False, None),
-    ("fast, channels_last", "fast", True, None),
+VARIANTS = [  # (name, model, channels_last, RPN pre-NMS top-N in training, torch.compile)
+    ("faster, NCHW, pre-NMS 12000", "faster", False, 12000, False),
+    ("faster, channels_last, pre-NMS 12000", "faster", True, 12000, False),
+    ("faster, channels_last, pre-NMS 2000", "faster", True, 2000, False),
+    ("faster, channels_last, pre-NMS 2000, compile", "faster", True, 2000, True),
+    ("fast, NCHW", "fast", False, None, False),
+    ("fast, channels_last", "fast", True, None, False),
+    ("fast, channels_last, compile", "fast", True, None, True),
 ]
 
 
@@ -63,7 +67,7 @@ def steady_images_per_s(run_dir: Path, warmup: int) -> float:
 
 
 def run_variant(kind: str, channels_last: bool, pre_nms: int | None, ds, data: Path, split: str, proposals: Path,
-                args, out: Path, **train_options) -> float:
+                args, out: Path, compile: bool = False, **train_options) -> float:
     """Train ``args.iters`` iterations of one variant into ``out``; steady images/s. ``train_options``
     go to :class:`rcnn_cli.engine.TrainConfig` (e.g. ``device``, ``amp``)."""
     from rcnn_cli.engine import TrainConfig
@@ -72,7 +76,7 @@ def run_variant(kind: str, channels_last: bool, pre_nms: int | None, ds, data: P
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(epochs=1000, max_iters=args.iters, warmup_iters=5, log_every=args.warmup, progress=False,
-                      channels_last=channels_last, seed=0, **train_options)
+                      channels_last=channels_last, seed=0, compile=compile, **train_options)
     if kind == "faster":
         train_faster(data, split, out, cfg, anchor_sizes=[32.0, 96.0, 256.0], min_size=args.min_size,
                      max_size=args.max_size, model_overrides={"rpn_pre_nms_top_n_train": pre_nms})
@@ -92,7 +96,7 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--proposals", type=int, default=300, help="random proposals per image for Fast R-CNN")
-    p.add_argument("--only", help="comma-separated variant numbers (1-5) to run")
+    p.add_argument("--only", help="comma-separated variant numbers (1-7) to run")
     args = p.parse_args(argv)
     if args.iters <= args.warmup:
         p.error("--iters must exceed --warmup")
@@ -112,8 +116,8 @@ def main(argv=None) -> dict:
         chosen = [VARIANTS[int(i) - 1] for i in args.only.split(",")] if args.only else VARIANTS
         best: dict[str, float] = {}
         for rnd in range(args.repeats):
-            for name, kind, cl, pre in chosen:
-                ips = run_variant(kind, cl, pre, ds, data, args.split, proposals, args, work / "run")
+            for name, kind, cl, pre, comp in chosen:
+                ips = run_variant(kind, cl, pre, ds, data, args.split, proposals, args, work / "run", compile=comp)
                 best[name] = max(best.get(name, 0.0), ips)
                 print(f"round {rnd + 1}: {name}: {ips:.3f} images/s", file=sys.stderr, flush=True)
     finally:
@@ -127,7 +131,7 @@ def main(argv=None) -> dict:
     print(f"| {'variant':40s} | images/s | ratio to the model's first row |")
     print(f"|{'-' * 42}|---------:|-------------------------------:|")
     first: dict[str, float] = {}
-    for name, kind, _cl, _pre in chosen:
+    for name, kind, _cl, _pre, _comp in chosen:
         first.setdefault(kind, best[name])
         print(f"| {name:40s} | {best[name]:8.3f} | {best[name] / first[kind]:30.3f} |")
     return best

@@ -286,8 +286,15 @@ def test_localize_script(runs):
     test_ids = _split_ids(out / "data", "test")
     lines = [json.loads(x) for x in (out / "guesses_test.jsonl").read_text().splitlines()]
     assert [d["image_id"] for d in lines] == test_ids
-    assert all(len(d["detections"]) == 4 for d in lines)  # top-5 guesses of 4 classes: all 4
+    classes = json.loads((out / "run" / "config.json").read_text())["model"]["classes"]
+    assert all(len(d["detections"]) == min(5, len(classes)) for d in lines)  # the top-5 guesses
+    for d in lines:
+        for g in d["detections"]:
+            x1, y1, x2, y2 = g["box"]
+            assert 0 <= x1 <= x2 <= SIZE and 0 <= y1 <= y2 <= SIZE and g["label"] in classes
     loc = json.loads((out / "loc_test.json").read_text())
     assert loc["metric"] == "loc" and loc["num_images"] == TEST
     assert all(0 <= loc[k] <= 1 for k in ("top1_loc_error", "top5_loc_error", "gt_known_loc_error"))
-    assert loc["top5_cls_error"] == 0.0  # all four classes are among the guesses
+    if len(classes) <= 5:
+        assert loc["top5_cls_error"] <= 1 - sum(  # every class the model knows is guessed
+            1 for r in load_voc(out / "data", "test").records if r.labels[0] in classes) / TEST

@@ -147,6 +147,8 @@ def _training(d: Any) -> list[tuple[str, Any, Any]]:
                                                  "without a better validation mAP.")),
         ("tensorboard", bool, typer.Option(False, "--tensorboard", help="Also write TensorBoard events into "
                                            "OUT/tensorboard (needs the tensorboard package).")),
+        ("compile", bool, typer.Option(False, "--compile", help="torch.compile the training forward (first "
+                                       "iterations compile; README: measured speed).")),
         ("progress", bool, progress()),
         ("config", Optional[Path], config_file()),
     ]

@@ -86,6 +86,7 @@ class TrainConfig:
     best_metric: str = "mAP"  # the validation number whose best epoch is kept in best/
     patience: int | None = None  # stop after this many validations without improvement
     tensorboard: bool = False  # also write TensorBoard events into RUN/tensorboard
+    compile: bool = False  # torch.compile the training forward (README: bench_train figures)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -304,6 +305,8 @@ class _Loop:
         if self.distributed:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if c.compile:  # the forward runs compiled; checkpoints hold the plain module's weights
+            self.train_model = torch.compile(self.train_model, dynamic=True)
         self.sampler = _ResumableSampler(self.dataset, num_replicas=self.world, rank=self.rank, seed=c.seed)
         # The loader's own generator (reseeded every epoch) draws the workers' seeds: the global RNG
         # (RoI sampling in the model) is untouched and a resumed epoch sees the same worker seeds.
