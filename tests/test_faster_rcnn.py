@@ -245,7 +245,7 @@ def test_load_errors_are_one_line(overfit_run, tmp_path):
         fr.load_model(bad)
     record["kind"] = "fast"
     (bad / "config.json").write_text(json.dumps(record))
-    with pytest.raises(UserError, match="not a Faster R-CNN"):
+    with pytest.raises(UserError, match="not a 'faster' one"):
         fr.load_model(bad)
 
 
