@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -135,6 +136,14 @@ def normalize(images: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
     std = torch.tensor(spec.std, dtype=images.dtype, device=images.device).view(3, 1, 1)
     return (images - mean) / std
+
+
+def square_batch(images: Sequence[torch.Tensor], size: int, spec: BackboneSpec) -> torch.Tensor:
+    """Images ``(3, H, W)`` in ``[0, 1]`` -> one normalised ``channels_last`` batch ``(N, 3, size, size)``
+    (each resized, aspect ratio not kept, with antialiasing): the input of the whole-image methods."""
+    batch = torch.cat([F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False,
+                                     antialias=True) for im in images])
+    return normalize(batch, spec).contiguous(memory_format=torch.channels_last)
 
 
 def weights_id(name: str, weights: str | Path = "imagenet") -> str:

@@ -58,6 +58,7 @@ DETECTOR_CLASSES: dict[str, str] = {
     "faster": "rcnn_cli.models.faster_rcnn:FasterRCNNDetector",
     "yolo": "rcnn_cli.models.yolo:YOLODetector",
     "localize": "rcnn_cli.models.localizer:LocalizerDetector",
+    "overfeat": "rcnn_cli.models.overfeat:OverfeatDetector",
 }
 
 

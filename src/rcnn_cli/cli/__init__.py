@@ -25,6 +25,7 @@ from rcnn_cli.cli import fast as _fast  # noqa: F401,E402
 from rcnn_cli.cli import faster as _faster  # noqa: F401,E402
 from rcnn_cli.cli import yolo as _yolo  # noqa: F401,E402
 from rcnn_cli.cli import localize as _localize  # noqa: F401,E402
+from rcnn_cli.cli import overfeat as _overfeat  # noqa: F401,E402
 from rcnn_cli.cli import compare as _compare  # noqa: F401,E402
 from rcnn_cli.cli import detect as _detect  # noqa: F401,E402
 

@@ -10,7 +10,7 @@ from rcnn_cli.log import setup_logging
 SETTINGS = dict(rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                 context_settings={"help_option_names": ["-h", "--help"]})
 
-app = typer.Typer(help="CNN object detection: R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1, stage by stage.", **SETTINGS)
+app = typer.Typer(help="CNN object detection: R-CNN, Fast R-CNN, Faster R-CNN, YOLO v1, Overfeat and localization, stage by stage.", **SETTINGS)
 data_app = typer.Typer(help="Datasets: generate the built-in shapes data, inspect, convert.", **SETTINGS)
 proposals_app = typer.Typer(help="Inspect region proposals (recall, MABO).", **SETTINGS)
 fast_app = typer.Typer(help="Fast R-CNN: RoI pooling over one forward pass per image, trained end to end.", **SETTINGS)
@@ -23,6 +23,9 @@ app.add_typer(faster_app, name="faster")
 app.add_typer(yolo_app, name="yolo")
 localize_app = typer.Typer(help="Classification + localization: a box regression head beside the classifier (K boxes).", **SETTINGS)
 app.add_typer(localize_app, name="localize")
+overfeat_app = typer.Typer(help="Overfeat: a window classifier and box regressor run densely (FC layers as convolutions), "
+                           "several scales, boxes merged greedily.", **SETTINGS)
+app.add_typer(overfeat_app, name="overfeat")
 
 state = {"verbose": False}
 

@@ -15,7 +15,7 @@ from rcnn_cli.log import console
 
 def detect_cmd(
     inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin), a dataset (with --split) or one video."),
-    model: Path = typer.Option(..., "--model", "-m", help="Any run directory: an R-CNN model, a Fast or Faster R-CNN, YOLO or localizer run."),
+    model: Path = typer.Option(..., "--model", "-m", help="Any run directory: an R-CNN model, a Fast or Faster R-CNN, YOLO, localizer or Overfeat run."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split when INPUT is a VOC dataset."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when INPUT is a COCO JSON."),
     score_threshold: float = O.score_threshold(),
@@ -27,6 +27,7 @@ def detect_cmd(
     no_bbox: bool = typer.Option(False, "--no-bbox", help="R-CNN: skip box regression."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="R-CNN: regions per network batch (default 64)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="The CNN's runtime (R-CNN: the region network; Fast/Faster R-CNN: the trunk): torch (default), onnxruntime, openvino or auto."),
+    merge: Optional[str] = typer.Option(None, "--merge", help="Overfeat: greedy (the paper's merge, default) or nms."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fast/Faster R-CNN: final (default) or best (the best validation epoch's, kept with --val-split)."),
     fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl (streamed), coco (results JSON) or voc (comp4 files in a folder)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file/folder (jsonl: stdout when omitted)."),
@@ -40,7 +41,8 @@ def detect_cmd(
     from rcnn_cli.inference import detect
 
     given = {"proposals": proposals, "max_proposals": max_proposals, "rpn_top_n": rpn_top_n,
-             "use_bbox": False if no_bbox else None, "batch_size": batch_size, "weights": weights, "runtime": runtime}
+             "use_bbox": False if no_bbox else None, "batch_size": batch_size, "weights": weights, "runtime": runtime,
+             "merge": merge}
     result = detect(inputs, model, split=split, images=images, config=O.detect_config(score_threshold, nms, top_k),
                     fmt=fmt, out=out, draw=draw, device=device, progress=progress, every=every, shard=shard,
                     **{k: v for k, v in given.items() if v is not None})

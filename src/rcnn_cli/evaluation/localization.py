@@ -50,7 +50,8 @@ def localization_errors(dataset, detections: Mapping[str, Any], guesses: int = 5
             continue
         n += 1
         det = detections.get(rec.image_id)
-        order = np.argsort(-det.scores, kind="stable")[:guesses] if det is not None else []
+        ranked = np.argsort(-det.scores, kind="stable") if det is not None else []
+        order = ranked[:guesses]
         hits = [_correct(det.boxes[i], det.labels[i], gt, labels, iou) for i in order]
         classes = [det.labels[i] in set(rec.labels) for i in order]
         counts["top1_loc"] += not any(hits[:1])
@@ -58,7 +59,7 @@ def localization_errors(dataset, detections: Mapping[str, Any], guesses: int = 5
         counts["top1_cls"] += not any(classes[:1])
         counts["top5_cls"] += not any(classes)
         known = image_class(gt, list(rec.labels))
-        mine = [i for i in (np.argsort(-det.scores, kind="stable") if det is not None else []) if det.labels[i] == known]
+        mine = [i for i in ranked if det.labels[i] == known]
         counts["gt_known_loc"] += not (mine and _correct(det.boxes[mine[0]], known, gt, labels, iou))
     if n == 0:
         raise UserError("no image of the split has ground-truth objects: nothing to localize")

@@ -28,7 +28,7 @@ __all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_confi
            "model_config", "load_weights"]
 
 FORMAT_VERSION = 2
-KINDS = ("rcnn", "fast", "faster", "yolo", "localize", "finetune")
+KINDS = ("rcnn", "fast", "faster", "yolo", "localize", "overfeat", "finetune")
 _LEGACY_KINDS = {"rcnn-model": "rcnn", "fast_rcnn": "fast", "faster_rcnn": "faster"}
 
 

@@ -59,6 +59,7 @@ class LocalizerConfig:
     head_only: bool = False
     lambda_box: float = 10.0    # weight of the L2 box loss beside the cross-entropy
     guesses: int = 5            # (class, box) guesses per box slot at test time
+    background: bool = False    # a background class after the C classes (Overfeat's windows)
     trained_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,8 +102,9 @@ class Localizer(nn.Module):
 
     ``forward(inputs, targets=None)``: ``inputs`` images ``(3, H, W)`` in [0, 1], or trunk feature
     maps when ``from_features`` is set (head-only training on cached features). Train mode: the
-    losses ``loss_class`` and ``loss_box``; eval mode: ``(class logits (N, k, C), boxes (N, k, C', 4))``
-    with ``C' = C`` for class-specific boxes, else 1 (normalised ``x1, y1, x2, y2``).
+    losses ``loss_class`` and ``loss_box`` (target labels ``0..C-1``, ``C`` background, ``-1`` left
+    out); eval mode: ``(class logits (N, k, C [+ 1 background]), boxes (N, k, C', 4))`` with ``C' = C``
+    for class-specific boxes, else 1 (normalised ``x1, y1, x2, y2``).
     """
 
     def __init__(self, cfg: LocalizerConfig, weights: str = "imagenet") -> None:
@@ -118,26 +120,24 @@ class Localizer(nn.Module):
         else:
             freeze_leading(self.trunk, spec.frozen_modules)
         c, cells = len(cfg.classes), (cfg.input_size // stride) ** 2
-        self.classifier = nn.Linear(ch, cfg.k * c)
+        self.classifier = nn.Linear(ch, cfg.k * (c + cfg.background))
         per_box = 4 * (c if cfg.boxes == "specific" else 1)
         # conv: a 1x1 convolution to 64 channels keeps where things are on the map at a size an FC layer fits
         self.reduce = nn.Sequential(nn.Conv2d(ch, 64, 1), nn.ReLU(inplace=True)) if cfg.attach == "conv" else None
         self.regressor = nn.Sequential(nn.Linear(64 * cells if self.reduce is not None else ch, cfg.hidden),
                                        nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.k * per_box))
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
     def features(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Images -> trunk feature maps ``(N, C, S/32, S/32)`` of the ``input_size`` squares."""
-        size = self.rcnn_config.input_size
-        batch = torch.cat([F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False,
-                                         antialias=True) for im in images])
-        return self.trunk(((batch - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+        from rcnn_cli.backbones import get_spec, square_batch
+
+        cfg = self.rcnn_config
+        return self.trunk(square_batch(images, cfg.input_size, get_spec(cfg.backbone)))
 
     def heads(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, n = self.rcnn_config, fmap.shape[0]
         pooled = fmap.mean(dim=(2, 3))
-        logits = self.classifier(pooled).view(n, cfg.k, len(cfg.classes))
+        logits = self.classifier(pooled).view(n, cfg.k, -1)
         reg_in = self.reduce(fmap).flatten(1) if self.reduce is not None else pooled
         boxes = self.regressor(reg_in).view(n, cfg.k, -1, 4)
         return logits, boxes
@@ -149,13 +149,14 @@ class Localizer(nn.Module):
             return logits, boxes
         tb = torch.stack([t["loc_boxes"] for t in targets]).to(boxes)  # (N, k, 4)
         tl = torch.stack([t["loc_labels"] for t in targets]).to(logits.device)  # (N, k)
-        valid = tl >= 0
+        c = len(self.rcnn_config.classes)
+        valid, objects = tl >= 0, (tl >= 0) & (tl < c)  # label c: background (no box)
         if boxes.shape[2] > 1:  # class-specific: the box of the true class
-            boxes = boxes.gather(2, tl.clamp(min=0)[..., None, None].expand(-1, -1, 1, 4))
+            boxes = boxes.gather(2, tl.clamp(0, c - 1)[..., None, None].expand(-1, -1, 1, 4))
         err = ((boxes[:, :, 0] - tb) ** 2).sum(-1)
-        n = max(int(valid.sum()), 1)
+        n, n_obj = max(int(valid.sum()), 1), max(int(objects.sum()), 1)
         return {"loss_class": F.cross_entropy(logits[valid], tl[valid], reduction="sum") / n,
-                "loss_box": self.rcnn_config.lambda_box * (err * valid).sum() / n}
+                "loss_box": self.rcnn_config.lambda_box * (err * objects).sum() / n_obj}
 
 
 # --------------------------------------------------------------------------------------------

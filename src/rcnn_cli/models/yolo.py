@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rcnn_cli.boxes import box_area
 from rcnn_cli.detector import DetectConfig, Detector
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
@@ -277,10 +278,9 @@ class YOLOv1(nn.Module):
 
     def prepare(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Resize to ``input_size`` squares and normalise: ``(N, 3, size, size)``."""
-        size = self.rcnn_config.input_size
-        batch = torch.cat([F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False,
-                                         antialias=True) for im in images])
-        return ((batch - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        from rcnn_cli.backbones import get_spec, square_batch
+
+        return square_batch(images, self.rcnn_config.input_size, get_spec(self.rcnn_config.backbone))
 
     def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None):
         cfg = self.rcnn_config
@@ -326,9 +326,8 @@ def augment(batch: torch.Tensor, boxes: Sequence[torch.Tensor], jitter: float, e
     for b, s, t in zip(boxes, scale, shift):
         moved = ((b - (0.5 + t).repeat(2)) * s + 0.5)
         clipped = moved.clamp(0, 1)
-        area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
-        keep = torch.nonzero(area(clipped) >= 0.1 * area(moved).clamp(min=1e-12)).flatten()
-        keep = keep[area(clipped)[keep] > 0]
+        kept_area, area = box_area(clipped), box_area(moved)
+        keep = torch.nonzero((kept_area >= 0.1 * area.clamp(min=1e-12)) & (kept_area > 0)).flatten()
         out.append((clipped[keep], keep))
     return ((rgb - mean) / std).contiguous(memory_format=torch.channels_last), out
 
