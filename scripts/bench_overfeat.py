@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from rcnn_cli.log import console, setup_logging
+from rcnn_cli.log import setup_logging
 
 
 def build(args):
@@ -102,18 +102,18 @@ def main() -> None:
             rows_out.append({"scale": s, "input": list(x.shape[-2:]), "windows": rows * cols, "grid": [rows, cols],
                              "dense_s": t_dense, "naive_s": t_naive, "ratio": t_naive / t_dense,
                              "map_diff": map_diff, "image_diff": img_diff})
-    console.print(f"Overfeat dense vs naive sliding window: {args.height} x {args.width} image, {args.window}-pixel "
-                  f"windows at stride 32, EfficientNet-Lite0, {torch.get_num_threads()} threads", highlight=False)
-    console.print("| scale | input | windows | dense s | naive s | naive / dense | max diff (map) | max diff (image) |")
-    console.print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print(f"Overfeat dense vs naive sliding window: {args.height} x {args.width} image, {args.window}-pixel "
+                  f"windows at stride 32, EfficientNet-Lite0, {torch.get_num_threads()} threads")
+    print("| scale | input | windows | dense s | naive s | naive / dense | max diff (map) | max diff (image) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows_out:
-        console.print(f"| {r['scale']} | {r['input'][0]} x {r['input'][1]} | {r['windows']} ({r['grid'][0]} x "
+        print(f"| {r['scale']} | {r['input'][0]} x {r['input'][1]} | {r['windows']} ({r['grid'][0]} x "
                       f"{r['grid'][1]}) | {r['dense_s']:.3f} | {r['naive_s']:.2f} | {r['ratio']:.1f}x | "
-                      f"{r['map_diff']:.1e} | {r['image_diff']:.2f} |", highlight=False)
+                      f"{r['map_diff']:.1e} | {r['image_diff']:.2f} |")
     ratio = total["naive"] / total["dense"]
     n = sum(r["windows"] for r in rows_out)
-    console.print(f"| all {len(rows_out)} scales | | {n} | {total['dense']:.3f} | {total['naive']:.2f} | "
-                  f"**{ratio:.1f}x** (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'}) | | |", highlight=False)
+    print(f"| all {len(rows_out)} scales | | {n} | {total['dense']:.3f} | {total['naive']:.2f} | "
+                  f"**{ratio:.1f}x** (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'}) | | |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows_out, "ratio": ratio, "threads": torch.get_num_threads()}, f, indent=1)

@@ -28,6 +28,7 @@ TINY = {
     "yolo": {"input_size": 64, "grid": 2, "epochs": 1, "max_iters": 2, "warmup_iters": 1, "lr_steps": [],
              "batch_size": 2},
     "hog": {"warp_size": 32, "padding": 4},
+    "overfeat": {"input_size": 64, "epochs": 1, "max_iters": 2, "warmup_iters": 1, "lr_steps": [], "batch_size": 2},
     "timing": {"images": 2},
 }
 
@@ -116,7 +117,7 @@ def test_speedups_arithmetic():
 def test_methods_budgets_and_overrides_are_checked():
     assert C.parse_methods("faster,rcnn") == ["rcnn", "faster"]
     assert C.parse_methods(["Fast-RCNN"]) == ["fast"]
-    assert C.parse_methods("yolo,faster,HOG-SVM") == ["hog", "faster", "yolo"]  # the lecture's order
+    assert C.parse_methods("yolo,faster,HOG-SVM,overfeat") == ["overfeat", "hog", "faster", "yolo"]  # the lecture's order
     with pytest.raises(UserError, match="unknown method 'ssd'"):
         C.parse_methods("rcnn,ssd")
     with pytest.raises(UserError, match="unknown budget"):
@@ -145,7 +146,7 @@ def compared(tmp_path_factory, _one_thread):
 def test_compare_outputs(compared):
     out, report = compared
     data = json.loads((out / "compare.json").read_text())
-    assert data["methods"] == ["hog", "rcnn", "fast", "faster", "yolo"] and data["budget"] == "quick"
+    assert data["methods"] == ["overfeat", "hog", "rcnn", "fast", "faster", "yolo"] and data["budget"] == "quick"
     assert data["settings"]["proposals"]["limit"] == 20 and data["settings"]["rcnn"]["warp_size"] == 32
     assert data["overrides"]["model"] == {"weights": "none"}
     keys = [r["key"] for r in data["rows"]]
@@ -157,9 +158,13 @@ def test_compare_outputs(compared):
     res = data["results"]
     assert rows["proposal_source"]["text"]["yolo"] == "none (2 boxes per cell)"
     assert rows["proposal_seconds"]["text"]["yolo"] == "in network" and rows["input"]["text"]["hog"].startswith("HOG")
+    scales = json.loads((out / "overfeat" / "config.json").read_text())["model"]["scales"]
+    assert res["overfeat"]["scales"] == scales and len(scales) >= 3
+    assert rows["input"]["text"]["overfeat"] == f"64-px windows, {len(scales)} scales"
+    assert rows["proposal_source"]["text"]["overfeat"].startswith("none")
     assert res["hog"]["recall"] == res["rcnn"]["recall"]  # the same proposals files
     assert "HOG + SVM" in (out / "compare.md").read_text() and "lecture: YOLO" in (out / "compare.md").read_text()
-    for m in ("hog", "rcnn", "fast", "faster", "yolo"):
+    for m in C.METHODS:
         t = res[m]["test_seconds_per_image"]
         assert rows["test_with_proposals"]["values"][m] == t["with_proposals"] > 0
         assert rows["speedup_with_proposals"]["values"][m] == pytest.approx(
@@ -183,7 +188,8 @@ def test_compare_outputs(compared):
     # the R-CNN mAP is the pipeline's
     assert res["rcnn"]["mAP"] == json.loads((out / "rcnn" / "metrics.json").read_text())["mAP"]
     md = (out / "compare.md").read_text()
-    assert "| | HOG + SVM | R-CNN | Fast R-CNN | Faster R-CNN | YOLO v1 |" in md
+    assert "| | Overfeat | HOG + SVM | R-CNN | Fast R-CNN | Faster R-CNN | YOLO v1 |" in md
+    assert "R-CNN paper: region proposals + CNN features beat Overfeat" in md
     assert "| speedup vs R-CNN (with proposals) | " in md and " | 1.0x | " in md.split("speedup vs R-CNN (with")[1]
     assert "warp 32x32+4" in md and "128/128 px" in md and "top 20 per image" in md and "torch threads 1" in md
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -195,7 +201,8 @@ def test_compare_rerun_reuses_every_method(compared):
     out, first = compared
     watched = [out / "rcnn" / "model" / "svm.safetensors", out / "rcnn" / "features_trainval.h5",
                out / "fast" / "model.safetensors", out / "faster" / "model.safetensors",
-               out / "faster" / "detections_test.jsonl", out / "stages" / "timing-rcnn.json"]
+               out / "faster" / "detections_test.jsonl", out / "stages" / "timing-rcnn.json",
+               out / "overfeat" / "model.safetensors"]
     before = {p: p.stat().st_mtime_ns for p in watched}
     again = C.run_compare(None, out=out, progress=False, device="cpu", overrides=TINY)
     assert {m: again["results"][m]["status"] for m in again["methods"]} == {m: "reused" for m in C.METHODS}

@@ -20,7 +20,7 @@ def compare_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for every run, compare.json, compare.md and compare.png (reused on rerun)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset."),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone of every CNN detector (rcnn_cli.backbones)."),
-    methods: str = typer.Option("hog,rcnn,fast,faster,yolo", "--methods", help="Comma-separated subset of hog (HOG + SVM), rcnn, fast, faster, yolo."),
+    methods: str = typer.Option("overfeat,hog,rcnn,fast,faster,yolo", "--methods", help="Comma-separated subset of overfeat, hog (HOG + SVM), rcnn, fast, faster, yolo."),
     budget: str = typer.Option("quick", "--budget", help="quick (2-core CPU, minutes: fewer proposals, smaller sizes, short schedules) or full (the papers' settings)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Seed of data generation, training and sampling."),
@@ -29,7 +29,7 @@ def compare_cmd(
     runtime: str = O.runtime(),
     progress: bool = O.progress(),
 ) -> None:
-    """Train, evaluate and time HOG + SVM, R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1 on the same data: the lecture's table.
+    """Train, evaluate and time Overfeat, HOG + SVM, R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1 on the same data: the lecture's table.
 
     Same backbone for the CNN detectors, the same proposals files for HOG + SVM, R-CNN and Fast R-CNN; finished stages in
     OUT are reused when their configuration matches. Writes OUT/compare.json, compare.md, compare.png.

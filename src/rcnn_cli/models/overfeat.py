@@ -42,7 +42,7 @@ from rcnn_cli.models.localizer import Localizer, LocalizerConfig
 __all__ = ["OverfeatConfig", "dense_heads", "window_boxes", "choose_scales", "greedy_merge", "match_scores",
            "WindowDataset", "OverfeatDetector", "train_overfeat", "TRAIN_DEFAULTS"]
 
-TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 4, "lr": 0.01, "weight_decay": 1e-4, "warmup_iters": 20}
+TRAIN_DEFAULTS = {"epochs": 8, "batch_size": 4, "lr": 0.002, "weight_decay": 1e-4, "warmup_iters": 20}
 STRIDE = 32
 
 

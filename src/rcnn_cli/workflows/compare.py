@@ -1,5 +1,5 @@
-"""``rcnn compare``: the lecture's table, measured here: HOG + SVM (the pre-CNN baseline), R-CNN, Fast
-R-CNN, Faster R-CNN and YOLO v1.
+"""``rcnn compare``: the lecture's table, measured here: Overfeat (the dense sliding window), HOG + SVM
+(the pre-CNN baseline), R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1.
 
 The detectors are trained and evaluated with the same backbone (HOG has none), the same data and,
 for HOG + SVM, R-CNN and Fast R-CNN, the same proposals files, all inside one folder ``OUT``:
@@ -13,6 +13,7 @@ path            what                                            made by
 ``fast/``       Fast R-CNN run dir + test detections            :func:`rcnn_cli.models.fast_rcnn.train_fast_rcnn`
 ``faster/``     Faster R-CNN run dir, detections, RPN proposals :func:`rcnn_cli.models.faster_rcnn.train_faster`
 ``yolo/``       YOLO v1 run dir + test detections               :func:`rcnn_cli.models.yolo.train_yolo`
+``overfeat/``   Overfeat run dir + test detections              :func:`rcnn_cli.models.overfeat.train_overfeat`
 ``hog/``        the R-CNN pipeline on HOG features (R-CNN's proposals)  :func:`rcnn_cli.workflows.pipeline.run_pipeline`
 ``stages/``     compare's own stage records (config hashes)      :class:`rcnn_cli.workflows.pipeline.StageRunner`
 ``compare.json`` / ``compare.md`` / ``compare.png``  the table, its settings, the figure
@@ -48,7 +49,7 @@ from rcnn_cli.workflows.timing import speedups, threads_info, time_in_child
 __all__ = ["METHODS", "BUDGETS", "METHOD_NAMES", "budget_settings", "run_compare", "print_table", "parse_methods",
            "parse_set"]
 
-METHODS = ("hog", "rcnn", "fast", "faster", "yolo")  # the lecture's order
+METHODS = ("overfeat", "hog", "rcnn", "fast", "faster", "yolo")  # the lecture's order
 
 #: The two budgets. ``quick`` fits 2 CPU cores in minutes on the built-in data (the pipeline's
 #: defaults for R-CNN, 256-px inputs and short schedules for Fast/Faster); ``full`` uses the
@@ -75,6 +76,8 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "yolo": {"input_size": 224, "grid": 7, "boxes_per_cell": 2, "epochs": 15, "lr": 0.005, "lr_steps": [12],
                  "warmup_iters": 50, "batch_size": 8, "max_iters": None},
         "hog": {"warp_size": 64, "padding": 6},
+        "overfeat": {"input_size": 224, "offsets": [0], "merge": "greedy", "epochs": 6, "lr": 0.002, "lr_steps": [5],
+                     "warmup_iters": 20, "batch_size": 4, "max_iters": None},
         "detect": DetectConfig().to_dict(),
         "timing": {"images": 6, "warmup": 1, "repeats": 3},
     },
@@ -97,6 +100,8 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "yolo": {"input_size": 448, "grid": 7, "boxes_per_cell": 2, "epochs": 60, "lr": 0.005, "lr_steps": [40, 52],
                  "warmup_iters": 100, "batch_size": 8, "max_iters": None},
         "hog": {"warp_size": 64, "padding": 16},
+        "overfeat": {"input_size": 224, "offsets": [0, 16], "merge": "greedy", "epochs": 16, "lr": 0.002,
+                     "lr_steps": [12], "warmup_iters": 50, "batch_size": 4, "max_iters": None},
         "detect": DetectConfig().to_dict(),
         "timing": {"images": 10, "warmup": 1, "repeats": 1},
     },
@@ -356,6 +361,30 @@ def _yolo_step(c: _Compare) -> None:
                                             lambda: YOLODetector.from_run(yolo_dir, device=c.device))
 
 
+def _overfeat_step(c: _Compare) -> None:
+    """Overfeat: window training, dense detection over scales chosen from the training boxes (no proposals)."""
+    from rcnn_cli.models.overfeat import OverfeatDetector, train_overfeat
+
+    V, D, d = c.settings["overfeat"], c.settings["detect"], c.data
+    run_dir = c.out / "overfeat"
+    config = {"V": V, "D": D, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
+              "device": c.device, "train_split": d.train_split, **d.data_id}
+
+    def train(resume: bool) -> dict:
+        model = {k: V[k] for k in ("input_size", "offsets", "merge")}
+        summary = train_overfeat(d.path, d.train_split, run_dir, c.train_config(V), images=d.images,
+                                 model_overrides=dict(model, backbone=c.backbone),
+                                 weights=c.settings["model"]["weights"], resume=resume,
+                                 command=f"{c.command} (overfeat)")
+        return jsonable({k: v for k, v in summary.items() if k != "history"})
+
+    console.print("[bold]Overfeat[/]", highlight=False)
+    c.results["overfeat"] = _train_and_evaluate(
+        c, "overfeat", config, run_dir, train,
+        lambda: OverfeatDetector.from_run(run_dir, device=c.device, config=DetectConfig(**D)))
+    c.results["overfeat"]["scales"] = json.loads((run_dir / "config.json").read_text())["model"]["scales"]
+
+
 def _fast_step(c: _Compare) -> None:
     """Fast R-CNN on the same proposals files."""
     from rcnn_cli.models.fast_rcnn import FastRCNNConfig, FastRCNNDetector, train_fast_rcnn
@@ -458,6 +487,7 @@ def _timing_step(c: _Compare) -> None:
             "fast": (c.st.hashes.get("fast-train"), c.out / "fast"),
             "faster": (c.st.hashes.get("faster-train"), c.out / "faster"),
             "yolo": (c.st.hashes.get("yolo-train"), c.out / "yolo"),
+            "overfeat": (c.st.hashes.get("overfeat-train"), c.out / "overfeat"),
             "hog": ([_stage_hash(c.out / "hog", s) for s in ("train-svm", "train-bbox")], c.out / "hog" / "model")}
     console.print(f"[bold]timing[/] on {len(ids)} test images (+{T['warmup']} warm-up), in a fresh process",
                   highlight=False)
@@ -477,10 +507,13 @@ def _table_step(c: _Compare) -> None:
     inputs_text = {"rcnn": warp(s["rcnn"]), "hog": "HOG of the " + warp(s["hog"]), "fast": resize_text(s["fast"]),
                    "faster": resize_text(s["faster"]),
                    "yolo": f"{s['yolo']['input_size']}x{s['yolo']['input_size']} px, {s['yolo']['grid']}x"
-                           f"{s['yolo']['grid']} grid"}
+                           f"{s['yolo']['grid']} grid",
+                   "overfeat": f"{s['overfeat']['input_size']}-px windows, "
+                               f"{len(c.results.get('overfeat', {}).get('scales', []))} scales"}
     sources = {"faster": f"RPN top {s['faster']['rpn_post_nms_top_n_test']}",
-               "yolo": f"none ({s['yolo']['boxes_per_cell']} boxes per cell)"}
-    no_proposals = ("faster", "yolo")  # the regions come out of the network itself
+               "yolo": f"none ({s['yolo']['boxes_per_cell']} boxes per cell)",
+               "overfeat": "none (every window, stride 32)"}
+    no_proposals = ("faster", "yolo", "overfeat")  # the regions come out of the network itself
     for m in methods:
         r = c.results[m]
         tm = r["timing"]["median"]
@@ -534,8 +567,8 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
                 seed: int = 0, progress: bool = True, images: str | Path | None = None,
                 timing_images: int | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
                 command: str = "rcnn compare", runtime: str = "torch") -> dict[str, Any]:
-    """Train, evaluate and time HOG + SVM, R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1 (``methods``, default
-    all) in ``out``; write the table.
+    """Train, evaluate and time Overfeat, HOG + SVM, R-CNN, Fast R-CNN, Faster R-CNN and YOLO v1 (``methods``,
+    default all) in ``out``; write the table.
 
     ``dataset``: a VOC root (``train_split``/``test_split``) or COCO JSON (``images``); ``None``
     generates the built-in shapes data into ``out/data``. ``budget``: ``quick`` or ``full`` (see
@@ -564,7 +597,7 @@ def run_compare(dataset: str | Path | None = None, train_split: str = "trainval"
     c.st = StageRunner(c.out, progress)
     c.data = prepare_data(c.st, dataset, images, train_split, test_split, settings["data"], seed)
     c.results = {m: {} for m in c.methods}
-    steps = [(_rcnn_step, {"hog", "rcnn", "fast"}), (_hog_step, {"hog"}), (_fast_step, {"fast"}),
+    steps = [(_overfeat_step, {"overfeat"}), (_rcnn_step, {"hog", "rcnn", "fast"}), (_hog_step, {"hog"}), (_fast_step, {"fast"}),
              (_faster_step, {"faster"}), (_yolo_step, {"yolo"}), (_selective_search_recall, {"hog", "rcnn", "fast"}),
              (_timing_step, set(METHODS)), (_table_step, set(METHODS))]
     for step, needed_by in steps:

@@ -11,7 +11,7 @@ from rcnn_cli.log import console
 __all__ = ["METHOD_NAMES", "title", "claims", "table_rows", "markdown", "print_table", "plot_compare", "fmt_seconds", "fmt_x",
            "resize_text"]
 
-METHOD_NAMES = {"hog": "HOG + SVM", "rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN", "yolo": "YOLO v1"}
+METHOD_NAMES = {"overfeat": "Overfeat", "hog": "HOG + SVM", "rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN", "yolo": "YOLO v1"}
 
 
 def title(report: Mapping[str, Any]) -> str:
@@ -41,6 +41,11 @@ def claims(report: Mapping[str, Any]) -> list[str]:
         out.append(f"- lecture: CNN features are a big improvement over pre-CNN HOG features. Here, the same "
                    f"R-CNN chain: {100 * mc:.1f} (CNN) vs {100 * mh:.1f} (HOG) mAP (VOC12) -> "
                    f"{'holds' if mc > mh else 'does not hold'}.")
+    mo = _val(report, "overfeat", "mAP", "voc12")
+    if "overfeat" in ms and "rcnn" in ms and None not in (mo, mc):
+        out.append(f"- R-CNN paper: region proposals + CNN features beat Overfeat's dense sliding window at detection "
+                   f"(ILSVRC 2013: 31.4 vs 24.3 mAP). Here: R-CNN {100 * mc:.1f} vs Overfeat {100 * mo:.1f} mAP (VOC12)"
+                   f" -> {'holds' if mc > mo else 'does not hold'}.")
     return out
 
 
@@ -154,6 +159,12 @@ def _settings_lines(report: Mapping[str, Any]) -> list[str]:
         sched = f"{Y['epochs']} epochs, lr {Y['lr']} (x0.1 at epochs {Y['lr_steps']}), batch {Y['batch_size']}"
         lines.append(f"- YOLO v1: {Y['input_size']}x{Y['input_size']} input, {Y['grid']}x{Y['grid']} grid, "
                      f"{Y['boxes_per_cell']} boxes per cell; {sched}")
+    if "overfeat" in methods:
+        V = s["overfeat"]
+        lines.append(f"- Overfeat: {V['input_size']}-px windows at a stride of 32 px (FC layers as convolutions), "
+                     f"scales {report['results']['overfeat'].get('scales')} (chosen from the training boxes), offsets "
+                     f"{V['offsets']}, {V['merge']} merge; {V['epochs']} epochs, lr {V['lr']} (x0.1 at epochs "
+                     f"{V['lr_steps']}), batch {V['batch_size']} images")
     d = s["detect"]
     lines.append("- network input: R-CNN warps each region to WxW with P pixels of image context (WxW+P); Fast and "
                  "Faster R-CNN resize the whole image to shorter side/longer side at most (S/L px)")
