@@ -6,7 +6,7 @@ from typing import Sequence
 
 from rcnn_cli.errors import UserError
 
-__all__ = ["parse_floats", "parse_steps", "parse_shard"]
+__all__ = ["parse_floats", "parse_steps", "parse_shard", "parse_duration", "format_duration"]
 
 
 def parse_floats(text: str | Sequence[float] | None, what: str) -> list[float] | None:
@@ -47,3 +47,32 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if n < 1 or not 0 <= k < n:
         raise UserError(f"--shard {text}: need 0 <= K < N")
     return k, n
+
+
+def parse_duration(text: str | float | None, what: str = "--time-budget") -> float | None:
+    """``"90s"``, ``"20m"``, ``"2h"``, ``"1h30m"`` -> seconds; a number is seconds; ``None`` stays ``None``."""
+    import re
+
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+        if not parts or not any(parts.groups()):
+            raise UserError(f"{what} '{text}': expected a duration such as 90s, 20m, 2h or 1h30m")
+        h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = 3600 * h + 60 * m + s
+    if seconds <= 0:
+        raise UserError(f"{what} must be positive (got '{text}')")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> ``"45s"``, ``"12m05s"``, ``"2h03m"``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -31,6 +31,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from rcnn_cli.config import format_duration
+from rcnn_cli.engine import budget
 from rcnn_cli.engine.checkpoint import (
     CHECKPOINT_DIR,
     find_checkpoint,
@@ -87,8 +89,12 @@ class TrainConfig:
     patience: int | None = None  # stop after this many validations without improvement
     tensorboard: bool = False  # also write TensorBoard events into RUN/tensorboard
     compile: bool = False  # torch.compile the training forward (README: bench_train figures)
+    time_budget: float | None = None  # seconds (or "30m", "2h"): epochs fitted to it (engine/budget.py)
 
     def __post_init__(self) -> None:
+        from rcnn_cli.config import parse_duration
+
+        self.time_budget = parse_duration(self.time_budget)
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1 (got {self.epochs})")
         if self.batch_size < 1:
@@ -263,6 +269,8 @@ class _Loop:
         self.epoch, self.iteration, self.batch_in_epoch, self.train_time = 0, 0, 0, 0.0
         self.images_seen, self.bad_steps, self.stop = 0, 0, False
         self.best: dict[str, Any] = {}
+        self.plan: dict[str, Any] = {}  # the time budget's plan (engine/budget.py), once made
+        self.wall_time, self.probe_start = 0.0, None  # wall seconds of earlier sessions; probe timing
         self.last_losses: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.collate_fn = collate_fn
@@ -281,6 +289,10 @@ class _Loop:
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.train_time = float(state.get("train_time", 0.0))
         saved = state.get("train_config", {})
+        self.wall_time = float(state.get("wall_time", self.train_time))
+        if self.config.time_budget and saved.get("budget_plan"):  # keep the plan made before the interruption
+            self.plan = dict(saved["budget_plan"])
+            self.config = replace(self.config, epochs=int(saved["epochs"]), lr_steps=tuple(saved["lr_steps"]))
         for key in ("lr", "batch_size", "momentum", "weight_decay", "seed"):
             if key in saved and saved[key] != getattr(self.config, key):
                 logger.warning("resuming with %s=%s but the checkpoint was trained with %s", key,
@@ -315,6 +327,10 @@ class _Loop:
                                  collate_fn=self.collate_fn, num_workers=c.workers,
                                  pin_memory=self.device.type == "cuda", generator=self.loader_rng)
         self.iters_per_epoch = math.ceil(self.sampler.num_samples / c.batch_size)
+        self._set_total()
+
+    def _set_total(self) -> None:
+        c = self.config
         self.total_iters = self.iters_per_epoch * c.epochs
         if c.max_iters is not None:
             self.total_iters = min(self.total_iters, c.max_iters)
@@ -357,6 +373,43 @@ class _Loop:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    # -- the time budget ----------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Wall seconds of training so far, earlier sessions of a resumed run included."""
+        return self.wall_time + time.perf_counter() - self.started
+
+    def maybe_plan(self) -> None:
+        """With a time budget: time the probe iterations (the first two left out), then fit the
+        epochs (and step epochs left at their default) to the budget; see :mod:`rcnn_cli.engine.budget`."""
+        c, done = self.config, self.iteration - self.start_iteration
+        if not c.time_budget or self.plan:
+            return
+        if done == 2:
+            self.probe_start = time.perf_counter()
+        probe = budget.probe_iterations(self.iters_per_epoch)
+        if done < probe or self.probe_start is None:
+            return
+        per_iter = (time.perf_counter() - self.probe_start) / (done - 2)
+        epochs = budget.plan_epochs(c.time_budget, per_iter, self.iters_per_epoch)
+        steps = default_lr_steps(epochs) if tuple(c.lr_steps) == default_lr_steps(c.epochs) else c.lr_steps
+        self.config = replace(c, epochs=epochs, lr_steps=tuple(steps))
+        self._set_total()
+        self.plan = {"budget_s": c.time_budget, "seconds_per_iter": round(per_iter, 4), "probe_iterations": done - 2,
+                     "iters_per_epoch": self.iters_per_epoch, "planned_epochs": epochs, "lr_steps": list(steps)}
+        if self.is_main:
+            logger.info("time budget %s: %.2f s per iteration x %d per epoch -> %d epochs (lr steps at %s)",
+                        format_duration(c.time_budget), per_iter, self.iters_per_epoch, epochs,
+                        ", ".join(map(str, steps)) or "none")
+
+    def budget_allows_next_epoch(self, epoch_s: float) -> bool:
+        """False (and the plan says so) when one more epoch of ``epoch_s`` would overrun the budget."""
+        if not self.plan or budget.epoch_fits(self.config.time_budget, self.elapsed(), epoch_s):
+            return True
+        self.plan["stopped_after_epoch"] = self.epoch
+        logger.warning("time budget: stopping after epoch %d of %d (%s spent; another epoch takes about %s)",
+                       self.epoch, self.config.epochs, format_duration(self.elapsed()), format_duration(epoch_s))
+        return False
+
     # -- files -------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         """Gather every rank's RNG state, then rank 0 writes."""
@@ -368,8 +421,9 @@ class _Loop:
         if self.is_main:
             write_checkpoint(self.out_dir, self.model, self.optimizer, {
                 "epoch": self.epoch, "iteration": self.iteration, "batch_in_epoch": self.batch_in_epoch,
-                "train_time": self.train_time, "scaler": self.scaler.state_dict() if self.amp else None,
-                "rng": gathered, "train_config": dict(self.config.to_dict(), world_size=self.world)})
+                "train_time": self.train_time, "wall_time": self.elapsed(),
+                "scaler": self.scaler.state_dict() if self.amp else None, "rng": gathered,
+                "train_config": dict(self.config.to_dict(), world_size=self.world, budget_plan=self.plan)})
         barrier()
 
     def validate(self, evaluate_fn: Callable | None, record: dict[str, Any]) -> None:
@@ -414,7 +468,9 @@ class _Loop:
                 "train_time_s": round(self.train_time, 3),
                 "images_per_s": round(seen / self.train_time, 3) if self.train_time > 0 else None,
                 "losses": self.last_losses, "history": self.history, "device": str(self.device),
-                "world_size": self.world, "best": dict(self.best), "stopped_early": self.stop}
+                "world_size": self.world, "best": dict(self.best), "stopped_early": self.stop,
+                **({"time_budget": dict(self.plan, ran_epochs=self.epoch, wall_s=round(self.elapsed(), 1))}
+                   if self.plan else {})}
 
 
 def _iteration_record(loop: _Loop, values: dict[str, float], lr: float, grad_norm: float,
@@ -450,13 +506,14 @@ def _run_epoch(loop: _Loop, metrics: "_Metrics", progress, task) -> dict[str, An
     sums: dict[str, float] = {}
     n_batches = epoch_images = window_images = 0
     epoch_start = window_start = time.perf_counter()
-    progress.update(task, description=f"epoch {loop.epoch + 1}/{c.epochs}")
+    progress.update(task, description=f"epoch {loop.epoch + 1}/{loop.config.epochs}")
     for images, targets in loop.loader:
         t0 = time.perf_counter()
         values, lr, grad_norm = loop.step(images, targets)
         loop.train_time += time.perf_counter() - t0
         loop.iteration += 1
         loop.batch_in_epoch += 1
+        loop.maybe_plan()
         n_batches += 1
         epoch_images += len(images)
         window_images += len(images)
@@ -516,8 +573,10 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
         write_run(out_dir, kind, model_config or {}, train_record, command, complete=False, sources=sources or {})
     with progress_bar(enabled=config.progress and loop.is_main) as progress:
         task = progress.add_task("train", total=loop.total_iters, completed=loop.iteration, status="")
-        while loop.epoch < config.epochs and loop.iteration < loop.total_iters and not loop.stop:
+        while loop.epoch < loop.config.epochs and loop.iteration < loop.total_iters and not loop.stop:
+            epoch_start = time.perf_counter()
             record = _run_epoch(loop, metrics, progress, task)
+            progress.update(task, total=loop.total_iters)  # a time budget may have re-planned it
             if record["complete"]:
                 loop.epoch, loop.batch_in_epoch = loop.epoch + 1, 0
             loop.checkpoint()
@@ -525,12 +584,15 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
                 loop.validate(evaluate_fn, record)
             metrics.write(record)
             loop.history.append(record)
+            if record["complete"] and loop.epoch < loop.config.epochs:
+                loop.stop = loop.stop or not loop.budget_allows_next_epoch(time.perf_counter() - epoch_start)
     metrics.close()
     summary = loop.summary()
+    train_record = dict(train_record, **loop.config.to_dict(), **({"time_budget_plan": loop.plan} if loop.plan else {}))
     if loop.is_main:
         save_state(model, out_dir / "model.safetensors")
         write_run(out_dir, kind, model_config or {}, train_record, command,
-                  complete=loop.epoch >= config.epochs or loop.stop,
+                  complete=loop.epoch >= loop.config.epochs or loop.stop,
                   sources=sources or {}, summary={k: v for k, v in summary.items() if k != "history"})
     barrier()
     return summary
