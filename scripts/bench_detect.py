@@ -145,7 +145,7 @@ def train_tiny(args, data: Path, work: Path) -> dict[str, Path]:
 
         train_faster(data, "trainval", work / "faster", TrainConfig(**tc), backbone=args.backbone, weights=args.weights,
                      min_size=args.min_size, max_size=args.max_size,
-                     model_overrides={"rpn_post_nms_top_n_test": args.rpn_top_n})
+                     model_overrides={"rpn_post_nms_top_n_test": args.rpn_top_n}, fit=False)
         out["faster"] = work / "faster"
     console.print(f"tiny models ready in {time.perf_counter() - t0:.0f} s ({work})", highlight=False)
     return out

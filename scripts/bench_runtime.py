@@ -129,7 +129,7 @@ def tiny_faster(work: Path, min_size: int, max_size: int) -> Path:
     data = make_shapes(work / "data", train=2, test=0, size=256, seed=0)
     out = work / f"faster_{min_size}"
     train_faster(data, "trainval", out, TrainConfig(epochs=1, max_iters=2, warmup_iters=1, progress=False,
-                                                      device="cpu"), min_size=min_size, max_size=max_size)
+                                                      device="cpu"), min_size=min_size, max_size=max_size, fit=False)
     return out
 
 

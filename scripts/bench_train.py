@@ -79,7 +79,7 @@ def run_variant(kind: str, channels_last: bool, pre_nms: int | None, ds, data: P
                       channels_last=channels_last, seed=0, compile=compile, **train_options)
     if kind == "faster":
         train_faster(data, split, out, cfg, anchor_sizes=[32.0, 96.0, 256.0], min_size=args.min_size,
-                     max_size=args.max_size, model_overrides={"rpn_pre_nms_top_n_train": pre_nms})
+                     max_size=args.max_size, model_overrides={"rpn_pre_nms_top_n_train": pre_nms}, fit=False)
     else:
         model_cfg = FastRCNNConfig(classes=list(ds.classes), min_size=args.min_size, max_size=args.max_size)
         train_fast_rcnn(ds, out, cfg, model_cfg, proposals)

@@ -10,6 +10,7 @@ import typer
 from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import faster_app
 from rcnn_cli.engine import TrainConfig
+from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
 from rcnn_cli.models.faster_rcnn import TRAIN_DEFAULTS, FasterRCNNConfig
 
@@ -36,15 +37,25 @@ def train_cmd(
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two FC layers of 1024) or backbone (the net's own layers after the trunk, e.g. VGG16 fc6/fc7)."),
     anchor_sizes: Optional[str] = typer.Option(None, "--anchor-sizes", help="Anchor sizes in resized-image pixels, e.g. 128,256,512 (default; 32,...,512 with --fpn)."),
     aspect_ratios: Optional[str] = typer.Option(None, "--aspect-ratios", help="Anchor aspect ratios h/w, e.g. 0.5,1,2 (default)."),
-    auto_anchors: bool = typer.Option(False, "--auto-anchors", help="Fit the anchor sizes to the training boxes (class-balanced quantiles)."),
-    min_size: int = typer.Option(_M.min_size, "--min-size", help="Shorter image side after resizing."),
-    max_size: int = typer.Option(_M.max_size, "--max-size", help="Longer image side at most."),
+    auto_anchors: Optional[bool] = typer.Option(None, "--auto-anchors/--no-auto-anchors", help="Fit the anchor sizes to "
+                                                "the training boxes (class-balanced quantiles; the default unless "
+                                                "--anchor-sizes or --defaults paper)."),
+    min_size: Optional[int] = typer.Option(None, "--min-size", help="Shorter image side after resizing (default: chosen "
+                                           "from the data; the paper's 600 with --defaults paper)."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", help="Longer image side at most (default: chosen from "
+                                           "the data; 1000 with --defaults paper)."),
     train_sizes: Optional[str] = typer.Option(
         None, "--train-sizes", help="Multi-scale training: shorter sides drawn per image, e.g. 416,448,480,512,544 "
-        "(plus --min-size, the test size); raise --max-size so that the larger ones are not capped."),
-    rpn_pre_nms_train: int = typer.Option(
-        _M.rpn_pre_nms_top_n_train, "--rpn-pre-nms-train", help="RPN boxes before NMS in training (the paper's 12000; on a CPU that NMS "
-        "takes a third of each iteration at 480x640, and torchvision's 2000 trains 1.5x faster)."),
+        "(plus --min-size, the test size; default: within +-13 % of it, chosen from the data)."),
+    rpn_pre_nms_train: Optional[int] = typer.Option(
+        None, "--rpn-pre-nms-train", help="RPN boxes before NMS in training (default: the paper's 12000 on a GPU; "
+        "2000 on a CPU, where that NMS takes a third of each iteration at 480x640)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from a trained detector, the box predictor "
+                                       "re-initialised for your classes: coco (torchvision's COCO "
+                                       "fasterrcnn_resnet50_fpn; implies --backbone resnet50 --fpn) or a .safetensors/"
+                                       ".pth state dict."),
+    defaults: str = typer.Option("data", "--defaults", help="data: settings not given are chosen from the training "
+                                 "split (printed with their reasons); paper: the Faster R-CNN paper's."),
     rpn_post_nms_train: int = typer.Option(_M.rpn_post_nms_top_n_train, "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
     rpn_pre_nms_test: int = typer.Option(_M.rpn_pre_nms_top_n_test, "--rpn-pre-nms-test", help="RPN boxes before NMS at test."),
     rpn_post_nms_test: int = typer.Option(_M.rpn_post_nms_top_n_test, "--rpn-post-nms-test", help="RPN proposals after NMS at test."),
@@ -61,16 +72,24 @@ def train_cmd(
     from rcnn_cli.runtime import dist_info
 
     p, sources = O.replayed(ctx, train["config"], _RECORDED)
+    if defaults not in ("data", "paper"):
+        raise UserError(f"--defaults must be data or paper (got '{defaults}')")
+    if init == "coco" and sources["backbone"] != "default" and p["backbone"] != "resnet50":
+        raise UserError(f"--init coco is a resnet50 FPN detector (not --backbone {p['backbone']})")
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
     overrides = {_RECORDED[k]: p[k] for k in _RECORDED if k != "train_sizes"}
+    if overrides["rpn_pre_nms_top_n_train"] is None and defaults == "paper":
+        overrides["rpn_pre_nms_top_n_train"] = _M.rpn_pre_nms_top_n_train
     sizes = parse_floats(p["train_sizes"], "--train-sizes")
     summary = train_faster(dataset, p["split"], out, train_config, images=images, backbone=p["backbone"],
                            weights=p["weights"], fpn=p["fpn"], head=p["head"],
                            anchor_sizes=parse_floats(p["anchor_sizes"], "--anchor-sizes"),
                            aspect_ratios=parse_floats(p["aspect_ratios"], "--aspect-ratios"),
                            auto_anchors=p["auto_anchors"], min_size=p["min_size"], max_size=p["max_size"],
-                           train_sizes=[int(v) for v in sizes or []], val_split=p["val_split"], resume=p["resume"],
-                           model_overrides=overrides, sources=sources)
+                           train_sizes=[int(v) for v in sizes] if sizes else None, val_split=p["val_split"],
+                           resume=p["resume"], model_overrides=overrides, sources=sources, fit=defaults == "data",
+                           fit_schedule=defaults == "data" and sources["epochs"] == sources["lr_steps"] == "default",
+                           init=init)
     if dist_info()[0] != 0:
         return  # under torchrun, rank 0 reports
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("losses", {}).items())

@@ -44,7 +44,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -302,58 +302,13 @@ def transform_min_sizes(cfg: FasterRCNNConfig) -> int | tuple[int, ...]:
 # Anchors fitted to a dataset
 
 
-def _resize_scale(width: float, height: float, min_size: float, max_size: float) -> float:
-    """The factor GeneralizedRCNNTransform resizes an image by (shorter side to min_size, longer <= max_size)."""
-    return min(min_size / min(width, height), max_size / max(width, height))
-
-
 def fit_anchor_sizes(dataset, n: int = 3, min_size: int = 600, max_size: int = 1000) -> list[float]:
-    """``n`` anchor sizes (sqrt of area, pixels of the *resized* image) fitted to ``dataset``'s boxes.
+    """``n`` anchor sizes (sqrt of area, pixels of the *resized* image) fitted to ``dataset``'s boxes:
+    :func:`rcnn_cli.fitting.anchor_sizes_from` of its statistics. On BCCD at 480 px this gives about
+    40, 100, 190 (platelets, red and white cells) where the paper's 128-512 fit VOC objects."""
+    from rcnn_cli.fitting import anchor_sizes_from, data_stats
 
-    Each training box's ``sqrt(w * h)`` is scaled as the model resizes its image; the sizes are
-    class-balanced quantiles of their logarithm at ``(i + 0.5) / n`` (every class weighs the same,
-    so 3000 red cells do not drown 300 platelets), rounded to integers. On BCCD at 480 px this gives
-    about 40, 100, 190 (platelets, red and white cells) where the paper's 128-512 fit VOC objects.
-    """
-    from rcnn_cli.boxes import valid_box_mask
-    from rcnn_cli.data.images import image_size
-
-    sizes, names = [], []
-    for rec in dataset.records:
-        boxes = np.asarray(rec.boxes, np.float64).reshape(-1, 4)
-        if not len(boxes):
-            continue
-        w, h = rec.width, rec.height
-        if not w or not h:
-            try:
-                w, h = image_size(rec.path)
-            except UserError:
-                continue
-        keep = valid_box_mask(boxes, w, h)
-        b = boxes[keep]
-        b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
-        b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        ok = area > 0
-        sizes.append(np.sqrt(area[ok]) * _resize_scale(w, h, min_size, max_size))
-        names += list(np.asarray(rec.labels, dtype=object)[keep][ok])
-    if not sizes or sum(len(s) for s in sizes) == 0:
-        raise UserError("--auto-anchors: the training split has no usable boxes")
-    s = np.log(np.concatenate(sizes))
-    names_arr = np.asarray(names, dtype=object)
-    weights = np.zeros(len(s))
-    for c in set(names):
-        m = names_arr == c
-        weights[m] = 1.0 / m.sum()
-    order = np.argsort(s)
-    s, weights = s[order], weights[order]
-    cdf = (np.cumsum(weights) - 0.5 * weights) / weights.sum()
-    qs = (np.arange(n) + 0.5) / n
-    fitted = np.exp(np.interp(qs, cdf, s))
-    out = [float(max(4, round(v))) for v in fitted]
-    for i in range(1, len(out)):  # distinct, increasing
-        out[i] = max(out[i], out[i - 1] + 1)
-    return out
+    return anchor_sizes_from(data_stats(dataset), n, min_size, max_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,26 +507,143 @@ def make_evaluate_fn(dataset, classes: Sequence[str], metrics: Sequence[str] = (
     return evaluate_fn
 
 
+def _fit(ds, given: dict, train_config, fixed_anchors: bool, fit: bool, fit_schedule: bool):
+    """:func:`rcnn_cli.fitting.fit_faster` for the settings not ``given`` (``None``; anchors also
+    ``fixed_anchors``: FPN's five levels or ``--no-auto-anchors``), or nothing without ``fit``."""
+    from rcnn_cli.fitting import Fitted, data_stats, fit_faster
+    from rcnn_cli.runtime import resolve_device
+
+    stats = data_stats(ds)  # a split without one valid box: a one-line error before any training
+    if not fit:
+        return Fitted()
+    given = dict(given, epochs=None if fit_schedule else train_config.epochs)
+    if fixed_anchors:
+        given["anchor_sizes"] = given.get("anchor_sizes") or "fixed"
+    return fit_faster(stats, given, resolve_device(train_config.device).type, train_config.batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# COCO-pretrained starting points (--init)
+
+#: ``--init NAME``: torchvision's COCO-trained detector whose architecture ``build_model`` rebuilds.
+COCO_INITS = {"coco": ("resnet50", "FasterRCNN_ResNet50_FPN_Weights", "COCO_V1")}
+PREDICTOR = "roi_heads.box_predictor."
+
+
+def init_state(init: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``--init``: ``coco`` (torchvision's COCO ``fasterrcnn_resnet50_fpn``, from its
+    weights API: cached or downloaded), a ``.safetensors`` file, or a PyTorch checkpoint (``.pth``/``.pt``,
+    read with ``weights_only=True``: tensors only, never pickled code; a ``{"model": ...}`` wrapper is
+    unwrapped). Any failure is one line."""
+    if init in COCO_INITS:
+        import torchvision.models.detection as D
+
+        _, enum, tag = COCO_INITS[init]
+        try:
+            return getattr(getattr(D, enum), tag).get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # noqa: BLE001 - offline, proxy, corrupt cache: one line
+            raise UserError(f"--init {init}: torchvision's COCO weights could not be loaded ({type(e).__name__}: "
+                            f"{e}); they are downloaded once into the torch hub cache: without a network, fetch the "
+                            f"file elsewhere and pass --init FILE") from None
+    path = Path(init)
+    if not path.is_file():
+        raise UserError(f"--init {init}: not 'coco' and no such file")
+    if path.suffix == ".safetensors":
+        from rcnn_cli.io.tensors import load_tensors
+
+        return load_tensors(path, "--init")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"--init {path}: not a readable PyTorch checkpoint of tensors ({type(e).__name__})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--init {path}: expected a state dict of tensors")
+    return state
+
+
+def load_init(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> dict[str, Any]:
+    """Copy every tensor of ``state`` whose name and shape match ``model``'s, except the box predictor
+    (re-initialised for the dataset's classes). Fewer than half of the model's other tensors found is
+    a one-line error (another architecture). Returns what was loaded, for the run's record."""
+    own = model.state_dict()
+    wanted = [k for k in own if not k.startswith(PREDICTOR) and not k.endswith("num_batches_tracked")]
+    loaded = {k: state[k] for k in wanted if k in state and tuple(state[k].shape) == tuple(own[k].shape)}
+    if len(loaded) < len(wanted) / 2:
+        missing = next(k for k in wanted if k not in loaded)
+        raise UserError(f"--init {what}: only {len(loaded)} of {len(wanted)} tensors fit this model (e.g. '{missing}'"
+                        f" is missing or another shape); COCO checkpoints need --backbone resnet50 --fpn")
+    model.load_state_dict(loaded, strict=False)
+    logger.info("--init %s: %d of %d tensors loaded; the box predictor starts anew for %d classes", what,
+                len(loaded), len(wanted), len(model.rcnn_config.classes))
+    return {"init": what, "tensors_loaded": len(loaded), "tensors": len(wanted),
+            "not_loaded": sorted(k for k in wanted if k not in loaded)[:20]}
+
+
+
+def _new_config(ds, dataset_path, split, train_config, sources, *, backbone, weights, fpn, head, anchor_sizes,
+                aspect_ratios, auto_anchors, min_size, max_size, train_sizes, model_overrides, fit, fit_schedule):
+    """A new run's :class:`FasterRCNNConfig` (settings not given chosen from the data, see
+    :func:`train_faster`), the training configuration (epochs fitted with ``fit_schedule``) and the
+    settings' sources with the chosen ones marked."""
+    from rcnn_cli.backbones import weights_id
+
+    given = dict(min_size=min_size, max_size=max_size, train_sizes=train_sizes or None,
+                 anchor_sizes=anchor_sizes or None,
+                 rpn_pre_nms_top_n_train=(model_overrides or {}).get("rpn_pre_nms_top_n_train"))
+    fitted = _fit(ds, given, train_config, fpn or auto_anchors is False, fit, fit_schedule)
+    chosen = {**{k: v for k, v in given.items() if v is not None}, **fitted.values}
+    min_size, max_size = int(chosen.get("min_size", 600)), int(chosen.get("max_size", 1000))
+    sizes = chosen.get("anchor_sizes") or ([32.0, 64.0, 128.0, 256.0, 512.0] if fpn else None)
+    if auto_anchors and "anchor_sizes" not in fitted.values:  # e.g. 5 FPN sizes fitted
+        sizes = fit_anchor_sizes(ds, n=len(sizes) if sizes else 3, min_size=min_size, max_size=max_size)
+        logger.info("anchor sizes fitted to the training boxes: %s", ", ".join(f"{s:g}" for s in sizes))
+    overrides = dict(model_overrides or {}, **{k: fitted.values[k] for k in ("rpn_pre_nms_top_n_train",)
+                                              if k in fitted.values})
+    overrides.update(fpn=fpn, head=head, min_size=min_size, max_size=max_size,
+                     train_min_sizes=[int(s) for s in chosen.get("train_sizes") or []] or None,
+                     anchor_sizes=[float(s) for s in sizes] if sizes else None,
+                     aspect_ratios=[float(r) for r in aspect_ratios] if aspect_ratios else None)
+    cfg = default_config(ds.classes, backbone, **overrides)
+    cfg.weights_id = weights_id(backbone, weights)
+    cfg.weights = str(weights)
+    cfg.auto_anchors = bool(auto_anchors) or "anchor_sizes" in fitted.values
+    cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records),
+                      "fitted": fitted.record()}
+    if "epochs" in fitted.values:
+        train_config = replace(train_config, epochs=int(fitted.values["epochs"]), lr_steps=None)
+    sources = dict(sources or {}, **{k: f"chosen: {r}" for k, r in fitted.reasons.items()})
+    fitted.print("settings chosen from the training data (flags override)")
+    return cfg, train_config, sources
+
+
 def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
                  images: str | Path | None = None, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  fpn: bool = False, head: str = "mlp", anchor_sizes: Sequence[float] | None = None,
-                 aspect_ratios: Sequence[float] | None = None, auto_anchors: bool = False,
-                 min_size: int = 600, max_size: int = 1000, train_sizes: Sequence[int] | None = None,
+                 aspect_ratios: Sequence[float] | None = None, auto_anchors: bool | None = None,
+                 min_size: int | None = None, max_size: int | None = None, train_sizes: Sequence[int] | None = None,
                  val_split: str | None = None, resume: bool = False, model_overrides: dict | None = None,
-                 command: str = "rcnn faster train", sources: dict[str, str] | None = None) -> dict:
+                 command: str = "rcnn faster train", sources: dict[str, str] | None = None, fit: bool = True,
+                 fit_schedule: bool = False, init: str | None = None) -> dict:
     """Train a Faster R-CNN on a labelled dataset split with :func:`rcnn_cli.engine.train`.
 
     ``train_config`` is an :class:`rcnn_cli.engine.TrainConfig`. ``auto_anchors`` replaces the
     anchor sizes by :func:`fit_anchor_sizes` of the training boxes (as many sizes as given, 3 by
     default, 5 with ``fpn``). ``train_sizes`` turns on multi-scale training: each training image's
-    shorter side is drawn from them and ``min_size`` (the test size). ``resume`` continues ``out``'s
+    shorter side is drawn from them and ``min_size`` (the test size). With ``fit`` (default) every
+    data-dependent setting left ``None`` (image sizes, training sizes, anchors, the RPN's training
+    pre-NMS count in ``model_overrides``) is chosen from the training split by
+    :func:`rcnn_cli.fitting.fit_faster`, printed once with its reason and recorded; ``fit_schedule``
+    also chooses the epochs (and their steps). ``fit=False``: the paper's values. ``init``: a starting
+    point for every layer but the box predictor (:func:`init_state`: ``coco`` means torchvision's COCO
+    ``fasterrcnn_resnet50_fpn`` and its architecture, ``--backbone resnet50 --fpn``; or a file). ``resume`` continues ``out``'s
     checkpoint with the model configuration recorded there. Writes ``out/model.safetensors`` and
     ``out/config.json`` (model + training settings); returns the engine's summary (+ ``"model_config"``).
     """
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.torch_dataset import DetectionDataset
-    from rcnn_cli.engine import train
+    from rcnn_cli.engine import find_checkpoint, train
     from rcnn_cli.runtime import seed_everything
 
     out = Path(out)
@@ -580,6 +652,8 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     ds = load_dataset(dataset_path, split, images)
     if not ds.records:
         raise UserError(f"{dataset_path}: split '{split}' has no images")
+    if init in COCO_INITS:
+        backbone, fpn, weights = COCO_INITS[init][0], True, "none"  # every backbone tensor comes from COCO
     cfg = None
     if resume and (out / "config.json").is_file():
         try:
@@ -588,25 +662,17 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
         except UserError:
             cfg = None
     if cfg is None:
-        sizes = list(anchor_sizes) if anchor_sizes else ([32.0, 64.0, 128.0, 256.0, 512.0] if fpn else None)
-        if auto_anchors:
-            n = len(sizes) if sizes else 3
-            sizes = fit_anchor_sizes(ds, n=n, min_size=min_size, max_size=max_size)
-            logger.info("anchor sizes fitted to the training boxes: %s", ", ".join(f"{s:g}" for s in sizes))
-        overrides = dict(model_overrides or {})
-        overrides.update(fpn=fpn, head=head, min_size=int(min_size), max_size=int(max_size),
-                         train_min_sizes=[int(s) for s in train_sizes] if train_sizes else None,
-                         anchor_sizes=[float(s) for s in sizes] if sizes else None,
-                         aspect_ratios=[float(r) for r in aspect_ratios] if aspect_ratios else None)
-        cfg = default_config(ds.classes, backbone, **overrides)
-        cfg.weights_id = weights_id(backbone, weights)
-        cfg.weights = str(weights)
-        cfg.auto_anchors = bool(auto_anchors)
-        cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records)}
+        cfg, train_config, sources = _new_config(
+            ds, dataset_path, split, train_config, sources, backbone=backbone, weights=weights, fpn=fpn, head=head,
+            anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios, auto_anchors=auto_anchors, min_size=min_size,
+            max_size=max_size, train_sizes=train_sizes, model_overrides=model_overrides, fit=fit,
+            fit_schedule=fit_schedule)
     elif list(cfg.classes) != list(ds.classes):
         raise UserError(f"{out}: the checkpoint was trained on classes {cfg.classes}, this split has {ds.classes}")
     seed_everything(train_config.seed)  # the new layers' initialisation
     model = build_model(cfg, weights=weights)
+    if init and not (resume and find_checkpoint(out) is not None):
+        cfg.trained_on["init"] = load_init(model, init_state(init), init)
     evaluate_fn = None
     if val_split:
         val = load_dataset(dataset_path, val_split, images, classes=list(ds.classes))

@@ -433,7 +433,7 @@ def _faster_step(c: _Compare) -> None:
                                anchor_sizes=G["anchor_sizes"], aspect_ratios=G["aspect_ratios"],
                                auto_anchors=bool(G["auto_anchors"]), min_size=int(G["min_size"]),
                                max_size=int(G["max_size"]), resume=resume, model_overrides=overrides,
-                               command=f"{c.command} (faster)")
+                               command=f"{c.command} (faster)", fit=False)  # the budget's settings, exactly
         return jsonable({k: v for k, v in summary.items() if k != "history"})
 
     console.print("[bold]Faster R-CNN[/]", highlight=False)

@@ -1,0 +1,229 @@
+"""Settings fitted to the user's data: training-split statistics -> chosen values, each with its reason.
+
+Every detector's defaults that depend on the data live here, one rule per setting, reading only the
+training split's statistics (:class:`DataStats`) and the backbone's stride:
+
+- **image scale** (:func:`image_scale`): the images' own resolution (median shorter side), upscaled
+  only as far as the smallest class needs (its 10th-percentile box reaching ``MIN_OBJECT`` pixels, two
+  cells of a stride-16 map), never below ``MIN_CELLS`` cells of the map on the shorter side, never
+  above the device's cap (CPU 640, GPU 800); the longer side follows the median aspect ratio;
+- **multi-scale training sizes** (:func:`training_sizes`): shorter sides within +-13 % of the test
+  size in steps of 32 pixels (scale augmentation, free at test time);
+- **anchors**: class-balanced quantiles of the training boxes at the chosen scale
+  (:func:`anchor_sizes_from`);
+- **RPN boxes before NMS in training**: the paper's 12000 on a GPU, torchvision's 2000 on a CPU, where
+  that NMS is a third of each iteration;
+- **epochs** (:func:`default_epochs`): at least 12 and at least ``MIN_ITERATIONS`` iterations.
+
+A value the user gave always wins; :class:`Fitted` records which values were chosen and why, for the
+table printed once and the run's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from rcnn_cli.errors import UserError
+
+__all__ = ["DataStats", "data_stats", "Fitted", "image_scale", "training_sizes", "anchor_sizes_from",
+           "default_epochs", "fit_faster", "MIN_OBJECT", "MIN_CELLS"]
+
+MIN_OBJECT = 32          # pixels: two cells of a stride-16 feature map
+MIN_CELLS = 30           # cells of the stride-16 map on the shorter side at least (480 px)
+SIZE_CAP = {"cpu": 640, "cuda": 800}  # the shorter side at most, per device type
+MIN_ITERATIONS = 1000    # a default schedule has at least this many iterations
+TRAIN_SCALE_JITTER = (0.87, 0.93, 1.0, 1.07, 1.13)
+
+
+def _round32(x: float) -> int:
+    return max(32, int(round(x / 32.0)) * 32)
+
+
+@dataclass
+class DataStats:
+    """Statistics of a training split: one entry per image (``short``, ``long``: sides in pixels;
+    ``objects``: valid boxes) and per valid box (``sizes``: sqrt of the area in original pixels;
+    ``ratios``: height / width; ``labels``; ``image_wh``: its image's width and height)."""
+
+    classes: list[str]
+    short: np.ndarray
+    long: np.ndarray
+    objects: np.ndarray
+    sizes: np.ndarray
+    ratios: np.ndarray
+    labels: np.ndarray
+    image_wh: np.ndarray
+    invalid: int = 0
+
+    @property
+    def images(self) -> int:
+        return len(self.short)
+
+    def class_quantile(self, q: float) -> dict[str, float]:
+        """The ``q`` quantile (0..1) of the box sizes of each class present."""
+        return {c: float(np.quantile(self.sizes[self.labels == c], q)) for c in self.classes
+                if (self.labels == c).any()}
+
+    def smallest(self) -> tuple[str, float]:
+        """The class with the smallest 10th-percentile box, and that size (pixels)."""
+        c, v = min(self.class_quantile(0.1).items(), key=lambda kv: kv[1])
+        return c, v
+
+    def aspect(self) -> float:
+        """The median longer / shorter side of the images."""
+        return float(np.median(self.long / np.maximum(self.short, 1)))
+
+
+def data_stats(dataset) -> DataStats:
+    """:class:`DataStats` of a dataset split (boxes clipped to their image; zero-area, inverted and
+    wholly outside boxes counted in ``invalid``). A split with no valid box is a one-line error."""
+    from rcnn_cli.boxes import valid_box_mask
+    from rcnn_cli.data.images import image_size
+
+    short, long, objects, sizes, ratios, labels, wh, invalid, total = [], [], [], [], [], [], [], 0, 0
+    for rec in dataset.records:
+        w, h = rec.width, rec.height
+        if not w or not h:
+            try:
+                w, h = image_size(rec.path)
+            except UserError:
+                continue
+        boxes = np.asarray(rec.boxes, np.float64).reshape(-1, 4)
+        keep = valid_box_mask(boxes, w, h)
+        b = boxes[keep].copy()
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+        bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        ok = (bw > 0) & (bh > 0)
+        total += len(boxes)
+        invalid += len(boxes) - int(ok.sum())
+        short.append(min(w, h)), long.append(max(w, h)), objects.append(int(ok.sum()))
+        sizes.append(np.sqrt(bw[ok] * bh[ok])), ratios.append(bh[ok] / bw[ok])
+        labels.append(np.asarray(rec.labels, dtype=object)[keep][ok])
+        wh.append(np.tile([w, h], (int(ok.sum()), 1)))
+    if not sum(objects):
+        raise UserError(f"{getattr(dataset, 'root', 'the dataset')}: none of the {total} boxes of split "
+                        f"'{getattr(dataset, 'split', '')}' is valid (zero-area, inverted or outside its image): "
+                        "nothing to train on")
+    cat = lambda parts, dtype=np.float64: np.concatenate(parts).astype(dtype)  # noqa: E731
+    return DataStats(list(dataset.classes), np.asarray(short, np.float64), np.asarray(long, np.float64),
+                     np.asarray(objects), cat(sizes), cat(ratios), cat(labels, object), cat(wh).reshape(-1, 2),
+                     invalid)
+
+
+@dataclass
+class Fitted:
+    """Settings chosen from the data: ``values[name]`` and ``reasons[name]``; ``given`` names the
+    settings the user gave (never changed here)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    given: set[str] = field(default_factory=set)
+
+    def choose(self, name: str, value: Any, reason: str) -> None:
+        if name in self.given:
+            return
+        self.values[name], self.reasons[name] = value, reason
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"value", "reason"}}`` for the run's record."""
+        return {k: {"value": self.values[k], "reason": self.reasons[k]} for k in self.values}
+
+    def print(self, title: str) -> None:
+        """The table of chosen values, once (rank 0 of a distributed run only)."""
+        from rich.table import Table
+
+        from rcnn_cli.log import console
+        from rcnn_cli.runtime import dist_info
+
+        if not self.values or dist_info()[0] != 0:
+            return
+        table = Table(title=title, title_justify="left")
+        for col in ("setting", "chosen", "because"):
+            table.add_column(col, overflow="fold")
+        for k, v in self.values.items():
+            shown = ", ".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else str(v)
+            table.add_row(k, shown, self.reasons[k])
+        console.print(table)
+
+
+def image_scale(stats: DataStats, device_type: str = "cpu", stride: int = 16) -> tuple[int, int, str]:
+    """``(min_size, max_size, reason)``: the shorter side the images are resized to (a multiple of
+    32) and the longer side's cap; see the module docstring."""
+    native = float(np.median(stats.short))
+    cls, small = stats.smallest()
+    need = MIN_OBJECT / max(small, 1e-6)
+    floor, cap = MIN_CELLS * stride, SIZE_CAP.get(device_type, SIZE_CAP["cpu"])
+    size = min(max(_round32(native * max(need, 1.0)), floor), cap)
+    why = [f"images' median shorter side {native:.0f} px"]
+    if need > 1:
+        why.append(f"x{need:.2f} so that {cls}'s 10th-percentile box ({small:.0f} px) reaches {MIN_OBJECT} px")
+    if size == floor and native * max(need, 1.0) < floor:
+        why.append(f"raised to {MIN_CELLS} cells of the stride-{stride} map")
+    if size == cap and native * max(need, 1.0) > cap:
+        why.append(f"capped at {cap} on {device_type}" + (f" ({cls}'s 10th percentile then {small * cap / native:.0f} px;"
+                                                           f" --min-size {_round32(native * need)} keeps {MIN_OBJECT})"
+                                                           if small * cap / native < MIN_OBJECT else ""))
+    max_size = _round32(size * stats.aspect())
+    return size, max_size, "; ".join(why) + f"; longer side {stats.aspect():.2f}x (median aspect)"
+
+
+def training_sizes(min_size: int) -> list[int]:
+    """Multi-scale training: shorter sides within +-13 % of ``min_size``, multiples of 32."""
+    return sorted({_round32(min_size * f) for f in TRAIN_SCALE_JITTER})
+
+
+def anchor_sizes_from(stats: DataStats, n: int, min_size: int, max_size: int) -> list[float]:
+    """``n`` anchor sizes (pixels of the resized image): class-balanced quantiles at ``(i + 0.5) / n``
+    of the log box sizes, each box scaled as its image is resized (shorter side ``min_size``, longer at
+    most ``max_size``), rounded to integers (at least 4, increasing); every class weighs the same, so
+    3000 red cells do not drown 300 platelets."""
+    w, h = stats.image_wh[:, 0], stats.image_wh[:, 1]
+    scale = np.minimum(min_size / np.minimum(w, h), max_size / np.maximum(w, h))
+    s = np.log(stats.sizes * scale)
+    weights = np.zeros(len(s))
+    for c in set(stats.labels.tolist()):
+        m = stats.labels == c
+        weights[m] = 1.0 / m.sum()
+    order = np.argsort(s)
+    s, weights = s[order], weights[order]
+    cdf = (np.cumsum(weights) - 0.5 * weights) / weights.sum()
+    out = [float(max(4, round(v))) for v in np.exp(np.interp((np.arange(n) + 0.5) / n, cdf, s))]
+    for i in range(1, len(out)):  # distinct, increasing
+        out[i] = max(out[i], out[i - 1] + 1)
+    return out
+
+
+def default_epochs(images: int, batch_size: int) -> int:
+    """At least 12 epochs and at least ``MIN_ITERATIONS`` iterations, at most 50 epochs."""
+    per_epoch = max(1, math.ceil(images / max(batch_size, 1)))
+    return int(min(50, max(12, math.ceil(MIN_ITERATIONS / per_epoch))))
+
+
+def fit_faster(stats: DataStats, given: Mapping[str, Any], device_type: str = "cpu", batch_size: int = 2,
+               anchors: int = 3, stride: int = 16) -> Fitted:
+    """Faster R-CNN's data-dependent settings that ``given`` leaves ``None`` or out (names as
+    :func:`rcnn_cli.models.faster_rcnn.train_faster` takes them: ``min_size``, ``max_size``,
+    ``train_sizes``, ``anchor_sizes``, ``rpn_pre_nms_top_n_train``, ``epochs``); the chosen ones
+    follow the given ones (training sizes around a given ``min_size``, ...)."""
+    f = Fitted(given={k for k, v in given.items() if v is not None})
+    value = lambda name: given.get(name) if name in f.given else f.values.get(name)  # noqa: E731
+    size, _, why = image_scale(stats, device_type, stride)
+    f.choose("min_size", size, why)
+    size = int(value("min_size"))
+    f.choose("train_sizes", training_sizes(size), f"scale augmentation: shorter sides within +-13 % of {size}")
+    train_max = max([int(v) for v in value("train_sizes") or []] + [size])
+    f.choose("max_size", _round32(train_max * stats.aspect()),
+             f"{stats.aspect():.2f} x the largest training size {train_max} (the images' median aspect ratio)")
+    f.choose("anchor_sizes", anchor_sizes_from(stats, anchors, size, int(value("max_size"))),
+             f"class-balanced quantiles of the {len(stats.sizes)} training boxes at {size} px")
+    f.choose("rpn_pre_nms_top_n_train", 12000 if device_type == "cuda" else 2000,
+             "the paper's 12000 on a GPU" if device_type == "cuda" else
+             "torchvision's 2000 on a CPU (NMS over 12000 boxes is a third of each iteration)")
+    f.choose("epochs", default_epochs(stats.images, batch_size),
+             f"{stats.images} images, batch {batch_size}: at least 12 epochs and {MIN_ITERATIONS} iterations")
+    return f

@@ -1,0 +1,213 @@
+"""Settings fitted to the data (rcnn_cli.fitting), the time-budget planner, and the record of chosen values."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rcnn_cli import fitting as F
+from rcnn_cli.engine import TrainConfig, budget, train
+from rcnn_cli.errors import UserError
+
+
+def _dataset(images: list[tuple[int, int, list[tuple[str, float]]]]):
+    """Records of ``(width, height, [(label, box side)])``: square boxes at the image's corner."""
+    records = [SimpleNamespace(width=w, height=h, path=None, boxes=[[0, 0, s, s] for _, s in objs],
+                               labels=[c for c, _ in objs]) for w, h, objs in images]
+    classes = sorted({c for _, _, objs in images for c, _ in objs})
+    return SimpleNamespace(records=records, classes=classes, root="data", split="train")
+
+
+def test_stats_read_sizes_and_the_smallest_class():
+    ds = _dataset([(640, 480, [("cell", 100.0), ("dot", 20.0)]), (640, 480, [("cell", 120.0), ("dot", 30.0)])])
+    s = F.data_stats(ds)
+    assert s.images == 2 and s.objects.tolist() == [2, 2] and s.aspect() == pytest.approx(640 / 480)
+    c, small = s.smallest()
+    assert c == "dot" and small == pytest.approx(21.0)  # 10th percentile of 20, 30
+
+
+def test_small_objects_raise_the_scale_up_to_the_device_cap():
+    ds = _dataset([(640, 480, [("dot", 16.0), ("cell", 100.0)])] * 5)  # 16-px dots need x2 to reach 32 px
+    s = F.data_stats(ds)
+    size, max_size, why = F.image_scale(s, "cuda")
+    assert (size, max_size) == (800, 1056) and "x2.00" in why and "capped at 800" in why
+    size, _, why = F.image_scale(s, "cpu")
+    assert size == 640 and "--min-size 960 keeps 32" in why  # the cap costs the dots: said, with the flag
+
+
+def test_objects_that_fit_keep_the_native_scale_and_large_objects_are_not_upscaled():
+    native = F.data_stats(_dataset([(640, 480, [("a", 40.0)])] * 3))
+    assert F.image_scale(native, "cpu")[:2] == (480, 640)  # 40-px objects at 480: nothing to change
+    big_images = F.data_stats(_dataset([(1333, 1000, [("a", 300.0)])] * 3))
+    size, _, why = F.image_scale(big_images, "cpu")
+    assert size == 640 < 1000 and "capped at 640" in why  # shrunk: the objects stay at 144 px
+    small_images = F.data_stats(_dataset([(400, 300, [("a", 200.0)])] * 3))
+    size, _, why = F.image_scale(small_images, "cpu")
+    assert size == 480 and "30 cells" in why  # only up to the map's minimum, not for the objects
+
+
+def test_training_sizes_and_the_fitted_set_follow_a_given_size():
+    assert F.training_sizes(480) == [416, 448, 480, 512, 544]
+    s = F.data_stats(_dataset([(640, 480, [("a", 40.0), ("b", 120.0)])] * 4))
+    f = F.fit_faster(s, {}, "cpu", batch_size=2)
+    assert f.values["min_size"] == 480 and f.values["train_sizes"] == [416, 448, 480, 512, 544]
+    assert f.values["max_size"] == 736  # 544 x 4/3 = 725 -> a multiple of 32
+    assert f.values["rpn_pre_nms_top_n_train"] == 2000 and F.fit_faster(s, {}, "cuda").values[
+        "rpn_pre_nms_top_n_train"] == 12000
+    assert f.values["anchor_sizes"] == F.anchor_sizes_from(s, 3, 480, 736) and f.values["epochs"] == 50
+    g = F.fit_faster(s, {"min_size": 320, "train_sizes": None, "epochs": 12}, "cpu")
+    assert "min_size" not in g.values and "epochs" not in g.values
+    assert g.values["train_sizes"] == [288, 320, 352] and g.values["max_size"] == 480  # around the given 320
+    assert set(g.record()) == set(g.values) and all(g.reasons[k] for k in g.values)
+
+
+def test_default_epochs_from_the_dataset_size():
+    assert F.default_epochs(292, 2) == 12  # 146 iterations per epoch: 12 epochs are 1752
+    assert F.default_epochs(160, 2) == 13  # 80 per epoch: 13 epochs reach 1000 iterations
+    assert F.default_epochs(10, 2) == 50  # at most 50
+
+
+def test_a_split_without_one_valid_box_is_one_line():
+    ds = _dataset([(100, 100, [("a", 0.0)]), (100, 100, [("a", 0.0)])])
+    with pytest.raises(UserError, match="none of the 2 boxes of split 'train' is valid"):
+        F.data_stats(ds)
+
+
+def test_budget_planner_with_a_fake_speed():
+    assert budget.plan_epochs(1800, 0.5, 150) == 24  # 75 s per epoch
+    assert budget.plan_epochs(1800, 0.5, 150, spent_s=100) == 22
+    assert budget.plan_epochs(36000, 0.1, 10) == budget.MAX_EPOCHS
+    with pytest.raises(UserError, match=r"too small: one epoch takes about 1m15s .* give at least 2m"):
+        budget.plan_epochs(60, 0.5, 150)
+    assert budget.epoch_fits(100, 50, 50) and not budget.epoch_fits(100, 60, 50)
+    assert budget.probe_iterations(5) == 5 and budget.probe_iterations(500) == budget.PROBE
+
+
+class _Slow(nn.Module):
+    """10 ms per iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images, targets):
+        time.sleep(0.01)
+        return {"loss": (self.w - 1) ** 2}
+
+
+class _Data(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 2, 2), {"image_id": str(i)}
+
+
+def test_engine_fits_the_epochs_to_the_budget_and_records_the_plan(tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=3, warmup_iters=0, progress=False, device="cpu", time_budget="1s",
+                      max_iters=25)
+    summary = train(_Slow(), _Data(), tmp_path / "run", cfg, kind="faster")
+    plan = summary["time_budget"]
+    assert 5 <= plan["planned_epochs"] <= 10  # 1 s / (10 iterations x ~10 ms)
+    assert plan["iters_per_epoch"] == 10 and plan["probe_iterations"] == 8 and summary["iterations"] == 25
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"]["epochs"] == plan["planned_epochs"] and record["train"]["time_budget"] == 1.0
+    assert record["train"]["lr_steps"] == list(budget_steps(plan["planned_epochs"]))
+    assert record["train"]["time_budget_plan"]["seconds_per_iter"] == plan["seconds_per_iter"]
+    with pytest.raises(UserError, match="give at least"):
+        train(_Slow(), _Data(), tmp_path / "small", TrainConfig(epochs=2, batch_size=3, progress=False,
+                                                                device="cpu", time_budget=0.05), kind="faster")
+
+
+def budget_steps(epochs: int):
+    from rcnn_cli.engine import default_lr_steps
+
+    return default_lr_steps(epochs)
+
+
+def test_faster_records_chosen_and_given_values(tmp_path, shapes_root):
+    from rcnn_cli.models.faster_rcnn import train_faster
+
+    cfg = TrainConfig(epochs=1, max_iters=1, warmup_iters=1, progress=False, device="cpu")
+    train_faster(shapes_root, "trainval", tmp_path / "run", cfg, weights="none", min_size=128,
+                 sources={"min_size": "command line"})
+    rec = json.loads((tmp_path / "run" / "config.json").read_text())
+    fitted = rec["model"]["trained_on"]["fitted"]
+    assert rec["model"]["min_size"] == 128 and "min_size" not in fitted and "epochs" not in fitted
+    assert rec["model"]["train_min_sizes"] == fitted["train_sizes"]["value"] == [96, 128, 160]
+    assert rec["model"]["anchor_sizes"] == fitted["anchor_sizes"]["value"] and rec["model"]["auto_anchors"]
+    assert rec["model"]["rpn_pre_nms_top_n_train"] == 2000
+    assert rec["sources"]["min_size"] == "command line" and rec["sources"]["max_size"].startswith("chosen: ")
+    paper = tmp_path / "paper"
+    train_faster(shapes_root, "trainval", paper, cfg, weights="none", fit=False)
+    m = json.loads((paper / "config.json").read_text())["model"]
+    assert (m["min_size"], m["max_size"], m["anchor_sizes"], m["train_min_sizes"]) == (600, 1000, [128, 256, 512], None)
+    assert m["trained_on"]["fitted"] == {}
+
+
+# ------------------------------------------------------------------------------ COCO-pretrained starting points
+
+
+@pytest.fixture(scope="module")
+def coco_like(tmp_path_factory):
+    """An untrained torchvision fasterrcnn_resnet50_fpn (91 COCO classes) saved as .safetensors and .pth."""
+    from safetensors.torch import save_file
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    state = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    d = tmp_path_factory.mktemp("coco")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "coco.safetensors"))
+    torch.save(state, d / "coco.pth")
+    return d, state
+
+
+def test_init_loads_every_tensor_but_the_predictor_and_trains(tmp_path, shapes_root, coco_like):
+    from rcnn_cli.io.tensors import load_tensors
+    from rcnn_cli.models.faster_rcnn import PREDICTOR, train_faster
+
+    d, state = coco_like
+    cfg = TrainConfig(epochs=1, max_iters=1, lr=1e-9, warmup_iters=1, progress=False, device="cpu")
+    summary = train_faster(shapes_root, "trainval", tmp_path / "run", cfg, backbone="resnet50", fpn=True,
+                           weights="none", min_size=128, max_size=128, init=str(d / "coco.safetensors"))
+    assert summary["iterations"] == 1 and all(np.isfinite(v) for v in summary["losses"].values())
+    trained = load_tensors(tmp_path / "run" / "model.safetensors")
+    for k, v in trained.items():
+        if k.startswith(PREDICTOR):
+            assert v.shape[0] in (5, 20)  # 4 classes + background (x4 box deltas), not COCO's 91
+        elif not k.endswith("num_batches_tracked"):
+            torch.testing.assert_close(v, state[k], atol=1e-6, rtol=0)  # lr 1e-9: what was loaded
+    init = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["trained_on"]["init"]
+    assert init["tensors_loaded"] == init["tensors"] and init["not_loaded"] == []
+
+
+def test_init_errors_are_one_line(tmp_path, shapes_root, coco_like, monkeypatch):
+    from torchvision.models._api import WeightsEnum
+
+    from rcnn_cli.models.faster_rcnn import init_state, train_faster
+
+    d, _ = coco_like
+    assert set(init_state(str(d / "coco.pth"))) == set(init_state(str(d / "coco.safetensors")))
+    cfg = TrainConfig(epochs=1, max_iters=1, progress=False, device="cpu")
+    with pytest.raises(UserError, match="tensors fit this model"):  # COCO's resnet50 into EfficientNet-Lite0
+        train_faster(shapes_root, "trainval", tmp_path / "a", cfg, weights="none", min_size=128, max_size=128,
+                     init=str(d / "coco.safetensors"))
+    bad = tmp_path / "code.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "fn": SimpleNamespace(x=1)}, bad)
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):  # pickled objects are refused
+        init_state(str(bad))
+    with pytest.raises(UserError, match="no such file"):
+        init_state(str(tmp_path / "missing.pth"))
+
+    def offline(self, *a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(UserError, match="--init coco: torchvision's COCO weights could not be loaded .* --init FILE"):
+        init_state("coco")
