@@ -39,7 +39,7 @@ ENV = {
 }
 SETTINGS = ("GRID", "BOXES_PER_CELL", "INPUT_SIZE", "BOXES", "ATTACH", "K", "HEAD_ONLY", "MODEL", "IMAGES", "JQ", "TORCHRUN", "FINETUNE", "FT_ITERS", "MAX_ITERS", "NPROC", "METHOD", "METRICS",
             "TRAIN_SPLIT", "TEST_SPLIT", "BACKBONE", "WEIGHTS", "PADDING", "MODE", "SS_MAX_SIZE", "MAX_SIZE", "MIN_BOX",
-            "BATCH", "LR", "LR_STEPS", "ANCHOR_SIZES", "SEED", "RESUME")  # script settings a user may have exported
+            "BATCH", "LR", "LR_STEPS", "ANCHOR_SIZES", "SEED", "RESUME", "OVERFEAT", "OVERFEAT_EPOCHS", "MERGE")  # script settings a user may have exported
 WORKERS = 2  # scripts at a time (each process is single-threaded: OMP_NUM_THREADS=1)
 HAS_TORCHRUN = shutil.which("torchrun", path=ENV["PATH"]) is not None
 
@@ -75,7 +75,7 @@ def runs(data: Path, tmp_path_factory: pytest.TempPathFactory):
         ("torchrun", "torchrun.sh", str(data), {"NPROC": "2", "METHOD": "faster"}),
         ("folder", "detect_folder.sh", str(data), {}),
         ("yolo", "yolo.sh", str(data), {"GRID": "2", "INPUT_SIZE": "64"}),
-        ("localize", "localize.sh", "", {"INPUT_SIZE": "64"}),  # generates single-object shapes itself
+        ("localize", "localize.sh", "", {"INPUT_SIZE": "64", "OVERFEAT_EPOCHS": "1"}),  # makes single-object shapes
     ]
     pool = ThreadPoolExecutor(max_workers=WORKERS)
     started: dict[str, tuple[Future, Path]] = {}
@@ -298,3 +298,9 @@ def test_localize_script(runs):
     if len(classes) <= 5:
         assert loc["top5_cls_error"] <= 1 - sum(  # every class the model knows is guessed
             1 for r in load_voc(out / "data", "test").records if r.labels[0] in classes) / TEST
+    overfeat = [json.loads(x) for x in (out / "overfeat_test.jsonl").read_text().splitlines()]
+    assert [d["image_id"] for d in overfeat] == test_ids
+    assert json.loads((out / "overfeat" / "config.json").read_text())["kind"] == "overfeat"
+    for name in ("overfeat_loc_test.json", "overfeat_voc12_test.json"):
+        result = json.loads((out / name).read_text())
+        assert result["metric"] in ("loc", "voc12") and result["num_images"] == TEST

@@ -211,3 +211,17 @@ def test_init_errors_are_one_line(tmp_path, shapes_root, coco_like, monkeypatch)
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(UserError, match="--init coco: torchvision's COCO weights could not be loaded .* --init FILE"):
         init_state("coco")
+
+
+def test_fast_rcnn_fits_only_the_named_settings():
+    from rcnn_cli.models.fast_rcnn import FastRCNNConfig, _fitted
+
+    ds = _dataset([(640, 480, [("a", 40.0), ("b", 120.0)])] * 4)
+    model, train_cfg, sources = _fitted(ds, FastRCNNConfig(classes=["a", "b"], max_size=900),
+                                        TrainConfig(epochs=3, device="cpu"), {"max_size": "command line"},
+                                        ["min_size", "epochs"])
+    assert (model.min_size, model.max_size) == (480, 900)  # chosen; given
+    assert train_cfg.epochs == 50 and train_cfg.lr_steps == (33, 46)  # 4 images: 1000 iterations need 50 epochs
+    assert set(model.trained_on["fitted"]) == {"min_size", "epochs"} and sources["max_size"] == "command line"
+    assert sources["min_size"].startswith("chosen: images' median shorter side 480 px")
+    assert F.fit_fast(F.data_stats(ds), {"min_size": 320}).values["max_size"] == 416  # 320 x 4/3 -> 32-multiple

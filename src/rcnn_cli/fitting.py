@@ -30,7 +30,7 @@ import numpy as np
 from rcnn_cli.errors import UserError
 
 __all__ = ["DataStats", "data_stats", "Fitted", "image_scale", "training_sizes", "anchor_sizes_from",
-           "default_epochs", "fit_faster", "MIN_OBJECT", "MIN_CELLS"]
+           "default_epochs", "fit_faster", "fit_fast", "MIN_OBJECT", "MIN_CELLS"]
 
 MIN_OBJECT = 32          # pixels: two cells of a stride-16 feature map
 MIN_CELLS = 30           # cells of the stride-16 map on the shorter side at least (480 px)
@@ -224,6 +224,20 @@ def fit_faster(stats: DataStats, given: Mapping[str, Any], device_type: str = "c
     f.choose("rpn_pre_nms_top_n_train", 12000 if device_type == "cuda" else 2000,
              "the paper's 12000 on a GPU" if device_type == "cuda" else
              "torchvision's 2000 on a CPU (NMS over 12000 boxes is a third of each iteration)")
+    f.choose("epochs", default_epochs(stats.images, batch_size),
+             f"{stats.images} images, batch {batch_size}: at least 12 epochs and {MIN_ITERATIONS} iterations")
+    return f
+
+
+def fit_fast(stats: DataStats, given: Mapping[str, Any], device_type: str = "cpu", batch_size: int = 2,
+             stride: int = 16) -> Fitted:
+    """Fast R-CNN's data-dependent settings that ``given`` leaves ``None`` or out: ``min_size``,
+    ``max_size`` (the same image scale as Faster R-CNN's; no multi-scale training) and ``epochs``."""
+    f = Fitted(given={k for k, v in given.items() if v is not None})
+    size, _, why = image_scale(stats, device_type, stride)
+    f.choose("min_size", size, why)
+    size = int(given["min_size"]) if "min_size" in f.given else size
+    f.choose("max_size", _round32(size * stats.aspect()), f"{stats.aspect():.2f} x {size} (the images' median aspect ratio)")
     f.choose("epochs", default_epochs(stats.images, batch_size),
              f"{stats.images} images, batch {batch_size}: at least 12 epochs and {MIN_ITERATIONS} iterations")
     return f

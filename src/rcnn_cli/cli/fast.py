@@ -29,8 +29,12 @@ def train_cmd(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone of the registry (rcnn_cli.backbones)."),
     weights: str = typer.Option("imagenet", "--weights", help="Backbone weights: imagenet | none | PATH (.safetensors)."),
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two new FC layers), backbone (the backbone's own layers), auto (backbone for VGG16/AlexNet, else mlp)."),
-    min_size: int = typer.Option(_M.min_size, "--min-size", help="Shorter image side after resizing (pixels)."),
-    max_size: int = typer.Option(_M.max_size, "--max-size", help="Longer image side at most (pixels)."),
+    min_size: int = typer.Option(_M.min_size, "--min-size", help="Shorter image side after resizing (pixels; default: "
+                                 "chosen from the data, the paper's 600 with --defaults paper)."),
+    max_size: int = typer.Option(_M.max_size, "--max-size", help="Longer image side at most (pixels; default: chosen "
+                                 "from the data, 1000 with --defaults paper)."),
+    defaults: str = typer.Option("data", "--defaults", help="data: image sizes and epochs not given are chosen from "
+                                 "the training split (printed with their reasons); paper: the paper's."),
     roi_align: bool = typer.Option(False, "--roi-align", help="RoIAlign instead of the paper's RoI max pooling."),
     roi_size: int = typer.Option(_M.roi_size, "--roi-size", help="Pooled RoI size (VGG16/AlexNet backbone heads fix it at 7/6)."),
     rois_per_image: int = typer.Option(_M.rois_per_image, "--rois-per-image", help="RoIs sampled per image per minibatch."),
@@ -59,6 +63,7 @@ def train_cmd(
     val = load_dataset(dataset, p["val_split"], images) if p["val_split"] else None
     summary = train_fast_rcnn(ds, out, train_config, model_config, proposals, weights=p["weights"], resume=p["resume"],
                               val_dataset=val, val_proposals=val_proposals, sources=sources,
+                              fit=_fitted_names(sources, defaults),
                               command="rcnn fast train " + " ".join(map(str, [dataset, "--split", p["split"]])))
     if dist_info()[0] == 0:
         msg = (f"trained {summary['iterations']} iterations ({summary['epochs']} epochs) in "
@@ -67,3 +72,13 @@ def train_cmd(
         if "val" in summary:
             msg += f"; {p['val_split']} mAP ({summary['val']['metric']}) {100 * summary['val']['mAP']:.1f}"
         console.print(msg, highlight=False)
+
+
+def _fitted_names(sources: dict[str, str], defaults: str) -> list[str]:
+    """The settings ``train_fast_rcnn`` chooses from the data: those left at their default."""
+    if defaults not in ("data", "paper"):
+        raise UserError(f"--defaults must be data or paper (got '{defaults}')")
+    if defaults == "paper":
+        return []
+    names = [n for n in ("min_size", "max_size") if sources.get(n) == "default"]
+    return names + (["epochs"] if sources.get("epochs") == sources.get("lr_steps") == "default" else [])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ class FastRCNNConfig:
     detections_per_img: int = DetectConfig.top_k
     # how proposals were made for training (detect without a file makes them the same way)
     proposals: dict[str, Any] = field(default_factory=dict)
+    trained_on: dict[str, Any] = field(default_factory=dict)  # e.g. the settings chosen from the data
 
     def __post_init__(self) -> None:
         if not 0 < self.fg_fraction <= 1:
@@ -322,16 +323,37 @@ def _proposal_settings(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _fitted(dataset, model_config: FastRCNNConfig, train_config, sources, fit: Sequence[str]):
+    """``model_config`` and ``train_config`` with the settings named in ``fit`` chosen from the data."""
+    from dataclasses import replace
+
+    from rcnn_cli.fitting import data_stats, fit_fast
+    from rcnn_cli.runtime import resolve_device
+
+    stats = data_stats(dataset)  # a split without one valid box: a one-line error before any training
+    current = {"min_size": model_config.min_size, "max_size": model_config.max_size, "epochs": train_config.epochs}
+    f = fit_fast(stats, {k: None if k in fit else v for k, v in current.items()},
+                 resolve_device(train_config.device).type, train_config.batch_size)
+    if "epochs" in f.values:
+        train_config = replace(train_config, epochs=int(f.values["epochs"]), lr_steps=None)
+    model_config = replace(model_config, **{k: int(v) for k, v in f.values.items() if k != "epochs"})
+    model_config.trained_on = dict(model_config.trained_on, fitted=f.record())
+    f.print("settings chosen from the training data (flags override)")
+    return model_config, train_config, dict(sources or {}, **{k: f"chosen: {r}" for k, r in f.reasons.items()})
+
+
 def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig, proposals,
                     weights: str = "imagenet", resume: bool = False, val_dataset=None,
                     val_proposals=None, val_metric: str = "voc12", command: str = "rcnn fast train",
-                    sources: dict[str, str] | None = None) -> dict[str, Any]:
+                    sources: dict[str, str] | None = None, fit: Sequence[str] = ()) -> dict[str, Any]:
     """Train Fast R-CNN on ``dataset`` (a :class:`rcnn_cli.data.Dataset`) with region ``proposals``
     (path of a proposals file) into ``out_dir`` through the one trainer (:func:`rcnn_cli.engine.train`).
 
     ``model_config.classes`` defaults to the dataset's classes. With ``val_dataset``, the mAP
     (``val_metric``) on it is computed after every epoch from ``val_proposals`` (default: the same
-    file). ``sources`` (setting -> where its value came from) goes into the run record. Returns the
+    file). ``sources`` (setting -> where its value came from) goes into the run record. ``fit`` names
+    the settings to choose from the training split instead (``min_size``, ``max_size``, ``epochs``:
+    :func:`rcnn_cli.fitting.fit_fast`; printed with their reasons, recorded as chosen). Returns the
     trainer's summary (+ ``"val"``: the last validation result).
     """
     from pathlib import Path
@@ -348,6 +370,8 @@ def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig
         raise UserError("--patience needs --val-split (early stopping watches the validation mAP)")
     if not model_config.classes:
         model_config.classes = list(dataset.classes)
+    if not (resume and engine.find_checkpoint(out_dir) is not None):
+        model_config, train_config, sources = _fitted(dataset, model_config, train_config, sources, fit)
     with load_proposals(proposals) as reader:
         model_config.proposals = dict(_proposal_settings(dict(reader.attrs)), file=str(proposals))
     train_set = DetectionDataset(dataset, flip=True, proposals=proposals, seed=train_config.seed,
