@@ -86,6 +86,8 @@ def test_budget_planner_with_a_fake_speed():
     with pytest.raises(UserError, match=r"too small: one epoch takes about 1m15s .* give at least 2m"):
         budget.plan_epochs(60, 0.5, 150)
     assert budget.epoch_fits(100, 50, 50) and not budget.epoch_fits(100, 60, 50)
+    assert budget.replan_epochs(1, 130, 130, 1800) == 13  # the probe said 15; the first epoch took 130 s
+    assert budget.replan_epochs(3, 1790, 120, 1800) == 3 and budget.replan_epochs(1, 10, 1, 1e6) == budget.MAX_EPOCHS
     assert budget.probe_iterations(5) == 5 and budget.probe_iterations(500) == budget.PROBE
 
 

@@ -148,6 +148,10 @@ class Fitted:
         for k, v in self.values.items():
             shown = ", ".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else str(v)
             table.add_row(k, shown, self.reasons[k])
+        if not console.is_terminal:  # a log file: one line per setting, reasons unwrapped
+            from rich.console import Console
+
+            console = Console(stderr=True, width=160)
         console.print(table)
 
 
@@ -160,8 +164,10 @@ def image_scale(stats: DataStats, device_type: str = "cpu", stride: int = 16) ->
     floor, cap = MIN_CELLS * stride, SIZE_CAP.get(device_type, SIZE_CAP["cpu"])
     size = min(max(_round32(native * max(need, 1.0)), floor), cap)
     why = [f"images' median shorter side {native:.0f} px"]
-    if need > 1:
+    if _round32(native * need) > _round32(native):
         why.append(f"x{need:.2f} so that {cls}'s 10th-percentile box ({small:.0f} px) reaches {MIN_OBJECT} px")
+    else:
+        why.append(f"{cls}'s 10th-percentile box ({small:.0f} px) needs no upscaling")
     if size == floor and native * max(need, 1.0) < floor:
         why.append(f"raised to {MIN_CELLS} cells of the stride-{stride} map")
     if size == cap and native * max(need, 1.0) > cap:

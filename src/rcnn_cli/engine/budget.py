@@ -2,8 +2,10 @@
 
 The trainer runs ``probe_iterations(...)`` iterations, then :func:`plan_epochs` turns the measured
 seconds per iteration into the number of epochs that fit (at most ``MAX_EPOCHS``); step epochs left
-at their default follow the new length. Before each later epoch the trainer checks that one more epoch
-still fits (:func:`epoch_fits`) and stops otherwise. The plan is recorded in the run and its checkpoint,
+at their default follow the new length. After each epoch, until the first step epoch, the plan is
+corrected from the measured epoch time (:func:`replan_epochs`: data loading, validation and
+checkpoints included, which a probe of a few iterations misses); later, the trainer only checks that
+one more epoch still fits (:func:`epoch_fits`) and stops otherwise. The plan is recorded in the run and its checkpoint,
 so a resumed run keeps it.
 """
 
@@ -14,7 +16,7 @@ import math
 from rcnn_cli.config import format_duration
 from rcnn_cli.errors import UserError
 
-__all__ = ["MAX_EPOCHS", "probe_iterations", "plan_epochs", "epoch_fits"]
+__all__ = ["MAX_EPOCHS", "probe_iterations", "plan_epochs", "replan_epochs", "epoch_fits"]
 
 MAX_EPOCHS = 50
 PROBE = 20  # iterations timed before planning (the first two are left out: warm-up)
@@ -42,3 +44,9 @@ def plan_epochs(budget_s: float, seconds_per_iter: float, iters_per_epoch: int, 
 def epoch_fits(budget_s: float, elapsed_s: float, epoch_s: float) -> bool:
     """Whether one more epoch of ``epoch_s`` seconds fits in what is left of the budget (5 % slack)."""
     return elapsed_s + epoch_s <= budget_s * 1.05
+
+
+def replan_epochs(done: int, elapsed_s: float, epoch_s: float, budget_s: float) -> int:
+    """The epochs in all after ``done`` epochs took ``elapsed_s`` seconds, one more taking ``epoch_s``:
+    ``done`` plus the whole epochs left in the budget, at most :data:`MAX_EPOCHS`."""
+    return min(MAX_EPOCHS, done + max(0, int((budget_s - elapsed_s) // max(epoch_s, 1e-9))))

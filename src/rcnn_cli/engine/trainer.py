@@ -389,26 +389,50 @@ class _Loop:
         probe = budget.probe_iterations(self.iters_per_epoch)
         if done < probe or self.probe_start is None:
             return
-        per_iter = (time.perf_counter() - self.probe_start) / (done - 2)
+        per_iter = self._agree((time.perf_counter() - self.probe_start) / (done - 2))  # rank 0's, on every rank
         epochs = budget.plan_epochs(c.time_budget, per_iter, self.iters_per_epoch)
-        steps = default_lr_steps(epochs) if tuple(c.lr_steps) == default_lr_steps(c.epochs) else c.lr_steps
+        default_steps = tuple(c.lr_steps) == default_lr_steps(c.epochs)
+        self.plan = {"budget_s": c.time_budget, "seconds_per_iter": round(per_iter, 4), "probe_iterations": done - 2,
+                     "iters_per_epoch": self.iters_per_epoch, "default_steps": default_steps}
+        self._set_epochs(epochs, f"{per_iter:.2f} s per iteration x {self.iters_per_epoch} per epoch")
+
+    def _set_epochs(self, epochs: int, why: str) -> None:
+        c = self.config
+        steps = default_lr_steps(epochs) if self.plan["default_steps"] else tuple(c.lr_steps)
         self.config = replace(c, epochs=epochs, lr_steps=tuple(steps))
         self._set_total()
-        self.plan = {"budget_s": c.time_budget, "seconds_per_iter": round(per_iter, 4), "probe_iterations": done - 2,
-                     "iters_per_epoch": self.iters_per_epoch, "planned_epochs": epochs, "lr_steps": list(steps)}
+        self.plan.update(planned_epochs=epochs, lr_steps=list(steps))
         if self.is_main:
-            logger.info("time budget %s: %.2f s per iteration x %d per epoch -> %d epochs (lr steps at %s)",
-                        format_duration(c.time_budget), per_iter, self.iters_per_epoch, epochs,
-                        ", ".join(map(str, steps)) or "none")
+            logger.info("time budget %s: %s -> %d epochs (lr steps at %s)", format_duration(c.time_budget), why,
+                        epochs, ", ".join(map(str, steps)) or "none")
 
     def budget_allows_next_epoch(self, epoch_s: float) -> bool:
-        """False (and the plan says so) when one more epoch of ``epoch_s`` would overrun the budget."""
-        if not self.plan or budget.epoch_fits(self.config.time_budget, self.elapsed(), epoch_s):
+        """After an epoch of ``epoch_s`` seconds: the plan corrected from the measured time while no lr
+        step has been reached; False (and the plan says so) when one more epoch would overrun the budget."""
+        if not self.plan:
+            return True
+        c, elapsed = self.config, self._agree(self.elapsed())
+        epoch_s = self._agree(epoch_s)
+        if self.plan["default_steps"] and self.epoch < min(c.lr_steps or (c.epochs,)):
+            epochs = max(budget.replan_epochs(self.epoch, elapsed, epoch_s, c.time_budget), self.epoch)
+            if epochs != c.epochs:
+                self._set_epochs(epochs, f"re-planned from the last epoch's {format_duration(epoch_s)}")
+            if epochs > self.epoch:
+                return True
+        if budget.epoch_fits(c.time_budget, elapsed, epoch_s):
             return True
         self.plan["stopped_after_epoch"] = self.epoch
         logger.warning("time budget: stopping after epoch %d of %d (%s spent; another epoch takes about %s)",
                        self.epoch, self.config.epochs, format_duration(self.elapsed()), format_duration(epoch_s))
         return False
+
+    def _agree(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a decision all processes must share)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     # -- files -------------------------------------------------------------------------------
     def checkpoint(self) -> None:
