@@ -124,3 +124,29 @@ def test_train_detect_and_merge_choices(tmp_path, shapes_root, caplog):
         main(["detect", str(shapes_root / "JPEGImages" / "test_00000.jpg"), "--model", str(tmp_path / "run"),
               "--merge", "mean", "--out", str(tmp_path / "d.jsonl")])
     assert e.value.code == 2 and not (tmp_path / "d.jsonl").exists()
+
+
+@pytest.mark.parametrize("which", ["localizer", "overfeat"])
+def test_images_without_objects_are_left_out_with_a_warning(shapes_root, caplog, which):
+    import dataclasses
+    import logging
+
+    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.log import logger as rcnn_logger
+    from rcnn_cli.models.localizer import LocalizationDataset
+
+    ds = load_dataset(shapes_root, "trainval")
+    records = [dataclasses.replace(ds.records[0], boxes=np.zeros((0, 4), np.float32), labels=[])] + ds.records[1:]
+    blank = type(ds)(ds.root, ds.split, ds.classes, records)
+    make = (lambda d: LocalizationDataset(d, k=2)) if which == "localizer" else \
+        (lambda d: O.WindowDataset(d, O.OverfeatConfig(classes=ds.classes, input_size=64, scales=[1.0])))
+    caplog.set_level(logging.WARNING, logger="rcnn")
+    rcnn_logger.propagate = True
+    try:
+        data = make(blank)
+    finally:
+        rcnn_logger.propagate = False
+    assert len(data) == len(ds.records) - 1
+    assert "1 image(s) without objects left out" in caplog.text and ds.records[0].image_id in caplog.text
+    with pytest.raises(UserError, match="no image of the split has an object"):
+        make(type(ds)(ds.root, ds.split, ds.classes, records[:1]))
