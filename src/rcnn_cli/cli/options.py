@@ -41,6 +41,26 @@ def seed() -> int:
     return typer.Option(0, "--seed", help="Random seed (data order, sampling, new layers).")
 
 
+def dataset_argument() -> Path:
+    return typer.Argument(..., help="VOC root, COCO instances JSON or YOLO data.yaml.")
+
+
+def train_split() -> Optional[str]:
+    return typer.Option(None, "--split", "-s", help="Training split.")
+
+
+def run_dir() -> Path:
+    return typer.Option(..., "--out", "-o", help="Run directory (model.safetensors, config.json, checkpoint/, metrics.jsonl).")
+
+
+def coco_images() -> Optional[Path]:
+    return typer.Option(None, "--images", help="Image folder for a COCO JSON.")
+
+
+def backbone_weights(default: str = "imagenet") -> str:
+    return typer.Option(default, "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file.")
+
+
 def detect_config(score_threshold: float, nms: float, top_k: int) -> DetectConfig:
     return DetectConfig(score_threshold=score_threshold, nms=nms, top_k=top_k)
 

@@ -21,12 +21,12 @@ _M, _T = OverfeatConfig(), TrainConfig(**TRAIN_DEFAULTS)
 @O.training_options(_T)
 def train_cmd(
     ctx: typer.Context,
-    dataset: Path = typer.Argument(..., help="VOC root, COCO instances JSON or YOLO data.yaml."),
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="Training split."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
+    dataset: Path = O.dataset_argument(),
+    split: Optional[str] = O.train_split(),
+    out: Path = O.run_dir(),
+    images: Optional[Path] = O.coco_images(),
     backbone: str = typer.Option(_M.backbone, "--backbone", help="Backbone from the registry (stride 32)."),
-    weights: str = typer.Option(_M.weights, "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file."),
+    weights: str = O.backbone_weights(_M.weights),
     boxes: str = typer.Option(_M.boxes, "--boxes", help="specific (one box per class, Overfeat's) or agnostic."),
     attach: str = typer.Option(_M.attach, "--attach", help="conv: the regressor on the window's convolutional map "
                                "(Overfeat's); fc: on its pooled features."),

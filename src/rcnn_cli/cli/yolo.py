@@ -23,12 +23,12 @@ _M, _T = YOLOConfig(), TrainConfig(**TRAIN_DEFAULTS)
 @O.training_options(_T)
 def train_cmd(
     ctx: typer.Context,
-    dataset: Path = typer.Argument(..., help="VOC root, COCO instances JSON or YOLO data.yaml."),
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="Training split."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory (model.safetensors, config.json, checkpoint/, metrics.jsonl)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
+    dataset: Path = O.dataset_argument(),
+    split: Optional[str] = O.train_split(),
+    out: Path = O.run_dir(),
+    images: Optional[Path] = O.coco_images(),
     backbone: str = typer.Option(_M.backbone, "--backbone", help="Backbone from the registry (its whole stride-32 convolutional part)."),
-    weights: str = typer.Option(_M.weights, "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file."),
+    weights: str = O.backbone_weights(_M.weights),
     grid: int = typer.Option(_M.grid, "--grid", help="S: the image is divided into S x S cells."),
     boxes_per_cell: int = typer.Option(_M.boxes_per_cell, "--boxes-per-cell", help="B: boxes each cell predicts."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input side: 64 x grid (default, the "
@@ -66,9 +66,9 @@ def train_cmd(
 
 @yolo_app.command("ceiling")
 def ceiling_cmd(
-    dataset: Path = typer.Argument(..., help="VOC root, COCO instances JSON or YOLO data.yaml."),
+    dataset: Path = O.dataset_argument(),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split to measure."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
+    images: Optional[Path] = O.coco_images(),
     grid: int = typer.Option(_M.grid, "--grid", help="S (also measured: 7, 14 and a few others)."),
     boxes_per_cell: int = typer.Option(_M.boxes_per_cell, "--boxes-per-cell", help="B (also measured: 1, 2, 3)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
