@@ -10,7 +10,9 @@
    objects, largest first; slots beyond an image's objects are left out of the loss).
 3. Training: ``head_only`` trains the two heads with SGD on frozen features (cached in HDF5, so a
    head trains in seconds on a CPU); otherwise the network is fine-tuned end to end (the registry's
-   first modules stay frozen). Losses: cross-entropy (classes) and L2 (boxes).
+   first modules stay frozen; the pretrained trunk at ``trunk_lr_mult`` x the heads' learning rate:
+   at the same rate it collapsed on the built-in shapes, 72-80 % classification error). Losses:
+   cross-entropy (classes) and L2 (boxes).
 4. Test: both heads; the top-5 ``(class, box, score)`` guesses per image slot (score: the class
    probability), boxes mapped back to the original image's pixels.
 
@@ -58,6 +60,7 @@ class LocalizerConfig:
     hidden: int = 256
     head_only: bool = False
     lambda_box: float = 10.0    # weight of the L2 box loss beside the cross-entropy
+    trunk_lr_mult: float = 0.1  # fine-tuning end to end: the pretrained trunk learns at 0.1 x --lr
     guesses: int = 5            # (class, box) guesses per box slot at test time
     background: bool = False    # a background class after the C classes (Overfeat's windows)
     trained_on: dict[str, Any] = field(default_factory=dict)
@@ -272,9 +275,12 @@ def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path
     features = cache_features(model, ds, out / "features.h5") if cfg.head_only else None
     data = LocalizationDataset(ds, cfg.k, seed=train_config.seed, features=features)
     model.from_features = features is not None
+    groups = None if cfg.head_only else [
+        {"params": list(model.trunk.parameters()), "lr_mult": float(cfg.trunk_lr_mult)},
+        {"params": [p for n, p in model.named_parameters() if not n.startswith("trunk.")]}]
     try:
         summary = train(model, data, out, train_config, resume=resume, model_config=cfg, command=command,
-                        kind="localize", sources=sources)
+                        kind="localize", sources=sources, param_groups=groups)
     finally:
         model.from_features = False
     summary["model_config"] = cfg.to_dict()
