@@ -122,20 +122,16 @@ def window_boxes(rows: int, cols: int, window: int, offset: int = 0) -> torch.Te
 
 
 def choose_scales(longest_sides: np.ndarray, image_sides: np.ndarray, window: int, fill: tuple[float, float],
-                  max_side: int = 1600, count: int = 3, labels: np.ndarray | None = None) -> list[float]:
+                  max_side: int = 1600, count: int = 3) -> list[float]:
     """Image scale factors so that the training objects' longest sides (pixels) fill the window as in
-    training: the smallest class's 10th and the largest class's 90th percentile of ``longest_sides``
-    (every class weighs the same, as for anchors; one class without ``labels``) map to the middle of
-    ``fill``, ``count`` (>= 3) scales spaced geometrically between (at most a factor of 1.5 apart: more
-    scales when the objects' sizes spread); none makes the median image's longer side
-    (``image_sides``) longer than ``max_side``. Largest scale first."""
+    training: the 10th and 90th percentiles of ``longest_sides`` map to the middle of ``fill``,
+    ``count`` (>= 3) scales spaced geometrically between (at most a factor of 1.5 apart: more scales
+    when the objects' sizes spread); none makes the median image's longer side (``image_sides``)
+    longer than ``max_side``. Largest scale first."""
     if not len(longest_sides):
         raise UserError("no valid training box to choose Overfeat's scales from")
-    sides = np.asarray(longest_sides, np.float64)
-    groups = [sides] if labels is None else [sides[np.asarray(labels) == c] for c in dict.fromkeys(labels)]
     mid = window * (fill[0] + fill[1]) / 2
-    hi = mid / min(np.percentile(g, 10) for g in groups)
-    lo = mid / max(np.percentile(g, 90) for g in groups)
+    hi, lo = mid / np.percentile(longest_sides, 10), mid / np.percentile(longest_sides, 90)
     cap = max_side / float(np.median(image_sides))
     hi, lo = min(hi, cap), min(lo, cap)
     n = max(count, 1 + math.ceil(math.log(hi / lo) / math.log(1.5)) if hi > lo else count)
@@ -289,16 +285,13 @@ def collate_windows(batch):
 def _scales_from(ds, cfg: OverfeatConfig) -> list[float]:
     from rcnn_cli.boxes import valid_box_mask
 
-    sides, labels, images = [], [], []
+    sides, images = [], []
     for r in ds.records:
         b = np.asarray(r.boxes, np.float32).reshape(-1, 4)
-        keep = valid_box_mask(b, r.width, r.height)
-        b = b[keep]
+        b = b[valid_box_mask(b, r.width, r.height)]
         sides.extend(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).tolist())
-        labels.extend(np.asarray(r.labels, dtype=object)[keep].tolist())
         images.append(max(r.width, r.height))
-    return choose_scales(np.asarray(sides), np.asarray(images), cfg.input_size, cfg.fill, cfg.max_side,
-                         labels=np.asarray(labels, dtype=object))
+    return choose_scales(np.asarray(sides), np.asarray(images), cfg.input_size, cfg.fill, cfg.max_side)
 
 
 def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
@@ -325,8 +318,7 @@ def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path,
         cfg.weights_id = weights_id(cfg.backbone, weights)
         if not cfg.scales:
             cfg.scales = _scales_from(ds, cfg)
-            logger.info("scales %s: the training objects' sizes (smallest class's 10th to largest class's 90th "
-                        "percentile) at the window's fill %s",
+            logger.info("scales %s: the training objects' sizes (10th-90th percentile) at the window's fill %s",
                         cfg.scales, cfg.fill)
         cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records),
                           "scales": "given" if given.get("scales") else "chosen from the training boxes"}
