@@ -175,6 +175,14 @@ def flip_boxes(boxes, width: int | float):
     return out
 
 
+def order_corners(boxes):
+    """``(N, 4)`` tensor boxes with ``x1 <= x2`` and ``y1 <= y2`` (a regressed box may come out inverted)."""
+    import torch
+
+    return torch.stack([torch.minimum(boxes[:, 0], boxes[:, 2]), torch.minimum(boxes[:, 1], boxes[:, 3]),
+                        torch.maximum(boxes[:, 0], boxes[:, 2]), torch.maximum(boxes[:, 1], boxes[:, 3])], dim=1)
+
+
 def clip_boxes(boxes: np.ndarray, width: int | float, height: int | float, min_side: float = 0.0) -> np.ndarray:
     """``(N, 4)`` float32 boxes clipped to the image (torchvision's ``clip_boxes_to_image``); with
     ``min_side`` > 0, boxes narrower or shorter than that after clipping are dropped."""

@@ -47,7 +47,8 @@ def _round32(x: float) -> int:
 class DataStats:
     """Statistics of a training split: one entry per image (``short``, ``long``: sides in pixels;
     ``objects``: valid boxes) and per valid box (``sizes``: sqrt of the area in original pixels;
-    ``ratios``: height / width; ``labels``; ``image_wh``: its image's width and height)."""
+    ``ratios``: height / width; ``labels``; ``image_wh``: its image's width and height; ``longest``:
+    its longer side in pixels)."""
 
     classes: list[str]
     short: np.ndarray
@@ -57,6 +58,7 @@ class DataStats:
     ratios: np.ndarray
     labels: np.ndarray
     image_wh: np.ndarray
+    longest: np.ndarray
     invalid: int = 0
 
     @property
@@ -84,7 +86,8 @@ def data_stats(dataset) -> DataStats:
     from rcnn_cli.boxes import valid_box_mask
     from rcnn_cli.data.images import image_size
 
-    short, long, objects, sizes, ratios, labels, wh, invalid, total = [], [], [], [], [], [], [], 0, 0
+    short, long, objects, sizes, ratios, labels, wh, longest = [], [], [], [], [], [], [], []
+    invalid = total = 0
     for rec in dataset.records:
         w, h = rec.width, rec.height
         if not w or not h:
@@ -102,7 +105,7 @@ def data_stats(dataset) -> DataStats:
         total += len(boxes)
         invalid += len(boxes) - int(ok.sum())
         short.append(min(w, h)), long.append(max(w, h)), objects.append(int(ok.sum()))
-        sizes.append(np.sqrt(bw[ok] * bh[ok])), ratios.append(bh[ok] / bw[ok])
+        sizes.append(np.sqrt(bw[ok] * bh[ok])), ratios.append(bh[ok] / bw[ok]), longest.append(np.maximum(bw, bh)[ok])
         labels.append(np.asarray(rec.labels, dtype=object)[keep][ok])
         wh.append(np.tile([w, h], (int(ok.sum()), 1)))
     if not sum(objects):
@@ -112,7 +115,7 @@ def data_stats(dataset) -> DataStats:
     cat = lambda parts, dtype=np.float64: np.concatenate(parts).astype(dtype)  # noqa: E731
     return DataStats(list(dataset.classes), np.asarray(short, np.float64), np.asarray(long, np.float64),
                      np.asarray(objects), cat(sizes), cat(ratios), cat(labels, object), cat(wh).reshape(-1, 2),
-                     invalid)
+                     cat(longest), invalid)
 
 
 @dataclass

@@ -509,17 +509,18 @@ def make_evaluate_fn(dataset, classes: Sequence[str], metrics: Sequence[str] = (
 
 def _fit(ds, given: dict, train_config, fixed_anchors: bool, fit: bool, fit_schedule: bool):
     """:func:`rcnn_cli.fitting.fit_faster` for the settings not ``given`` (``None``; anchors also
-    ``fixed_anchors``: FPN's five levels or ``--no-auto-anchors``), or nothing without ``fit``."""
+    ``fixed_anchors``: FPN's five levels or ``--no-auto-anchors``), or nothing without ``fit``; and the
+    split's statistics."""
     from rcnn_cli.fitting import Fitted, data_stats, fit_faster
     from rcnn_cli.runtime import resolve_device
 
     stats = data_stats(ds)  # a split without one valid box: a one-line error before any training
     if not fit:
-        return Fitted()
+        return stats, Fitted()
     given = dict(given, epochs=None if fit_schedule else train_config.epochs)
     if fixed_anchors:
         given["anchor_sizes"] = given.get("anchor_sizes") or "fixed"
-    return fit_faster(stats, given, resolve_device(train_config.device).type, train_config.batch_size)
+    return stats, fit_faster(stats, given, resolve_device(train_config.device).type, train_config.batch_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,23 +581,23 @@ def load_init(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) ->
             "not_loaded": sorted(k for k in wanted if k not in loaded)[:20]}
 
 
-
 def _new_config(ds, dataset_path, split, train_config, sources, *, backbone, weights, fpn, head, anchor_sizes,
                 aspect_ratios, auto_anchors, min_size, max_size, train_sizes, model_overrides, fit, fit_schedule):
     """A new run's :class:`FasterRCNNConfig` (settings not given chosen from the data, see
     :func:`train_faster`), the training configuration (epochs fitted with ``fit_schedule``) and the
     settings' sources with the chosen ones marked."""
     from rcnn_cli.backbones import weights_id
+    from rcnn_cli.fitting import anchor_sizes_from
 
     given = dict(min_size=min_size, max_size=max_size, train_sizes=train_sizes or None,
                  anchor_sizes=anchor_sizes or None,
                  rpn_pre_nms_top_n_train=(model_overrides or {}).get("rpn_pre_nms_top_n_train"))
-    fitted = _fit(ds, given, train_config, fpn or auto_anchors is False, fit, fit_schedule)
+    stats, fitted = _fit(ds, given, train_config, fpn or auto_anchors is False, fit, fit_schedule)
     chosen = {**{k: v for k, v in given.items() if v is not None}, **fitted.values}
     min_size, max_size = int(chosen.get("min_size", 600)), int(chosen.get("max_size", 1000))
     sizes = chosen.get("anchor_sizes") or ([32.0, 64.0, 128.0, 256.0, 512.0] if fpn else None)
     if auto_anchors and "anchor_sizes" not in fitted.values:  # e.g. 5 FPN sizes fitted
-        sizes = fit_anchor_sizes(ds, n=len(sizes) if sizes else 3, min_size=min_size, max_size=max_size)
+        sizes = anchor_sizes_from(stats, len(sizes) if sizes else 3, min_size, max_size)
         logger.info("anchor sizes fitted to the training boxes: %s", ", ".join(f"{s:g}" for s in sizes))
     overrides = dict(model_overrides or {}, **{k: fitted.values[k] for k in ("rpn_pre_nms_top_n_train",)
                                               if k in fitted.values})
@@ -640,7 +641,6 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     checkpoint with the model configuration recorded there. Writes ``out/model.safetensors`` and
     ``out/config.json`` (model + training settings); returns the engine's summary (+ ``"model_config"``).
     """
-    from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.torch_dataset import DetectionDataset
     from rcnn_cli.engine import find_checkpoint, train

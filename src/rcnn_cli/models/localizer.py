@@ -333,15 +333,16 @@ class LocalizerDetector(Detector):
     def guesses(self, logits: torch.Tensor, boxes: torch.Tensor, width: int, height: int):
         """``logits (k, C)``, ``boxes (k, C', 4)`` normalised -> boxes ``(G, 4)`` pixels (corners put in
         order, clipped to the image), scores, labels."""
+        from torchvision.ops import clip_boxes_to_image
+
+        from rcnn_cli.boxes import order_corners
+
         g = min(self.model.rcnn_config.guesses, logits.shape[1])
         probs, cls = torch.softmax(logits, -1).topk(g, dim=-1)  # (k, g)
         pick = cls if boxes.shape[1] > 1 else torch.zeros_like(cls)
         chosen = boxes.gather(1, pick[..., None].expand(-1, -1, 4))  # (k, g, 4)
         scale = torch.tensor([width, height, width, height], dtype=chosen.dtype, device=chosen.device)
-        px = chosen.reshape(-1, 4) * scale
-        x1, x2 = torch.minimum(px[:, 0], px[:, 2]), torch.maximum(px[:, 0], px[:, 2])  # a regressed box may be inverted
-        y1, y2 = torch.minimum(px[:, 1], px[:, 3]), torch.maximum(px[:, 1], px[:, 3])
-        px = torch.stack([x1.clamp(0, width), y1.clamp(0, height), x2.clamp(0, width), y2.clamp(0, height)], -1)
+        px = clip_boxes_to_image(order_corners(chosen.reshape(-1, 4) * scale), (height, width))
         scores, labels = probs.reshape(-1), cls.reshape(-1)
         order = torch.argsort(scores, descending=True)
         keep = order[scores[order] >= self.config.score_threshold][: self.config.top_k]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcnn_cli.boxes import box_iou
+from rcnn_cli.boxes import box_area, box_iou
 from rcnn_cli.detector import DetectConfig, Detector
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
@@ -77,10 +77,6 @@ class OverfeatConfig(LocalizerConfig):
                             f"(got {self.scales}, {self.offsets})")
         if not 0 < self.fill[0] < self.fill[1] <= 1.0 or self.positives < 1 or self.negatives < 0:
             raise UserError(f"fill must be 0 < lo < hi <= 1 and positives >= 1 (got {self.fill}, {self.positives})")
-
-    @property
-    def window_cells(self) -> int:
-        return self.input_size // STRIDE
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,8 +146,7 @@ def match_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     centres over their mean size (square root of the area), plus ``1 - IoU``. 0 for equal boxes; the
     lower, the closer. ``(N, M)``."""
     ca, cb = (a[:, :2] + a[:, 2:]) / 2, (b[:, :2] + b[:, 2:]) / 2
-    sa = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).clamp(min=1e-6).sqrt()
-    sb = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp(min=1e-6).sqrt()
+    sa, sb = box_area(a).clamp(min=1e-6).sqrt(), box_area(b).clamp(min=1e-6).sqrt()
     return torch.cdist(ca, cb) / ((sa[:, None] + sb[None]) / 2) + 1 - box_iou(a, b)
 
 
@@ -198,7 +193,7 @@ def _matches(window: torch.Tensor, boxes: torch.Tensor, fill: tuple[float, float
     side = float(window[2] - window[0])
     inter_w = (torch.minimum(boxes[:, 2], window[2]) - torch.maximum(boxes[:, 0], window[0])).clamp(min=0)
     inter_h = (torch.minimum(boxes[:, 3], window[3]) - torch.maximum(boxes[:, 1], window[1])).clamp(min=0)
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
+    area = box_area(boxes).clamp(min=1e-6)
     longest = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / side
     return (inter_w * inter_h / area >= 0.5) & (longest >= 0.75 * fill[0]) & (longest <= fill[1] / 0.75)
 
@@ -283,15 +278,10 @@ def collate_windows(batch):
 
 
 def _scales_from(ds, cfg: OverfeatConfig) -> list[float]:
-    from rcnn_cli.boxes import valid_box_mask
+    from rcnn_cli.fitting import data_stats
 
-    sides, images = [], []
-    for r in ds.records:
-        b = np.asarray(r.boxes, np.float32).reshape(-1, 4)
-        b = b[valid_box_mask(b, r.width, r.height)]
-        sides.extend(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).tolist())
-        images.append(max(r.width, r.height))
-    return choose_scales(np.asarray(sides), np.asarray(images), cfg.input_size, cfg.fill, cfg.max_side)
+    stats = data_stats(ds)
+    return choose_scales(stats.longest, stats.long, cfg.input_size, cfg.fill, cfg.max_side)
 
 
 def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
@@ -418,7 +408,9 @@ class OverfeatDetector(Detector):
     def merge_candidates(self, probs: torch.Tensor, boxes: torch.Tensor, width: int, height: int):
         """Windows' ``probs (V, C)`` and ``boxes (V, C', 4)`` (pixels) -> merged boxes ``(D, 4)``
         clipped to the image, scores, labels; at most ``top_k``, highest score first."""
-        from rcnn_cli.boxes import batched_nms
+        from torchvision.ops import clip_boxes_to_image
+
+        from rcnn_cli.boxes import batched_nms, order_corners
 
         out_b, out_s, out_l = [], [], []
         for c in range(probs.shape[1]):
@@ -427,10 +419,7 @@ class OverfeatDetector(Detector):
             keep = keep[torch.argsort(p[keep], descending=True)][: self.max_candidates]
             if not len(keep):
                 continue
-            cand = boxes[keep, c if boxes.shape[1] > 1 else 0]
-            cand = torch.stack([torch.minimum(cand[:, 0], cand[:, 2]), torch.minimum(cand[:, 1], cand[:, 3]),
-                                torch.maximum(cand[:, 0], cand[:, 2]), torch.maximum(cand[:, 1], cand[:, 3])], 1)
-            cand = cand.clamp(min=0).minimum(torch.tensor([width, height, width, height], dtype=cand.dtype))
+            cand = clip_boxes_to_image(order_corners(boxes[keep, c if boxes.shape[1] > 1 else 0]), (height, width))
             if self.merge == "greedy":
                 mb, ms, _ = greedy_merge(cand.cpu(), p[keep].cpu(), self.model.rcnn_config.merge_threshold)
             else:
