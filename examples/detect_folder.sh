@@ -48,7 +48,7 @@ IMAGES="${IMAGES:-$DATASET/JPEGImages}"
 # ---- 1. a model: the one given, or a small R-CNN trained on the dataset's trainval split
 if [[ -z "$MODEL" ]]; then
     WARP="${WARP:-64}"
-    rcnn pipeline "$DATASET" --out "$OUT/rcnn_run" --train-split "${TRAIN_SPLIT:-trainval}" --test-split "$TEST_SPLIT" \
+    rcnn pipeline "$DATASET" --out "$OUT/rcnn_run" --defaults classic --train-split "${TRAIN_SPLIT:-trainval}" --test-split "$TEST_SPLIT" \
         --limit "${LIMIT:-100}" --warp-size "$WARP" --padding "$(( (WARP + 5) / 10 ))" --device "$DEVICE" --no-progress
     MODEL="$OUT/rcnn_run/model"
 fi

@@ -127,7 +127,7 @@ def train_tiny(args, data: Path, work: Path) -> dict[str, Path]:
         cfg = PipelineConfig(dataset=str(data), train_split="trainval", test_split=args.split, mode=args.ss_mode,
                              max_size=args.ss_max_size, min_size=args.ss_min_size, limit=20, workers=1,
                              backbone=args.backbone, weights=args.weights, warp_size=args.warp_size,
-                             padding=args.padding, device=args.device)
+                             padding=args.padding, device=args.device, fit=False)
         run_pipeline(cfg, work / "rcnn", progress=False)
         out["rcnn"] = work / "rcnn" / "model"
         out["proposals_train"] = work / "rcnn" / "proposals_trainval.h5"

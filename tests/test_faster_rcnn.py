@@ -379,5 +379,5 @@ def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
     assert json.loads((run / "model" / "config.json").read_text())["model"]["weights_id"] == info["weights_id"]
     with pytest.raises(UserError, match="not 'imagenet', 'none' or an existing"):
         run_pipeline(PipelineConfig(**dict(settings, weights=str(tmp_path / "gone.safetensors"))), run, progress=False)
-    with pytest.raises(UserError, match="needs --rpn-model"):
+    with pytest.raises(UserError, match="not a finished"):
         run_pipeline(PipelineConfig(**dict(settings, rpn_model=str(tmp_path / "none"))), tmp_path / "r2", progress=False)

@@ -227,3 +227,34 @@ def test_fast_rcnn_fits_only_the_named_settings():
     assert set(model.trained_on["fitted"]) == {"min_size", "epochs"} and sources["max_size"] == "command line"
     assert sources["min_size"].startswith("chosen: images' median shorter side 480 px")
     assert F.fit_fast(F.data_stats(ds), {"min_size": 320}).values["max_size"] == 416  # 320 x 4/3 -> 32-multiple
+
+
+# ------------------------------------------------------------------------------ the R-CNN pipeline's settings
+
+
+def test_rcnn_settings_from_crowded_small_objects_and_from_few_large_ones():
+    cells = F.data_stats(_dataset([(640, 480, [("dot", 30.0)] * 8 + [("cell", 100.0)] * 20)] * 50))
+    f = F.fit_rcnn(cells, {}, "rpn", "given by the test", "cpu", ("pool", "grid"))
+    v = f.values
+    assert v["method"] == "rpn" and f.reasons["method"] == "given by the test"
+    assert v["limit"] == 150  # 5 x 28 objects = 140 -> the next multiple of 50
+    assert v["min_size"] == 15  # half the dots' 30 px
+    assert "max_size" not in v  # selective search's image size only matters to selective search
+    assert (v["warp_size"], v["padding"]) == (96, 10)  # median box 100 px
+    assert v["layer"] == "grid" and "1400 training boxes" in f.reasons["layer"]
+    animals = F.data_stats(_dataset([(500, 375, [("raccoon", 250.0)])] * 40))
+    f = F.fit_rcnn(animals, {}, "selective-search", "why", "cpu", ("pool", "grid"))
+    v = f.values
+    assert v["limit"] == 100 and v["min_size"] == 16 and v["max_size"] == 512  # 500 -> 512 (multiple of 32)
+    assert (v["warp_size"], v["padding"]) == (128, 13)  # 250-px boxes, capped at 128 on a CPU
+    assert F.fit_rcnn(animals, {}, "rpn", "why", "cuda").values["warp_size"] == 224  # the GPU's range
+    assert v["layer"] == "pool" and "fewer than 1000" in f.reasons["layer"]
+    assert "layer" not in F.fit_rcnn(animals, {}, "rpn", "why", "cpu", ("pool5", "fc6", "fc7")).values
+
+
+def test_rcnn_settings_given_win_and_the_rest_follow_them():
+    s = F.data_stats(_dataset([(640, 480, [("a", 100.0)])] * 10))
+    f = F.fit_rcnn(s, {"warp_size": 224, "limit": 0, "method": "selective-search", "layer": None}, "rpn", "why")
+    assert {"warp_size", "limit", "method"}.isdisjoint(f.values)  # given: never chosen
+    assert f.values["padding"] == 22 and "224-px warp" in f.reasons["padding"]  # follows the given warp
+    assert f.values["max_size"] == 512  # the given method is selective search: 640 capped at 512

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rcnn_cli.errors import UserError
 from rcnn_cli.workflows.pipeline import PipelineConfig, config_hash, run_pipeline
 
 TINY = dict(train_images=8, test_images=4, image_size=128, max_size=128, min_size=8, limit=20, workers=1,
@@ -134,3 +135,63 @@ def test_finetune_weights_load_and_resume_exactly(first_run, tmp_path):
     records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "iter"]  # the trainer's metrics.jsonl
     assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
+    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.workflows.pipeline import UNFITTED, resolve_settings
+
+    ds = load_dataset(shapes_root, "trainval")
+    built_in, f = resolve_settings(PipelineConfig(weights="none"), tmp_path, ds)
+    assert built_in.method == "selective-search" and "built-in data" in f.reasons["method"]
+    assert built_in.warp_size == 64 and built_in.padding == 6 and built_in.layer == "pool" and "weights" not in f.values
+    mine, f = resolve_settings(PipelineConfig(dataset=str(shapes_root)), tmp_path, ds)
+    assert mine.method == "rpn" and mine.rpn_model is None  # a Faster R-CNN is trained first
+    assert mine.weights == str(tmp_path / "backbone.safetensors") and "fine-tuned" in f.reasons["weights"]
+    hog, _ = resolve_settings(PipelineConfig(dataset=str(shapes_root), backbone="hog"), tmp_path, ds)
+    assert hog.method == "selective-search" and hog.weights == "imagenet"
+    given, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), method="selective-search", warp_size=96,
+                                               weights="none"), tmp_path, ds)
+    assert (given.method, given.warp_size, given.padding, given.weights) == ("selective-search", 96, 10, "none")
+    assert {"method", "warp_size", "weights"}.isdisjoint(f.values)
+    classic, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), limit=7, fit=False), tmp_path, ds)
+    assert f.values == {} and classic.limit == 7
+    assert {k: getattr(classic, k) for k in UNFITTED if k != "limit"} == {k: v for k, v in UNFITTED.items() if k != "limit"}
+    with pytest.raises(UserError, match="--method must be"):
+        PipelineConfig(method="edge-boxes")
+    with pytest.raises(UserError, match="--warp-size 8: must be at least 16"):
+        PipelineConfig(warp_size=8)
+    with pytest.raises(UserError, match="--time-budget"):
+        PipelineConfig(time_budget="soon")
+
+
+def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_root, tmp_path, monkeypatch):
+    """`rcnn pipeline DATASET` alone: stage faster trains a Faster R-CNN into RUN/faster (settings
+    chosen from the data), its RPN proposes and its exported trunk computes the features; the record
+    says what was chosen and why; a rerun skips everything."""
+    from rcnn_cli.backbones import weights_id
+    from rcnn_cli.models import faster_rcnn
+    from rcnn_cli.rcnn.features import load_features
+    from rcnn_cli.rcnn.proposals import load as load_proposals
+
+    monkeypatch.setattr(faster_rcnn, "TRAIN_DEFAULTS", {"epochs": 1, "max_iters": 2, "warmup_iters": 1})
+    settings = dict(dataset=str(shapes_root), limit=10, workers=1, warp_size=32, batch_size=64, device="cpu",
+                    time_budget="1h")
+    run = tmp_path / "run"
+    metrics = run_pipeline(PipelineConfig(**settings), run, progress=False)
+    assert list(metrics["stages"])[:3] == ["faster", "export-backbone", "propose-train"]
+    faster = json.loads((run / "faster" / "config.json").read_text())
+    assert faster["model"]["trained_on"]["fitted"]["min_size"]["value"] == 480  # 30 cells of the stride-16 map
+    assert faster["train"]["time_budget"] == pytest.approx(0.65 * 3600)
+    with load_proposals(run / "proposals_test.h5") as p:
+        assert p.attrs["method"] == "rpn" and int(p.attrs["post_nms_top_n"]) == 10
+    with load_features(run / "features_test.h5") as store:
+        assert store.attrs["weights_id"] == weights_id("efficientnet_lite0", run / "backbone.safetensors")
+    rec = json.loads((run / "metrics.json.config.json").read_text())["config"]
+    assert rec["method"] == "rpn" and rec["rpn_model"] == str(run / "faster")
+    assert rec["sources"]["method"].startswith("chosen: a Faster R-CNN is trained first")
+    assert rec["fitted"]["padding"] == {"value": 3, "reason": rec["fitted"]["padding"]["reason"]}
+    assert metrics["time_budget"]["budget_s"] == 3600 and metrics["time_budget"]["within"]
+    again = run_pipeline(PipelineConfig(**settings), run, progress=False)
+    assert {v["status"] for v in again["stages"].values()} == {"skipped"}
+    assert again["mAP"] == metrics["mAP"]

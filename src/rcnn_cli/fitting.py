@@ -13,7 +13,11 @@ training split's statistics (:class:`DataStats`) and the backbone's stride:
   (:func:`anchor_sizes_from`);
 - **RPN boxes before NMS in training**: the paper's 12000 on a GPU, torchvision's 2000 on a CPU, where
   that NMS is a third of each iteration;
-- **epochs** (:func:`default_epochs`): at least 12 and at least ``MIN_ITERATIONS`` iterations.
+- **epochs** (:func:`default_epochs`): at least 12 and at least ``MIN_ITERATIONS`` iterations;
+- **R-CNN** (:func:`fit_rcnn`): proposals per image from the objects per image, the smallest
+  proposal from the smallest class, selective search's image size from the images', the warp from
+  the median box (within the device's range), context padding a tenth of the warp, and the feature
+  layer from the number of training boxes.
 
 A value the user gave always wins; :class:`Fitted` records which values were chosen and why, for the
 table printed once and the run's ``config.json``.
@@ -30,13 +34,19 @@ import numpy as np
 from rcnn_cli.errors import UserError
 
 __all__ = ["DataStats", "data_stats", "Fitted", "image_scale", "training_sizes", "anchor_sizes_from",
-           "default_epochs", "fit_faster", "fit_fast", "MIN_OBJECT", "MIN_CELLS"]
+           "default_epochs", "fit_faster", "fit_fast", "fit_rcnn", "MIN_OBJECT", "MIN_CELLS"]
 
 MIN_OBJECT = 32          # pixels: two cells of a stride-16 feature map
 MIN_CELLS = 30           # cells of the stride-16 map on the shorter side at least (480 px)
 SIZE_CAP = {"cpu": 640, "cuda": 800}  # the shorter side at most, per device type
 MIN_ITERATIONS = 1000    # a default schedule has at least this many iterations
 TRAIN_SCALE_JITTER = (0.87, 0.93, 1.0, 1.07, 1.13)
+PROPOSALS_PER_OBJECT = 5  # R-CNN: proposals per object of a crowded (90th-percentile) image
+MIN_PROPOSALS = 100      # R-CNN: proposals per image at least
+MAX_PROPOSAL_FLOOR = 16  # pixels: R-CNN drops proposals smaller than this at most
+SEARCH_SIDE_CAP = 512    # pixels: selective search's longer image side at most
+WARP_RANGE = {"cpu": (64, 128), "cuda": (64, 224)}  # R-CNN's warp per device type
+GRID_MIN_BOXES = 1000    # training boxes for the 4x wider grid features
 
 
 def _round32(x: float) -> int:
@@ -249,4 +259,45 @@ def fit_fast(stats: DataStats, given: Mapping[str, Any], device_type: str = "cpu
     f.choose("max_size", _round32(size * stats.aspect()), f"{stats.aspect():.2f} x {size} (the images' median aspect ratio)")
     f.choose("epochs", default_epochs(stats.images, batch_size),
              f"{stats.images} images, batch {batch_size}: at least 12 epochs and {MIN_ITERATIONS} iterations")
+    return f
+
+
+def fit_rcnn(stats: DataStats, given: Mapping[str, Any], method: str, method_reason: str, device_type: str = "cpu",
+             layers: tuple[str, ...] = ("pool",)) -> Fitted:
+    """The R-CNN pipeline's data-dependent settings that ``given`` leaves ``None`` or out (names as
+    :class:`rcnn_cli.workflows.pipeline.PipelineConfig` has them): ``method`` (decided by the
+    caller, recorded with ``method_reason``), ``limit`` (proposals per image), ``min_size`` (the
+    smallest proposal kept, pixels), ``max_size`` (selective search's longer image side),
+    ``warp_size`` and ``padding`` (warped pixels), ``layer`` (when the backbone offers ``grid``)."""
+    f = Fitted(given={k for k, v in given.items() if v is not None})
+    value = lambda name: given.get(name) if name in f.given else f.values.get(name)  # noqa: E731
+    f.choose("method", method, method_reason)
+    crowded = int(math.ceil(np.quantile(stats.objects, 0.9)))
+    f.choose("limit", max(MIN_PROPOSALS, 50 * math.ceil(PROPOSALS_PER_OBJECT * crowded / 50)),
+             f"each proposal costs one network pass: {PROPOSALS_PER_OBJECT} per object of a crowded image "
+             f"(90th percentile: {crowded} objects), at least {MIN_PROPOSALS}")
+    cls = min(stats.classes, key=lambda c: np.quantile(stats.longest[stats.labels == c], 0.1)
+              if (stats.labels == c).any() else np.inf)
+    small = float(np.quantile(stats.longest[stats.labels == cls], 0.1))
+    f.choose("min_size", int(min(MAX_PROPOSAL_FLOOR, small // 2)),
+             f"half the longer side of {cls}'s 10th-percentile box ({small:.0f} px), at most {MAX_PROPOSAL_FLOOR}")
+    if value("method") == "selective-search":
+        native = float(np.median(stats.long))
+        f.choose("max_size", min(_round32(native), SEARCH_SIDE_CAP),
+                 f"the images' median longer side {native:.0f} px, at most {SEARCH_SIDE_CAP} (selective search's "
+                 "time grows with the pixels)")
+    lo, hi = WARP_RANGE.get(device_type, WARP_RANGE["cpu"])
+    median = float(np.median(stats.sizes))
+    f.choose("warp_size", min(max(_round32(median), lo), hi),
+             f"the median box ({median:.0f} px) at its own resolution, within {lo}-{hi} on {device_type} (the "
+             "network's time grows with the warp's area)")
+    warp = int(value("warp_size"))
+    f.choose("padding", int(round(warp / 10)), f"a tenth of the {warp}-px warp of context on each side (R-CNN: 16 at 227)")
+    if "grid" in layers:
+        n = len(stats.sizes)
+        f.choose("layer", "grid" if n >= GRID_MIN_BOXES else "pool",
+                 f"{n} training boxes: " + ("enough for the 2x2 grid's 4x wider features, whose layout box regression "
+                                            f"reads" if n >= GRID_MIN_BOXES else
+                                            f"fewer than {GRID_MIN_BOXES}, so the pooled features (4x narrower than the "
+                                            "grid's) for the SVMs and the regressor"))
     return f

@@ -145,18 +145,30 @@ def pipeline_cmd(
     train_images: int = typer.Option(_P.train_images, "--train-images", help="Shapes data: training images."),
     test_images: int = typer.Option(_P.test_images, "--test-images", help="Shapes data: test images."),
     image_size: int = typer.Option(_P.image_size, "--image-size", help="Shapes data: image size in pixels."),
-    method: str = typer.Option(_P.method, "--method", help="Proposals: selective-search, or rpn (the region proposal network of --rpn-model)."),
-    rpn_model: Optional[Path] = typer.Option(None, "--rpn-model", help="`rcnn faster train` run whose RPN proposes (--method rpn; --limit boxes per image)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Proposals: rpn (a Faster R-CNN's region proposal "
+                                         "network; the default on a DATASET) or selective-search (the classic R-CNN; "
+                                         "the default on the built-in data)."),
+    rpn_model: Optional[Path] = typer.Option(None, "--from", "--rpn-model", help="A finished `rcnn faster train` run: "
+                                             "its RPN proposes and its trunk computes the features (default with "
+                                             "--method rpn: one is trained first into OUT/faster)."),
     mode: str = typer.Option(_P.mode, "--mode", help="Selective search mode: fast or quality."),
-    max_size: int = typer.Option(_P.max_size, "--max-size", help="Selective search: longer image side at most this."),
-    min_size: int = typer.Option(_P.min_size, "--min-size", help="Proposals smaller than this are dropped."),
-    limit: Optional[int] = typer.Option(_P.limit, "--limit", help="Top-K proposals per image (0: all)."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", help="Selective search: longer image side at most this "
+                                           "(default: chosen from the images)."),
+    min_size: Optional[int] = typer.Option(None, "--min-size", help="Proposals smaller than this are dropped (default: "
+                                           "chosen from the smallest class)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Top-K proposals per image (0: all; default: chosen "
+                                        "from the objects per image)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Proposal processes (default: all cores)."),
-    backbone: str = typer.Option(_P.backbone, "--backbone", "-b", help="Backbone of the registry (efficientnet_lite0, alexnet, vgg16, resnet50)."),
-    weights: str = typer.Option(_P.weights, "--weights", help="Backbone weights: imagenet, none or a .safetensors file (e.g. from `rcnn export-backbone`)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer (see extract-features; efficientnet_lite0: pool, or grid for better box regression)."),
-    warp_size: int = typer.Option(_P.warp_size, "--warp-size", help="Warped region size (R-CNN: 227)."),
-    padding: int = typer.Option(_P.padding, "--padding", help="Context padding in warped pixels (R-CNN: 16 at 227; keep it ~1/10 of the warp)."),
+    backbone: str = typer.Option(_P.backbone, "--backbone", "-b", help="Backbone of the registry (efficientnet_lite0, alexnet, vgg16, resnet50, hog)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: imagenet, none or a .safetensors "
+                                          "file (default: the proposing Faster R-CNN's fine-tuned trunk with "
+                                          "--method rpn, else imagenet)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer (efficientnet_lite0: pool, or grid for "
+                                        "better box regression; default: chosen from the number of boxes)."),
+    warp_size: Optional[int] = typer.Option(None, "--warp-size", help="Warped region size (R-CNN: 227; default: the "
+                                            "median box, within the device's range)."),
+    padding: Optional[int] = typer.Option(None, "--padding", help="Context padding in warped pixels (R-CNN: 16 at "
+                                          "227; default: a tenth of the warp)."),
     batch_size: int = typer.Option(_P.batch_size, "--batch-size", help="Regions per network batch (feature extraction)."),
     finetune: bool = typer.Option(_P.finetune, "--finetune/--no-finetune", help="Fine-tune the backbone first, then re-extract."),
     finetune_iters: Optional[int] = typer.Option(None, "--finetune-iters", help="Fine-tuning iterations (default: --finetune-epochs)."),
@@ -172,18 +184,26 @@ def pipeline_cmd(
     seed: int = O.seed(),
     device: str = O.device(),
     runtime: str = O.runtime(),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 30m, 2h: the Faster R-CNN stage's "
+                                              "schedule is fitted to 65 % of it (the R-CNN stages take the rest)."),
+    defaults: str = typer.Option("data", "--defaults", help="data: settings not given are chosen from the training "
+                                 "split (printed with their reasons); classic: selective search, 100 boxes, warp 64."),
     progress: bool = O.progress(),
     config: Optional[Path] = O.config_file(),
 ) -> None:
     """Run every R-CNN stage: propose, extract-features, optional finetune, train-svm, train-bbox, detect, evaluate.
 
-    Rerunning skips the stages whose configuration is unchanged. With no DATASET, the built-in
-    shapes data is generated into OUT/data first (the README's first command).
+    On a DATASET the proposals come from a Faster R-CNN trained first (or given with --from) and its
+    fine-tuned trunk computes the features; --method selective-search is the classic R-CNN. Rerunning
+    skips the stages whose configuration is unchanged. With no DATASET, the built-in shapes data is
+    generated into OUT/data first and the classic R-CNN runs on it (the README's first command).
     """
     from rcnn_cli.workflows.pipeline import PipelineConfig, print_report, run_pipeline
 
     p, sources = O.replayed(ctx, config)
+    if defaults not in ("data", "classic"):
+        raise UserError(f"--defaults must be data or classic (got '{defaults}')")
     cfg = O.pick(p, PipelineConfig, dataset=str(dataset) if dataset else None,
-                 rpn_model=str(p["rpn_model"]) if p["rpn_model"] else None, limit=p["limit"] or None)
+                 rpn_model=str(p["rpn_model"]) if p["rpn_model"] else None, fit=defaults == "data")
     metrics = run_pipeline(cfg, out, progress=progress, sources=sources)
     print_report(metrics)

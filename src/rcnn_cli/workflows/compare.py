@@ -285,13 +285,13 @@ def _pipeline_config(c: _Compare, out_dir: Path, backbone: str, R: Mapping[str, 
     P, D, d = c.settings["proposals"], c.settings["detect"], c.data
     return PipelineConfig(dataset=d.path, train_split=d.train_split, test_split=d.test_split, images=d.images,
                           method=P["method"], mode=P["mode"], max_size=int(P["max_size"]), min_size=int(P["min_size"]),
-                          limit=P["limit"], workers=P["workers"], backbone=backbone,
+                          limit=P["limit"] or 0, workers=P["workers"], backbone=backbone,
                           weights=c.settings["model"]["weights"], warp_size=int(R["warp_size"]),
                           padding=int(R["padding"]), batch_size=int(R["batch_size"]), finetune=bool(R["finetune"]),
                           finetune_epochs=int(R["finetune_epochs"]), finetune_lr=float(R["finetune_lr"]),
                           C=float(R["C"]), bias=float(R["bias"]), pos_weight=float(R["pos_weight"]),
                           lam=float(R["lam"]), bbox=bool(R["bbox"]), score_threshold=float(D["score_threshold"]),
-                          nms=float(D["nms"]), top_k=int(D["top_k"]), seed=c.seed, device=c.device)
+                          nms=float(D["nms"]), top_k=int(D["top_k"]), seed=c.seed, device=c.device, fit=False)
 
 
 def _pipeline_result(metrics: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
