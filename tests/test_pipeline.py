@@ -147,7 +147,9 @@ def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     assert built_in.warp_size == 64 and built_in.padding == 6 and built_in.layer == "pool" and "weights" not in f.values
     mine, f = resolve_settings(PipelineConfig(dataset=str(shapes_root)), tmp_path, ds)
     assert mine.method == "rpn" and mine.rpn_model is None  # a Faster R-CNN is trained first
-    assert mine.weights == str(tmp_path / "backbone.safetensors") and "fine-tuned" in f.reasons["weights"]
+    assert mine.weights == "imagenet" and "only its trunk" in f.reasons["weights"]  # its MLP head: ImageNet's
+    tuned, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), faster_head="backbone"), tmp_path, ds)
+    assert tuned.weights == str(tmp_path / "backbone.safetensors") and "every layer" in f.reasons["weights"]
     hog, _ = resolve_settings(PipelineConfig(dataset=str(shapes_root), backbone="hog"), tmp_path, ds)
     assert hog.method == "selective-search" and hog.weights == "imagenet"
     given, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), method="selective-search", warp_size=96,
@@ -157,6 +159,8 @@ def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     classic, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), limit=7, fit=False), tmp_path, ds)
     assert f.values == {} and classic.limit == 7
     assert {k: getattr(classic, k) for k in UNFITTED if k != "limit"} == {k: v for k, v in UNFITTED.items() if k != "limit"}
+    with pytest.raises(UserError, match="--faster-head must be"):
+        PipelineConfig(faster_head="big")
     with pytest.raises(UserError, match="--method must be"):
         PipelineConfig(method="edge-boxes")
     with pytest.raises(UserError, match="--warp-size 8: must be at least 16"):
@@ -176,12 +180,13 @@ def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_r
 
     monkeypatch.setattr(faster_rcnn, "TRAIN_DEFAULTS", {"epochs": 1, "max_iters": 2, "warmup_iters": 1})
     settings = dict(dataset=str(shapes_root), limit=10, workers=1, warp_size=32, batch_size=64, device="cpu",
-                    time_budget="1h")
+                    time_budget="1h", faster_head="backbone")
     run = tmp_path / "run"
     metrics = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert list(metrics["stages"])[:3] == ["faster", "export-backbone", "propose-train"]
     faster = json.loads((run / "faster" / "config.json").read_text())
     assert faster["model"]["trained_on"]["fitted"]["min_size"]["value"] == 480  # 30 cells of the stride-16 map
+    assert faster["model"]["head"] == "backbone"
     assert faster["train"]["time_budget"] == pytest.approx(0.65 * 3600)
     with load_proposals(run / "proposals_test.h5") as p:
         assert p.attrs["method"] == "rpn" and int(p.attrs["post_nms_top_n"]) == 10

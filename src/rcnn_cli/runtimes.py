@@ -33,10 +33,14 @@ def available_runtimes() -> list[str]:
     return ["torch"] + [r for r, m in _MODULES.items() if importlib.util.find_spec(m) is not None]
 
 
-def resolve_runtime(name: str = "torch") -> str:
+def resolve_runtime(name: str = "torch", device_type: str = "cpu", exportable: bool = True) -> str:
     """``auto`` -> OpenVINO, else ONNX Runtime, else torch, whichever is installed first (the
-    fastest first, as measured by scripts/bench_runtime.py); a runtime not installed is one line."""
+    fastest first, as measured by scripts/bench_runtime.py), and torch on a GPU or for a network
+    that does not export (``exportable`` False: HOG, feature pyramids); a runtime not installed is
+    one line."""
     if name == "auto":
+        if device_type != "cpu" or not exportable:
+            return "torch"
         installed = available_runtimes()
         return next(r for r in ("openvino", "onnxruntime", "torch") if r in installed)
     if name not in RUNTIMES:

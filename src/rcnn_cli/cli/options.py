@@ -24,8 +24,8 @@ def top_k() -> int:
     return typer.Option(_D.top_k, "--top-k", help="Detections kept per image.")
 
 
-def runtime() -> str:
-    return typer.Option("torch", "--runtime", help="The CNN's runtime: torch (channels_last), onnxruntime, openvino, "
+def runtime(default: str = "torch") -> str:
+    return typer.Option(default, "--runtime", help="The CNN's runtime: torch (channels_last), onnxruntime, openvino, "
                         "or auto (the fastest installed); the ONNX graph is built once and cached.")
 
 

@@ -151,6 +151,9 @@ def pipeline_cmd(
     rpn_model: Optional[Path] = typer.Option(None, "--from", "--rpn-model", help="A finished `rcnn faster train` run: "
                                              "its RPN proposes and its trunk computes the features (default with "
                                              "--method rpn: one is trained first into OUT/faster)."),
+    faster_head: str = typer.Option(_P.faster_head, "--faster-head", help="RoI head of the Faster R-CNN trained first: "
+                                    "mlp (faster), or backbone (the network's own later layers: slower to train, and "
+                                    "its fine-tuned network then computes R-CNN's features)."),
     mode: str = typer.Option(_P.mode, "--mode", help="Selective search mode: fast or quality."),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Selective search: longer image side at most this "
                                            "(default: chosen from the images)."),
@@ -183,7 +186,7 @@ def pipeline_cmd(
     top_k: int = O.top_k(),
     seed: int = O.seed(),
     device: str = O.device(),
-    runtime: str = O.runtime(),
+    runtime: str = O.runtime(_P.runtime),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 30m, 2h: the Faster R-CNN stage's "
                                               "schedule is fitted to 65 % of it (the R-CNN stages take the rest)."),
     defaults: str = typer.Option("data", "--defaults", help="data: settings not given are chosen from the training "

@@ -468,7 +468,7 @@ class FastRCNNDetector(Detector):
         from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
 
         model = load_fast_rcnn(run_dir, resolve_device(device), weights)
-        runtime = resolve_runtime(runtime)
+        runtime = resolve_runtime(runtime, next(model.parameters()).device.type)
         if runtime != "torch":
             key = {"run": "fast-trunk", "weights": file_sha256(weights_file(run_dir, weights))}
             model.trunk = RuntimeTrunk(model.trunk, runtime, Path(run_dir) / "graphs", key)

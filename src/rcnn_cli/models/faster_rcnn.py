@@ -443,7 +443,7 @@ def _use_runtime(model: nn.Module, cfg: FasterRCNNConfig, runtime: str, run_dir:
     from rcnn_cli.io.runs import weights_file
     from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
 
-    runtime = resolve_runtime(runtime)
+    runtime = resolve_runtime(runtime, next(model.parameters()).device.type, not cfg.fpn)
     if runtime == "torch":
         return
     if cfg.fpn or next(model.parameters()).device.type != "cpu":

@@ -390,7 +390,7 @@ class YOLODetector(Detector):
         from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
 
         model, _ = load_model(run_dir, device, weights)
-        runtime = resolve_runtime(runtime)
+        runtime = resolve_runtime(runtime, next(model.parameters()).device.type)
         if runtime != "torch":
             if next(model.parameters()).device.type != "cpu":
                 raise UserError(f"--runtime {runtime}: for the CPU (use --runtime torch)")

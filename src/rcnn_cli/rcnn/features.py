@@ -236,7 +236,7 @@ class FeatureExtractor:
         """The network in ``runtime`` (torch channels_last, or an exported graph on the CPU)."""
         from rcnn_cli.runtimes import compile_network, resolve_runtime
 
-        runtime = resolve_runtime(runtime)
+        runtime = resolve_runtime(runtime, self.device.type, self.spec.name != "hog")
         if self.spec.name == "hog" and runtime != "torch":
             raise UserError(f"--runtime {runtime}: HOG runs in OpenCV; use --runtime torch")
         if runtime != "torch" and self.device.type != "cpu":
