@@ -351,6 +351,24 @@ def test_openvino_runs_the_same_graph_in_float32(tmp_path):
     ov = FeatureExtractor(**base, runtime="openvino", cache_dir=tmp_path)
     assert ov.runtime == "openvino"
     np.testing.assert_allclose(ov(image, boxes), FeatureExtractor(**base)(image, boxes), atol=1e-4)
+    # the 2x2 grid layer exports too (TF "same" padding leaves the map's size to run time) and equals
+    # torch's adaptive average pooling, on an even (4 x 4 at warp 128) and an odd (3 x 3 at 96) map
+    for warp in (128, 96):
+        grid = dict(base, layer="grid", warp_size=warp, padding=warp // 10)
+        ov = FeatureExtractor(**grid, runtime="openvino", cache_dir=tmp_path)
+        np.testing.assert_allclose(ov(image, boxes), FeatureExtractor(**grid)(image, boxes), atol=1e-4)
+    assert FeatureExtractor(**grid, runtime="auto", cache_dir=tmp_path).runtime == "openvino"
+    assert FeatureExtractor(**dict(base, backbone="hog"), runtime="auto").runtime == "torch"
+
+
+def test_grid_pool_equals_adaptive_average_pooling():
+    import torch.nn.functional as F
+
+    from rcnn_cli.backbones import grid_pool
+
+    for h, w in [(4, 4), (7, 7), (5, 3), (1, 1)]:  # odd sizes: torch's cells overlap by one row
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+        torch.testing.assert_close(grid_pool(x, 2), F.adaptive_avg_pool2d(x, 2), atol=1e-6, rtol=0)
 
 
 def test_hog_features_are_opencvs_dalal_triggs_descriptor():

@@ -224,6 +224,16 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(x, 1)
 
 
+def grid_pool(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, n)`` written with slices and means: ``(B, C, H, W)`` -> ``(B, C, n, n)``,
+    cell ``i`` spanning ``floor(i H / n)`` to ``ceil((i + 1) H / n)`` as torch's does, so that it exports
+    to ONNX when ``H`` and ``W`` are only known at run time (TF-style "same" padding)."""
+    h, w = x.shape[-2], x.shape[-1]
+    rows = [x[..., (i * h) // n: ((i + 1) * h + n - 1) // n, :] for i in range(n)]
+    cells = [[r[..., (j * w) // n: ((j + 1) * w + n - 1) // n].mean(dim=(2, 3)) for j in range(n)] for r in rows]
+    return torch.stack([torch.stack(row, dim=-1) for row in cells], dim=-2)
+
+
 class FeatureNet(nn.Module):
     """A whole backbone (``self.net``) that returns the features of one layer.
 
@@ -244,7 +254,7 @@ class FeatureNet(nn.Module):
         if self.name == "efficientnet_lite0":
             x = net.forward_features(x)  # (B, 1280, S/32, S/32), after conv_head
             if layer == "grid":  # 2x2 cells keep the coarse layout, as pool5 does for R-CNN's box regression
-                return _flatten(F.adaptive_avg_pool2d(x, 2))
+                return _flatten(grid_pool(x, 2))
             return net.forward_head(x, pre_logits=True)
         if self.name == "resnet50":
             x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
