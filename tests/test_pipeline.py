@@ -144,12 +144,12 @@ def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     ds = load_dataset(shapes_root, "trainval")
     built_in, f = resolve_settings(PipelineConfig(weights="none"), tmp_path, ds)
     assert built_in.method == "selective-search" and "built-in data" in f.reasons["method"]
-    assert built_in.warp_size == 64 and built_in.padding == 6 and built_in.layer == "pool" and "weights" not in f.values
+    assert built_in.warp_size == 64 and built_in.padding == 6 and built_in.layer == "grid" and "weights" not in f.values
     mine, f = resolve_settings(PipelineConfig(dataset=str(shapes_root)), tmp_path, ds)
     assert mine.method == "rpn" and mine.rpn_model is None  # a Faster R-CNN is trained first
-    assert mine.weights == "imagenet" and "only its trunk" in f.reasons["weights"]  # its MLP head: ImageNet's
-    tuned, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), faster_head="backbone"), tmp_path, ds)
-    assert tuned.weights == str(tmp_path / "backbone.safetensors") and "every layer" in f.reasons["weights"]
+    assert mine.weights == str(tmp_path / "backbone.safetensors") and "every layer" in f.reasons["weights"]
+    mlp, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), faster_head="mlp"), tmp_path, ds)
+    assert mlp.weights == "imagenet" and "only its trunk" in f.reasons["weights"]  # its MLP head: ImageNet's
     hog, _ = resolve_settings(PipelineConfig(dataset=str(shapes_root), backbone="hog"), tmp_path, ds)
     assert hog.method == "selective-search" and hog.weights == "imagenet"
     given, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), method="selective-search", warp_size=96,
@@ -180,14 +180,14 @@ def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_r
 
     monkeypatch.setattr(faster_rcnn, "TRAIN_DEFAULTS", {"epochs": 1, "max_iters": 2, "warmup_iters": 1})
     settings = dict(dataset=str(shapes_root), limit=10, workers=1, warp_size=32, batch_size=64, device="cpu",
-                    time_budget="1h", faster_head="backbone")
+                    time_budget="1h")
     run = tmp_path / "run"
     metrics = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert list(metrics["stages"])[:3] == ["faster", "export-backbone", "propose-train"]
     faster = json.loads((run / "faster" / "config.json").read_text())
     assert faster["model"]["trained_on"]["fitted"]["min_size"]["value"] == 480  # 30 cells of the stride-16 map
-    assert faster["model"]["head"] == "backbone"
-    assert faster["train"]["time_budget"] == pytest.approx(0.65 * 3600)
+    assert faster["model"]["head"] == "backbone" and faster["model"]["box_batch_size_per_image"] == 64
+    assert faster["train"]["time_budget"] == pytest.approx(0.75 * 3600)
     with load_proposals(run / "proposals_test.h5") as p:
         assert p.attrs["method"] == "rpn" and int(p.attrs["post_nms_top_n"]) == 10
     with load_features(run / "features_test.h5") as store:
@@ -200,3 +200,16 @@ def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_r
     again = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert {v["status"] for v in again["stages"].values()} == {"skipped"}
     assert again["mAP"] == metrics["mAP"]
+
+
+def test_pipeline_cli_errors_are_one_line_and_write_nothing(shapes_root, tmp_path, capsys):
+    from rcnn_cli.cli import main
+
+    for flags, message in [(["--defaults", "paper"], "--defaults must be data or classic"),
+                           (["--from", str(tmp_path / "no_run"), "--weights", "none"], "not a finished"),
+                           (["--time-budget", "soon"], "expected a duration")]:
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as e:
+            main(["pipeline", str(shapes_root), "--out", str(out), "--no-progress", *flags])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+        assert not (out / "metrics.json").exists() and not list(out.glob("*.h5"))

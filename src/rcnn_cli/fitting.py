@@ -16,8 +16,8 @@ training split's statistics (:class:`DataStats`) and the backbone's stride:
 - **epochs** (:func:`default_epochs`): at least 12 and at least ``MIN_ITERATIONS`` iterations;
 - **R-CNN** (:func:`fit_rcnn`): proposals per image from the objects per image, the smallest
   proposal from the smallest class, selective search's image size from the images', the warp from
-  the median box (within the device's range), context padding a tenth of the warp, and the feature
-  layer from the number of training boxes.
+  the median box (within the device's range), context padding a tenth of the warp, and the 2x2 grid
+  layer where the backbone has one.
 
 A value the user gave always wins; :class:`Fitted` records which values were chosen and why, for the
 table printed once and the run's ``config.json``.
@@ -46,7 +46,6 @@ MIN_PROPOSALS = 100      # R-CNN: proposals per image at least
 MAX_PROPOSAL_FLOOR = 16  # pixels: R-CNN drops proposals smaller than this at most
 SEARCH_SIDE_CAP = 512    # pixels: selective search's longer image side at most
 WARP_RANGE = {"cpu": (64, 128), "cuda": (64, 224)}  # R-CNN's warp per device type
-GRID_MIN_BOXES = 1000    # training boxes for the 4x wider grid features
 
 
 def _round32(x: float) -> int:
@@ -294,10 +293,6 @@ def fit_rcnn(stats: DataStats, given: Mapping[str, Any], method: str, method_rea
     warp = int(value("warp_size"))
     f.choose("padding", int(round(warp / 10)), f"a tenth of the {warp}-px warp of context on each side (R-CNN: 16 at 227)")
     if "grid" in layers:
-        n = len(stats.sizes)
-        f.choose("layer", "grid" if n >= GRID_MIN_BOXES else "pool",
-                 f"{n} training boxes: " + ("enough for the 2x2 grid's 4x wider features, whose layout box regression "
-                                            f"reads" if n >= GRID_MIN_BOXES else
-                                            f"fewer than {GRID_MIN_BOXES}, so the pooled features (4x narrower than the "
-                                            "grid's) for the SVMs and the regressor"))
+        f.choose("layer", "grid", "the 2x2 grid keeps the layout that box regression reads (raccoon 74.1 vs 67.0 "
+                                  "mAP pooled, the built-in data 94.1 vs 94.0; README)")
     return f

@@ -152,8 +152,8 @@ def pipeline_cmd(
                                              "its RPN proposes and its trunk computes the features (default with "
                                              "--method rpn: one is trained first into OUT/faster)."),
     faster_head: str = typer.Option(_P.faster_head, "--faster-head", help="RoI head of the Faster R-CNN trained first: "
-                                    "mlp (faster), or backbone (the network's own later layers: slower to train, and "
-                                    "its fine-tuned network then computes R-CNN's features)."),
+                                    "backbone (the network's own later layers, 64 RoIs per image: its fine-tuned "
+                                    "network then computes R-CNN's features) or mlp (faster to train; ImageNet features)."),
     mode: str = typer.Option(_P.mode, "--mode", help="Selective search mode: fast or quality."),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Selective search: longer image side at most this "
                                            "(default: chosen from the images)."),
@@ -188,7 +188,7 @@ def pipeline_cmd(
     device: str = O.device(),
     runtime: str = O.runtime(_P.runtime),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 30m, 2h: the Faster R-CNN stage's "
-                                              "schedule is fitted to 65 % of it (the R-CNN stages take the rest)."),
+                                              "schedule is fitted to 75 % of it (the R-CNN stages take the rest)."),
     defaults: str = typer.Option("data", "--defaults", help="data: settings not given are chosen from the training "
                                  "split (printed with their reasons); classic: selective search, 100 boxes, warp 64."),
     progress: bool = O.progress(),

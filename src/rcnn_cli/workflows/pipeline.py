@@ -65,7 +65,7 @@ class PipelineConfig:
     # proposals
     method: str | None = None  # selective-search, or rpn: the region proposal network of rpn_model
     rpn_model: str | None = None  # a `rcnn faster train` run (--from); method rpn without it trains one (stage faster)
-    faster_head: str = "mlp"  # stage faster's RoI head; backbone also fine-tunes the layers the features come from
+    faster_head: str = "backbone"  # stage faster's RoI head: the network's later layers, which the features come from
     mode: str = "fast"
     max_size: int | None = None  # selective search: longer image side, pixels
     min_size: int | None = None  # smallest proposal kept, pixels
@@ -118,7 +118,8 @@ class PipelineConfig:
 #: ``--defaults classic``): the classic R-CNN at the built-in data's scale.
 UNFITTED: dict[str, Any] = {"method": "selective-search", "limit": 100, "max_size": 256, "min_size": 16,
                             "warp_size": 64, "padding": 6, "layer": None, "weights": "imagenet"}
-FASTER_SHARE = 0.65  # of --time-budget for the Faster R-CNN stage; features and SVMs take the rest
+FASTER_SHARE = 0.75  # of --time-budget for the Faster R-CNN stage; proposals, features and SVMs take the rest
+FASTER_ROIS = {"backbone": 64, "mlp": 128}  # RoIs per training image: the backbone head runs its layers per RoI
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -343,7 +344,9 @@ class _Run:
 
 def _faster_stage(r: _Run) -> None:
     """Train the Faster R-CNN whose RPN proposes (``method "rpn"`` without ``rpn_model``) into
-    ``RUN/faster`` with the settings chosen from the data, within ``FASTER_SHARE`` of the budget; a
+    ``RUN/faster`` with the settings chosen from the data, within ``FASTER_SHARE`` of the budget; by
+    default with the backbone's own later layers as its RoI head (``faster_head``, 64 RoIs per image,
+    the Fast R-CNN paper's), so that every layer R-CNN's features come from is fine-tuned. A
     half-finished run of the same configuration resumes from its checkpoint."""
     cfg, out = r.cfg, r.path("faster")
     budget = FASTER_SHARE * cfg.time_budget if cfg.time_budget else None
@@ -356,7 +359,8 @@ def _faster_stage(r: _Run) -> None:
         tc = TrainConfig(**dict(TRAIN_DEFAULTS, seed=cfg.seed, device=cfg.device, time_budget=budget,
                                 progress=r.progress))
         summary = train_faster(r.data.path, r.data.train_split, out, tc, images=r.data.images, backbone=cfg.backbone,
-                               head=cfg.faster_head, resume=(out / "checkpoint").exists(), command="rcnn pipeline (faster)",
+                               head=cfg.faster_head, model_overrides={"box_batch_size_per_image": FASTER_ROIS[cfg.faster_head]},
+                               resume=(out / "checkpoint").exists(), command="rcnn pipeline (faster)",
                                fit_schedule=True)
         return {k: summary.get(k) for k in ("iterations", "train_time_s", "images_per_s", "time_budget")}
 
