@@ -189,6 +189,36 @@ def test_init_loads_every_tensor_but_the_predictor_and_trains(tmp_path, shapes_r
     assert init["tensors_loaded"] == init["tensors"] and init["not_loaded"] == []
 
 
+def test_init_from_torchvisions_mobilenet_fpn_detector(tmp_path, shapes_root):
+    """A saved (untrained) torchvision fasterrcnn_mobilenet_v3_large_fpn: the same architecture is
+    rebuilt (3 levels x 5 anchor sizes), every tensor but the predictor loads, and it trains."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    from rcnn_cli.io.tensors import load_tensors
+    from rcnn_cli.models.faster_rcnn import PREDICTOR, train_faster
+
+    torch.manual_seed(0)
+    state = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    path = tmp_path / "coco_mobilenet.pth"
+    torch.save(state, path)
+    cfg = TrainConfig(epochs=1, max_iters=1, lr=1e-9, warmup_iters=1, progress=False, device="cpu")
+    train_faster(shapes_root, "trainval", tmp_path / "run", cfg, backbone="mobilenet_v3_large", fpn=True,
+                 weights="none", min_size=128, max_size=128, init=str(path))
+    trained = load_tensors(tmp_path / "run" / "model.safetensors")
+    assert set(trained) == {k for k in state if not k.endswith("num_batches_tracked")} | \
+        {k for k in trained if k.endswith("num_batches_tracked")}
+    for k, v in trained.items():
+        if k.startswith(PREDICTOR):
+            assert v.shape[0] in (5, 20)
+        elif not k.endswith("num_batches_tracked"):
+            torch.testing.assert_close(v, state[k], atol=1e-6, rtol=0)
+    rec = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert rec["trained_on"]["init"]["not_loaded"] == [] and rec["anchor_sizes"] == [32, 64, 128, 256, 512]
+    with pytest.raises(UserError, match="mobilenet_v3_large has no single-level trunk"):
+        train_faster(shapes_root, "trainval", tmp_path / "no_fpn", cfg, backbone="mobilenet_v3_large",
+                     weights="none", min_size=128, max_size=128)
+
+
 def test_init_errors_are_one_line(tmp_path, shapes_root, coco_like, monkeypatch):
     from torchvision.models._api import WeightsEnum
 

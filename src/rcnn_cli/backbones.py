@@ -14,6 +14,7 @@ name                   native  layers (feature dim)                trunk (stride
                                (4096)
 ``resnet50``            224    ``pool`` (2048)                     layer3, 1024     layer4 + avg
                                                                                     pool, 2048
+``mobilenet_v3_large``  224    ``pool`` (960)                      (FPN only)       (FPN only)
 =====================  ======  ==================================  ===============  ==============
 
 Weights (``weights=``):
@@ -98,6 +99,8 @@ _SPECS: dict[str, BackboneSpec] = {
     "alexnet": BackboneSpec("alexnet", 227, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 3),
     "vgg16": BackboneSpec("vgg16", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 10),
     "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool", 5),
+    # a Faster R-CNN backbone with a feature pyramid only (torchvision's fasterrcnn_mobilenet_v3_large_fpn)
+    "mobilenet_v3_large": BackboneSpec("mobilenet_v3_large", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool", 0),
     # the pre-CNN baseline: Dalal-Triggs HOG of the warped region (no learnt weights, no trunk)
     "hog": BackboneSpec("hog", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("hog",), "hog", 0),
 }
@@ -106,15 +109,16 @@ _LAYER_DIMS = {
     ("efficientnet_lite0", "pool"): 1280, ("efficientnet_lite0", "grid"): 1280 * 2 * 2,
     ("alexnet", "pool5"): 256 * 6 * 6, ("alexnet", "fc6"): 4096, ("alexnet", "fc7"): 4096,
     ("vgg16", "pool5"): 512 * 7 * 7, ("vgg16", "fc6"): 4096, ("vgg16", "fc7"): 4096,
-    ("resnet50", "pool"): 2048,
+    ("resnet50", "pool"): 2048, ("mobilenet_v3_large", "pool"): 960,
 }
 
 # Final ImageNet classifier of each net (state-dict key prefix): never used for features, so a file
 # whose classifier has another shape (fine-tuned for K+1 classes) still loads.
 _CLASSIFIER = {"efficientnet_lite0": "net.classifier.", "alexnet": "net.classifier.6.",
-               "vgg16": "net.classifier.6.", "resnet50": "net.fc."}
+               "vgg16": "net.classifier.6.", "resnet50": "net.fc.", "mobilenet_v3_large": "net.classifier.3."}
 
-_TV_WEIGHTS = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights", "resnet50": "ResNet50_Weights"}
+_TV_WEIGHTS = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights", "resnet50": "ResNet50_Weights",
+               "mobilenet_v3_large": "MobileNet_V3_Large_Weights"}
 _TV_TAG = "IMAGENET1K_V1"
 
 
@@ -256,6 +260,8 @@ class FeatureNet(nn.Module):
             if layer == "grid":  # 2x2 cells keep the coarse layout, as pool5 does for R-CNN's box regression
                 return _flatten(grid_pool(x, 2))
             return net.forward_head(x, pre_logits=True)
+        if self.name == "mobilenet_v3_large":
+            return _flatten(net.avgpool(net.features(x)))
         if self.name == "resnet50":
             x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
             x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
@@ -430,6 +436,8 @@ def _trunk_of(net: nn.Module, name: str) -> nn.Module:
         trunk, ch = net.features[:12], 256
     elif name == "vgg16":
         trunk, ch = net.features[:30], 512
+    elif name != "resnet50":
+        raise UserError(f"{name} has no single-level trunk: use it in Faster R-CNN with --fpn")
     else:
         trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
         ch = 1024

@@ -31,9 +31,9 @@ def train_cmd(
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Training split (VOC ImageSets/Main/<split>.txt)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (model.safetensors, config.json, checkpoint/, metrics.jsonl)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone from the registry (efficientnet_lite0, vgg16, resnet50, alexnet)."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone from the registry (efficientnet_lite0, vgg16, resnet50, alexnet; mobilenet_v3_large with --fpn)."),
     weights: str = typer.Option("imagenet", "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file."),
-    fpn: bool = typer.Option(False, "--fpn", help="ResNet-50 with a feature pyramid (5 anchor sizes, one per level)."),
+    fpn: bool = typer.Option(False, "--fpn", help="A feature pyramid (resnet50: 5 anchor sizes, one per level; mobilenet_v3_large: all 5 at each of 3 levels)."),
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two FC layers of 1024) or backbone (the net's own layers after the trunk, e.g. VGG16 fc6/fc7)."),
     anchor_sizes: Optional[str] = typer.Option(None, "--anchor-sizes", help="Anchor sizes in resized-image pixels, e.g. 128,256,512 (default; 32,...,512 with --fpn)."),
     aspect_ratios: Optional[str] = typer.Option(None, "--aspect-ratios", help="Anchor aspect ratios h/w, e.g. 0.5,1,2 (default)."),
@@ -52,8 +52,9 @@ def train_cmd(
         "2000 on a CPU, where that NMS takes a third of each iteration at 480x640)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from a trained detector, the box predictor "
                                        "re-initialised for your classes: coco (torchvision's COCO "
-                                       "fasterrcnn_resnet50_fpn; implies --backbone resnet50 --fpn) or a .safetensors/"
-                                       ".pth state dict."),
+                                       "fasterrcnn_resnet50_fpn; implies --backbone resnet50 --fpn), coco-mobilenet "
+                                       "(fasterrcnn_mobilenet_v3_large_fpn; --backbone mobilenet_v3_large --fpn) or a "
+                                       ".safetensors/.pth state dict (with the --backbone and --fpn it was saved from)."),
     defaults: str = typer.Option("data", "--defaults", help="data: settings not given are chosen from the training "
                                  "split (printed with their reasons); paper: the Faster R-CNN paper's."),
     rpn_post_nms_train: int = typer.Option(_M.rpn_post_nms_top_n_train, "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
@@ -74,8 +75,10 @@ def train_cmd(
     p, sources = O.replayed(ctx, train["config"], _RECORDED)
     if defaults not in ("data", "paper"):
         raise UserError(f"--defaults must be data or paper (got '{defaults}')")
-    if init == "coco" and sources["backbone"] != "default" and p["backbone"] != "resnet50":
-        raise UserError(f"--init coco is a resnet50 FPN detector (not --backbone {p['backbone']})")
+    from rcnn_cli.models.faster_rcnn import COCO_INITS
+
+    if init in COCO_INITS and sources["backbone"] != "default" and p["backbone"] != COCO_INITS[init][0]:
+        raise UserError(f"--init {init} is a {COCO_INITS[init][0]} FPN detector (not --backbone {p['backbone']})")
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
     overrides = {_RECORDED[k]: p[k] for k in _RECORDED if k != "train_sizes"}
     if overrides["rpn_pre_nms_top_n_train"] is None and defaults == "paper":

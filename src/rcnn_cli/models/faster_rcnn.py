@@ -80,7 +80,8 @@ def _check_anchors(cfg: "FasterRCNNConfig") -> None:
     if not ratios or any(float(r) <= 0 for r in ratios):
         raise UserError(f"aspect ratios must be positive numbers (got {ratios})")
     if cfg.fpn and len(sizes) != 5:
-        raise UserError(f"with --fpn give 5 anchor sizes, one per pyramid level P2-P6 (got {len(sizes)})")
+        raise UserError(f"with --fpn give 5 anchor sizes (ResNet-50: one per pyramid level P2-P6; MobileNetV3: all "
+                        f"five at each of its 3 levels; got {len(sizes)})")
 
 
 @dataclass
@@ -136,8 +137,8 @@ class FasterRCNNConfig:
         self.image_std = list(self.image_std or spec.std)
         self.anchor_sizes = [float(v) for v in self.anchor_sizes]
         self.aspect_ratios = [float(v) for v in self.aspect_ratios]
-        if self.fpn and self.backbone != "resnet50":
-            raise UserError(f"--fpn is available for resnet50 only (not {self.backbone})")
+        if self.fpn and self.backbone not in FPN_BACKBONES:
+            raise UserError(f"--fpn is available for {', '.join(FPN_BACKBONES)} (not {self.backbone})")
         if self.head not in ("mlp", "backbone"):
             raise UserError(f"head must be 'mlp' or 'backbone' (got '{self.head}')")
         if self.fpn and self.head == "backbone":
@@ -182,9 +183,11 @@ def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0",
 # Building the network
 
 
-def make_anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float], levels: int = 1):
+def make_anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float], levels: int = 1,
+                          every_size: bool = False):
     """torchvision ``AnchorGenerator``: with one level, every size x every ratio at each cell;
-    with ``levels`` > 1 (FPN), one size per level and every ratio.
+    with ``levels`` > 1 (FPN), one size per level and every ratio; ``every_size`` (MobileNetV3's
+    pyramid): every size x every ratio at each of its 3 levels.
 
     A ratio ``r`` is height / width: the anchor of size ``s`` is ``s / sqrt(r)`` wide and
     ``s * sqrt(r)`` high (area ``s^2``), centred on the cell's top-left pixel times the stride,
@@ -196,6 +199,8 @@ def make_anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float]
     ratios = tuple(float(r) for r in aspect_ratios)
     if levels == 1:
         return AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
+    if every_size:
+        return AnchorGenerator(sizes=(sizes,) * 3, aspect_ratios=(ratios,) * 3)
     if len(sizes) != levels:
         raise UserError(f"{levels} feature levels need {levels} anchor sizes (got {len(sizes)})")
     return AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=(ratios,) * levels)
@@ -213,21 +218,33 @@ class _Trunk(nn.Module):
         return self.body(x)
 
 
-def _resnet_fpn(weights: str) -> nn.Module:
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+#: Backbones with a feature pyramid: the body's layers named as the registry network's (prefix),
+#: the pyramid levels the RoI pooling reads, and whether every anchor size sits at every level.
+FPN_BACKBONES = {"resnet50": ("", ["0", "1", "2", "3"], False),
+                 "mobilenet_v3_large": ("features.", ["0", "1"], True)}
+
+
+def _fpn_backbone(name: str, weights: str) -> nn.Module:
+    """torchvision's FPN backbone of ``name`` (frozen batch norms, the last 3 stages trainable, as
+    its COCO detectors), the registry network's ``weights`` copied into the body."""
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    fpn = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3,
-                              norm_layer=FrozenBatchNorm2d)
+    if name == "resnet50":
+        fpn = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=3, norm_layer=FrozenBatchNorm2d)
+    else:
+        fpn = mobilenet_backbone(backbone_name=name, weights=None, fpn=True, trainable_layers=3,
+                                 norm_layer=FrozenBatchNorm2d)
     if weights != "none":
         from rcnn_cli.backbones import build_feature_extractor
 
-        src = build_feature_extractor("resnet50", weights).net.state_dict()
+        prefix = FPN_BACKBONES[name][0]
+        src = build_feature_extractor(name, weights).net.state_dict()
         body = fpn.body.state_dict()
-        mapped = {k: src[k] for k in body if k in src and src[k].shape == body[k].shape}
+        mapped = {k: src[prefix + k] for k in body if prefix + k in src and src[prefix + k].shape == body[k].shape}
         missing = [k for k in body if k not in mapped and not k.endswith("num_batches_tracked")]
         if missing:
-            raise UserError(f"resnet50 weights do not fit the FPN body ({len(missing)} tensors missing, e.g. {missing[0]})")
+            raise UserError(f"{name} weights do not fit the FPN body ({len(missing)} tensors missing, e.g. {missing[0]})")
         fpn.body.load_state_dict(mapped, strict=False)
     return fpn
 
@@ -253,9 +270,9 @@ def build_model(cfg: FasterRCNNConfig, weights: str = "none") -> nn.Module:
     box_head = None
     representation = int(cfg.representation_size)
     if cfg.fpn:
-        backbone = _resnet_fpn(str(weights))
-        featmap_names = ["0", "1", "2", "3"]
-        anchor_gen = make_anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios, levels=5)
+        backbone = _fpn_backbone(name, str(weights))
+        _, featmap_names, every_size = FPN_BACKBONES[name]
+        anchor_gen = make_anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios, levels=5, every_size=every_size)
     else:
         body, channels, _stride = build_trunk(name, weights, freeze_bn=True)
         frozen = cfg.frozen_modules
@@ -527,7 +544,8 @@ def _fit(ds, given: dict, train_config, fixed_anchors: bool, fit: bool, fit_sche
 # COCO-pretrained starting points (--init)
 
 #: ``--init NAME``: torchvision's COCO-trained detector whose architecture ``build_model`` rebuilds.
-COCO_INITS = {"coco": ("resnet50", "FasterRCNN_ResNet50_FPN_Weights", "COCO_V1")}
+COCO_INITS = {"coco": ("resnet50", "FasterRCNN_ResNet50_FPN_Weights", "COCO_V1"),
+              "coco-mobilenet": ("mobilenet_v3_large", "FasterRCNN_MobileNet_V3_Large_FPN_Weights", "COCO_V1")}
 PREDICTOR = "roi_heads.box_predictor."
 
 
@@ -573,7 +591,8 @@ def load_init(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) ->
     if len(loaded) < len(wanted) / 2:
         missing = next(k for k in wanted if k not in loaded)
         raise UserError(f"--init {what}: only {len(loaded)} of {len(wanted)} tensors fit this model (e.g. '{missing}'"
-                        f" is missing or another shape); COCO checkpoints need --backbone resnet50 --fpn")
+                        f" is missing or another shape); COCO checkpoints need --fpn and their backbone "
+                        f"({' or '.join(FPN_BACKBONES)})")
     model.load_state_dict(loaded, strict=False)
     logger.info("--init %s: %d of %d tensors loaded; the box predictor starts anew for %d classes", what,
                 len(loaded), len(wanted), len(model.rcnn_config.classes))
