@@ -158,6 +158,7 @@ def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     assert {"method", "warp_size", "weights"}.isdisjoint(f.values)
     classic, f = resolve_settings(PipelineConfig(dataset=str(shapes_root), limit=7, fit=False), tmp_path, ds)
     assert f.values == {} and classic.limit == 7
+    assert resolve_settings(PipelineConfig(rpn_model="RUN", fit=False), tmp_path, ds)[0].method == "rpn"
     assert {k: getattr(classic, k) for k in UNFITTED if k != "limit"} == {k: v for k, v in UNFITTED.items() if k != "limit"}
     with pytest.raises(UserError, match="--faster-head must be"):
         PipelineConfig(faster_head="big")

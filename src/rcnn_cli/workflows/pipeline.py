@@ -3,8 +3,8 @@
 Settings left ``None`` are chosen from the training split (:func:`resolve_settings`,
 :func:`rcnn_cli.fitting.fit_rcnn`), printed once with their reasons and recorded as chosen. On a
 DATASET the default R-CNN is the strong one: a Faster R-CNN is trained first (stage ``faster``,
-unless ``rpn_model`` names a finished run), its RPN proposes and its fine-tuned trunk computes the
-features; ``method="selective-search"`` gives the classic R-CNN, as on the built-in data.
+unless ``rpn_model`` names a finished run), its RPN proposes and its fine-tuned network computes
+the features; ``method="selective-search"`` gives the classic R-CNN, as on the built-in data.
 
 Stages, in order (each writes into ``RUN_DIR`` and records its configuration):
 
@@ -240,7 +240,8 @@ def resolve_settings(cfg: PipelineConfig, run_dir: Path, train_ds) -> tuple[Pipe
 
     given = {k: getattr(cfg, k) for k in UNFITTED}
     if not cfg.fit:
-        return replace(cfg, **{k: UNFITTED[k] if v is None else v for k, v in given.items()}), Fitted()
+        unfitted = dict(UNFITTED, method="rpn" if cfg.rpn_model else UNFITTED["method"])
+        return replace(cfg, **{k: unfitted[k] if v is None else v for k, v in given.items()}), Fitted()
     method, why = _choose_method(cfg)
     f = fit_rcnn(data_stats(train_ds), given, method, why, resolve_device(cfg.device).type,
                  get_spec(cfg.backbone).layers)
@@ -371,7 +372,7 @@ def _faster_stage(r: _Run) -> None:
 
 
 def _export_stage(r: _Run) -> None:
-    """The proposing Faster R-CNN's trunk as the features' weights (``rcnn export-backbone``)."""
+    """The proposing Faster R-CNN's fine-tuned network as the features' weights (``rcnn export-backbone``)."""
     from rcnn_cli.io import file_sha256
 
     run, out = Path(str(r.cfg.rpn_model)), Path(str(r.cfg.weights))
