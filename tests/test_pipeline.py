@@ -188,7 +188,9 @@ def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_r
     faster = json.loads((run / "faster" / "config.json").read_text())
     assert faster["model"]["trained_on"]["fitted"]["min_size"]["value"] == 480  # 30 cells of the stride-16 map
     assert faster["model"]["head"] == "backbone" and faster["model"]["box_batch_size_per_image"] == 64
-    assert faster["train"]["time_budget"] == pytest.approx(0.75 * 3600)
+    plan = metrics["time_budget"]  # the R-CNN stages' time estimated from the measured crops/s, the rest trains
+    assert plan["crops_per_s"] > 0 and plan["faster_s"] == pytest.approx(3600 - plan["rcnn_estimate_s"], abs=0.1)
+    assert faster["train"]["time_budget"] == pytest.approx(plan["faster_s"])
     with load_proposals(run / "proposals_test.h5") as p:
         assert p.attrs["method"] == "rpn" and int(p.attrs["post_nms_top_n"]) == 10
     with load_features(run / "features_test.h5") as store:
@@ -214,3 +216,11 @@ def test_pipeline_cli_errors_are_one_line_and_write_nothing(shapes_root, tmp_pat
             main(["pipeline", str(shapes_root), "--out", str(out), "--no-progress", *flags])
         assert e.value.code == 2 and message in capsys.readouterr().err
         assert not (out / "metrics.json").exists() and not list(out.glob("*.h5"))
+
+
+def test_rcnn_seconds_by_hand():
+    from rcnn_cli.workflows.pipeline import RCNN_MARGIN, rcnn_seconds
+
+    cfg = PipelineConfig(limit=100, warp_size=64)
+    # per image: 100 warps + a 320 x 256 image = 20 warps of 64 x 64; 10 images at 60 crops/s, x 1.5
+    assert rcnn_seconds(cfg, 10, 320 * 256, 60.0) == pytest.approx(RCNN_MARGIN * 10 * 120 / 60) == 30.0

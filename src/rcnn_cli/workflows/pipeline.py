@@ -97,7 +97,7 @@ class PipelineConfig:
     top_k: int = DetectConfig.top_k
     seed: int = 0
     device: str = "auto"
-    time_budget: str | float | None = None  # the Faster R-CNN stage gets FASTER_SHARE of it
+    time_budget: str | float | None = None  # stage faster gets what the R-CNN stages after it leave (rcnn_seconds)
     fit: bool = True
 
     def __post_init__(self) -> None:
@@ -118,7 +118,7 @@ class PipelineConfig:
 #: ``--defaults classic``): the classic R-CNN at the built-in data's scale.
 UNFITTED: dict[str, Any] = {"method": "selective-search", "limit": 100, "max_size": 256, "min_size": 16,
                             "warp_size": 64, "padding": 6, "layer": None, "weights": "imagenet"}
-FASTER_SHARE = 0.75  # of --time-budget for the Faster R-CNN stage; proposals, features and SVMs take the rest
+RCNN_MARGIN = 1.5  # the R-CNN stages' estimated time (regions / measured crops/s) times this, kept from the budget
 FASTER_ROIS = {"backbone": 64, "mlp": 128}  # RoIs per training image: the backbone head runs its layers per RoI
 
 
@@ -319,6 +319,7 @@ class _Run:
     weights_stage: str | None = None
     suffix: str = ""
     results: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -343,15 +344,69 @@ class _Run:
         return None if self.weights_stage is None else self.weights
 
 
+def crops_per_second(cfg: PipelineConfig, probe: int = 128) -> float:
+    """Warped regions per second of the region network on this machine (``cfg``'s backbone, layer,
+    warp and runtime; ImageNet weights: the speed does not depend on them), from ``probe`` random
+    boxes on a random image after one warm-up pass."""
+    import numpy as np
+    from PIL import Image
+
+    from rcnn_cli.rcnn.features import FeatureExtractor
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    xy = rng.uniform(0, 400, (probe, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(16, 200, (probe, 2))], 1).astype(np.float32)
+    fx = FeatureExtractor(cfg.backbone, "imagenet", cfg.layer, cfg.warp_size, int(cfg.padding or 0), cfg.batch_size,
+                          cfg.device, runtime=cfg.runtime)
+    fx(image, boxes[:8])
+    t0 = time.perf_counter()
+    fx(image, boxes)
+    return probe / max(time.perf_counter() - t0, 1e-6)
+
+
+def rcnn_seconds(cfg: PipelineConfig, images: int, image_pixels: float, rate: float) -> float:
+    """The R-CNN stages' expected seconds after stage faster: per image, the RPN's trunk pass (as
+    many crops as the image holds warps) and ``cfg.limit`` warped regions at ``rate`` crops/s,
+    times :data:`RCNN_MARGIN` (SVM training, detection, reading and writing)."""
+    per_image = int(cfg.limit or 2000) + image_pixels / float(cfg.warp_size) ** 2
+    return RCNN_MARGIN * images * per_image / rate
+
+
+def _faster_budget(r: _Run) -> float | None:
+    """Seconds of ``--time-budget`` for stage faster: what the R-CNN stages after it leave, at the
+    region network's speed measured here (at least a fifth of the budget)."""
+    from rcnn_cli.fitting import data_stats, image_scale
+    from rcnn_cli.runtime import resolve_device
+
+    cfg = r.cfg
+    if not cfg.time_budget:
+        return None
+    stats = data_stats(r.data.train_ds)
+    short, _, _ = image_scale(stats, resolve_device(cfg.device).type)
+    pixels = short * short * stats.aspect()
+    rate = crops_per_second(cfg)
+    rest = rcnn_seconds(cfg, len(r.data.train_ds.records) + len(r.data.test_ds.records), pixels, rate)
+    budget = max(cfg.time_budget - rest, cfg.time_budget / 5)
+    r.budget = {"budget_s": cfg.time_budget, "crops_per_s": round(rate, 1), "rcnn_estimate_s": round(rest, 1),
+                "faster_s": round(budget, 1)}
+    logger.info("time budget: %.0f s for the Faster R-CNN stage; the R-CNN stages after it about %.0f s (%d images, "
+                "%.0f crops/s measured)", budget, rest, len(r.data.train_ds.records) + len(r.data.test_ds.records), rate)
+    return round(budget, 1)
+
+
 def _faster_stage(r: _Run) -> None:
     """Train the Faster R-CNN whose RPN proposes (``method "rpn"`` without ``rpn_model``) into
-    ``RUN/faster`` with the settings chosen from the data, within ``FASTER_SHARE`` of the budget; by
+    ``RUN/faster`` with the settings chosen from the data, within what the budget leaves it
+    (:func:`_faster_budget`); by
     default with the backbone's own later layers as its RoI head (``faster_head``, 64 RoIs per image,
     the Fast R-CNN paper's), so that every layer R-CNN's features come from is fine-tuned. A
     half-finished run of the same configuration resumes from its checkpoint."""
     cfg, out = r.cfg, r.path("faster")
-    budget = FASTER_SHARE * cfg.time_budget if cfg.time_budget else None
-    c = {"backbone": cfg.backbone, "head": cfg.faster_head, "seed": cfg.seed, "time_budget": budget, **r.data.data_id}
+    c = {"backbone": cfg.backbone, "head": cfg.faster_head, "seed": cfg.seed, "time_budget": cfg.time_budget,
+         **r.data.data_id}
+    done = r.st.done("faster", config_hash(c), [out / "model.safetensors"])
+    budget = None if done else _faster_budget(r)
 
     def train() -> dict:
         from rcnn_cli.engine import TrainConfig
@@ -564,9 +619,8 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
         "detections": str(det_path),
     }
     if cfg.time_budget:
-        metrics["time_budget"] = {"budget_s": cfg.time_budget, "faster_share": FASTER_SHARE,
-                                  "total_s": round(metrics["total_seconds"], 1),
-                                  "within": metrics["total_seconds"] <= cfg.time_budget}
+        metrics["time_budget"] = dict(r.budget, budget_s=cfg.time_budget, total_s=round(metrics["total_seconds"], 1),
+                                      within=metrics["total_seconds"] <= cfg.time_budget)
     write_json(run_dir / "metrics.json", metrics)
     write_run_record(run_dir / "metrics.json", "rcnn pipeline", dict(asdict(cfg), stage_hashes=st.hashes,
                                                                      sources=sources, fitted=fitted.record()))
