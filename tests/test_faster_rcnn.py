@@ -341,7 +341,7 @@ def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
 
     out, _, _, _ = overfit_run
     settings = dict(dataset=str(shapes_root), method="rpn", rpn_model=str(out), limit=20, min_size=0, workers=1,
-                    warp_size=32, padding=4, weights="none", device="cpu")
+                    warp_size=32, padding=4, weights="none", device="cpu", runtime="torch")  # proposals equal torch's
     run = tmp_path / "run"
     metrics = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert {v["status"] for v in metrics["stages"].values()} == {"ran"}
