@@ -344,10 +344,10 @@ class _Run:
         return None if self.weights_stage is None else self.weights
 
 
-def crops_per_second(cfg: PipelineConfig, probe: int = 128) -> float:
+def crops_per_second(cfg: PipelineConfig, probe: int = 128, cache_dir: Path | None = None) -> float:
     """Warped regions per second of the region network on this machine (``cfg``'s backbone, layer,
     warp and runtime; ImageNet weights: the speed does not depend on them), from ``probe`` random
-    boxes on a random image after one warm-up pass."""
+    boxes on a random image after one warm-up pass; an exported graph is cached in ``cache_dir``."""
     import numpy as np
     from PIL import Image
 
@@ -358,7 +358,7 @@ def crops_per_second(cfg: PipelineConfig, probe: int = 128) -> float:
     xy = rng.uniform(0, 400, (probe, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(16, 200, (probe, 2))], 1).astype(np.float32)
     fx = FeatureExtractor(cfg.backbone, "imagenet", cfg.layer, cfg.warp_size, int(cfg.padding or 0), cfg.batch_size,
-                          cfg.device, runtime=cfg.runtime)
+                          cfg.device, runtime=cfg.runtime, cache_dir=cache_dir)
     fx(image, boxes[:8])
     t0 = time.perf_counter()
     fx(image, boxes)
@@ -385,7 +385,7 @@ def _faster_budget(r: _Run) -> float | None:
     stats = data_stats(r.data.train_ds)
     short, _, _ = image_scale(stats, resolve_device(cfg.device).type)
     pixels = short * short * stats.aspect()
-    rate = crops_per_second(cfg)
+    rate = crops_per_second(cfg, cache_dir=r.dir / "graphs")
     rest = rcnn_seconds(cfg, len(r.data.train_ds.records) + len(r.data.test_ds.records), pixels, rate)
     budget = max(cfg.time_budget - rest, cfg.time_budget / 5)
     r.budget = {"budget_s": cfg.time_budget, "crops_per_s": round(rate, 1), "rcnn_estimate_s": round(rest, 1),
