@@ -149,8 +149,9 @@ def pipeline_cmd(
                                          "network; the default on a DATASET) or selective-search (the classic R-CNN; "
                                          "the default on the built-in data)."),
     rpn_model: Optional[Path] = typer.Option(None, "--from", "--rpn-model", help="A finished `rcnn faster train` run: "
-                                             "its RPN proposes and its trunk computes the features (default with "
-                                             "--method rpn: one is trained first into OUT/faster)."),
+                                             "its RPN proposes, and its network computes the features when it was "
+                                             "trained with --head backbone (default with --method rpn: one is trained "
+                                             "first into OUT/faster)."),
     faster_head: str = typer.Option(_P.faster_head, "--faster-head", help="RoI head of the Faster R-CNN trained first: "
                                     "backbone (the network's own later layers, 64 RoIs per image: its fine-tuned "
                                     "network then computes R-CNN's features) or mlp (faster to train; ImageNet features)."),
@@ -198,7 +199,7 @@ def pipeline_cmd(
     """Run every R-CNN stage: propose, extract-features, optional finetune, train-svm, train-bbox, detect, evaluate.
 
     On a DATASET the proposals come from a Faster R-CNN trained first (or given with --from) and its
-    fine-tuned trunk computes the features; --method selective-search is the classic R-CNN. Rerunning
+    fine-tuned network computes the features; --method selective-search is the classic R-CNN. Rerunning
     skips the stages whose configuration is unchanged. With no DATASET, the built-in shapes data is
     generated into OUT/data first and the classic R-CNN runs on it (the README's first command).
     """
