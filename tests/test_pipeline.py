@@ -139,9 +139,10 @@ def test_finetune_weights_load_and_resume_exactly(first_run, tmp_path):
 
 def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.fitting import data_stats
     from rcnn_cli.workflows.pipeline import UNFITTED, resolve_settings
 
-    ds = load_dataset(shapes_root, "trainval")
+    ds = data_stats(load_dataset(shapes_root, "trainval"))
     built_in, f = resolve_settings(PipelineConfig(weights="none"), tmp_path, ds)
     assert built_in.method == "selective-search" and "built-in data" in f.reasons["method"]
     assert built_in.warp_size == 64 and built_in.padding == 6 and built_in.layer == "grid" and "weights" not in f.values

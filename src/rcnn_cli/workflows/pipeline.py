@@ -231,11 +231,12 @@ def _tuned_trunk(cfg: PipelineConfig, run_dir: Path) -> tuple[str, str]:
                         "trunk under untuned later layers made worse features (README: raccoon 70.5 vs 79.9)")
 
 
-def resolve_settings(cfg: PipelineConfig, run_dir: Path, train_ds) -> tuple[PipelineConfig, Any]:
-    """``cfg`` with every setting left ``None`` chosen from ``train_ds`` (``fit``) or taken from
-    :data:`UNFITTED`, and the :class:`rcnn_cli.fitting.Fitted` record of the chosen ones."""
+def resolve_settings(cfg: PipelineConfig, run_dir: Path, stats) -> tuple[PipelineConfig, Any]:
+    """``cfg`` with every setting left ``None`` chosen from the training split's ``stats``
+    (:class:`rcnn_cli.fitting.DataStats`; with ``fit``) or taken from :data:`UNFITTED`, and the
+    :class:`rcnn_cli.fitting.Fitted` record of the chosen ones."""
     from rcnn_cli.backbones import get_spec
-    from rcnn_cli.fitting import Fitted, data_stats, fit_rcnn
+    from rcnn_cli.fitting import Fitted, fit_rcnn
     from rcnn_cli.runtime import resolve_device
 
     given = {k: getattr(cfg, k) for k in UNFITTED}
@@ -243,7 +244,7 @@ def resolve_settings(cfg: PipelineConfig, run_dir: Path, train_ds) -> tuple[Pipe
         unfitted = dict(UNFITTED, method="rpn" if cfg.rpn_model else UNFITTED["method"])
         return replace(cfg, **{k: unfitted[k] if v is None else v for k, v in given.items()}), Fitted()
     method, why = _choose_method(cfg)
-    f = fit_rcnn(data_stats(train_ds), given, method, why, resolve_device(cfg.device).type,
+    f = fit_rcnn(stats, given, method, why, resolve_device(cfg.device).type,
                  get_spec(cfg.backbone).layers)
     cfg = replace(cfg, **f.values)
     f.choose("weights", *_tuned_trunk(cfg, run_dir))
@@ -320,6 +321,7 @@ class _Run:
     suffix: str = ""
     results: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
+    stats: Any = None  # the training split's rcnn_cli.fitting.DataStats
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -376,13 +378,13 @@ def rcnn_seconds(cfg: PipelineConfig, images: int, image_pixels: float, rate: fl
 def _faster_budget(r: _Run) -> float | None:
     """Seconds of ``--time-budget`` for stage faster: what the R-CNN stages after it leave, at the
     region network's speed measured here (at least a fifth of the budget)."""
-    from rcnn_cli.fitting import data_stats, image_scale
+    from rcnn_cli.fitting import image_scale
     from rcnn_cli.runtime import resolve_device
 
     cfg = r.cfg
     if not cfg.time_budget:
         return None
-    stats = data_stats(r.data.train_ds)
+    stats = r.stats
     short, _, _ = image_scale(stats, resolve_device(cfg.device).type)
     pixels = short * short * stats.aspect()
     rate = crops_per_second(cfg, cache_dir=r.dir / "graphs")
@@ -596,10 +598,13 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
     t_start = time.perf_counter()
     data = prepare_data(st, cfg.dataset, cfg.images, cfg.train_split, cfg.test_split,
                         {"train": cfg.train_images, "test": cfg.test_images, "size": cfg.image_size}, cfg.seed)
-    cfg, fitted = resolve_settings(cfg, run_dir, data.train_ds)
+    from rcnn_cli.fitting import data_stats
+
+    stats = data_stats(data.train_ds)  # a split without one valid box: a one-line error before any work
+    cfg, fitted = resolve_settings(cfg, run_dir, stats)
     fitted.print("R-CNN settings chosen from the training data (flags override)")
     sources = dict(sources or {}, **{k: f"chosen: {why}" for k, why in fitted.reasons.items()})
-    r = _Run(cfg, run_dir, st, data, progress, "", weights=str(cfg.weights))
+    r = _Run(cfg, run_dir, st, data, progress, "", weights=str(cfg.weights), stats=stats)
     if cfg.method == "rpn" and not cfg.rpn_model:
         _faster_stage(r)
     if fitted.values.get("weights", "").endswith(".safetensors"):
