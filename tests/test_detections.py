@@ -249,3 +249,17 @@ def test_detect_settings_out_of_range_are_user_errors():
                          ({"nms": 1.2}, "--nms"), ({"top_k": 0}, "--top-k")):
         with pytest.raises(UserError, match=flag):
             DetectConfig(**kwargs)
+
+
+def test_given_detect_settings_go_over_the_runs_own():
+    from rcnn_cli.cli.options import detect_config
+    from rcnn_cli.detector import DetectConfig, settings_in_effect
+    from rcnn_cli.errors import UserError
+
+    own = DetectConfig(0.05, 0.5, 100)  # e.g. a Faster R-CNN run's
+    assert settings_in_effect({"score_threshold": 0.2, "nms": None, "top_k": None}, own) == DetectConfig(0.2, 0.5, 100)
+    assert settings_in_effect(None, own) == own
+    assert settings_in_effect(DetectConfig(0.1, 0.3, 5), own) == DetectConfig(0.1, 0.3, 5)  # a whole config wins
+    assert detect_config(None, 0.6, None) == {"score_threshold": None, "nms": 0.6, "top_k": None}
+    with pytest.raises(UserError, match="--nms"):
+        detect_config(None, 1.5, None)  # refused before any model loads

@@ -197,6 +197,9 @@ def test_detector_matches_the_torchvision_forward_and_settings(overfit_run):
     out, rec, _, _ = overfit_run
     detector = fr.FasterRCNNDetector.from_run(out, device="cpu", config=DetectConfig(0.01, 0.5, 3), rpn_top_n=50)
     assert detector.settings()["top_k"] == 3 and detector.settings()["rpn_post_nms_top_n"] == 50
+    flags = fr.FasterRCNNDetector.from_run(out, device="cpu", config={"score_threshold": 0.2, "nms": None, "top_k": None})
+    assert (flags.config.score_threshold, flags.config.nms) == (0.2, 0.5)  # the run's NMS where --nms is not given
+    assert flags.model.roi_heads.nms_thresh == 0.5 and flags.model.roi_heads.score_thresh == 0.2
     image = load_image(rec.path).resize((256, 256))  # another size: boxes come back in its pixels
     det = detector(image, "x")
     assert set(det.timings) == {"network", "post"} and all(v >= 0 for v in det.timings.values())

@@ -17,13 +17,13 @@ import importlib
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from rcnn_cli.errors import UserError
 
-__all__ = ["DetectConfig", "Detector", "load_detector", "as_image", "DETECTOR_CLASSES"]
+__all__ = ["DetectConfig", "DetectSettings", "REGRESSED_NMS", "settings_in_effect", "Detector", "load_detector", "as_image", "DETECTOR_CLASSES"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class DetectConfig:
     """Test-time settings shared by every detector (the one home of their defaults)."""
 
     score_threshold: float = 0.05  # drop detections scoring below this
-    nms: float = 0.3               # per-class NMS IoU (R-CNN's; 0.5 keeps touching objects apart)
+    nms: float = 0.3               # per-class NMS IoU: R-CNN's (the paper's); see REGRESSED_NMS
     top_k: int = 100               # detections kept per image
 
     def __post_init__(self) -> None:
@@ -49,6 +49,22 @@ class DetectConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: A detector's ``config=``: a whole :class:`DetectConfig`, or ``{name: value}`` given over the run's own.
+DetectSettings = DetectConfig | Mapping[str, Any] | None
+
+#: Fast and Faster R-CNN's per-class NMS IoU (torchvision's and Detectron2's): their learned, regressed
+#: boxes crowd tightly around each object, and 0.5 keeps a second, better-placed box that 0.3 suppresses.
+REGRESSED_NMS = 0.5
+
+
+def settings_in_effect(given: DetectSettings, own: DetectConfig) -> DetectConfig:
+    """The test-time settings a detector uses: ``given`` whole when it is a :class:`DetectConfig`; else
+    the run's ``own`` with the values the mapping gives (``None``: not given), e.g. the CLI's flags."""
+    if isinstance(given, DetectConfig):
+        return given
+    return own.updated(**(given or {}))
 
 
 #: Detector class of each run ``kind`` ("module:Class", imported on first use).
@@ -88,7 +104,7 @@ class Detector:
     config: DetectConfig
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  **options: Any) -> "Detector":
         raise NotImplementedError
 
@@ -127,11 +143,12 @@ def detector_class(kind: str) -> type[Detector]:
     return getattr(importlib.import_module(module), name)
 
 
-def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: DetectConfig | None = None,
+def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: DetectSettings = None,
                   **options: Any) -> Detector:
     """The detector of any run directory (R-CNN model, Fast or Faster R-CNN run), by its ``kind``.
 
-    ``config`` overrides the run's test-time settings; ``options`` are the kind's own
+    ``config``: the test-time settings, whole, or the values given over the run's own
+    (:func:`settings_in_effect`); ``options`` are the kind's own
     (``proposals`` for R-CNN and Fast R-CNN, ``rpn_top_n`` for Faster R-CNN, ...): an option the
     kind does not take is a one-line error.
     """

@@ -23,7 +23,7 @@ import numpy as np
 
 from rcnn_cli.data.images import load_image
 from rcnn_cli.data.inputs import ImageInput
-from rcnn_cli.detector import DetectConfig
+from rcnn_cli.detector import DetectConfig, DetectSettings
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.io.detections import FORMATS, ImageDetections, open_writer
 from rcnn_cli.log import logger, progress_bar
@@ -254,7 +254,7 @@ def _video_inputs(inputs: Sequence[str], every: int):
 
 
 def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = None, images: str | None = None,
-           config: DetectConfig | None = None, fmt: str = "jsonl", out: str | None = None,
+           config: DetectSettings = None, fmt: str = "jsonl", out: str | None = None,
            draw: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
            command: str = "rcnn detect", every: int = 1, shard: str | tuple[int, int] | None = None,
            **options: Any) -> dict[str, Any]:

@@ -7,21 +7,23 @@ from typing import Any, Optional
 
 import typer
 
-from rcnn_cli.detector import DetectConfig
+from rcnn_cli.detector import REGRESSED_NMS, DetectConfig
 
 _D = DetectConfig()
 
 
-def score_threshold() -> float:
-    return typer.Option(_D.score_threshold, "--score-threshold", help="Drop detections scoring below this.")
+def score_threshold(default: Optional[float] = None) -> Optional[float]:
+    return typer.Option(default, "--score-threshold", help=f"Drop detections scoring below this (default: the run's, "
+                        f"{_D.score_threshold}).")
 
 
-def nms() -> float:
-    return typer.Option(_D.nms, "--nms", help="Per-class NMS IoU threshold (0.5 keeps touching objects apart).")
+def nms(default: Optional[float] = None) -> Optional[float]:
+    return typer.Option(default, "--nms", help=f"Per-class NMS IoU threshold (default: the run's; R-CNN {_D.nms}, "
+                        f"Fast and Faster R-CNN {REGRESSED_NMS}, which keeps touching objects apart).")
 
 
-def top_k() -> int:
-    return typer.Option(_D.top_k, "--top-k", help="Detections kept per image.")
+def top_k(default: Optional[int] = None) -> Optional[int]:
+    return typer.Option(default, "--top-k", help=f"Detections kept per image (default: the run's, {_D.top_k}).")
 
 
 def runtime(default: str = "torch") -> str:
@@ -61,8 +63,11 @@ def backbone_weights(default: str = "imagenet") -> str:
     return typer.Option(default, "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file.")
 
 
-def detect_config(score_threshold: float, nms: float, top_k: int) -> DetectConfig:
-    return DetectConfig(score_threshold=score_threshold, nms=nms, top_k=top_k)
+def detect_config(score_threshold: Optional[float], nms: Optional[float], top_k: Optional[int]) -> dict[str, Any]:
+    """The test-time settings given (``None``: the run's own), checked now (a bad value is a one-line error)."""
+    given = {"score_threshold": score_threshold, "nms": nms, "top_k": top_k}
+    _D.updated(**given)
+    return given
 
 
 # ---------------------------------------------------------------------------- replaying a recorded run

@@ -36,7 +36,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 
 from rcnn_cli.boxes import decode, encode, resize_boxes
-from rcnn_cli.detector import DetectConfig, Detector
+from rcnn_cli.detector import REGRESSED_NMS, DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 
@@ -73,7 +73,7 @@ class FastRCNNConfig:
     max_proposals: int = 2000
     # inference
     score_thresh: float = DetectConfig.score_threshold
-    nms_thresh: float = DetectConfig.nms
+    nms_thresh: float = REGRESSED_NMS
     detections_per_img: int = DetectConfig.top_k
     # how proposals were made for training (detect without a file makes them the same way)
     proposals: dict[str, Any] = field(default_factory=dict)
@@ -436,7 +436,7 @@ class FastRCNNDetector(Detector):
     weights = "final"  # which weights of the run (set by from_run)
     runtime = "torch"
 
-    def __init__(self, model: FastRCNN, config: DetectConfig | None = None, proposals=None,
+    def __init__(self, model: FastRCNN, config: DetectSettings = None, proposals=None,
                  max_proposals: int | None = None) -> None:
         from rcnn_cli.memory import reuse_memory
 
@@ -444,7 +444,7 @@ class FastRCNNDetector(Detector):
         self.model = model.to(memory_format=torch.channels_last)  # 4-d weights; the trainer's layout too
         self.device = next(model.parameters()).device
         cfg = model.config
-        self.config = config or DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img)
+        self.config = settings_in_effect(config, DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img))
         self.max_proposals = int(max_proposals or cfg.max_proposals)
         cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img = (
             self.config.score_threshold, self.config.nms, self.config.top_k)
@@ -454,7 +454,7 @@ class FastRCNNDetector(Detector):
         self._warned = False
 
     @classmethod
-    def from_run(cls, run_dir, device: str = "auto", config: DetectConfig | None = None, proposals=None,
+    def from_run(cls, run_dir, device: str = "auto", config: DetectSettings = None, proposals=None,
                  max_proposals: int | None = None, weights: str = "final",
                  runtime: str = "torch") -> "FastRCNNDetector":
         """``proposals``: a proposals file (else selective search on the fly); ``max_proposals``:

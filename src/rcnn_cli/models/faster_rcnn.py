@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcnn_cli.detector import DetectConfig, Detector
+from rcnn_cli.detector import REGRESSED_NMS, DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 
@@ -124,7 +124,7 @@ class FasterRCNNConfig:
     box_batch_size_per_image: int = 128
     box_positive_fraction: float = 0.25
     box_score_thresh: float = DetectConfig.score_threshold
-    box_nms_thresh: float = DetectConfig.nms
+    box_nms_thresh: float = REGRESSED_NMS
     box_detections_per_img: int = DetectConfig.top_k
     trained_on: dict[str, Any] = field(default_factory=dict)
 
@@ -398,7 +398,7 @@ class FasterRCNNDetector(Detector):
     weights = "final"  # which weights of the run (set by from_run)
     runtime = "torch"
 
-    def __init__(self, model: nn.Module, model_config: FasterRCNNConfig, config: DetectConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, model_config: FasterRCNNConfig, config: DetectSettings = None) -> None:
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()
@@ -406,13 +406,13 @@ class FasterRCNNDetector(Detector):
         self.classes: list[str] = list(model_config.classes)
         self.device = next(model.parameters()).device
         heads = model.roi_heads
-        self.config = config or DetectConfig(float(heads.score_thresh), float(heads.nms_thresh),
-                                             int(heads.detections_per_img))
+        own = DetectConfig(float(heads.score_thresh), float(heads.nms_thresh), int(heads.detections_per_img))
+        self.config = settings_in_effect(config, own)
         heads.score_thresh, heads.nms_thresh = self.config.score_threshold, self.config.nms
         heads.detections_per_img = self.config.top_k
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  rpn_top_n: int | None = None, weights: str = "final", runtime: str = "torch") -> "FasterRCNNDetector":
         """``rpn_top_n``: RPN proposals per image (default: the run's, 300); ``weights``: final | best;
         ``runtime``: the trunk's (torch, onnxruntime, openvino, auto; the RPN and head stay in torch)."""
@@ -421,7 +421,7 @@ class FasterRCNNDetector(Detector):
         _use_runtime(model, cfg, runtime, Path(run_dir), weights)
         base = DetectConfig(float(cfg.box_score_thresh), float(cfg.box_nms_thresh),
                             int(cfg.box_detections_per_img))
-        detector = cls(model, cfg, config or base)
+        detector = cls(model, cfg, settings_in_effect(config, base))
         detector.weights, detector.runtime = weights, runtime
         return detector
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcnn_cli.detector import DetectConfig, Detector
+from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 
@@ -295,14 +295,14 @@ class LocalizerDetector(Detector):
     kind = "localize"
     weights = "final"
 
-    def __init__(self, model: Localizer, config: DetectConfig | None = None) -> None:
+    def __init__(self, model: Localizer, config: DetectSettings = None) -> None:
         self.model = model.to(memory_format=torch.channels_last).eval()
         self.device = next(model.parameters()).device
         self.classes = list(model.rcnn_config.classes)
-        self.config = config or DetectConfig(score_threshold=0.0)
+        self.config = settings_in_effect(config, DetectConfig(score_threshold=0.0))
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  weights: str = "final") -> "LocalizerDetector":
         from rcnn_cli.io.runs import load_weights
         from rcnn_cli.runtime import resolve_device

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rcnn_cli.boxes import box_area, box_iou
-from rcnn_cli.detector import DetectConfig, Detector
+from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 from rcnn_cli.models.localizer import Localizer, LocalizerConfig
@@ -335,19 +335,19 @@ class OverfeatDetector(Detector):
     weights = "final"
     max_candidates = 400  # per class, highest window probability first, before merging
 
-    def __init__(self, model: Localizer, config: DetectConfig | None = None, merge: str | None = None,
+    def __init__(self, model: Localizer, config: DetectSettings = None, merge: str | None = None,
                  scales: Sequence[float] | None = None) -> None:
         self.model = model.to(memory_format=torch.channels_last).eval()
         self.device = next(model.parameters()).device
         cfg = model.rcnn_config
-        self.classes, self.config = list(cfg.classes), config or DetectConfig()
+        self.classes, self.config = list(cfg.classes), settings_in_effect(config, DetectConfig())
         self.merge = merge or cfg.merge
         self.scales = [float(s) for s in (scales or cfg.scales)]
         if self.merge not in ("greedy", "nms") or not self.scales:
             raise UserError(f"Overfeat needs --merge greedy|nms and at least one scale (got {self.merge}, {self.scales})")
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  weights: str = "final", merge: str | None = None) -> "OverfeatDetector":
         from rcnn_cli.io.runs import load_weights, model_config
         from rcnn_cli.runtime import resolve_device

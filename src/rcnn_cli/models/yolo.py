@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rcnn_cli.boxes import box_area
-from rcnn_cli.detector import DetectConfig, Detector
+from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
 
@@ -370,7 +370,7 @@ class YOLODetector(Detector):
     weights = "final"  # which weights of the run (set by from_run)
     runtime = "torch"
 
-    def __init__(self, model: YOLOv1, config: DetectConfig | None = None) -> None:
+    def __init__(self, model: YOLOv1, config: DetectSettings = None) -> None:
         from rcnn_cli.memory import reuse_memory
 
         reuse_memory()
@@ -378,10 +378,10 @@ class YOLODetector(Detector):
         self.model = model.to(memory_format=torch.channels_last)
         self.device = next(model.parameters()).device
         self.classes = list(cfg.classes)
-        self.config = config or DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img)
+        self.config = settings_in_effect(config, DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img))
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  weights: str = "final", runtime: str = "torch") -> "YOLODetector":
         """``weights``: final | best; ``runtime``: the trunk's (torch, onnxruntime, openvino, auto; the head
         stays in torch)."""

@@ -32,7 +32,7 @@ import torch
 
 from rcnn_cli.rcnn.classifiers import BBoxConfig, BBoxRegressor, SVMConfig, SVMModel
 from rcnn_cli.errors import UserError
-from rcnn_cli.detector import DetectConfig, Detector
+from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 
 MODEL_VERSION = 1
 WEIGHTS_FILE = "backbone.safetensors"
@@ -319,7 +319,7 @@ class RCNNDetector(Detector):
     kind = "rcnn"
     _own = None  # the proposals reader from_run opened (closed by close)
 
-    def __init__(self, model: RCNNModel | str | Path, device: str = "auto", config: DetectConfig | None = None,
+    def __init__(self, model: RCNNModel | str | Path, device: str = "auto", config: DetectSettings = None,
                  proposals: Any = None, features: Any = None, use_bbox: bool = True, batch_size: int = 64,
                  extractor: Any = None, runtime: str = "torch"):
         from rcnn_cli.memory import reuse_memory
@@ -327,7 +327,7 @@ class RCNNDetector(Detector):
         reuse_memory()  # the same large crops and activations on every call: keep them on the heap
         self.model = model if isinstance(model, RCNNModel) else load_model(model)
         cfg = self.model.config
-        self.config = config or DetectConfig(**dict(DEFAULT_DETECT, **cfg.get("detect", {})))
+        self.config = settings_in_effect(config, DetectConfig(**dict(DEFAULT_DETECT, **cfg.get("detect", {}))))
         self.use_bbox, self.device, self.batch_size, self.runtime = use_bbox, device, batch_size, runtime
         self._rpn = None  # the RPN of a model trained on RPN proposals, loaded on first use
         self.proposals, self.features = proposals, features
@@ -337,7 +337,7 @@ class RCNNDetector(Detector):
         self._extractor = extractor
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectConfig | None = None,
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  proposals: Any = None, use_bbox: bool = True, batch_size: int = 64,
                  runtime: str = "torch") -> "RCNNDetector":
         """``proposals``: a proposals file (else the model's proposal method runs on the fly);
