@@ -12,6 +12,7 @@ from rcnn_cli.rcnn.classifiers import (
     compute_feature_scale,
     fit_linear_svm,
     ridge_fit,
+    ridge_lambda_cv,
     svm_objective,
     train_bbox_regressors,
     train_svms,
@@ -163,3 +164,49 @@ def test_ridge_fit_matches_closed_form():
     xc, yc = x2 - x2.mean(0), y2 - y2.mean(0)
     w_p = np.linalg.solve(xc.T @ xc + 2.0 * np.eye(10), xc.T @ yc)
     np.testing.assert_allclose(w_d, w_p, atol=1e-8)
+
+
+def test_ridge_lambda_cv_errors_are_held_out_ridge_fits():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 8))
+    y = x @ rng.normal(size=(8, 2)) + rng.normal(scale=0.5, size=(40, 2))
+    groups = np.repeat(np.arange(10), 4)
+    lam, curve = ridge_lambda_cv(x, y, groups, grid=(0.1, 10.0), folds=5)
+    # fold k holds out the groups at positions k, k+5 of the seeded permutation; recompute one lambda by hand
+    order = np.random.default_rng(0).permutation(np.arange(10))
+    fold = np.array([{g: i % 5 for i, g in enumerate(order)}[g] for g in groups])
+    err = 0.0
+    for k in range(5):
+        w, b = ridge_fit(x[fold != k], y[fold != k], 10.0)
+        err += ((x[fold == k] @ w + b - y[fold == k]) ** 2).sum()
+    assert curve[10.0] == pytest.approx(err / y.size, rel=1e-9)
+    assert lam == min(curve, key=curve.get)
+
+
+def test_ridge_lambda_cv_follows_the_signal_and_keeps_groups_apart():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 6))
+    clean = x @ rng.normal(size=(6, 4))
+    assert ridge_lambda_cv(x, clean, np.arange(60) // 3)[0] == 1.0  # a noiseless linear target: the least penalty
+    # targets that are pure noise, each object seen by 6 near-identical regions: a split that ignored the
+    # images would reward memorising them; split by image, a heavy penalty (near the mean) wins
+    base = rng.normal(size=(20, 6))
+    xg = np.repeat(base, 6, axis=0) + rng.normal(scale=0.01, size=(120, 6))
+    yg = np.repeat(rng.normal(size=(20, 4)), 6, axis=0)
+    assert ridge_lambda_cv(xg, yg, np.arange(120) // 6)[0] >= 300.0
+    assert ridge_lambda_cv(xg, yg, np.arange(120))[0] <= 10.0  # rows as groups: the leak the grouping prevents
+    assert ridge_lambda_cv(x, clean, np.zeros(60)) == (100.0, {})  # one image: the grid's middle, no curve
+
+
+def test_bbox_regressors_choose_lambda_per_class_when_not_given():
+    rng = np.random.default_rng(0)
+    items = {}
+    for k in range(12):
+        gt = np.array([[20, 30, 80, 90]], np.float32) + rng.uniform(0, 50)
+        props = np.repeat(gt, 4, axis=0) + rng.normal(scale=3.0, size=(4, 4)).astype(np.float32)
+        items[f"i{k}"] = _item(rng.normal(size=(5, 16)), np.concatenate([gt, props]), [1, 0, 0, 0, 0], [1] * 5)
+    _, stats = train_bbox_regressors(FakeReader(items, ["obj"]), lam=None, min_overlap=0.6, progress=False)
+    curve = stats["obj"]["lambda_cv_mse"]
+    assert len(curve) == 9 and stats["obj"]["lambda"] == min(curve, key=curve.get)
+    _, given = train_bbox_regressors(FakeReader(items, ["obj"]), lam=5.0, min_overlap=0.6, progress=False)
+    assert given["obj"]["lambda"] == 5.0 and given["obj"]["lambda_cv_mse"] == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -83,6 +84,8 @@ def test_budget_planner_with_a_fake_speed():
     assert budget.plan_epochs(1800, 0.5, 150) == 24  # 75 s per epoch
     assert budget.plan_epochs(1800, 0.5, 150, spent_s=100) == 22
     assert budget.plan_epochs(36000, 0.1, 10) == budget.MAX_EPOCHS
+    assert budget.plan_epochs(1800, 0.5, 150, most=13) == 13  # a ceiling: never more than the schedule's epochs
+    assert budget.replan_epochs(1, 130, 130, 1800, most=12) == 12
     with pytest.raises(UserError, match=r"too small: one epoch takes about 1m15s .* give at least 2m"):
         budget.plan_epochs(60, 0.5, 150)
     assert budget.epoch_fits(100, 50, 50) and not budget.epoch_fits(100, 60, 50)
@@ -112,11 +115,14 @@ class _Data(torch.utils.data.Dataset):
 
 
 def test_engine_fits_the_epochs_to_the_budget_and_records_the_plan(tmp_path):
-    cfg = TrainConfig(epochs=2, batch_size=3, warmup_iters=0, progress=False, device="cpu", time_budget="1s",
+    cfg = TrainConfig(epochs=40, batch_size=3, warmup_iters=0, progress=False, device="cpu", time_budget="1s",
                       max_iters=25)
     summary = train(_Slow(), _Data(), tmp_path / "run", cfg, kind="faster")
     plan = summary["time_budget"]
     assert 5 <= plan["planned_epochs"] <= 10  # 1 s / (10 iterations x ~10 ms)
+    assert plan["schedule_epochs"] == 40 and plan["epochs_that_fit"] >= plan["planned_epochs"]  # re-planned after epoch 1
+    short = train(_Slow(), _Data(), tmp_path / "short", replace(cfg, epochs=2), kind="faster")["time_budget"]
+    assert (short["planned_epochs"], short["schedule_epochs"]) == (2, 2) and short["epochs_that_fit"] >= 5
     assert plan["iters_per_epoch"] == 10 and plan["probe_iterations"] == 8 and summary["iterations"] == 25
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     assert record["train"]["epochs"] == plan["planned_epochs"] and record["train"]["time_budget"] == 1.0

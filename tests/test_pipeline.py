@@ -161,6 +161,7 @@ def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     assert f.values == {} and classic.limit == 7
     assert resolve_settings(PipelineConfig(rpn_model="RUN", fit=False), tmp_path, ds)[0].method == "rpn"
     assert {k: getattr(classic, k) for k in UNFITTED if k != "limit"} == {k: v for k, v in UNFITTED.items() if k != "limit"}
+    assert classic.lam == 1000.0 and built_in.lam is None and mine.lam is None  # None: cross-validated in train-bbox
     with pytest.raises(UserError, match="--faster-head must be"):
         PipelineConfig(faster_head="big")
     with pytest.raises(UserError, match="--method must be"):

@@ -172,9 +172,10 @@ def _training(d: Any) -> list[tuple[str, Any, Any]]:
                                                  "without a better validation mAP.")),
         ("tensorboard", bool, typer.Option(False, "--tensorboard", help="Also write TensorBoard events into "
                                            "OUT/tensorboard (needs the tensorboard package).")),
-        ("time_budget", Optional[str], typer.Option(None, "--time-budget", help="Fit the schedule to this much "
-                                                    "training time, e.g. 20m or 2h: the epochs (and default lr steps) "
-                                                    "from the measured speed of the first iterations.")),
+        ("time_budget", Optional[str], typer.Option(None, "--time-budget", help="At most this much training "
+                                                    "time, e.g. 20m or 2h: the schedule's epochs (and default lr steps) "
+                                                    "cut to what fits at the speed of the first iterations (a ceiling: "
+                                                    "give --epochs to train longer).")),
         ("compile", bool, typer.Option(False, "--compile", help="torch.compile the training forward (first "
                                        "iterations compile; README: measured speed).")),
         ("progress", bool, progress()),

@@ -114,7 +114,8 @@ def train_svm_cmd(
 def train_bbox_cmd(
     features: Path = typer.Option(..., "--features", "-F", help="Features store of the training split."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory (created or updated)."),
-    lam: float = typer.Option(_BOX.lam, "--lambda", help="Ridge regularisation."),
+    lam: Optional[float] = typer.Option(_BOX.lam, "--lambda", help="Ridge regularisation (default: each class's, by "
+                                        "5-fold cross-validation over the training images; the paper's: 1000)."),
     min_overlap: float = typer.Option(_BOX.min_overlap, "--min-overlap", help="Train on regions with at least this IoU to a ground truth."),
     proposals: Optional[Path] = typer.Option(None, "--proposals", "-p", help="Proposals file the features came from."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Fine-tuned backbone weights the features were made with."),
@@ -180,7 +181,9 @@ def pipeline_cmd(
     C: float = typer.Option(_P.C, "--C", help="SVM regularisation C (liblinear)."),
     bias: float = typer.Option(_P.bias, "--bias", help="SVM bias feature value (liblinear -B)."),
     pos_weight: float = typer.Option(_P.pos_weight, "--pos-weight", help="SVM loss weight of positives (liblinear -w1)."),
-    lam: float = typer.Option(_P.lam, "--lambda", help="Box regression ridge regularisation."),
+    lam: Optional[float] = typer.Option(_P.lam, "--lambda", help="Box regression ridge regularisation (default: "
+                                        "each class's, by 5-fold cross-validation over the training images; "
+                                        "--defaults classic: the paper's 1000)."),
     bbox: bool = typer.Option(_P.bbox, "--bbox/--no-bbox", help="Train and apply box regression."),
     score_threshold: float = O.score_threshold(_P.score_threshold),
     nms: float = O.nms(_P.nms),

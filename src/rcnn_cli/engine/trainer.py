@@ -89,7 +89,7 @@ class TrainConfig:
     patience: int | None = None  # stop after this many validations without improvement
     tensorboard: bool = False  # also write TensorBoard events into RUN/tensorboard
     compile: bool = False  # torch.compile the training forward (README: bench_train figures)
-    time_budget: float | None = None  # seconds (or "30m", "2h"): epochs fitted to it (engine/budget.py)
+    time_budget: float | None = None  # seconds (or "30m", "2h"): the schedule capped to fit it (engine/budget.py)
 
     def __post_init__(self) -> None:
         from rcnn_cli.config import parse_duration
@@ -390,11 +390,13 @@ class _Loop:
         if done < probe or self.probe_start is None:
             return
         per_iter = self._agree((time.perf_counter() - self.probe_start) / (done - 2))  # rank 0's, on every rank
-        epochs = budget.plan_epochs(c.time_budget, per_iter, self.iters_per_epoch)
+        fit = budget.plan_epochs(c.time_budget, per_iter, self.iters_per_epoch)
         default_steps = tuple(c.lr_steps) == default_lr_steps(c.epochs)
         self.plan = {"budget_s": c.time_budget, "seconds_per_iter": round(per_iter, 4), "probe_iterations": done - 2,
-                     "iters_per_epoch": self.iters_per_epoch, "default_steps": default_steps}
-        self._set_epochs(epochs, f"{per_iter:.2f} s per iteration x {self.iters_per_epoch} per epoch")
+                     "iters_per_epoch": self.iters_per_epoch, "default_steps": default_steps,
+                     "schedule_epochs": c.epochs, "epochs_that_fit": fit}
+        self._set_epochs(min(fit, c.epochs), f"{per_iter:.2f} s per iteration x {self.iters_per_epoch} per epoch: "
+                                             f"{fit} epochs fit, the schedule has {c.epochs}")
 
     def _set_epochs(self, epochs: int, why: str) -> None:
         c = self.config
@@ -414,7 +416,8 @@ class _Loop:
         c, elapsed = self.config, self._agree(self.elapsed())
         epoch_s = self._agree(epoch_s)
         if self.plan["default_steps"] and self.epoch < min(c.lr_steps or (c.epochs,)):
-            epochs = max(budget.replan_epochs(self.epoch, elapsed, epoch_s, c.time_budget), self.epoch)
+            epochs = max(budget.replan_epochs(self.epoch, elapsed, epoch_s, c.time_budget,
+                                              self.plan.get("schedule_epochs", budget.MAX_EPOCHS)), self.epoch)
             if epochs != c.epochs:
                 self._set_epochs(epochs, f"re-planned from the last epoch's {format_duration(epoch_s)}")
             if epochs > self.epoch:

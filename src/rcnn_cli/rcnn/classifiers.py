@@ -38,6 +38,10 @@ from rcnn_cli.log import logger, progress_bar
 TARGET_NORM = 20.0
 #: R-CNN's box-coding weights.
 BBOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+#: Ridge ``lambda`` values cross-validation chooses from (features at mean norm ``TARGET_NORM``).
+LAMBDA_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+#: The R-CNN paper's ridge ``lambda`` (``--defaults classic``).
+PAPER_LAMBDA = 1000.0
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,11 @@ class SVMConfig:
 class BBoxConfig:
     """R-CNN's box-regression settings (class-specific ridge regressors)."""
 
-    lam: float = 1000.0          # ridge regularisation (--lambda)
+    lam: float | None = None     # ridge regularisation (--lambda); None: per class by ridge_lambda_cv
     min_overlap: float = 0.6     # train on regions with at least this IoU to a ground truth
 
     def __post_init__(self) -> None:
-        if self.lam < 0 or not 0 < self.min_overlap <= 1:
+        if (self.lam is not None and self.lam < 0) or not 0 < self.min_overlap <= 1:
             raise UserError("--lambda must be >= 0 and --min-overlap in (0, 1]")
 
 
@@ -376,22 +380,59 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.
     return w, my - mx @ w
 
 
-def train_bbox_regressors(reader: FeatureSource, lam: float = _B.lam, min_overlap: float = _B.min_overlap,
+def ridge_lambda_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid: Sequence[float] = LAMBDA_GRID,
+                    folds: int = 5, max_rows: int = 2000, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The ridge ``lam`` of ``grid`` with the lowest held-out squared error in ``folds``-fold
+    cross-validation, folds split by ``groups`` (``(N,)`` image of each row: overlapping regions of one
+    object never sit on both sides); at most ``max_rows`` rows, whole groups drawn at random. Returns
+    ``(lam, {lam: held-out mean squared error})``; ``(grid's middle, {})`` with fewer than 2 groups.
+
+    Each fold solves every ``lam`` from one eigendecomposition of its training kernel ``X X^T``."""
+    rng = np.random.default_rng(seed)
+    names = rng.permutation(np.unique(groups))
+    if len(names) < 2:
+        return float(grid[len(grid) // 2]), {}
+    counts = {g: c for g, c in zip(*np.unique(groups, return_counts=True))}
+    keep = names[np.cumsum([counts[g] for g in names]) <= max_rows]
+    keep = keep if len(keep) >= 2 else names[:2]
+    rows = np.isin(groups, keep)
+    x, y, groups = np.asarray(x[rows], np.float64), np.asarray(y[rows], np.float64), groups[rows]
+    fold_of = {g: i % min(folds, len(keep)) for i, g in enumerate(keep)}
+    fold = np.array([fold_of[g] for g in groups])
+    errors = np.zeros(len(grid))
+    for k in np.unique(fold):
+        tr, te = fold != k, fold == k
+        mx, my = x[tr].mean(axis=0), y[tr].mean(axis=0)
+        xt, yt = x[tr] - mx, y[tr] - my
+        vals, vecs = np.linalg.eigh(xt @ xt.T)
+        reach = (x[te] - mx) @ xt.T @ vecs       # held-out rows through the training kernel's eigenvectors
+        proj = vecs.T @ yt
+        for i, lam in enumerate(grid):
+            pred = reach @ (proj / (np.maximum(vals, 0.0) + lam)[:, None]) + my
+            errors[i] += ((pred - y[te]) ** 2).sum()
+    errors /= len(y) * y.shape[1]
+    best = int(np.argmin(errors))
+    return float(grid[best]), {float(g): float(e) for g, e in zip(grid, errors)}
+
+
+def train_bbox_regressors(reader: FeatureSource, lam: float | None = _B.lam, min_overlap: float = _B.min_overlap,
                           feature_scale: float | None = None, classes: list[str] | None = None,
                           progress: bool = True) -> tuple[BBoxRegressor, dict[str, Any]]:
     """Fit R-CNN's class-specific box regressors on regions with IoU >= ``min_overlap`` to a ground truth.
 
     Each region is matched to the ground truth (of any class) it overlaps most and trains that
     class's regressor; ground-truth rows themselves are included (target zero), as in R-CNN.
+    ``lam`` ``None``: each class's own, chosen by :func:`ridge_lambda_cv` over its images.
     """
     classes, ids, scale = _training_inputs(reader, classes, feature_scale)
     num_classes = len(classes)
     xs: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     ys: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    gs: list[list[np.ndarray]] = [[] for _ in range(num_classes)]  # the image (index) of each row
     dim = None
     with progress_bar(progress) as bar:
         task = bar.add_task("train-bbox", total=len(ids), status="")
-        for image_id in ids:
+        for index, image_id in enumerate(ids):
             item = reader.get(image_id)
             _check_labelled(item, image_id)
             dim = item["features"].shape[1]
@@ -413,6 +454,7 @@ def train_bbox_regressors(reader: FeatureSource, lam: float = _B.lam, min_overla
                 sel = cls == k
                 xs[k - 1].append(feats[sel])
                 ys[k - 1].append(targets[sel])
+                gs[k - 1].append(np.full(int(sel.sum()), index))
     weights = np.zeros((num_classes, dim, 4), np.float32)
     bias = np.zeros((num_classes, 4), np.float32)
     mean = np.zeros((num_classes, 4), np.float32)
@@ -426,12 +468,15 @@ def train_bbox_regressors(reader: FeatureSource, lam: float = _B.lam, min_overla
         x, y = np.concatenate(xs[k]), np.concatenate(ys[k])
         mu, sigma = y.mean(axis=0), y.std(axis=0)
         sigma = np.where(sigma > 1e-6, sigma, 1.0)
-        w, b = ridge_fit(x, (y - mu) / sigma, lam)
+        lam_k, curve = (float(lam), {}) if lam is not None else ridge_lambda_cv(x, (y - mu) / sigma, np.concatenate(gs[k]))
+        w, b = ridge_fit(x, (y - mu) / sigma, lam_k)
         weights[k], bias[k], mean[k], std[k] = w, b, mu, sigma
         pred = ((x @ w + b) * sigma + mu)
         stats[name] = {"examples": int(len(x)), "target_mean": mu.tolist(), "target_std": sigma.tolist(),
-                       "train_mse_before": float((y ** 2).mean()), "train_mse_after": float(((pred - y) ** 2).mean())}
-        logger.info("bbox %s: %d regions, target MSE %.4f -> %.4f", name, len(x), stats[name]["train_mse_before"],
+                       "train_mse_before": float((y ** 2).mean()), "train_mse_after": float(((pred - y) ** 2).mean()),
+                       "lambda": lam_k, "lambda_cv_mse": curve}
+        logger.info("bbox %s: %d regions, lambda %g%s, target MSE %.4f -> %.4f", name, len(x), lam_k,
+                    " (5-fold cross-validation over images)" if curve else "", stats[name]["train_mse_before"],
                     stats[name]["train_mse_after"])
     return BBoxRegressor(weights, bias, mean, std, scale, classes), stats
 

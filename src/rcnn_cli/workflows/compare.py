@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from rcnn_cli.detector import DetectConfig
-from rcnn_cli.rcnn.classifiers import BBoxConfig, SVMConfig
+from rcnn_cli.rcnn.classifiers import PAPER_LAMBDA, SVMConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import jsonable
 from rcnn_cli.log import console, logger
@@ -65,7 +65,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                       "workers": None},
         "rcnn": {"warp_size": 64, "padding": 6, "batch_size": 64, "finetune": False, "finetune_epochs": 1,
                  "finetune_lr": 0.001, "C": SVMConfig.C, "bias": SVMConfig.bias, "pos_weight": SVMConfig.pos_weight,
-                 "lam": BBoxConfig.lam, "bbox": True},
+                 "lam": PAPER_LAMBDA, "bbox": True},
         "fast": {"min_size": 256, "max_size": 512, "epochs": 5, "lr": 0.01, "lr_steps": [4], "warmup_iters": 50,
                  "batch_size": 2, "rois_per_image": 64, "fg_fraction": 0.25, "roi_align": False,
                  "representation_size": 1024, "max_iters": None},
@@ -88,7 +88,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                       "workers": None},
         "rcnn": {"warp_size": None, "padding": 16, "batch_size": 64, "finetune": True, "finetune_epochs": 2,
                  "finetune_lr": 0.001, "C": SVMConfig.C, "bias": SVMConfig.bias, "pos_weight": SVMConfig.pos_weight,
-                 "lam": BBoxConfig.lam, "bbox": True},
+                 "lam": PAPER_LAMBDA, "bbox": True},
         "fast": {"min_size": 600, "max_size": 1000, "epochs": 16, "lr": 0.01, "lr_steps": [12], "warmup_iters": 100,
                  "batch_size": 2, "rois_per_image": 64, "fg_fraction": 0.25, "roi_align": False,
                  "representation_size": 1024, "max_iters": None},

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rcnn_cli.detector import DetectConfig
-from rcnn_cli.rcnn.classifiers import BBoxConfig, SVMConfig
+from rcnn_cli.rcnn.classifiers import PAPER_LAMBDA, BBoxConfig, SVMConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.io import jsonable, read_json, write_json, write_run_record
 from rcnn_cli.log import console, logger
@@ -89,7 +89,7 @@ class PipelineConfig:
     C: float = SVMConfig.C
     bias: float = SVMConfig.bias
     pos_weight: float = SVMConfig.pos_weight
-    lam: float = BBoxConfig.lam
+    lam: float | None = BBoxConfig.lam  # None: each class's by cross-validation (train-bbox)
     bbox: bool = True
     # detection
     score_threshold: float = DetectConfig.score_threshold
@@ -117,7 +117,7 @@ class PipelineConfig:
 #: The settings :func:`resolve_settings` chooses, and their values without fitting (``fit=False``,
 #: ``--defaults classic``): the classic R-CNN at the built-in data's scale.
 UNFITTED: dict[str, Any] = {"method": "selective-search", "limit": 100, "max_size": 256, "min_size": 16,
-                            "warp_size": 64, "padding": 6, "layer": None, "weights": "imagenet"}
+                            "warp_size": 64, "padding": 6, "layer": None, "weights": "imagenet", "lam": PAPER_LAMBDA}
 RCNN_MARGIN = 1.5  # the R-CNN stages' estimated time (regions / measured crops/s) times this, kept from the budget
 FASTER_ROIS = {"backbone": 64, "mlp": 128}  # RoIs per training image: the backbone head runs its layers per RoI
 
