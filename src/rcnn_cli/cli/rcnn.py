@@ -192,8 +192,8 @@ def pipeline_cmd(
     device: str = O.device(),
     runtime: str = O.runtime(_P.runtime),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 30m, 2h: the Faster R-CNN stage's "
-                                              "schedule is fitted to what the R-CNN stages after it leave (their time estimated from the region "
-                                              "network's speed measured first)."),
+                                              "schedule is cut to fit what the R-CNN stages after it leave (their time estimated from the region "
+                                              "network's speed measured first); a ceiling, never a stretch."),
     defaults: str = typer.Option("data", "--defaults", help="data: settings not given are chosen from the training "
                                  "split (printed with their reasons); classic: selective search, 100 boxes, warp 64."),
     progress: bool = O.progress(),

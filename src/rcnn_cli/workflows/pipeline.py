@@ -376,8 +376,8 @@ def rcnn_seconds(cfg: PipelineConfig, images: int, image_pixels: float, rate: fl
 
 
 def _faster_budget(r: _Run) -> float | None:
-    """Seconds of ``--time-budget`` for stage faster: what the R-CNN stages after it leave, at the
-    region network's speed measured here (at least a fifth of the budget)."""
+    """Seconds of ``--time-budget`` for stage faster (its ceiling): what the R-CNN stages after it
+    leave, at the region network's speed measured here (at least a fifth of the budget)."""
     from rcnn_cli.fitting import image_scale
     from rcnn_cli.runtime import resolve_device
 
