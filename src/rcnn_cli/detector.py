@@ -23,7 +23,8 @@ import numpy as np
 
 from rcnn_cli.errors import UserError
 
-__all__ = ["DetectConfig", "DetectSettings", "REGRESSED_NMS", "settings_in_effect", "Detector", "load_detector", "as_image", "DETECTOR_CLASSES"]
+__all__ = ["DetectConfig", "DetectSettings", "REGRESSED_NMS", "settings_in_effect", "Detector", "load_detector",
+           "as_image", "DETECTOR_CLASSES"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,11 @@ are evicted from the cache; a final retrain ends the pass.
 Box regression follows R-CNN's ``rcnn_train_bbox_regressor.m``: class-specific ridge regression
 from features to the targets ``(dx, dy, dw, dh)`` of :func:`rcnn_cli.boxes.encode` (weights
 ``(1, 1, 1, 1)``) for regions with IoU >= 0.6 to a ground truth of that class; targets are
-standardised per class (mean/std stored) and the intercept is not regularised.
+standardised per class (mean/std stored) and the intercept is not regularised. The paper fixes the
+ridge ``lambda`` at 1000 (``--lambda 1000``, ``--defaults classic``); by default each class's is the
+one of ``LAMBDA_GRID`` with the lowest held-out error in 5-fold cross-validation over its images
+(:func:`ridge_lambda_cv`), since the features' dimension and the regions' count vary with the layer
+and the data.
 """
 
 from __future__ import annotations
