@@ -396,7 +396,7 @@ def ridge_lambda_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid: Sequ
     names = rng.permutation(np.unique(groups))
     if len(names) < 2:
         return float(grid[len(grid) // 2]), {}
-    counts = {g: c for g, c in zip(*np.unique(groups, return_counts=True))}
+    counts = dict(zip(*np.unique(groups, return_counts=True)))
     keep = names[np.cumsum([counts[g] for g in names]) <= max_rows]
     keep = keep if len(keep) >= 2 else names[:2]
     rows = np.isin(groups, keep)
@@ -472,8 +472,9 @@ def train_bbox_regressors(reader: FeatureSource, lam: float | None = _B.lam, min
         x, y = np.concatenate(xs[k]), np.concatenate(ys[k])
         mu, sigma = y.mean(axis=0), y.std(axis=0)
         sigma = np.where(sigma > 1e-6, sigma, 1.0)
-        lam_k, curve = (float(lam), {}) if lam is not None else ridge_lambda_cv(x, (y - mu) / sigma, np.concatenate(gs[k]))
-        w, b = ridge_fit(x, (y - mu) / sigma, lam_k)
+        target = (y - mu) / sigma
+        lam_k, curve = (float(lam), {}) if lam is not None else ridge_lambda_cv(x, target, np.concatenate(gs[k]))
+        w, b = ridge_fit(x, target, lam_k)
         weights[k], bias[k], mean[k], std[k] = w, b, mu, sigma
         pred = ((x @ w + b) * sigma + mu)
         stats[name] = {"examples": int(len(x)), "target_mean": mu.tolist(), "target_std": sigma.tolist(),

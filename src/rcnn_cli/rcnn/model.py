@@ -552,9 +552,9 @@ def train_bbox_model(features: str | Path, out: str | Path, config: BBoxConfig |
         scale = _read_config(out).get("feature_scale")
         reg, stats = train_bbox_regressors(reader, lam=lam, min_overlap=min_overlap, feature_scale=scale,
                                            progress=progress)
-        chosen = {c: s.get("lambda") for c, s in stats.items()}
-        settings = {"lambda": lam if lam is not None else {"cross-validated": chosen}, "min_overlap": min_overlap, "coding": "boxes.encode weights (1, 1, 1, 1)",
-                    "features": str(features), "stats": stats}
+        chosen = {"cross-validated": {c: s.get("lambda") for c, s in stats.items()}}
+        settings = {"lambda": lam if lam is not None else chosen, "min_overlap": min_overlap,
+                    "coding": "boxes.encode weights (1, 1, 1, 1)", "features": str(features), "stats": stats}
         return save_bbox(out, reg, dict(fcfg, classes=list(reg.classes)), settings, props)
     finally:
         reader.close()

@@ -384,16 +384,16 @@ def _faster_budget(r: _Run) -> float | None:
     cfg = r.cfg
     if not cfg.time_budget:
         return None
-    stats = r.stats
-    short, _, _ = image_scale(stats, resolve_device(cfg.device).type)
-    pixels = short * short * stats.aspect()
+    short, _, _ = image_scale(r.stats, resolve_device(cfg.device).type)
+    pixels = short * short * r.stats.aspect()
+    images = len(r.data.train_ds.records) + len(r.data.test_ds.records)
     rate = crops_per_second(cfg, cache_dir=r.dir / "graphs")
-    rest = rcnn_seconds(cfg, len(r.data.train_ds.records) + len(r.data.test_ds.records), pixels, rate)
+    rest = rcnn_seconds(cfg, images, pixels, rate)
     budget = max(cfg.time_budget - rest, cfg.time_budget / 5)
     r.budget = {"budget_s": cfg.time_budget, "crops_per_s": round(rate, 1), "rcnn_estimate_s": round(rest, 1),
                 "faster_s": round(budget, 1)}
     logger.info("time budget: %.0f s for the Faster R-CNN stage; the R-CNN stages after it about %.0f s (%d images, "
-                "%.0f crops/s measured)", budget, rest, len(r.data.train_ds.records) + len(r.data.test_ds.records), rate)
+                "%.0f crops/s measured)", budget, rest, images, rate)
     return round(budget, 1)
 
 
