@@ -177,6 +177,50 @@ def test_load_image_applies_exif_orientation(tmp_path):
     assert load_image(tmp_path / "r.jpg").size == (20, 40)
 
 
+def _gradient(width: int, height: int) -> Image.Image:
+    x, y = np.meshgrid(np.linspace(0, 255, width), np.linspace(0, 255, height))
+    return Image.fromarray(np.stack([x, y, 255 - x], -1).astype(np.uint8), "RGB")
+
+
+def test_large_images_are_decoded_no_smaller_than_the_network_needs(tmp_path):
+    from rcnn_cli.data.images import load_image_for, network_size, reduction
+
+    assert network_size(4000, 3000, 480, 736) == pytest.approx((640, 480))
+    assert reduction(4000, 3000, 480, 736) == 6 and reduction(500, 375, 480, 736) == 1
+    assert reduction(1000, 200, 100, 300) == 3  # the longer side's cap decides: 300 x 60
+    _gradient(1600, 1200).save(tmp_path / "big.jpg", quality=95)
+    image, scale = load_image_for(tmp_path / "big.jpg", 300, 500)  # network: 400 x 300, DCT scaling 1/4
+    assert image.size == (400, 300) and scale == (0.25, 0.25)
+    full = np.asarray(load_image(tmp_path / "big.jpg").reduce(4), np.float32)
+    assert np.abs(np.asarray(image, np.float32) - full).mean() < 2  # the same picture
+    _gradient(1000, 600).save(tmp_path / "big.png")
+    image, scale = load_image_for(tmp_path / "big.png", 100, 1000)  # network 167 x 100: box filter by 6
+    assert image.size == (167, 100) and scale == (1 / 6, 1 / 6)
+    image, scale = load_image_for(tmp_path / "big.png", 400, 1000)  # not twice the network's size
+    assert image.size == (1000, 600) and scale == (1.0, 1.0)
+    img = _gradient(1600, 800)
+    exif = img.getexif()
+    exif[0x0112] = 6  # shown rotated: 800 x 1600
+    img.save(tmp_path / "r.jpg", exif=exif)
+    image, scale = load_image_for(tmp_path / "r.jpg", 200, 400)
+    assert image.size == (200, 400) and scale == (0.25, 0.25)
+
+
+def test_detection_dataset_shrinks_large_images_with_their_boxes(tmp_path):
+    from rcnn_cli.data.dataset import Dataset, ImageRecord
+    from rcnn_cli.data.torch_dataset import DetectionDataset
+
+    _gradient(1600, 1200).save(tmp_path / "big.jpg")
+    rec = ImageRecord("big", tmp_path / "big.jpg", 1600, 1200, np.array([[400, 300, 800, 600], [1500, 1000, 1700, 1300]],
+                      np.float32), ["a", "a"])
+    ds = Dataset(tmp_path, "x", ["a"], [rec])
+    image, target = DetectionDataset(ds, flip=False, fit=(300, 500))[0]
+    assert tuple(image.shape) == (3, 300, 400)
+    assert target["boxes"].tolist() == [[100, 75, 200, 150], [375, 250, 400, 300]]  # clipped to the image
+    image, target = DetectionDataset(ds, flip=False)[0]
+    assert tuple(image.shape) == (3, 1200, 1600) and target["boxes"][0].tolist() == [400, 300, 800, 600]
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(ImageError, match="missing.jpg: image file not found"):
         load_image(tmp_path / "missing.jpg")

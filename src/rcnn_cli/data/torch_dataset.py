@@ -2,7 +2,9 @@
 Fast and Faster R-CNN training.
 
 Items are ``(image, target)``: ``image`` ``(3, H, W)`` float32 in ``[0, 1]`` at the original size
-(the models resize internally) and ``target`` ``{"boxes": (M, 4) float32 pixels, "labels": (M,)
+(the models resize internally; with ``fit=(min_side, max_side)``, the model's largest training
+size, a large photo comes shrunk to no less than what the model resizes it to, its boxes and
+proposals with it: :func:`rcnn_cli.data.images.load_image_for`) and ``target`` ``{"boxes": (M, 4) float32 pixels, "labels": (M,)
 int64 in 1..K, "image_id": str, "proposals": (P, 4) float32 (only with a proposals file)}``.
 Bad boxes follow the package policy (:meth:`Dataset.training_targets`); images without objects give
 ``M = 0``. A horizontal flip (probability 0.5) is applied to the image, boxes and proposals alike; the
@@ -20,9 +22,9 @@ import numpy as np
 import torch
 
 from rcnn_cli.data.dataset import Dataset
-from rcnn_cli.data.images import load_image, to_tensor
+from rcnn_cli.data.images import load_image, load_image_for, to_tensor
 from rcnn_cli.errors import ImageError, UserError
-from rcnn_cli.boxes import clip_boxes, flip_boxes
+from rcnn_cli.boxes import clip_boxes, flip_boxes, scale_boxes
 from rcnn_cli.rcnn.proposals import boxes_for
 from rcnn_cli.log import logger
 
@@ -38,8 +40,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: Dataset, flip: bool = True, proposals: Any = None, seed: int = 0,
-                 max_proposals: int | None = None, keep_difficult: bool = True) -> None:
+                 max_proposals: int | None = None, keep_difficult: bool = True,
+                 fit: tuple[int, int] | None = None) -> None:
         self.dataset = dataset
+        self.fit = fit
         self.records = list(dataset.records)
         self.flip = flip
         self.seed = int(seed)
@@ -117,19 +121,19 @@ class DetectionDataset(torch.utils.data.Dataset):
             i = (index + attempt) % len(self.records)
             record = self.records[i]
             try:
-                image = load_image(record.path)
+                image, scale = load_image_for(record.path, *self.fit) if self.fit else (load_image(record.path), (1, 1))
             except ImageError as e:
                 logger.warning("%s; using another image in its place", e)
                 continue
-            return self._item(i if attempt else index, record, image)
+            return self._item(i if attempt else index, record, image, scale)
         raise UserError("no training image could be read")
 
-    def _item(self, index: int, record, image) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _item(self, index: int, record, image, scale: tuple[float, float]) -> tuple[torch.Tensor, dict[str, Any]]:
         width, height = image.size
-        if record.width and record.height and (record.width, record.height) != (width, height):
-            # Annotation size disagrees with the file (e.g. EXIF rotation ignored by the annotator): trust the file.
-            logger.debug("%s: annotation size %dx%d, image %dx%d", record.image_id, record.width, record.height, width, height)
-        boxes, labels = self.dataset.training_targets(record, width, height, keep_difficult=self.keep_difficult)
+        sx, sy = scale
+        boxes, labels = self.dataset.training_targets(record, width / sx, height / sy, keep_difficult=self.keep_difficult)
+        if (sx, sy) != (1, 1):
+            boxes = clip_boxes(scale_boxes(boxes, sx, sy), width, height)
         tensor = to_tensor(image)
         target: dict[str, Any] = {"image_id": record.image_id, "flipped": False}
         proposals = self.proposals_for(record.image_id, width, height) if self.has_proposals else None

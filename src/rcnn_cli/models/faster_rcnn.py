@@ -315,6 +315,12 @@ def transform_min_sizes(cfg: FasterRCNNConfig) -> int | tuple[int, ...]:
     return tuple([s for s in dict.fromkeys(train_sizes) if s != test] + [test])
 
 
+def decode_size(cfg: FasterRCNNConfig) -> tuple[int, int]:
+    """``(min_side, max_side)`` the training images are decoded for: the largest training size and
+    the longer side's cap (:func:`rcnn_cli.data.images.load_image_for`)."""
+    return max(int(s) for s in [cfg.min_size, *(cfg.train_min_sizes or [])]), int(cfg.max_size)
+
+
 # --------------------------------------------------------------------------------------------
 # Anchors fitted to a dataset
 
@@ -431,13 +437,14 @@ class FasterRCNNDetector(Detector):
 
     @torch.inference_mode()
     def detect(self, image, image_id: str):
-        from rcnn_cli.data.images import to_tensor
+        from rcnn_cli.data.images import fit_image, to_tensor
         from rcnn_cli.io.detections import ImageDetections
         from rcnn_cli.runtime import synchronize
 
-        model, heads = self.model, self.model.roi_heads
+        model, heads, cfg = self.model, self.model.roi_heads, self.model_config
         t0 = time.perf_counter()
-        x = to_tensor(image).to(self.device, non_blocking=True)
+        full = (image.height, image.width)
+        x = to_tensor(fit_image(image, cfg.min_size, cfg.max_size)).to(self.device, non_blocking=True)
         images, features = _trunk(model, x)
         proposals = _rpn_boxes(model, images, features)
         pooled = heads.box_roi_pool(features, proposals, images.image_sizes)
@@ -446,7 +453,7 @@ class FasterRCNNDetector(Detector):
         t1 = time.perf_counter()
         boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
         dets = [{"boxes": boxes[0], "scores": scores[0], "labels": labels[0]}]
-        dets = model.transform.postprocess(dets, images.image_sizes, [(x.shape[-2], x.shape[-1])])[0]
+        dets = model.transform.postprocess(dets, images.image_sizes, [full])[0]
         names = [self.classes[int(i) - 1] for i in dets["labels"].cpu().tolist()]
         det = ImageDetections(image_id, dets["boxes"].float().cpu().numpy().reshape(-1, 4),
                               dets["scores"].float().cpu().numpy(), names, num_proposals=int(len(proposals[0])))
@@ -480,7 +487,7 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
     """
     from torchvision.models.detection.transform import resize_boxes
 
-    from rcnn_cli.data.images import to_tensor
+    from rcnn_cli.data.images import fit_image, to_tensor
 
     cfg = _model_config_from(Path(model_dir))
     model, _cfg = load_model(model_dir, device, overrides=_rpn_top_n(cfg, post_nms_top_n))
@@ -490,9 +497,9 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
 
     @torch.inference_mode()
     def propose(image) -> np.ndarray:
-        x = to_tensor(image).to(dev)
+        x = to_tensor(fit_image(image, cfg.min_size, cfg.max_size)).to(dev)
         images, features = _trunk(model, x)
-        boxes = resize_boxes(_rpn_boxes(model, images, features)[0], images.image_sizes[0], (x.shape[-2], x.shape[-1]))
+        boxes = resize_boxes(_rpn_boxes(model, images, features)[0], images.image_sizes[0], (image.height, image.width))
         return boxes.float().cpu().numpy().astype(np.float32).reshape(-1, 4)
 
     return propose
@@ -696,7 +703,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     if val_split:
         val = load_dataset(dataset_path, val_split, images, classes=list(ds.classes))
         evaluate_fn = make_evaluate_fn(val, ds.classes)
-    train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed)
+    train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed, fit=decode_size(cfg))
     summary = train(model, train_ds, out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
                     command=command, kind="faster", sources=sources)
     summary["model_config"] = cfg.to_dict()
