@@ -68,6 +68,19 @@ def test_training_sizes_and_the_fitted_set_follow_a_given_size():
     assert set(g.record()) == set(g.values) and all(g.reasons[k] for k in g.values)
 
 
+def test_crowded_images_get_more_proposals_and_detections_sparse_ones_the_papers():
+    sparse = F.fit_faster(F.data_stats(_dataset([(640, 480, [("a", 40.0)] * 3)] * 4)), {}, "cpu")
+    assert (sparse.values["rpn_post_nms_top_n_test"], sparse.values["box_detections_per_img"]) == (300, 100)
+    shelves = _dataset([(640, 480, [("item", 30.0)] * 20)] * 3 + [(640, 480, [("item", 30.0)] * 147)])
+    f = F.fit_faster(F.data_stats(shelves), {}, "cpu")
+    assert f.values["rpn_post_nms_top_n_test"] == 800  # 5 x 147 = 735 -> the next multiple of 100
+    assert f.values["box_detections_per_img"] == 300  # 2 x 147 = 294 -> the next multiple of 50
+    assert "147 objects" in f.reasons["rpn_post_nms_top_n_test"] and "(147)" in f.reasons["box_detections_per_img"]
+    given = F.fit_faster(F.data_stats(shelves), {"rpn_post_nms_top_n_test": 1000}, "cpu")
+    assert "rpn_post_nms_top_n_test" not in given.values and given.values["box_detections_per_img"] == 300
+    assert F.fit_rcnn(F.data_stats(shelves), {}, "rpn", "why").values["top_k"] == 300  # R-CNN's detections too
+
+
 def test_default_epochs_from_the_dataset_size():
     assert F.default_epochs(292, 2) == 12  # 146 iterations per epoch: 12 epochs are 1752
     assert F.default_epochs(160, 2) == 13  # 80 per epoch: 13 epochs reach 1000 iterations
@@ -150,6 +163,8 @@ def test_faster_records_chosen_and_given_values(tmp_path, shapes_root):
     assert rec["model"]["train_min_sizes"] == fitted["train_sizes"]["value"] == [96, 128, 160]
     assert rec["model"]["anchor_sizes"] == fitted["anchor_sizes"]["value"] and rec["model"]["auto_anchors"]
     assert rec["model"]["rpn_pre_nms_top_n_train"] == 2000
+    assert rec["model"]["rpn_post_nms_top_n_test"] == fitted["rpn_post_nms_top_n_test"]["value"] == 300
+    assert rec["model"]["box_detections_per_img"] == fitted["box_detections_per_img"]["value"] == 100
     assert rec["sources"]["min_size"] == "command line" and rec["sources"]["max_size"].startswith("chosen: ")
     paper = tmp_path / "paper"
     train_faster(shapes_root, "trainval", paper, cfg, weights="none", fit=False)

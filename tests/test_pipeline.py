@@ -162,6 +162,13 @@ def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     assert resolve_settings(PipelineConfig(rpn_model="RUN", fit=False), tmp_path, ds)[0].method == "rpn"
     assert {k: getattr(classic, k) for k in UNFITTED if k != "limit"} == {k: v for k, v in UNFITTED.items() if k != "limit"}
     assert classic.lam == 1000.0 and built_in.lam is None and mine.lam is None  # None: cross-validated in train-bbox
+    assert classic.top_k == mine.top_k == 100  # the shapes have a few objects per image: 100 either way
+    mine, f = resolve_settings(PipelineConfig(dataset=str(shapes_root)), tmp_path, ds)
+    assert "most crowded training image" in f.reasons["top_k"]
+    assert PipelineConfig(top_k=None).top_k is None and resolve_settings(
+        PipelineConfig(dataset=str(shapes_root), top_k=7), tmp_path, ds)[0].top_k == 7  # given: kept
+    with pytest.raises(UserError, match="--top-k must be"):
+        PipelineConfig(top_k=0)
     with pytest.raises(UserError, match="--faster-head must be"):
         PipelineConfig(faster_head="big")
     with pytest.raises(UserError, match="--method must be"):

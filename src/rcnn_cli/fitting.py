@@ -14,6 +14,9 @@ training split's statistics (:class:`DataStats`) and the backbone's stride:
 - **RPN boxes before NMS in training**: the paper's 12000 on a GPU, torchvision's 2000 on a CPU, where
   that NMS is a third of each iteration;
 - **epochs** (:func:`default_epochs`): at least 12 and at least ``MIN_ITERATIONS`` iterations;
+- **crowded images** (:func:`fit_crowding`): Faster R-CNN's RPN proposals at test (the paper's 300, or
+  ``PROPOSALS_PER_OBJECT`` per object of the most crowded training image) and detections kept per
+  image (COCO's 100, or twice that image's objects; R-CNN's too);
 - **R-CNN** (:func:`fit_rcnn`): proposals per image from the objects per image, the smallest
   proposal from the smallest class, selective search's image size from the images', the warp from
   the median box (within the device's range), context padding a tenth of the warp, and the 2x2 grid
@@ -34,14 +37,15 @@ import numpy as np
 from rcnn_cli.errors import UserError
 
 __all__ = ["DataStats", "data_stats", "Fitted", "image_scale", "training_sizes", "anchor_sizes_from",
-           "default_epochs", "fit_faster", "fit_fast", "fit_rcnn", "MIN_OBJECT", "MIN_CELLS"]
+           "default_epochs", "detections_per_image", "fit_crowding", "fit_faster", "fit_fast", "fit_rcnn",
+           "MIN_OBJECT", "MIN_CELLS"]
 
 MIN_OBJECT = 32          # pixels: two cells of a stride-16 feature map
 MIN_CELLS = 30           # cells of the stride-16 map on the shorter side at least (480 px)
 SIZE_CAP = {"cpu": 640, "cuda": 800}  # the shorter side at most, per device type
 MIN_ITERATIONS = 1000    # a default schedule has at least this many iterations
 TRAIN_SCALE_JITTER = (0.87, 0.93, 1.0, 1.07, 1.13)
-PROPOSALS_PER_OBJECT = 5  # R-CNN: proposals per object of a crowded (90th-percentile) image
+PROPOSALS_PER_OBJECT = 5  # R-CNN: per object of a crowded (90th-percentile) image; the RPN: of the most crowded
 MIN_PROPOSALS = 100      # R-CNN: proposals per image at least
 MAX_PROPOSAL_FLOOR = 16  # pixels: R-CNN drops proposals smaller than this at most
 SEARCH_SIDE_CAP = 512    # pixels: selective search's longer image side at most
@@ -242,9 +246,36 @@ def fit_faster(stats: DataStats, given: Mapping[str, Any], device_type: str = "c
     f.choose("rpn_pre_nms_top_n_train", 12000 if device_type == "cuda" else 2000,
              "the paper's 12000 on a GPU" if device_type == "cuda" else
              "torchvision's 2000 on a CPU (NMS over 12000 boxes is a third of each iteration)")
+    fit_crowding(f, stats)
     f.choose("epochs", default_epochs(stats.images, batch_size),
              f"{stats.images} images, batch {batch_size}: at least 12 epochs and {MIN_ITERATIONS} iterations")
     return f
+
+
+def _round_up(x: float, step: int) -> int:
+    return int(math.ceil(x / step) * step)
+
+
+def detections_per_image(stats: DataStats) -> tuple[int, str]:
+    """Detections kept per image, and why: COCO's 100, or twice the objects of the most crowded
+    training image where that is more (so that the cut never caps recall)."""
+    from rcnn_cli.detector import DetectConfig
+
+    most, least = int(stats.objects.max()), DetectConfig.top_k
+    return (max(least, _round_up(2 * most, 50)),
+            f"COCO's {least}, or twice the objects of the most crowded training image ({most})")
+
+
+def fit_crowding(f: Fitted, stats: DataStats) -> None:
+    """Choose Faster R-CNN's ``rpn_post_nms_top_n_test`` and ``box_detections_per_img`` from the most
+    crowded training image (unchanged up to 60 and 50 objects per image)."""
+    from rcnn_cli.models.faster_rcnn import FasterRCNNConfig
+
+    most, least = int(stats.objects.max()), FasterRCNNConfig.rpn_post_nms_top_n_test
+    f.choose("rpn_post_nms_top_n_test", max(least, _round_up(PROPOSALS_PER_OBJECT * most, 100)),
+             f"the paper's {least}, or {PROPOSALS_PER_OBJECT} per object of the most crowded training image "
+             f"({most} objects)")
+    f.choose("box_detections_per_img", *detections_per_image(stats))
 
 
 def fit_fast(stats: DataStats, given: Mapping[str, Any], device_type: str = "cpu", batch_size: int = 2,
@@ -267,7 +298,8 @@ def fit_rcnn(stats: DataStats, given: Mapping[str, Any], method: str, method_rea
     :class:`rcnn_cli.workflows.pipeline.PipelineConfig` has them): ``method`` (decided by the
     caller, recorded with ``method_reason``), ``limit`` (proposals per image), ``min_size`` (the
     smallest proposal kept, pixels), ``max_size`` (selective search's longer image side),
-    ``warp_size`` and ``padding`` (warped pixels), ``layer`` (when the backbone offers ``grid``)."""
+    ``warp_size`` and ``padding`` (warped pixels), ``layer`` (when the backbone offers ``grid``),
+    ``top_k`` (detections kept per image)."""
     f = Fitted(given={k for k, v in given.items() if v is not None})
     value = lambda name: given.get(name) if name in f.given else f.values.get(name)  # noqa: E731
     f.choose("method", method, method_reason)
@@ -292,6 +324,7 @@ def fit_rcnn(stats: DataStats, given: Mapping[str, Any], method: str, method_rea
              "network's time grows with the warp's area)")
     warp = int(value("warp_size"))
     f.choose("padding", int(round(warp / 10)), f"a tenth of the {warp}-px warp of context on each side (R-CNN: 16 at 227)")
+    f.choose("top_k", *detections_per_image(stats))
     if "grid" in layers:
         f.choose("layer", "grid", "the 2x2 grid keeps the layout that box regression reads (raccoon 74.1 vs 67.0 "
                                   "mAP pooled, the built-in data 94.1 vs 94.0; README)")

@@ -59,7 +59,9 @@ def train_cmd(
                                  "split (printed with their reasons); paper: the Faster R-CNN paper's."),
     rpn_post_nms_train: int = typer.Option(_M.rpn_post_nms_top_n_train, "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
     rpn_pre_nms_test: int = typer.Option(_M.rpn_pre_nms_top_n_test, "--rpn-pre-nms-test", help="RPN boxes before NMS at test."),
-    rpn_post_nms_test: int = typer.Option(_M.rpn_post_nms_top_n_test, "--rpn-post-nms-test", help="RPN proposals after NMS at test."),
+    rpn_post_nms_test: Optional[int] = typer.Option(
+        None, "--rpn-post-nms-test", help=f"RPN proposals after NMS at test (default: the paper's "
+        f"{_M.rpn_post_nms_top_n_test}, more for crowded images: chosen from the data)."),
     rpn_nms: float = typer.Option(_M.rpn_nms_thresh, "--rpn-nms", help="RPN proposal NMS IoU."),
     rois_per_image: int = typer.Option(_M.box_batch_size_per_image, "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
     **train: Any,
@@ -81,8 +83,8 @@ def train_cmd(
         raise UserError(f"--init {init} is a {COCO_INITS[init][0]} FPN detector (not --backbone {p['backbone']})")
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
     overrides = {_RECORDED[k]: p[k] for k in _RECORDED if k != "train_sizes"}
-    if overrides["rpn_pre_nms_top_n_train"] is None and defaults == "paper":
-        overrides["rpn_pre_nms_top_n_train"] = _M.rpn_pre_nms_top_n_train
+    if defaults == "paper":
+        overrides = {k: getattr(_M, k) if v is None else v for k, v in overrides.items()}
     sizes = parse_floats(p["train_sizes"], "--train-sizes")
     summary = train_faster(dataset, p["split"], out, train_config, images=images, backbone=p["backbone"],
                            weights=p["weights"], fpn=p["fpn"], head=p["head"],

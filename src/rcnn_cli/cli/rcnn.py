@@ -187,7 +187,7 @@ def pipeline_cmd(
     bbox: bool = typer.Option(_P.bbox, "--bbox/--no-bbox", help="Train and apply box regression."),
     score_threshold: float = O.score_threshold(_P.score_threshold),
     nms: float = O.nms(_P.nms),
-    top_k: int = O.top_k(_P.top_k),
+    top_k: Optional[int] = O.top_k(_P.top_k),
     seed: int = O.seed(),
     device: str = O.device(),
     runtime: str = O.runtime(_P.runtime),

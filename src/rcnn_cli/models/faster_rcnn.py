@@ -607,6 +607,10 @@ def load_init(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) ->
             "not_loaded": sorted(k for k in wanted if k not in loaded)[:20]}
 
 
+#: The model settings :func:`rcnn_cli.fitting.fit_faster` may choose beside the image scale and anchors.
+FITTED_MODEL_SETTINGS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_test", "box_detections_per_img")
+
+
 def _new_config(ds, dataset_path, split, train_config, sources, *, backbone, weights, fpn, head, anchor_sizes,
                 aspect_ratios, auto_anchors, min_size, max_size, train_sizes, model_overrides, fit, fit_schedule):
     """A new run's :class:`FasterRCNNConfig` (settings not given chosen from the data, see
@@ -617,7 +621,7 @@ def _new_config(ds, dataset_path, split, train_config, sources, *, backbone, wei
 
     given = dict(min_size=min_size, max_size=max_size, train_sizes=train_sizes or None,
                  anchor_sizes=anchor_sizes or None,
-                 rpn_pre_nms_top_n_train=(model_overrides or {}).get("rpn_pre_nms_top_n_train"))
+                 **{k: (model_overrides or {}).get(k) for k in FITTED_MODEL_SETTINGS})
     stats, fitted = _fit(ds, given, train_config, fpn or auto_anchors is False, fit, fit_schedule)
     chosen = {**{k: v for k, v in given.items() if v is not None}, **fitted.values}
     min_size, max_size = int(chosen.get("min_size", 600)), int(chosen.get("max_size", 1000))
@@ -625,8 +629,7 @@ def _new_config(ds, dataset_path, split, train_config, sources, *, backbone, wei
     if auto_anchors and "anchor_sizes" not in fitted.values:  # e.g. 5 FPN sizes fitted
         sizes = anchor_sizes_from(stats, len(sizes) if sizes else 3, min_size, max_size)
         logger.info("anchor sizes fitted to the training boxes: %s", ", ".join(f"{s:g}" for s in sizes))
-    overrides = dict(model_overrides or {}, **{k: fitted.values[k] for k in ("rpn_pre_nms_top_n_train",)
-                                              if k in fitted.values})
+    overrides = dict(model_overrides or {}, **{k: fitted.values[k] for k in FITTED_MODEL_SETTINGS if k in fitted.values})
     overrides.update(fpn=fpn, head=head, min_size=min_size, max_size=max_size,
                      train_min_sizes=[int(s) for s in chosen.get("train_sizes") or []] or None,
                      anchor_sizes=[float(s) for s in sizes] if sizes else None,

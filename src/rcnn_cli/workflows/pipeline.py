@@ -94,7 +94,7 @@ class PipelineConfig:
     # detection
     score_threshold: float = DetectConfig.score_threshold
     nms: float = DetectConfig.nms
-    top_k: int = DetectConfig.top_k
+    top_k: int | None = None  # None: chosen from the data (DetectConfig's 100 without fitting)
     seed: int = 0
     device: str = "auto"
     time_budget: str | float | None = None  # stage faster gets what the R-CNN stages after it leave (rcnn_seconds)
@@ -112,12 +112,14 @@ class PipelineConfig:
             if v is not None and (int(v) < 0 or (name == "warp_size" and int(v) < 16)):
                 raise UserError(f"--{name.replace('_', '-')} {v}: must be " + ("at least 16" if name == "warp_size" else ">= 0"))
         self.time_budget = parse_duration(self.time_budget)
+        DetectConfig(self.score_threshold, self.nms, DetectConfig.top_k if self.top_k is None else self.top_k)
 
 
 #: The settings :func:`resolve_settings` chooses, and their values without fitting (``fit=False``,
 #: ``--defaults classic``): the classic R-CNN at the built-in data's scale.
 UNFITTED: dict[str, Any] = {"method": "selective-search", "limit": 100, "max_size": 256, "min_size": 16,
-                            "warp_size": 64, "padding": 6, "layer": None, "weights": "imagenet", "lam": PAPER_LAMBDA}
+                            "warp_size": 64, "padding": 6, "layer": None, "weights": "imagenet", "lam": PAPER_LAMBDA,
+                            "top_k": DetectConfig.top_k}
 RCNN_MARGIN = 1.5  # the R-CNN stages' estimated time (regions / measured crops/s) times this, kept from the budget
 FASTER_ROIS = {"backbone": 64, "mlp": 128}  # RoIs per training image: the backbone head runs its layers per RoI
 
