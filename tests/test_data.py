@@ -183,7 +183,7 @@ def _gradient(width: int, height: int) -> Image.Image:
 
 
 def test_large_images_are_decoded_no_smaller_than_the_network_needs(tmp_path):
-    from rcnn_cli.data.images import load_image_for, network_size, reduction
+    from rcnn_cli.data.images import fit_image, load_image_for, network_size, reduction
 
     assert network_size(4000, 3000, 480, 736) == pytest.approx((640, 480))
     assert reduction(4000, 3000, 480, 736) == 6 and reduction(500, 375, 480, 736) == 1
@@ -196,6 +196,8 @@ def test_large_images_are_decoded_no_smaller_than_the_network_needs(tmp_path):
     _gradient(1000, 600).save(tmp_path / "big.png")
     image, scale = load_image_for(tmp_path / "big.png", 100, 1000)  # network 167 x 100: box filter by 6
     assert image.size == (167, 100) and scale == (1 / 6, 1 / 6)
+    image, k = fit_image(_gradient(1001, 600), 100, 1000)  # the last pixel covers 5 of 1001: still 1/6
+    assert image.size == (167, 100) and k == 6
     image, scale = load_image_for(tmp_path / "big.png", 400, 1000)  # not twice the network's size
     assert image.size == (1000, 600) and scale == (1.0, 1.0)
     img = _gradient(1600, 800)

@@ -76,10 +76,11 @@ def reduction(width: int, height: int, min_side: int, max_side: int) -> int:
     return max(1, int(min(width / w, height / h)))
 
 
-def fit_image(image: Image.Image, min_side: int, max_side: int) -> Image.Image:
-    """``image`` shrunk by its :func:`reduction` (box filter; the same image when that is 1)."""
+def fit_image(image: Image.Image, min_side: int, max_side: int) -> tuple[Image.Image, int]:
+    """``image`` shrunk by its :func:`reduction` ``k`` (box filter: pixel ``x`` of the result covers
+    ``k * x .. k * x + k`` of ``image``, the last one less), and ``k`` (1: the same image)."""
     k = reduction(image.width, image.height, min_side, max_side)
-    return image if k == 1 else image.reduce(k)
+    return (image if k == 1 else image.reduce(k)), k
 
 
 def _decode(path: Path, tolerant: bool, fit: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
@@ -101,7 +102,7 @@ def _decode(path: Path, tolerant: bool, fit: tuple[int, int] | None = None) -> t
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
             image = _to_rgb(ImageOps.exif_transpose(img))
     if fit is not None:
-        image = fit_image(image, *fit)
+        image = fit_image(image, *fit)[0]
     return image, (full[1], full[0]) if turned else full
 
 

@@ -4,8 +4,8 @@ Fast and Faster R-CNN training.
 Items are ``(image, target)``: ``image`` ``(3, H, W)`` float32 in ``[0, 1]`` at the original size
 (the models resize internally; with ``fit=(min_side, max_side)``, the model's largest training
 size, a large photo comes shrunk to no less than what the model resizes it to, its boxes and
-proposals with it: :func:`rcnn_cli.data.images.load_image_for`) and ``target`` ``{"boxes": (M, 4) float32 pixels, "labels": (M,)
-int64 in 1..K, "image_id": str, "proposals": (P, 4) float32 (only with a proposals file)}``.
+proposals with it: :func:`rcnn_cli.data.images.load_image_for`) and ``target`` ``{"boxes": (M, 4)
+float32 pixels, "labels": (M,) int64 in 1..K, "image_id": str, "proposals": (P, 4) float32 (only with a proposals file)}``.
 Bad boxes follow the package policy (:meth:`Dataset.training_targets`); images without objects give
 ``M = 0``. A horizontal flip (probability 0.5) is applied to the image, boxes and proposals alike; the
 decision is a pure function of ``(seed, epoch, index)`` so runs, resumes and DDP ranks are

@@ -437,14 +437,16 @@ class FasterRCNNDetector(Detector):
 
     @torch.inference_mode()
     def detect(self, image, image_id: str):
+        from torchvision.ops import clip_boxes_to_image
+
         from rcnn_cli.data.images import fit_image, to_tensor
         from rcnn_cli.io.detections import ImageDetections
         from rcnn_cli.runtime import synchronize
 
         model, heads, cfg = self.model, self.model.roi_heads, self.model_config
         t0 = time.perf_counter()
-        full = (image.height, image.width)
-        x = to_tensor(fit_image(image, cfg.min_size, cfg.max_size)).to(self.device, non_blocking=True)
+        small, k = fit_image(image, cfg.min_size, cfg.max_size)
+        x = to_tensor(small).to(self.device, non_blocking=True)
         images, features = _trunk(model, x)
         proposals = _rpn_boxes(model, images, features)
         pooled = heads.box_roi_pool(features, proposals, images.image_sizes)
@@ -453,7 +455,9 @@ class FasterRCNNDetector(Detector):
         t1 = time.perf_counter()
         boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
         dets = [{"boxes": boxes[0], "scores": scores[0], "labels": labels[0]}]
-        dets = model.transform.postprocess(dets, images.image_sizes, [full])[0]
+        dets = model.transform.postprocess(dets, images.image_sizes, [(small.height * k, small.width * k)])[0]
+        if k > 1:  # the last shrunk pixel covered less than k
+            dets["boxes"] = clip_boxes_to_image(dets["boxes"], (image.height, image.width))
         names = [self.classes[int(i) - 1] for i in dets["labels"].cpu().tolist()]
         det = ImageDetections(image_id, dets["boxes"].float().cpu().numpy().reshape(-1, 4),
                               dets["scores"].float().cpu().numpy(), names, num_proposals=int(len(proposals[0])))
@@ -486,6 +490,7 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
     to write the standard proposals file.
     """
     from torchvision.models.detection.transform import resize_boxes
+    from torchvision.ops import clip_boxes_to_image
 
     from rcnn_cli.data.images import fit_image, to_tensor
 
@@ -497,9 +502,11 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
 
     @torch.inference_mode()
     def propose(image) -> np.ndarray:
-        x = to_tensor(fit_image(image, cfg.min_size, cfg.max_size)).to(dev)
-        images, features = _trunk(model, x)
-        boxes = resize_boxes(_rpn_boxes(model, images, features)[0], images.image_sizes[0], (image.height, image.width))
+        small, k = fit_image(image, cfg.min_size, cfg.max_size)
+        images, features = _trunk(model, to_tensor(small).to(dev))
+        boxes = resize_boxes(_rpn_boxes(model, images, features)[0], images.image_sizes[0],
+                             (small.height * k, small.width * k))
+        boxes = clip_boxes_to_image(boxes, (image.height, image.width))
         return boxes.float().cpu().numpy().astype(np.float32).reshape(-1, 4)
 
     return propose
