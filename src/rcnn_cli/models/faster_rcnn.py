@@ -393,6 +393,17 @@ def _trunk(model: nn.Module, x: torch.Tensor):
     return images, ({"0": features} if isinstance(features, torch.Tensor) else features)
 
 
+def _to_original(boxes: torch.Tensor, network_hw: tuple[int, int], small, k: int, image) -> torch.Tensor:
+    """``(N, 4)`` boxes on the network's input (``network_hw``: height, width) in pixels of the PIL
+    ``image``, which reached the network shrunk by ``k`` as ``small`` (``fit_image``; its last pixel
+    covers less than ``k``, hence the clipping)."""
+    from torchvision.models.detection.transform import resize_boxes
+    from torchvision.ops import clip_boxes_to_image
+
+    boxes = resize_boxes(boxes, network_hw, (small.height * k, small.width * k))
+    return clip_boxes_to_image(boxes, (image.height, image.width))
+
+
 class FasterRCNNDetector(Detector):
     """A trained Faster R-CNN: ``detect(image, image_id) -> ImageDetections`` (boxes in original pixels).
 
@@ -437,8 +448,6 @@ class FasterRCNNDetector(Detector):
 
     @torch.inference_mode()
     def detect(self, image, image_id: str):
-        from torchvision.ops import clip_boxes_to_image
-
         from rcnn_cli.data.images import fit_image, to_tensor
         from rcnn_cli.io.detections import ImageDetections
         from rcnn_cli.runtime import synchronize
@@ -454,13 +463,10 @@ class FasterRCNNDetector(Detector):
         synchronize(self.device)
         t1 = time.perf_counter()
         boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
-        dets = [{"boxes": boxes[0], "scores": scores[0], "labels": labels[0]}]
-        dets = model.transform.postprocess(dets, images.image_sizes, [(small.height * k, small.width * k)])[0]
-        if k > 1:  # the last shrunk pixel covered less than k
-            dets["boxes"] = clip_boxes_to_image(dets["boxes"], (image.height, image.width))
-        names = [self.classes[int(i) - 1] for i in dets["labels"].cpu().tolist()]
-        det = ImageDetections(image_id, dets["boxes"].float().cpu().numpy().reshape(-1, 4),
-                              dets["scores"].float().cpu().numpy(), names, num_proposals=int(len(proposals[0])))
+        boxes = _to_original(boxes[0], images.image_sizes[0], small, k, image)
+        names = [self.classes[int(i) - 1] for i in labels[0].cpu().tolist()]
+        det = ImageDetections(image_id, boxes.float().cpu().numpy().reshape(-1, 4),
+                              scores[0].float().cpu().numpy(), names, num_proposals=int(len(proposals[0])))
         det.timings = {"network": t1 - t0, "post": time.perf_counter() - t1}
         return det
 
@@ -489,9 +495,6 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
     raised to at least that many). Give it to ``rcnn_cli.rcnn.proposals.run_propose(proposer=...)``
     to write the standard proposals file.
     """
-    from torchvision.models.detection.transform import resize_boxes
-    from torchvision.ops import clip_boxes_to_image
-
     from rcnn_cli.data.images import fit_image, to_tensor
 
     cfg = _model_config_from(Path(model_dir))
@@ -504,9 +507,7 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
     def propose(image) -> np.ndarray:
         small, k = fit_image(image, cfg.min_size, cfg.max_size)
         images, features = _trunk(model, to_tensor(small).to(dev))
-        boxes = resize_boxes(_rpn_boxes(model, images, features)[0], images.image_sizes[0],
-                             (small.height * k, small.width * k))
-        boxes = clip_boxes_to_image(boxes, (image.height, image.width))
+        boxes = _to_original(_rpn_boxes(model, images, features)[0], images.image_sizes[0], small, k, image)
         return boxes.float().cpu().numpy().astype(np.float32).reshape(-1, 4)
 
     return propose
