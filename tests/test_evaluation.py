@@ -383,3 +383,81 @@ def test_cli_perfect_detections_all_formats(shapes_root, tmp_path, capsys, monke
     assert code == 0
     code, _, err = _cli(["evaluate", str(shapes_root), "--detections", str(tmp_path / "bad.jsonl")], capsys)
     assert code == 2 and "--split" in err
+
+
+# ------------------------------------------------------------------ bootstrap over the test images
+
+
+def _duplicated(ds, d, weights):
+    """The split with image i written ``weights[i]`` times (new ids), and its detections."""
+    records, detections = [], {}
+    for i, (r, w) in enumerate(zip(ds.records, weights)):
+        for copy in range(int(w)):
+            new = f"{r.image_id}#{copy}"
+            records.append(rec(new, r.boxes, r.labels, r.difficult))
+            if r.image_id in d:
+                o = d[r.image_id]
+                detections[new] = dets(new, o.boxes, o.scores, o.labels)
+    return Dataset(Path("."), "test", ds.classes, records), detections
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_resampled_map_equals_evaluating_the_duplicated_split(seed):
+    from rcnn_cli.evaluation.bootstrap import resampled_maps
+    from rcnn_cli.evaluation.voc import voc_match
+
+    ds, d = random_case(seed)
+    # no tied scores (the devkit keeps input order on ties, which puts other detections between copies)
+    d = {k: dets(k, v.boxes, np.asarray(v.scores) + 1e-4 * i + 1e-6 * np.arange(len(v)), v.labels)
+         for i, (k, v) in enumerate(d.items())}
+    rng = np.random.default_rng(seed)  # resampled_maps' first draw with this seed
+    weights = np.bincount(rng.integers(0, len(ds), len(ds)), minlength=len(ds))
+    for metric in ("voc07", "voc12"):
+        ours = resampled_maps(voc_match(ds, d, 0.5), len(ds), 1, metric, seed=seed)[0]
+        ref = evaluate(*_duplicated(ds, d, weights), metric)["mAP"]
+        assert ours == pytest.approx(ref, abs=1e-12)
+
+
+def test_bootstrap_interval_by_hand_and_a_perfect_detector():
+    from rcnn_cli.evaluation.bootstrap import bootstrap_interval
+
+    ci = bootstrap_interval(np.arange(101) / 100)  # percentiles 2.5 and 97.5 of 0, 0.01, ..., 1
+    assert ci["low"] == pytest.approx(0.025) and ci["high"] == pytest.approx(0.975) and ci["resamples"] == 101
+    ds = base_dataset()
+    perfect = {"im1": dets("im1", [A, B, C], [0.9, 0.8, 0.7], ["cat"] * 3),
+               "im2": dets("im2", [[5, 5, 50, 50]], [0.9], ["dog"])}
+    r = evaluate(ds, perfect, "voc12", bootstrap=200)
+    b = r["bootstrap"]["mAP"]
+    assert (b["low"], b["high"], b["std"], b["resamples"]) == (1.0, 1.0, 0.0, 200)
+
+
+def test_bootstrap_against_itself_and_against_a_worse_set():
+    ds, d = random_case(4)
+    r = evaluate(ds, d, "voc12", bootstrap=300, against=d)
+    diff = r["bootstrap"]["difference"]
+    assert r["against_mAP"] == r["mAP"] and (diff["low"], diff["high"], diff["better"]) == (0.0, 0.0, 0.0)
+    worse = {k: dets(k, v.boxes[:1], v.scores[:1], v.labels[:1]) for k, v in d.items()}  # one detection per image
+    r = evaluate(ds, d, "voc12", bootstrap=300, against=worse, seed=3)
+    diff = r["bootstrap"]["difference"]
+    assert r["mAP"] > r["against_mAP"] and diff["better"] > 0.95 and diff["low"] > 0
+    again = evaluate(ds, d, "voc12", bootstrap=300, against=worse, seed=3)["bootstrap"]
+    assert again == r["bootstrap"]  # the seed fixes the resamples
+
+
+def test_cli_bootstrap_writes_the_interval_and_refuses_coco(shapes_root, tmp_path, capsys):
+    ds = load_dataset(shapes_root, "test")
+    with open_writer(tmp_path / "d.jsonl", "jsonl", ds.classes) as w:
+        for r in ds.records:
+            w.write(ImageDetections(r.image_id, r.boxes, np.linspace(0.9, 0.5, len(r.labels)), r.labels))
+    code, out, _ = _cli(["evaluate", str(shapes_root), "--split", "test", "--detections", str(tmp_path / "d.jsonl"),
+                         "--metric", "voc12", "--against", str(tmp_path / "d.jsonl"), "--json", str(tmp_path / "m.json")],
+                        capsys)
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert code == 0 and "100.00 to 100.00" in out and "+0.00" in out
+    assert m["bootstrap"]["mAP"]["resamples"] == 1000 and m["bootstrap"]["difference"]["better"] == 0.0
+    record = json.loads((tmp_path / "m.json.config.json").read_text())
+    assert "seed" in json.dumps(record) and "bootstrap" in json.dumps(record)
+    for extra in (["--metric", "coco", "--bootstrap", "100"], ["--bootstrap", "-5"]):
+        code, _, err = _cli(["evaluate", str(shapes_root), "--split", "test", "--detections", str(tmp_path / "d.jsonl"),
+                             *extra], capsys)
+        assert code == 2 and "--bootstrap" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -45,6 +45,12 @@ def evaluate_command(
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="--analysis: detections at least this "
                                           "confident enter the confusion matrix and the per-class counts."),
     worst: int = typer.Option(8, "--worst", help="--analysis: how many of the images with the most errors to draw."),
+    bootstrap: int = typer.Option(0, "--bootstrap", help="voc07/voc12: also the mAP's 95 %% interval over this many "
+                                  "resamples of the test images (e.g. 1000): how much of it is the split's luck."),
+    against: Optional[str] = typer.Option(None, "--against", help="voc07/voc12: a second detection set (same forms "
+                                          "as --detections) compared on the same resamples: the interval of the "
+                                          "difference (1000 resamples unless --bootstrap)."),
+    seed: int = typer.Option(0, "--seed", help="--bootstrap/--against: the resampling's random seed."),
 ) -> None:
     """Evaluate detections against ground truth: per-class AP and mAP (VOC07, VOC12 or COCO).
 
@@ -53,7 +59,7 @@ def evaluate_command(
     from rcnn_cli.data import load_dataset
     from rcnn_cli.data.voc import is_voc_root
     from rcnn_cli.io.detections import read_detections
-    from rcnn_cli.evaluation import evaluate, json_summary, results_table
+    from rcnn_cli.evaluation import bootstrap_lines, evaluate, json_summary, results_table
     from rcnn_cli.io import jsonable, write_json, write_run_record
     from rcnn_cli.log import logger
 
@@ -66,10 +72,15 @@ def evaluate_command(
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     ds = load_dataset(dataset, split, images, class_list)
     dets = read_detections(detections, ds, ignore_unknown=ignore_unknown)
+    other = read_detections(against, ds, ignore_unknown=ignore_unknown) if against is not None else None
     result = evaluate(ds, dets, metric=metric.value, iou=0.5 if iou is None else iou,
-                      ignore_unknown=ignore_unknown, curves=plot is not None)
+                      ignore_unknown=ignore_unknown, curves=plot is not None, bootstrap=bootstrap, seed=seed,
+                      against=other)
     to_stdout = json_out is not None and str(json_out) == "-"
-    Console(stderr=to_stdout).print(results_table(result))  # stdout, unless the JSON goes there
+    console = Console(stderr=to_stdout)  # stdout, unless the JSON goes there
+    console.print(results_table(result))
+    for line in bootstrap_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
     if to_stdout:
         import json
 
@@ -78,7 +89,8 @@ def evaluate_command(
         write_json(json_out, json_summary(result))
         write_run_record(json_out, "evaluate", {
             "dataset": str(dataset), "split": split, "detections": detections, "metric": metric.value,
-            "iou": result.get("iou"), "classes": ds.classes, "ignore_unknown": ignore_unknown})
+            "iou": result.get("iou"), "classes": ds.classes, "ignore_unknown": ignore_unknown,
+            "bootstrap": bootstrap, "against": against, "seed": seed})
         logger.info("wrote %s", json_out)
     if analysis is not None:
         from rcnn_cli.evaluation.report import write_analysis

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
     from rcnn_cli.io.detections import ImageDetections
 
-__all__ = ["METRICS", "evaluate", "voc_match", "voc07_ap", "voc12_ap", "ClassMatch", "coco_evaluate", "COCO_KEYS",
+__all__ = ["METRICS", "evaluate", "bootstrap_lines", "voc_match", "voc07_ap", "voc12_ap", "ClassMatch", "coco_evaluate", "COCO_KEYS",
            "json_summary", "results_table"]
 
 METRICS = ("voc07", "voc12", "coco", "loc")
@@ -39,13 +39,17 @@ def _mean(values: list[float | None]) -> float:
 
 
 def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], metric: str = "voc07",
-             iou: float = 0.5, ignore_unknown: bool = False, curves: bool = False) -> dict[str, Any]:
+             iou: float = 0.5, ignore_unknown: bool = False, curves: bool = False, bootstrap: int = 0,
+             seed: int = 0, against: Mapping[str, "ImageDetections"] | None = None) -> dict[str, Any]:
     """Evaluate ``detections`` (image id -> :class:`ImageDetections`) against ``dataset``.
 
     ``metric``: ``voc07`` | ``voc12`` (IoU threshold ``iou``, devkit ``>=``) | ``coco`` (IoU
     0.50:0.95, ``iou`` unused). Detections of images or classes outside the dataset are a
     :class:`UserError`, or a warning with ``ignore_unknown``. ``curves=True`` adds
-    ``"curves": {class: (recall, precision)}`` arrays for plotting.
+    ``"curves": {class: (recall, precision)}`` arrays for plotting. ``bootstrap=B`` (VOC metrics)
+    adds ``"bootstrap"``: the mAP's 95 % interval over ``B`` resamples of the images
+    (:mod:`rcnn_cli.evaluation.bootstrap`); ``against`` (a second detection set) also the interval
+    of the difference on the same resamples, and ``"against_mAP"``.
     """
     from rcnn_cli.io.detections import check_known, count_detections
 
@@ -57,6 +61,8 @@ def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], me
     if not dataset.classes:
         raise UserError("the dataset has no classes to evaluate")
     detections = check_known(detections, dataset, ignore_unknown)
+    if (bootstrap or against is not None) and metric not in ("voc07", "voc12"):
+        raise UserError(f"--bootstrap and --against go with --metric voc07 or voc12, not {metric}")
     if metric == "loc":
         from rcnn_cli.evaluation.localization import localization_errors
 
@@ -83,6 +89,9 @@ def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], me
         result["iou"] = float(iou)
         curve_data = {c: m.precision_recall() for c, m in matches.items()}
         num_objects = {c: m.npos for c, m in matches.items()}
+        if bootstrap or against is not None:
+            result.update(_bootstrap(dataset, matches, metric, float(iou), bootstrap or 1000, seed, against,
+                                     ignore_unknown))
     result["num_images"] = len(dataset.records)
     result["num_detections"] = count_detections(detections)
     result["num_objects"] = num_objects
@@ -97,6 +106,20 @@ def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], me
     if curves:
         result["curves"] = curve_data
     return result
+
+
+def _bootstrap(dataset, matches, metric: str, iou: float, resamples: int, seed: int, against,
+               ignore_unknown: bool) -> dict[str, Any]:
+    from rcnn_cli.evaluation.bootstrap import bootstrap_summary
+    from rcnn_cli.io.detections import check_known
+
+    out: dict[str, Any] = {}
+    other = None
+    if against is not None:
+        other = voc_match(dataset, check_known(against, dataset, ignore_unknown), iou=iou)
+        out["against_mAP"] = _mean([voc_ap_from_match(m, metric) for m in other.values()])
+    out["bootstrap"] = bootstrap_summary(matches, len(dataset.records), resamples, metric, seed, other)
+    return out
 
 
 def json_summary(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,6 +167,22 @@ def results_table(result: Mapping[str, Any], title: str | None = None):
         for key in ("AP75", "APs", "APm", "APl"):
             table.add_row(key, "", "", _pct(result.get(key)), "")
     return table
+
+
+def bootstrap_lines(result: Mapping[str, Any]) -> list[str]:
+    """The lines that report an :func:`evaluate` result's ``"bootstrap"`` (none without one)."""
+    if "bootstrap" not in result:
+        return []
+    b = result["bootstrap"]
+    ci = b["mAP"]
+    lines = [f"mAP {_pct(result['mAP'])}, {100 * ci['level']:.0f} % interval over the images "
+             f"({ci['resamples']} bootstrap resamples): {_pct(ci['low'])} to {_pct(ci['high'])}"]
+    if "difference" in b:
+        d = b["difference"]
+        lines.append(f"minus --against's mAP {_pct(result['against_mAP'])}: "
+                     f"{100 * (result['mAP'] - result['against_mAP']):+.2f}, interval {100 * d['low']:+.2f} to "
+                     f"{100 * d['high']:+.2f}; higher in {100 * d['better']:.0f} % of the resamples")
+    return lines
 
 
 def _loc_table(result: Mapping[str, Any]):

@@ -94,13 +94,17 @@ class ClassMatch:
     """Matching result of one class, detections in rank order (descending score).
 
     ``tp``/``fp`` are 0/1 per detection (both 0 for a match to a difficult object); ``npos`` is the
-    number of non-difficult objects.
+    number of non-difficult objects. ``image``: each detection's image (index into the dataset's
+    records) and ``npos_per_image`` ``(num_images,)`` the non-difficult objects of each image, for
+    resampling images (:mod:`rcnn_cli.evaluation.bootstrap`); ``None`` where unknown.
     """
 
     scores: np.ndarray
     tp: np.ndarray
     fp: np.ndarray
     npos: int
+    image: np.ndarray | None = None
+    npos_per_image: np.ndarray | None = None
 
     def precision_recall(self) -> tuple[np.ndarray, np.ndarray]:
         """``(recall, precision)`` after each detection (the devkit's ``rec`` and ``prec``)."""
@@ -183,6 +187,7 @@ def voc_match(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], i
 
     # Ground truth grouped by (class, image), annotation order kept inside a group.
     npos = np.bincount(gt_cls[~gt_diff], minlength=K)
+    per_image = np.bincount(gt_cls[~gt_diff] * n_images + gt_img[~gt_diff], minlength=K * n_images).reshape(K, n_images)
     gt_key = gt_cls * n_images + gt_img
     g_order = np.argsort(gt_key, kind="stable")
     gt_key, gt_boxes, gt_diff = gt_key[g_order], gt_boxes[g_order], gt_diff[g_order]
@@ -245,7 +250,8 @@ def voc_match(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], i
     cls_end = np.searchsorted(det_cls, np.arange(K), side="right")
     for k, c in enumerate(dataset.classes):
         s, e = cls_start[k], cls_end[k]
-        out[c] = ClassMatch(scores=det_scores[s:e], tp=tp[s:e], fp=fp[s:e], npos=int(npos[k]))
+        out[c] = ClassMatch(scores=det_scores[s:e], tp=tp[s:e], fp=fp[s:e], npos=int(npos[k]), image=det_img[s:e],
+                            npos_per_image=per_image[k])
     return out
 
 
