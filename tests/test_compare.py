@@ -172,6 +172,8 @@ def test_compare_outputs(compared):
         assert rows["speedup_without_proposals"]["values"][m] == pytest.approx(
             res["rcnn"]["test_seconds_per_image"]["without_proposals"] / t["without_proposals"])
         assert 0.0 <= res[m]["mAP"]["voc12"] <= 1.0 and res[m]["train_seconds"] > 0
+        low, high = rows["map_voc12_interval"]["values"][m]
+        assert 0.0 <= low <= high <= 1.0 and rows["map_voc12_interval"]["text"][m] == f"{100 * low:.1f} to {100 * high:.1f}"
         assert res[m]["timing"]["images"] == 2 and res[m]["timing"]["warmup"] == 1
     assert rows["speedup_with_proposals"]["values"]["rcnn"] == 1.0
     # the same selective-search boxes for R-CNN and Fast R-CNN: same recall, same live count (<= limit 20)

@@ -53,6 +53,8 @@ def test_pipeline_runs_every_stage_and_records(first_run):
     on_disk = json.loads((run / "metrics.json").read_text())
     assert set(on_disk["mAP"]) == {"voc07", "voc12"} and 0.0 <= on_disk["mAP"]["voc12"] <= 1.0
     assert on_disk["voc12"]["num_images"] == 4
+    ci = on_disk["voc12"]["bootstrap"]["mAP"]  # the interval over the test images, with the figure
+    assert ci["resamples"] == 1000 and 0.0 <= ci["low"] <= ci["high"] <= 1.0 and "bootstrap" not in on_disk["voc07"]
     for name in ("proposals_trainval.h5", "proposals_test.h5", "features_trainval.h5", "features_test.h5",
                  "model/config.json", "model/svm.safetensors", "model/bbox.safetensors", "detections_test.jsonl"):
         assert (run / name).exists(), name

@@ -43,7 +43,8 @@ from rcnn_cli.rcnn.classifiers import PAPER_LAMBDA, SVMConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import jsonable
 from rcnn_cli.log import console, logger
-from rcnn_cli.workflows.report import METHOD_NAMES, markdown, plot_compare, print_table, resize_text, table_rows
+from rcnn_cli.workflows.report import (METHOD_NAMES, map_interval, markdown, plot_compare, print_table, resize_text,
+                                       table_rows)
 from rcnn_cli.workflows.timing import speedups, threads_info, time_in_child
 
 __all__ = ["METHODS", "BUDGETS", "METHOD_NAMES", "budget_settings", "run_compare", "print_table", "parse_methods",
@@ -230,7 +231,7 @@ def _train_and_evaluate(c: "_Compare", name: str, config: dict, run_dir: Path, t
                 [det_path], lambda: _detect_split(load(), d.test_ds, det_path, c.progress), clean=[det_path])
     return {"status": _status(st, (f"{name}-train", f"{name}-eval")), "run_dir": str(run_dir),
             "train_seconds": float(st.timings[f"{name}-train"]["seconds"]),
-            "mAP": {m: ev[m]["mAP"] for m in ("voc07", "voc12")}}
+            "mAP": {m: ev[m]["mAP"] for m in ("voc07", "voc12")}, "mAP_interval": map_interval(ev["voc12"])}
 
 
 def _detect_split(detector, dataset, det_path: Path, progress: bool) -> dict[str, Any]:
@@ -300,7 +301,8 @@ def _pipeline_result(metrics: Mapping[str, Any], run_dir: Path) -> dict[str, Any
     train_stages = [s for s in stages if s.startswith(("features-train", "finetune", "train-svm", "train-bbox"))]
     return {"status": "reused" if all(v["status"] == "skipped" for v in stages.values()) else "ran",
             "run_dir": str(run_dir), "train_seconds": float(sum(stages[s]["seconds"] for s in train_stages)),
-            "train_stages": {s: stages[s]["seconds"] for s in train_stages}, "mAP": dict(metrics["mAP"])}
+            "train_stages": {s: stages[s]["seconds"] for s in train_stages}, "mAP": dict(metrics["mAP"]),
+            "mAP_interval": map_interval(metrics["voc12"])}
 
 
 def _rcnn_step(c: _Compare) -> None:

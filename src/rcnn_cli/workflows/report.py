@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from rcnn_cli.log import console
 
-__all__ = ["METHOD_NAMES", "title", "claims", "table_rows", "markdown", "print_table", "plot_compare", "fmt_seconds", "fmt_x",
+__all__ = ["METHOD_NAMES", "title", "claims", "map_interval", "table_rows", "markdown", "print_table", "plot_compare", "fmt_seconds", "fmt_x",
            "resize_text"]
 
 METHOD_NAMES = {"overfeat": "Overfeat", "hog": "HOG + SVM", "rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN", "yolo": "YOLO v1"}
@@ -81,6 +81,17 @@ def _fmt_pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
+def map_interval(voc12: Mapping[str, Any]) -> list[float] | None:
+    """``[low, high]`` of a VOC12 evaluate result's 95 % bootstrap interval (fractions); ``None`` for
+    results stored without one."""
+    ci = (voc12.get("bootstrap") or {}).get("mAP")
+    return [float(ci["low"]), float(ci["high"])] if ci else None
+
+
+def _fmt_interval(v: Sequence[float] | None) -> str:
+    return "—" if not v else f"{100 * v[0]:.1f} to {100 * v[1]:.1f}"
+
+
 def table_rows(results: Mapping[str, Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """The lecture's rows: ``[{"row", "key", "unit", "values": {method: number}, "text": {method: str}}]``."""
     def get(m: str, *path: str) -> Any:
@@ -102,6 +113,8 @@ def table_rows(results: Mapping[str, Mapping[str, Any]], methods: Sequence[str])
         ("speedup vs R-CNN (with proposals)", "speedup_with_proposals", "x", ("speedup", "with_proposals"), fmt_x),
         ("mAP@0.5 VOC07 (%)", "map_voc07", "fraction", ("mAP", "voc07"), _fmt_pct),
         ("mAP@0.5 VOC12 (%)", "map_voc12", "fraction", ("mAP", "voc12"), _fmt_pct),
+        ("VOC12 95 % interval over the test images (%)", "map_voc12_interval", "fraction", ("mAP_interval",),
+         _fmt_interval),
         ("proposal recall@0.5 (%)", "recall_0.5", "fraction", ("recall", "recall@0.5"), _fmt_pct),
         ("proposal recall@0.7 (%)", "recall_0.7", "fraction", ("recall", "recall@0.7"), _fmt_pct),
         ("proposal time / image", "proposal_seconds", "s", ("test_seconds_per_image", "proposals"),
