@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
     from rcnn_cli.io.detections import ImageDetections
 
-__all__ = ["METRICS", "evaluate", "bootstrap_lines", "voc_match", "voc07_ap", "voc12_ap", "ClassMatch", "coco_evaluate", "COCO_KEYS",
-           "json_summary", "results_table"]
+__all__ = ["METRICS", "evaluate", "bootstrap_lines", "voc_match", "voc07_ap", "voc12_ap", "ClassMatch",
+           "coco_evaluate", "COCO_KEYS", "json_summary", "results_table"]
 
 METRICS = ("voc07", "voc12", "coco", "loc")
 

@@ -4,13 +4,13 @@ Each resample draws the split's ``N`` images with replacement (image ``i`` ``w_i
 the same matching again: a detection counts ``w_i`` times in the precision/recall cumsums and an
 image's objects ``w_i`` times in ``npos``. This equals evaluating the resampled split with its
 copies side by side, since a detection's copies are adjacent in rank and neither AP changes
-between them (exactly so without tied scores; on ties the devkit's input order may interleave
-other detections between copies). The interval is the percentile interval of the resampled mAPs (Efron and Tibshirani
-1993, ch. 13); a class with no objects in a resample is left out of its mean, as in
+between them (exactly so without tied scores; on ties the devkit's input order may put other
+detections between copies). The interval is the percentile interval of the resampled mAPs (Efron
+and Tibshirani 1993, ch. 13); a class with no objects in a resample is left out of its mean, as in
 :func:`rcnn_cli.evaluation.evaluate`.
 
-Two detection sets scored on the same resamples (``paired``) give the interval of their difference:
-whether a change beats the split's noise.
+Two detection sets scored on the same resamples (:func:`bootstrap_summary`'s ``against``) give the
+interval of their difference: whether a change beats the split's noise.
 """
 
 from __future__ import annotations

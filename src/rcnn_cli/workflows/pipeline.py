@@ -310,7 +310,7 @@ def evaluate_file(det_path: Path, dataset) -> dict[str, Any]:
     from rcnn_cli.io.detections import read_detections
 
     dets = read_detections(det_path, dataset)
-    return {m: jsonable(json_summary(evaluate(dataset, dets, metric=m, bootstrap=EVAL_RESAMPLES if m == "voc12" else 0)))
+    return {m: jsonable(json_summary(evaluate(dataset, dets, metric=m, bootstrap=EVAL_RESAMPLES * (m == "voc12"))))
             for m in ("voc07", "voc12")}
 
 

@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 
 from rcnn_cli.log import console
 
-__all__ = ["METHOD_NAMES", "title", "claims", "map_interval", "table_rows", "markdown", "print_table", "plot_compare", "fmt_seconds", "fmt_x",
-           "resize_text"]
+__all__ = ["METHOD_NAMES", "title", "claims", "map_interval", "table_rows", "markdown", "print_table", "plot_compare",
+           "fmt_seconds", "fmt_x", "resize_text"]
 
 METHOD_NAMES = {"overfeat": "Overfeat", "hog": "HOG + SVM", "rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN", "yolo": "YOLO v1"}
 
