@@ -223,6 +223,31 @@ def test_detection_dataset_shrinks_large_images_with_their_boxes(tmp_path):
     assert tuple(image.shape) == (3, 1200, 1600) and target["boxes"][0].tolist() == [400, 300, 800, 600]
 
 
+def test_color_jitter_scales_a_grey_image_by_the_items_brightness_factor(tmp_path):
+    import torch
+
+    from rcnn_cli.data.dataset import Dataset, ImageRecord
+    from rcnn_cli.data.torch_dataset import DetectionDataset
+
+    Image.new("RGB", (40, 30), (128, 128, 128)).save(tmp_path / "grey.png")
+    rec = ImageRecord("grey", tmp_path / "grey.png", 40, 30, np.array([[5, 5, 20, 20]], np.float32), ["a"])
+    ds = Dataset(tmp_path, "x", ["a"], [rec])
+    plain, _ = DetectionDataset(ds, flip=False)[0]
+    jit = DetectionDataset(ds, flip=False, color_jitter=0.3, seed=1)
+    seen = []
+    for epoch in range(4):
+        jit.set_epoch(epoch)
+        image, target = jit[0]
+        # grey: contrast (a blend with the mean) and saturation (with the grey image) leave it; brightness scales it
+        b = np.random.default_rng([1, epoch, 0, 1]).uniform(0.7, 1.3, 3)[0]
+        assert torch.allclose(image, plain * b, atol=1e-3) and target["boxes"].tolist() == [[5, 5, 20, 20]]
+        assert torch.equal(jit[0][0], image)  # the same item of the same epoch: the same picture
+        seen.append(float(image.mean()))
+    assert len(set(np.round(seen, 4))) == 4 and all(0.7 * 0.5 < v < 1.3 * 0.51 for v in seen)
+    with pytest.raises(UserError, match="--color-jitter"):
+        DetectionDataset(ds, color_jitter=1.0)
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(ImageError, match="missing.jpg: image file not found"):
         load_image(tmp_path / "missing.jpg")

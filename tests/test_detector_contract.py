@@ -212,7 +212,8 @@ def test_config_replays_a_recorded_run_and_records_the_sources(shapes_root, tmp_
             "--device", "cpu"]
     with pytest.raises(SystemExit) as e:
         main([*base, "--out", str(first), "--min-size", "96", "--max-size", "128", "--max-iters", "1",
-              "--weights", "none", "--rpn-post-nms-test", "77", "--lr-steps", "1", "--anchor-sizes", "16,32,64"])
+              "--weights", "none", "--rpn-post-nms-test", "77", "--lr-steps", "1", "--anchor-sizes", "16,32,64",
+              "--color-jitter", "0.1"])
     assert e.value.code == 0
     with pytest.raises(SystemExit) as e:
         main([*base, "--out", str(second), "--config", str(first / "config.json"), "--max-size", "112"])
@@ -220,6 +221,7 @@ def test_config_replays_a_recorded_run_and_records_the_sources(shapes_root, tmp_
     a, b = (json.loads((d / "config.json").read_text()) for d in (first, second))
     assert b["model"]["min_size"] == 96 and b["model"]["max_size"] == 112  # replayed; the flag given wins
     assert b["model"]["rpn_post_nms_top_n_test"] == 77 and b["model"]["anchor_sizes"] == [16.0, 32.0, 64.0]
+    assert a["model"]["color_jitter"] == b["model"]["color_jitter"] == 0.1  # replayed
     assert b["model"]["weights_id"] == a["model"]["weights_id"] == "efficientnet_lite0:none-seed0"
     assert b["train"]["max_iters"] == 1 and b["train"]["lr_steps"] == [1]
     src = b["sources"]

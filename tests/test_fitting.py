@@ -165,6 +165,7 @@ def test_faster_records_chosen_and_given_values(tmp_path, shapes_root):
     assert rec["model"]["rpn_pre_nms_top_n_train"] == 2000
     assert rec["model"]["rpn_post_nms_top_n_test"] == fitted["rpn_post_nms_top_n_test"]["value"] == 300
     assert rec["model"]["box_detections_per_img"] == fitted["box_detections_per_img"]["value"] == 100
+    assert rec["model"]["color_jitter"] == 0.0 and "color_jitter" not in fitted  # an option, not chosen
     assert rec["sources"]["min_size"] == "command line" and rec["sources"]["max_size"].startswith("chosen: ")
     paper = tmp_path / "paper"
     train_faster(shapes_root, "trainval", paper, cfg, weights="none", fit=False)

@@ -20,7 +20,8 @@ _M, _T = FasterRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 #: CLI parameter -> the name the run records it under (for --config replays).
 _RECORDED = {"rpn_pre_nms_train": "rpn_pre_nms_top_n_train", "rpn_post_nms_train": "rpn_post_nms_top_n_train",
              "rpn_pre_nms_test": "rpn_pre_nms_top_n_test", "rpn_post_nms_test": "rpn_post_nms_top_n_test",
-             "rpn_nms": "rpn_nms_thresh", "rois_per_image": "box_batch_size_per_image", "train_sizes": "train_min_sizes"}
+             "rpn_nms": "rpn_nms_thresh", "rois_per_image": "box_batch_size_per_image", "train_sizes": "train_min_sizes",
+             "color_jitter": "color_jitter"}
 
 
 @faster_app.command("train")
@@ -50,6 +51,9 @@ def train_cmd(
     rpn_pre_nms_train: Optional[int] = typer.Option(
         None, "--rpn-pre-nms-train", help="RPN boxes before NMS in training (default: the paper's 12000 on a GPU; "
         "2000 on a CPU, where that NMS takes a third of each iteration at 480x640)."),
+    color_jitter: float = typer.Option(
+        _M.color_jitter, "--color-jitter", help="Training: each image's brightness, contrast and saturation scaled "
+        "by a factor drawn in 1 +- this, e.g. 0.3 (default 0: flips and scales only; README: measured)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from a trained detector, the box predictor "
                                        "re-initialised for your classes: coco (torchvision's COCO "
                                        "fasterrcnn_resnet50_fpn; implies --backbone resnet50 --fpn), coco-mobilenet "

@@ -7,9 +7,11 @@ size, a large photo comes shrunk to no less than what the model resizes it to, i
 proposals with it: :func:`rcnn_cli.data.images.load_image_for`) and ``target`` ``{"boxes": (M, 4)
 float32 pixels, "labels": (M,) int64 in 1..K, "image_id": str, "proposals": (P, 4) float32 (only with a proposals file)}``.
 Bad boxes follow the package policy (:meth:`Dataset.training_targets`); images without objects give
-``M = 0``. A horizontal flip (probability 0.5) is applied to the image, boxes and proposals alike; the
-decision is a pure function of ``(seed, epoch, index)`` so runs, resumes and DDP ranks are
-reproducible without any saved RNG state.
+``M = 0``. A horizontal flip (probability 0.5) is applied to the image, boxes and proposals alike;
+with ``color_jitter=j`` the image's brightness, contrast and saturation are each scaled by a factor
+drawn from ``[1 - j, 1 + j]`` (torchvision's ``adjust_*``, in that order). Every decision is a pure
+function of ``(seed, epoch, index)`` so runs, resumes and DDP ranks are reproducible without any
+saved RNG state.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Dataset, flip: bool = True, proposals: Any = None, seed: int = 0,
                  max_proposals: int | None = None, keep_difficult: bool = True,
-                 fit: tuple[int, int] | None = None) -> None:
+                 fit: tuple[int, int] | None = None, color_jitter: float = 0.0) -> None:
+        if not 0.0 <= float(color_jitter) < 1.0:
+            raise UserError(f"--color-jitter must be in [0, 1) (got {color_jitter})")
         self.dataset = dataset
+        self.color_jitter = float(color_jitter)
         self.fit = fit
         self.records = list(dataset.records)
         self.flip = flip
@@ -105,6 +110,17 @@ class DetectionDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return bool(rng.random() < 0.5)
 
+    def jittered(self, tensor: torch.Tensor, index: int) -> torch.Tensor:
+        """``tensor`` ``(3, H, W)`` in ``[0, 1]`` with item ``index``'s brightness, contrast and
+        saturation factors of this epoch (unchanged without ``color_jitter``)."""
+        if not self.color_jitter:
+            return tensor
+        from torchvision.transforms.v2 import functional as TF
+
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        b, c, s = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter, 3)
+        return TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(tensor, b), c), s)
+
     def proposals_for(self, image_id: str, width: int, height: int) -> np.ndarray:
         """Proposals ``(P, 4)`` float32 for an image, in this image's pixels (rescaled if the file saw
         another size), clipped, degenerate ones dropped."""
@@ -134,7 +150,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes, labels = self.dataset.training_targets(record, width / sx, height / sy, keep_difficult=self.keep_difficult)
         if (sx, sy) != (1, 1):
             boxes = clip_boxes(scale_boxes(boxes, sx, sy), width, height)
-        tensor = to_tensor(image)
+        tensor = self.jittered(to_tensor(image), index)
         target: dict[str, Any] = {"image_id": record.image_id, "flipped": False}
         proposals = self.proposals_for(record.image_id, width, height) if self.has_proposals else None
         if self.is_flipped(index):
