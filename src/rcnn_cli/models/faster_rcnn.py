@@ -105,7 +105,7 @@ class FasterRCNNConfig:
     min_size: int = 600
     max_size: int = 1000
     train_min_sizes: list[int] | None = None  # multi-scale training: shorter sides drawn per image (+ min_size)
-    color_jitter: float = 0.0         # training: brightness, contrast, saturation scaled by 1 +- up to this
+    color_jitter: float = 0.0         # training: brightness, contrast, saturation x 1 +- up to this (DetectionDataset)
     anchor_sizes: list[float] = field(default_factory=lambda: [128.0, 256.0, 512.0])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     auto_anchors: bool = False
@@ -149,8 +149,6 @@ class FasterRCNNConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 16 (got {getattr(self, name)})")
         if int(self.max_size) < int(self.min_size):
             raise UserError(f"--max-size ({self.max_size}) is smaller than --min-size ({self.min_size})")
-        if not 0.0 <= float(self.color_jitter) < 1.0:
-            raise UserError(f"--color-jitter must be in [0, 1) (got {self.color_jitter})")
         sizes = self.train_min_sizes
         if sizes is not None and (not sizes or any(int(v) < 16 for v in sizes)):
             raise UserError(f"training sizes must be at least 16 pixels (got {sizes})")
