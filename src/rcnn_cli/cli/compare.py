@@ -15,7 +15,7 @@ from rcnn_cli.log import console
 @app.command("compare")
 def compare_cmd(
     dataset: Optional[Path] = typer.Argument(None, help="VOC root or COCO JSON; omitted: the built-in shapes data (generated into OUT/data)."),
-    train_split: str = typer.Option("trainval", "--train-split", help="Training split."),
+    train_split: Optional[str] = typer.Option(None, "--train-split", help="Training split (default: trainval, else train)."),
     test_split: str = typer.Option("test", "--test-split", help="Test split (evaluation and timing)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for every run, compare.json, compare.md and compare.png (reused on rerun)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset."),

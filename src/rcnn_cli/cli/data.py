@@ -49,8 +49,8 @@ def make_shapes_cmd(
 
 @data_app.command("info")
 def info_cmd(
-    dataset: Path = typer.Argument(..., help="VOC root or COCO instances JSON."),
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="VOC split (ImageSets/Main/<split>.txt); all annotations when omitted."),
+    dataset: Path = typer.Argument(..., help="A dataset: VOC root, COCO instances JSON, YOLO data.yaml or LabelMe folder."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="The split to describe (default: every image)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list (default: from the data, sorted)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -75,6 +75,8 @@ def info_cmd(
               f"{info['num_images']} images, {info['num_objects']} objects, "
               f"{info['images_without_objects']} images without objects, "
               f"{info['mean_objects_per_image']:.2f} objects per image (at most {info['max_objects_per_image']})")
+    if info["split_from"]:
+        out.print(f"images from: {', '.join(info['split_from'])}", highlight=False)
     table = Table(title="objects per class")
     table.add_column("class")
     table.add_column("objects", justify="right")
@@ -104,47 +106,53 @@ def info_cmd(
 @data_app.command("convert")
 def convert_cmd(
     source: Path = typer.Argument(..., help="A dataset: VOC root, COCO instances JSON, YOLO data.yaml or LabelMe folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="COCO: output .json; VOC, YOLO: output folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="COCO: output .json (one <stem>_<split>.json per split); "
+                             "VOC, YOLO: a new folder."),
     to: str = typer.Option(..., "--to", help="Target format: coco, voc or yolo."),
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="VOC split to read / name of the split written."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="Convert this split only (default: every split, "
+                                        "each kept as a split of the target)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON source."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list."),
 ) -> None:
-    """Convert a dataset (VOC, COCO, YOLO or LabelMe) to Pascal VOC layout, COCO instances JSON or YOLO."""
-    from rcnn_cli.data.convert import to_coco, to_voc
-    from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.data.yolo import to_yolo
+    """Convert a dataset (VOC, COCO, YOLO or LabelMe) to Pascal VOC layout, COCO instances JSON or YOLO.
 
-    if to not in ("coco", "voc", "yolo"):
-        raise UserError(f"--to must be coco, voc or yolo, not {to!r}")
-    ds = load_dataset(source, split, images, parse_classes(classes))
-    if to == "coco":
-        to_coco(ds, out)
-    elif to == "voc":
-        to_voc(ds, out, split=split or "all")
-    else:
-        to_yolo(ds, out, split=split or "train")
-    console.print(f"wrote {len(ds)} images as {to} to {out}")
+    The output must be new: the source and folders holding files are refused, nothing is overwritten.
+    """
+    from rcnn_cli.data.convert import convert_dataset
+
+    result = convert_dataset(source, out, to, split, images, parse_classes(classes))
+    shown = ", ".join(f"{k} {v}" for k, v in result["splits"].items()) or "no splits"
+    console.print(f"wrote {result['images']} images as {to} to {', '.join(result['written'])} ({shown})",
+                  highlight=False)
 
 
 @data_app.command("split")
 def split_cmd(
     dataset: Path = typer.Argument(..., help="A dataset: VOC root, COCO JSON, YOLO data.yaml or LabelMe folder."),
-    source: Optional[str] = typer.Option(None, "--split", "-s", help="The split to divide (default: every image)."),
-    val: float = typer.Option(0.2, "--val", help="Share of the images in the 'val' split."),
-    test: float = typer.Option(0.0, "--test", help="Share of the images in the 'test' split (0: none)."),
+    source: Optional[str] = typer.Option(None, "--split", "-s", help="The split to divide (default: every image "
+                                         "outside an existing test split, which is kept)."),
+    val: float = typer.Option(0.2, "--val", help="Share of the images in the validation split."),
+    test: float = typer.Option(0.0, "--test", help="Share of the images in a new 'test' split (0: none; refused "
+                               "where the dataset has one)."),
     train_name: str = typer.Option("train", "--train-name", help="Name of the split that takes the rest."),
+    val_name: str = typer.Option("val", "--val-name", help="Name of the validation split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffle (the same seed gives the same splits)."),
 ) -> None:
     """Write new split files (stratified by each image's rarest class) without touching the images."""
-    from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.data.split import assign_splits, write_splits
+    from rcnn_cli.data.split import assign_splits, divisible, write_splits
 
-    ds = load_dataset(dataset, source)
-    fractions = {train_name: 1.0, "val": val, **({"test": test} if test > 0 else {})}
+    ds, kept = divisible(dataset, source)
+    if kept and test > 0:
+        raise UserError(f"{dataset} already has a test split ({len(kept)} images): it is kept; drop --test")
+    fractions = {train_name: 1.0, val_name: val, **({"test": test} if test > 0 else {})}
+    if len(set(fractions)) < len(fractions):
+        raise UserError(f"split names must differ (got {', '.join(fractions)})")
     splits = assign_splits(ds, fractions, seed=seed)
     for path in write_splits(dataset, ds, splits):
         console.print(f"wrote {path}", highlight=False)
+    if kept:
+        console.print(f"kept the test split ({len(kept)} images) as it was; divided the other {len(ds)}",
+                      highlight=False)
     console.print(", ".join(f"{k}: {len(v)} images" for k, v in splits.items()), highlight=False)
 
 

@@ -22,7 +22,7 @@ _M, _T = FastRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 def train_cmd(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Labelled dataset: a VOC root (with --split) or a COCO instances JSON."),
-    split: str = typer.Option("trainval", "--split", "-s", help="Training split (VOC ImageSets/Main/<split>.txt)."),
+    split: Optional[str] = O.train_split(),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset."),
     proposals: Path = typer.Option(..., "--proposals", "-p", help="Proposals HDF5 file of the training images (rcnn propose)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, metrics.jsonl, model.safetensors, config.json."),
@@ -50,14 +50,13 @@ def train_cmd(
     Works under `torchrun --standalone --nproc_per_node N --no-python rcnn fast train ...` (DistributedDataParallel).
     """
     from rcnn_cli.config import parse_steps
-    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.models.fast_rcnn import train_fast_rcnn
     from rcnn_cli.runtime import dist_info
 
     p, sources = O.replayed(ctx, train["config"])
-    ds = load_dataset(dataset, p["split"], images)
-    if not ds.records:
-        raise UserError(f"{dataset}: split '{p['split']}' has no images")
+    p["split"] = training_split(dataset, p["split"])
+    ds = load_training_dataset(dataset, p["split"], images)
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
     model_config = O.pick(p, FastRCNNConfig, classes=list(ds.classes), proposals={})
     val = load_dataset(dataset, p["val_split"], images) if p["val_split"] else None

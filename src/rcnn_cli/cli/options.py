@@ -48,7 +48,8 @@ def dataset_argument() -> Path:
 
 
 def train_split() -> Optional[str]:
-    return typer.Option(None, "--split", "-s", help="Training split.")
+    return typer.Option(None, "--split", "-s", help="Training split (default: trainval, else train, on a dataset "
+                        "that defines splits; every image on one that defines none).")
 
 
 def run_dir() -> Path:

@@ -22,7 +22,7 @@ from rcnn_cli.log import console
 @app.command("finetune")
 def finetune_cmd(
     dataset: Path = typer.Argument(..., help="Labelled dataset: a VOC root or a COCO JSON (with --images)."),
-    split: Optional[str] = typer.Option("trainval", "--split", "-s", help="Training split (VOC)."),
+    split: Optional[str] = O.train_split(),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when DATASET is a COCO JSON."),
     proposals: Path = typer.Option(..., "--proposals", "-p", help="Proposals file of the split (rcnn propose)."),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone (see extract-features)."),
@@ -48,13 +48,13 @@ def finetune_cmd(
     progress: bool = O.progress(),
 ) -> None:
     """Fine-tune a backbone on warped regions with an N+1-way classifier (R-CNN's step 2)."""
-    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.inputs import load_training_dataset
     from rcnn_cli.rcnn.finetune import FinetuneConfig, finetune
 
     from rcnn_cli.config import parse_steps
 
     steps = parse_steps(lr_steps) or ()
-    ds = load_dataset(dataset, split, images)
+    ds = load_training_dataset(dataset, split, images)
     cfg = FinetuneConfig(backbone=backbone, weights=weights, layer=layer, warp_size=warp_size, padding=padding,
                          epochs=epochs, max_iters=max_iters, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          lr_steps=steps, batch_size=batch_size, fg_per_batch=fg_per_batch, flip=flip,
@@ -140,7 +140,7 @@ def pipeline_cmd(
     ctx: typer.Context,
     dataset: Optional[Path] = typer.Argument(None, help="Labelled dataset (VOC root or COCO JSON); omitted: the built-in shapes data."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: every intermediate file, the model, metrics.json."),
-    train_split: str = typer.Option(_P.train_split, "--train-split", help="Training split."),
+    train_split: Optional[str] = typer.Option(_P.train_split, "--train-split", help="Training split (default: trainval, else train)."),
     test_split: str = typer.Option(_P.test_split, "--test-split", help="Test split."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when DATASET is a COCO JSON."),
     train_images: int = typer.Option(_P.train_images, "--train-images", help="Shapes data: training images."),

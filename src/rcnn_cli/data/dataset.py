@@ -40,6 +40,7 @@ class Dataset:
     records: list[ImageRecord]
     format: str = "voc"  # "voc" or "coco"
     category_ids: dict[str, int] = field(default_factory=dict)  # class -> original category id
+    origins: list[str] = field(default_factory=list)  # the folders or files the split's images came from
 
     def __post_init__(self) -> None:
         if not self.category_ids:

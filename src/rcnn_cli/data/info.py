@@ -53,6 +53,7 @@ def dataset_info(ds: Dataset, check_images: bool = True) -> dict[str, Any]:
         "format": ds.format,
         "root": str(ds.root),
         "split": ds.split,
+        "split_from": list(ds.origins),
         "num_images": len(ds.records),
         "num_objects": sum(objects.values()),
         "classes": ds.classes,

@@ -14,6 +14,7 @@ from rcnn_cli.data.dataset import Dataset
 from rcnn_cli.data.images import IMAGE_EXTENSIONS
 from rcnn_cli.data.voc import is_voc_root, load_voc
 from rcnn_cli.errors import UserError
+from rcnn_cli.log import logger
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,71 @@ def load_dataset(path: str | Path, split: str | None = None, images: str | Path 
         return load_labelme(path, split, classes)
     raise UserError(f"{path}: not a dataset (expected a VOC root with Annotations/, a COCO .json, a YOLO data.yaml "
                     "or a folder of LabelMe .json files)")
+
+
+#: The splits conventionally meant for training, in the order a training command takes them.
+TRAINING_SPLITS = ("trainval", "train")
+
+
+def dataset_splits(path: str | Path) -> list[str] | None:
+    """The splits a dataset defines (VOC ``ImageSets/Main/<s>.txt``, YOLO ``data.yaml`` keys, LabelMe
+    ``splits/<s>.txt``), sorted; ``None`` when it defines none (a COCO JSON, a bare folder)."""
+    from rcnn_cli.data.labelme import SPLITS_DIR, is_labelme_folder
+    from rcnn_cli.data.yolo import is_yolo_root, yolo_splits
+
+    path = Path(path)
+    if is_voc_root(path):
+        folder = path / "ImageSets" / "Main"
+        stems = {p.stem for p in folder.glob("*.txt")} if folder.is_dir() else set()
+        # VOC's per-class files (aeroplane_train.txt) name a split after the last underscore.
+        names = sorted(s for s in stems if not ("_" in s and s.rsplit("_", 1)[1] in stems))
+        return names or None
+    if is_yolo_root(path):
+        return sorted(yolo_splits(path)) or None
+    if is_labelme_folder(path):
+        names = sorted(p.stem for p in (path / SPLITS_DIR).glob("*.txt"))
+        return names or None
+    return None
+
+
+def training_split(path: str | Path, split: str | None) -> str | None:
+    """The split a training command reads: ``split`` when given; else, on a dataset that defines
+    splits, ``trainval`` or else ``train`` (said in one line; neither: a one-line error that lists
+    them); ``None`` (every image, said) on a dataset without splits. Test images never train by default."""
+    if split is not None:
+        return split
+    names = dataset_splits(path)
+    if names is None:
+        logger.info("%s defines no splits: training on every image (--split to choose)", path)
+        return None
+    chosen = next((s for s in TRAINING_SPLITS if s in names), None)
+    if chosen is None:
+        raise UserError(f"{path} defines the splits {', '.join(names)}: say which one to train on with --split")
+    logger.info("training on split '%s' of %s (it defines %s; --split to choose)", chosen, path, ", ".join(names))
+    return chosen
+
+
+def load_training_dataset(path: str | Path, split: str | None, images: str | Path | None = None,
+                          classes: list[str] | None = None) -> Dataset:
+    """:func:`load_dataset` of the split :func:`training_split` chooses; no images is a one-line error."""
+    chosen = training_split(path, split)
+    ds = load_dataset(path, chosen, images, classes)
+    if not ds.records:
+        raise UserError(f"{path}: split '{chosen or 'all'}' has no images")
+    return ds
+
+
+def dataset_classes(path: str | Path, images: str | Path | None = None) -> list[str]:
+    """The dataset's whole class list: every split's labels (a YOLO ``data.yaml``'s names, a COCO
+    file's categories), so that a class absent from one split is still known."""
+    from rcnn_cli.data.yolo import is_yolo_root
+
+    path = Path(path)
+    if is_yolo_root(path):
+        from rcnn_cli.data.yolo import yolo_names
+
+        return yolo_names(path)
+    return list(load_dataset(path, None, images).classes)
 
 
 def _read_list(lines: Iterable[str], base: Path | None) -> list[Path]:

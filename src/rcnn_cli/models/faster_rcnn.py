@@ -679,7 +679,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     checkpoint with the model configuration recorded there. Writes ``out/model.safetensors`` and
     ``out/config.json`` (model + training settings); returns the engine's summary (+ ``"model_config"``).
     """
-    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.data.torch_dataset import DetectionDataset
     from rcnn_cli.engine import find_checkpoint, train
     from rcnn_cli.runtime import seed_everything
@@ -687,9 +687,8 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     out = Path(out)
     if train_config.patience is not None and not val_split:
         raise UserError("--patience needs --val-split (early stopping watches the validation mAP)")
-    ds = load_dataset(dataset_path, split, images)
-    if not ds.records:
-        raise UserError(f"{dataset_path}: split '{split}' has no images")
+    split = training_split(dataset_path, split)
+    ds = load_training_dataset(dataset_path, split, images)
     if init in COCO_INITS:
         backbone, fpn, weights = COCO_INITS[init][0], True, "none"  # every backbone tensor comes from COCO
     cfg = None

@@ -257,12 +257,13 @@ def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path
     :class:`LocalizerConfig` fields (``None``: not given). Head-only training caches the trunk's
     features in ``out/features.h5``. Returns the engine's summary (+ ``"model_config"``)."""
     from rcnn_cli.backbones import weights_id
-    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.engine import train
     from rcnn_cli.runtime import seed_everything
 
     out = Path(out)
-    ds = load_dataset(dataset_path, split, images)
+    split = training_split(dataset_path, split)
+    ds = load_training_dataset(dataset_path, split, images)
     if resume and (out / "config.json").is_file():
         cfg = _model_config_from(out)
     else:

@@ -461,15 +461,14 @@ def train_yolo(dataset_path: str | Path, split: str | None, out: str | Path, tra
     ``None`` values are not given). Writes ``out/model.safetensors`` and ``out/config.json``; returns
     the engine's summary (+ ``"model_config"``)."""
     from rcnn_cli.backbones import weights_id
-    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.data.torch_dataset import DetectionDataset
     from rcnn_cli.engine import train
     from rcnn_cli.runtime import seed_everything
 
     out = Path(out)
-    ds = load_dataset(dataset_path, split, images)
-    if not ds.records:
-        raise UserError(f"{dataset_path}: split '{split}' has no images")
+    split = training_split(dataset_path, split)
+    ds = load_training_dataset(dataset_path, split, images)
     if resume and (out / "config.json").is_file():
         cfg = _model_config_from(out)
         logger.info("resuming with the model configuration recorded in %s", out / "config.json")

@@ -563,7 +563,7 @@ def _write_report(c: _Compare, budget: str, overrides: dict, t_start: float) -> 
     return report
 
 
-def run_compare(dataset: str | Path | None = None, train_split: str = "trainval", test_split: str = "test",
+def run_compare(dataset: str | Path | None = None, train_split: str | None = None, test_split: str = "test",
                 out: str | Path = "compare", backbone: str = "efficientnet_lite0",
                 methods: str | Sequence[str] | None = None, budget: str = "quick", device: str = "auto",
                 seed: int = 0, progress: bool = True, images: str | Path | None = None,

@@ -55,7 +55,7 @@ class PipelineConfig:
     ``fit``; without it, :data:`UNFITTED`); the rest fit the built-in shapes data on 2 CPU cores."""
 
     dataset: str | None = None
-    train_split: str = "trainval"
+    train_split: str | None = None  # None: trainval, else train (data.inputs.training_split)
     test_split: str = "test"
     images: str | None = None
     # built-in data
@@ -271,7 +271,7 @@ def prepare_data(st: StageRunner, dataset: str | Path | None, images: str | Path
                  test_split: str, generator: dict[str, Any], seed: int) -> DataSource:
     """The dataset of a workflow: ``dataset`` as given, or (None) the built-in shapes data generated
     as stage ``data`` into the run folder (``generator``: ``train``, ``test``, ``size``)."""
-    from rcnn_cli.data.inputs import load_dataset
+    from rcnn_cli.data.inputs import load_dataset, training_split
 
     if dataset is None:
         data_dir = st.run_dir / "data"
@@ -290,6 +290,7 @@ def prepare_data(st: StageRunner, dataset: str | Path | None, images: str | Path
         if not Path(dataset).exists():
             raise UserError(f"{dataset}: dataset not found")
         path = str(dataset)
+        train_split = training_split(path, train_split)
         data_id = {"dataset": str(Path(path).resolve()), "images": str(images) if images else None,
                    "train_split": train_split, "test_split": test_split}
     train_ds = load_dataset(path, train_split, images)
