@@ -333,3 +333,40 @@ def test_plot_curves_and_tensorboard_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(UserError, match="tensorboard package"):
         train(ToyModel(), ToyData(), tmp_path / "tb", TrainConfig(epochs=1, progress=False, tensorboard=True))
+
+
+class SigintData(ToyData):
+    """Sends the process a real SIGINT while loading item ``at`` of the first epoch."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.sent = at, False
+
+    def __getitem__(self, i: int):
+        if len(self.epochs) == 1 and i == self.at and not self.sent:
+            import os
+            import signal
+
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().__getitem__(i)
+
+
+def test_sigint_stops_after_the_iteration_checkpoints_and_resumes_exactly(tmp_path):
+    from rcnn_cli.errors import Interrupted
+
+    straight = _run(tmp_path / "a", 2)
+    seed_everything(123)
+    model = ToyModel()
+    cfg = TrainConfig(epochs=2, lr=0.05, warmup_iters=3, lr_steps=(1,), batch_size=3, progress=False, log_every=2)
+    torch.manual_seed(0)
+    order = list(torch.utils.data.DistributedSampler(ToyData(), num_replicas=1, rank=0, seed=0).__iter__())
+    with pytest.raises(Interrupted, match=r"stopped at iteration 2 of 8 \(epoch 1/2\); checkpoint .*checkpoint") as e:
+        train(model, SigintData(at=order[4]), tmp_path / "b", cfg, model_config={"arch": "toy"})  # 2nd batch
+    assert e.value.resumable
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["iteration"], state["batch_in_epoch"]) == (0, 2, 2)
+    assert not (tmp_path / "b" / "model.safetensors").exists()  # only a finished run writes the model
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["complete"] is False
+    resumed = _run(tmp_path / "b", 2, resume=True)
+    assert _same(straight, resumed)

@@ -329,14 +329,38 @@ def build_model_nchw(fx):
 
 
 def test_a_runtime_that_is_not_installed_is_one_line(monkeypatch):
+    import sys
+
     from rcnn_cli import runtimes
 
-    monkeypatch.setattr(runtimes, "available_runtimes", lambda: ["torch"])
-    with pytest.raises(UserError, match=r"--runtime openvino: not installed \(pip install 'rcnn-cli\[openvino\]'\)"):
+    for module in ("openvino", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)  # hidden from import
+    with pytest.raises(UserError, match=r"--runtime openvino: needs openvino, not installed \(pip install 'rcnn-cli\[openvino\]'\)"):
         runtimes.resolve_runtime("openvino")
     assert runtimes.resolve_runtime("auto") == "torch"
     with pytest.raises(UserError, match="choose torch"):
         runtimes.resolve_runtime("tensorrt")
+
+
+def test_auto_runtime_needs_the_exporter_too(monkeypatch, caplog):
+    """onnxruntime installed without onnx (pip install rcnn-cli onnxruntime): auto falls back with one
+    line; the explicit runtime names what to install."""
+    import logging
+    import sys
+
+    from rcnn_cli import runtimes
+
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    caplog.set_level(logging.INFO, logger="rcnn")
+    assert runtimes.resolve_runtime("auto") == "torch"
+    assert "onnxruntime is installed but onnx is not (pip install 'rcnn-cli[onnx]')" in caplog.text
+    with pytest.raises(UserError, match=r"--runtime onnxruntime: needs onnx, not installed \(pip install 'rcnn-cli\[onnx\]'\)"):
+        runtimes.resolve_runtime("onnxruntime")
+    monkeypatch.delitem(sys.modules, "onnx")
+    monkeypatch.delitem(sys.modules, "openvino")
+    assert runtimes.resolve_runtime("auto") in ("openvino", "onnxruntime")
 
 
 def test_openvino_runs_the_same_graph_in_float32(tmp_path):

@@ -1,4 +1,4 @@
-from rcnn_cli.cli import main
+from rcnn_cli.entry import main
 
 if __name__ == "__main__":
     main()

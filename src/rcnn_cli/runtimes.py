@@ -29,8 +29,26 @@ _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported (a module hidden as ``sys.modules[name] = None`` cannot)."""
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _missing(runtime: str) -> list[str]:
+    """The packages ``runtime`` needs and lacks: itself, and ``onnx`` (torch's exporter writes the graph with it)."""
+    return [m for m in (_MODULES[runtime], "onnx") if not _importable(m)]
+
+
 def available_runtimes() -> list[str]:
-    return ["torch"] + [r for r, m in _MODULES.items() if importlib.util.find_spec(m) is not None]
+    """The runtimes that can run here: torch, and each other one whose packages (exporter included) import."""
+    return ["torch"] + [r for r in _MODULES if not _missing(r)]
 
 
 def resolve_runtime(name: str = "torch", device_type: str = "cpu", exportable: bool = True) -> str:
@@ -41,12 +59,19 @@ def resolve_runtime(name: str = "torch", device_type: str = "cpu", exportable: b
     if name == "auto":
         if device_type != "cpu" or not exportable:
             return "torch"
-        installed = available_runtimes()
-        return next(r for r in ("openvino", "onnxruntime", "torch") if r in installed)
+        for runtime in ("openvino", "onnxruntime"):
+            missing = _missing(runtime)
+            if not missing:
+                return runtime
+            if _importable(_MODULES[runtime]):  # installed, but it cannot run without the rest
+                logger.info("--runtime auto: %s is installed but %s is not (pip install 'rcnn-cli[%s]'); trying "
+                            "the next runtime", runtime, ", ".join(missing), _EXTRAS[runtime])
+        return "torch"
     if name not in RUNTIMES:
         raise UserError(f"--runtime {name}: choose torch, onnxruntime, openvino or auto")
-    if name != "torch" and name not in available_runtimes():
-        raise UserError(f"--runtime {name}: not installed (pip install 'rcnn-cli[{_EXTRAS[name]}]')")
+    if name != "torch" and _missing(name):
+        raise UserError(f"--runtime {name}: needs {', '.join(_missing(name))}, not installed "
+                        f"(pip install 'rcnn-cli[{_EXTRAS[name]}]')")
     return name
 
 

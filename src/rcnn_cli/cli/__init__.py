@@ -12,7 +12,7 @@ import traceback
 import click
 
 from rcnn_cli.cli.app import app, state
-from rcnn_cli.errors import UserError
+from rcnn_cli.errors import Interrupted, UserError
 from rcnn_cli.log import console
 
 # Command modules register themselves on the app when imported.
@@ -45,6 +45,18 @@ _ABORT = _exception_types("Abort")
 _CLICK_ERROR = _exception_types("ClickException")
 
 
+def _interrupted(e: BaseException, argv: list[str] | None) -> str:
+    """The one line after Ctrl-C: what was kept and, for a resumable run, the command that goes on."""
+    import shlex
+
+    if not isinstance(e, Interrupted):
+        return "finished work is kept; rerun the same command to resume."
+    if not e.resumable:
+        return e.message
+    args = list(sys.argv[1:] if argv is None else argv)
+    return f"{e.message}; resume with: {shlex.join(['rcnn', *args, *([] if '--resume' in args else ['--resume'])])}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``rcnn`` console script."""
     try:
@@ -54,11 +66,11 @@ def main(argv: list[str] | None = None) -> None:
             console.print_exception()
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except _ABORT:
-        console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume.")
+    except Interrupted as e:
+        console.print(f"[yellow]interrupted[/]: {_interrupted(e, argv)}", highlight=False, soft_wrap=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume.")
+    except (KeyboardInterrupt, *_ABORT) as e:
+        console.print(f"[yellow]interrupted[/]: {_interrupted(e, argv)}", highlight=False, soft_wrap=True)
         sys.exit(130)
     except _CLICK_ERROR as e:
         e.show()
@@ -78,4 +90,6 @@ def main(argv: list[str] | None = None) -> None:
             console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
+    if code == 130:  # typer's answer to a Ctrl-C that no stage handled
+        console.print(f"[yellow]interrupted[/]: {_interrupted(KeyboardInterrupt(), argv)}", highlight=False)
     sys.exit(code if isinstance(code, int) else 0)

@@ -56,7 +56,7 @@ def evaluate_command(
 
     Example: [bold]rcnn detect imgs/ --model M | rcnn evaluate data/voc --split test --detections -[/]
     """
-    from rcnn_cli.data import load_dataset
+    from rcnn_cli.data.inputs import dataset_classes, load_dataset
     from rcnn_cli.data.voc import is_voc_root
     from rcnn_cli.io.detections import read_detections
     from rcnn_cli.evaluation import bootstrap_lines, evaluate, json_summary, results_table
@@ -70,7 +70,8 @@ def evaluate_command(
     if metric is Metric.coco and iou is not None:
         logger.warning("--iou is ignored by --metric coco (it averages IoU 0.50:0.95)")
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    ds = load_dataset(dataset, split, images, class_list)
+    # The dataset's whole class list (every split): a class absent from this split is still known.
+    ds = load_dataset(dataset, split, images, class_list or dataset_classes(dataset, images))
     dets = read_detections(detections, ds, ignore_unknown=ignore_unknown)
     other = read_detections(against, ds, ignore_unknown=ignore_unknown) if against is not None else None
     result = evaluate(ds, dets, metric=metric.value, iou=0.5 if iou is None else iou,

@@ -76,37 +76,71 @@ def detect_config(score_threshold: Optional[float], nms: Optional[float], top_k:
 #: Parameters that a replay never takes from the record: where the data and the run are.
 _NOT_REPLAYED = {"dataset", "out", "config", "resume", "progress", "images", "proposals", "val_proposals"}
 
+#: Parameters that change how a resumed run is carried out, never what it computes.
+_FREE_ON_RESUME = {"device", "workers", "progress", "log_every", "tensorboard", "max_iters"}
+
 
 def config_file() -> Optional[Path]:
     return typer.Option(None, "--config", help="Replay a recorded run: its config.json (or a pipeline's "
                         "metrics.json.config.json, or a YAML/JSON file of name: value); flags given beside it win.")
 
 
-def read_recorded(path: Path) -> dict[str, Any]:
-    """The flat settings of a recorded run (``model`` over ``train`` of a run directory's
-    ``config.json``; the ``config`` of a ``*.config.json`` record; or a plain mapping, JSON or YAML)."""
+def _read_mapping(path: Path) -> Any:
     from rcnn_cli.errors import UserError
     from rcnn_cli.io.files import read_json
 
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        return read_json(path)
+    import yaml
 
-        try:
-            record = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: file not found") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
-    else:
-        record = read_json(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+
+
+def read_recorded(path: Path) -> dict[str, Any]:
+    """The flat settings of a recorded run (``model`` over ``train`` of a run directory's
+    ``config.json``, with the training split; the ``config`` of a ``*.config.json`` record; or a
+    plain mapping, JSON or YAML)."""
+    from rcnn_cli.errors import UserError
+
+    record = _read_mapping(path)
     if not isinstance(record, dict):
         raise UserError(f"{path}: a recorded configuration must be a mapping of settings")
     if isinstance(record.get("model"), dict) and "kind" in record:
-        return {**(record.get("train") or {}), **record["model"]}
+        flat = {**(record.get("train") or {}), **record["model"]}
+        trained_on = record["model"].get("trained_on")
+        if isinstance(trained_on, dict) and "split" in trained_on:
+            flat.setdefault("split", trained_on["split"])
+        return flat
     if isinstance(record.get("config"), dict):
         inner = record["config"]
         return {**(inner.get("train") or {}), **inner["model"]} if isinstance(inner.get("model"), dict) else inner
     return record
+
+
+def _is_run_record(path: Path) -> bool:
+    try:
+        record = _read_mapping(path)
+    except Exception:  # noqa: BLE001 - read_recorded reports it
+        return False
+    return isinstance(record, dict) and ("kind" in record or isinstance(record.get("config"), dict))
+
+
+def _check_known(config: Path, recorded: dict[str, Any], known: set[str]) -> None:
+    """A user's settings file naming a setting the command does not have is a one-line error."""
+    import difflib
+
+    from rcnn_cli.errors import UserError
+
+    for key in recorded:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise UserError(f"{config}: unknown setting '{key}'{hint}; nothing was run")
 
 
 def _as_option(recorded: Any, current: Any) -> Any:
@@ -116,16 +150,70 @@ def _as_option(recorded: Any, current: Any) -> Any:
     return recorded
 
 
+def _same(given: Any, recorded: Any) -> bool:
+    """Whether a flag's value equals the recorded one (``"8,11"`` and ``[8, 11]``, ``"30m"`` and 1800)."""
+    from rcnn_cli.config import parse_duration
+
+    if given == recorded or str(given) == str(_as_option(recorded, given)):
+        return True
+    for parse in (float, parse_duration):
+        try:
+            return parse(given) == parse(recorded)
+        except Exception:  # noqa: BLE001 - not numbers, not durations
+            continue
+    return False
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def resumed(ctx: typer.Context, record_path: Path, aliases: dict[str, str] | None = None
+            ) -> tuple[dict[str, Any], dict[str, str]]:
+    """``--resume``: every setting read from the run's record (fitted or given, the time budget's
+    plan with the checkpoint); a flag beside it that would change the run is a one-line error."""
+    from rcnn_cli.errors import UserError
+    from rcnn_cli.io.files import read_json
+
+    values = dict(ctx.params)
+    recorded = read_recorded(record_path)
+    recorded_sources = read_json(record_path).get("sources") or {}
+    sources = {}
+    for name in list(values):
+        key = (aliases or {}).get(name, name)
+        if name in _NOT_REPLAYED or key not in recorded or (name in _FREE_ON_RESUME and _given(ctx, name)):
+            sources[name] = "command line" if _given(ctx, name) else "default"
+            continue
+        if name not in _FREE_ON_RESUME and _given(ctx, name) and not _same(values[name], recorded[key]):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} {values[name]}: the run in {record_path.parent} was recorded with "
+                            f"{_as_option(recorded[key], values[name])}, and --resume continues it exactly (drop "
+                            f"{flag}, or train into a new --out)")
+        values[name] = _as_option(recorded[key], values[name])
+        sources[name] = recorded_sources.get(name, f"recorded in {record_path}")
+    return values, sources
+
+
 def replayed(ctx: typer.Context, config: Optional[Path], aliases: dict[str, str] | None = None
              ) -> tuple[dict[str, Any], dict[str, str]]:
     """The command's parameters with every one not given on the command line taken from the recorded
-    ``config`` (``aliases``: parameter -> recorded name), and where each value came from."""
+    ``config`` (``aliases``: parameter -> recorded name), and where each value came from. With
+    ``--resume`` and a run record in ``--out``: :func:`resumed`."""
+    from rcnn_cli.errors import UserError
+
     values, sources = dict(ctx.params), {}
+    record_path = Path(values["out"]) / "config.json" if values.get("out") is not None else None
+    if values.get("resume") and record_path is not None and record_path.is_file():
+        if config is not None:
+            raise UserError("--resume continues the run recorded in --out; --config starts a new one (give one)")
+        return resumed(ctx, record_path, aliases)
     recorded = read_recorded(config) if config is not None else {}
+    if config is not None and not _is_run_record(config):
+        _check_known(config, recorded, set(values) | set((aliases or {}).values()))
     for name in list(values):
-        source = ctx.get_parameter_source(name)
         key = (aliases or {}).get(name, name)
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
+        if _given(ctx, name):
             sources[name] = "command line"
         elif name not in _NOT_REPLAYED and recorded.get(key) is not None:
             values[name] = _as_option(recorded[key], values[name])

@@ -22,17 +22,18 @@ SPLITS_DIR = "splits"
 
 
 def is_labelme_folder(path: str | os.PathLike) -> bool:
-    """A folder whose JSON files are LabelMe annotations (the first one is checked)."""
+    """A folder whose JSON files are LabelMe annotations: the first one that parses has ``shapes``
+    (a broken file does not hide the folder; :func:`load_labelme` names it)."""
     path = Path(path)
     if not path.is_dir():
         return False
-    first = next(iter(sorted(path.glob("*.json"))), None)
-    if first is None:
-        return False
-    try:
-        return "shapes" in json.loads(first.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        return False
+    for candidate in sorted(path.glob("*.json")):
+        try:
+            ann = json.loads(candidate.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            continue
+        return isinstance(ann, dict) and "shapes" in ann
+    return False
 
 
 def _record(path: Path, skipped: dict[str, int]) -> ImageRecord:
@@ -40,6 +41,8 @@ def _record(path: Path, skipped: dict[str, int]) -> ImageRecord:
         ann = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
     if not isinstance(ann, dict) or not isinstance(ann.get("shapes"), list) or "imagePath" not in ann:
         raise UserError(f"{path}: not a LabelMe annotation (needs 'imagePath' and 'shapes')")
     boxes, labels = [], []
@@ -73,7 +76,12 @@ def load_labelme(folder: str | os.PathLike, split: str | None = None, classes: l
             raise UserError(f"{listing}: {len(missing)} ids have no annotation file, e.g. {missing[0]}")
         files = [by_stem[w] for w in wanted]
     skipped: dict[str, int] = {}
-    records = [_record(f, skipped) for f in files]
+    records = []
+    for f in files:
+        try:
+            records.append(_record(f, skipped))
+        except UserError as e:  # one broken file: skipped, named
+            logger.warning("%s; skipped", e)
     if skipped:
         logger.warning("%s: skipped shapes that are not rectangles or polygons: %s", folder,
                        ", ".join(f"{n} {k}" for k, n in skipped.items()))

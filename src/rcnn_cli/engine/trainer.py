@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -41,7 +43,7 @@ from rcnn_cli.engine.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from rcnn_cli.errors import UserError
+from rcnn_cli.errors import Interrupted, UserError
 from rcnn_cli.io.files import atomic_open, json_default, read_json, write_json
 from rcnn_cli.io.runs import write_run
 from rcnn_cli.io.tensors import save_state
@@ -140,6 +142,37 @@ class _ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.start)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Data-loading workers leave Ctrl-C to the main process, which stops cleanly (:class:`_StopOnSigint`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _StopOnSigint:
+    """Ctrl-C during training: the first stops the run after the current iteration (the trainer then
+    checkpoints and raises :class:`rcnn_cli.errors.Interrupted`), a second one stops at once. Only in
+    the main thread of a single process (under torchrun every rank keeps the default)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupt: stopping after this iteration and saving a checkpoint (Ctrl-C again: at once)")
+
+    def __enter__(self) -> "_StopOnSigint":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
@@ -274,6 +307,7 @@ class _Loop:
         self.last_losses: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.collate_fn = collate_fn
+        self.interrupt = _StopOnSigint(enabled=not self.distributed)
 
     # -- setup -------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -325,7 +359,8 @@ class _Loop:
         self.loader_rng = torch.Generator()
         self.loader = DataLoader(self.dataset, batch_size=c.batch_size, sampler=self.sampler,
                                  collate_fn=self.collate_fn, num_workers=c.workers,
-                                 pin_memory=self.device.type == "cuda", generator=self.loader_rng)
+                                 pin_memory=self.device.type == "cuda", generator=self.loader_rng,
+                                 worker_init_fn=_ignore_sigint if c.workers else None)
         self.iters_per_epoch = math.ceil(self.sampler.num_samples / c.batch_size)
         self._set_total()
 
@@ -557,14 +592,15 @@ def _run_epoch(loop: _Loop, metrics: "_Metrics", progress, task) -> dict[str, An
             if loop.is_main and not console.is_terminal:  # a log file (nohup, CI): a plain line, with an ETA
                 logger.info("%s", _log_line(loop, ips, lr))
         progress.update(task, completed=loop.iteration)
-        if loop.iteration >= loop.total_iters:
+        if loop.iteration >= loop.total_iters or loop.interrupt.requested:
             break
         if c.checkpoint_every and loop.iteration % c.checkpoint_every == 0 and loop.batch_in_epoch < loop.iters_per_epoch:
             loop.checkpoint()
     elapsed = time.perf_counter() - epoch_start
     mean = _reduce_mean({k: v / max(n_batches, 1) for k, v in sums.items()}, loop.device)
     return {"type": "epoch", "epoch": loop.epoch + 1, "iteration": loop.iteration,
-            "complete": loop.iteration < loop.total_iters or loop.batch_in_epoch >= loop.iters_per_epoch,
+            "complete": loop.batch_in_epoch >= loop.iters_per_epoch
+                        or (loop.iteration < loop.total_iters and not loop.interrupt.requested),
             **{k: round(v, 6) for k, v in mean.items()},
             "images_per_s": round(epoch_images * world / max(elapsed, 1e-9), 3), "epoch_time_s": round(elapsed, 3)}
 
@@ -598,7 +634,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     model_config = asdict(model_config) if is_dataclass(model_config) else dict(model_config or {})
     if loop.is_main:
         write_run(out_dir, kind, model_config or {}, train_record, command, complete=False, sources=sources or {})
-    with progress_bar(enabled=config.progress and loop.is_main) as progress:
+    with loop.interrupt, progress_bar(enabled=config.progress and loop.is_main) as progress:
         task = progress.add_task("train", total=loop.total_iters, completed=loop.iteration, status="")
         while loop.epoch < loop.config.epochs and loop.iteration < loop.total_iters and not loop.stop:
             epoch_start = time.perf_counter()
@@ -611,9 +647,14 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
                 loop.validate(evaluate_fn, record)
             metrics.write(record)
             loop.history.append(record)
+            if loop.interrupt.requested:
+                break
             if record["complete"] and loop.epoch < loop.config.epochs:
                 loop.stop = loop.stop or not loop.budget_allows_next_epoch(time.perf_counter() - epoch_start)
     metrics.close()
+    if loop.interrupt.requested and loop.epoch < loop.config.epochs and loop.iteration < loop.total_iters:
+        raise Interrupted(f"stopped at iteration {loop.iteration} of {loop.total_iters} (epoch {loop.epoch + 1}/"
+                          f"{loop.config.epochs}); checkpoint {find_checkpoint(out_dir)}", resumable=True)
     summary = loop.summary()
     train_record = dict(train_record, **loop.config.to_dict(), **({"time_budget_plan": loop.plan} if loop.plan else {}))
     if loop.is_main:

@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rcnn_cli.errors import UserError
+from rcnn_cli.errors import Interrupted, UserError
 from rcnn_cli.io import atomic_open, atomic_path
 from rcnn_cli.log import logger
 
@@ -180,7 +180,8 @@ class DetectionWriter:
 
 class JsonlWriter(DetectionWriter):
     """One line per image, flushed at once; to stdout (``out`` None or ``"-"``) or a file that is
-    written under a temporary name and renamed on close."""
+    written under a temporary name and renamed on close. Ctrl-C keeps the complete lines so far in
+    ``<out>.partial`` (``out`` itself only ever holds a complete run)."""
 
     fmt = "jsonl"
 
@@ -191,11 +192,28 @@ class JsonlWriter(DetectionWriter):
             self.path: Path | None = None
         else:
             self.path = Path(out)
-            self._f = self._stack.enter_context(atomic_open(self.path))
+            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            self._f = self._stack.enter_context(open(self._tmp, "w", encoding="utf-8"))
 
     def _write(self, det: ImageDetections) -> None:
         self._f.write(json.dumps(det.to_json(), separators=(", ", ": ")) + "\n")
         self._f.flush()
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.path is None or exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
+            return super().__exit__(exc_type, exc, tb)
+        self._f.flush()
+        partial = self.path.with_name(self.path.name + ".partial")
+        os.replace(self._tmp, partial)
+        super().__exit__(exc_type, exc, tb)
+        raise Interrupted(f"{self.images} images' detections kept in {partial} (complete lines); {self.path} "
+                          "was not written") from None
 
 
 class CocoWriter(DetectionWriter):
