@@ -203,7 +203,12 @@ def replayed(ctx: typer.Context, config: Optional[Path], aliases: dict[str, str]
     from rcnn_cli.errors import UserError
 
     values, sources = dict(ctx.params), {}
-    record_path = Path(values["out"]) / "config.json" if values.get("out") is not None else None
+    out = Path(values["out"]) if values.get("out") is not None else None
+    record_path = out / "config.json" if out is not None else None
+    if "resume" in values and not values["resume"] and out is not None and out.exists() and \
+            (not out.is_dir() or any(out.iterdir())):
+        what = " (a run: --resume continues it)" if record_path.is_file() else ""
+        raise UserError(f"--out {out} already holds files{what}: choose a new folder; nothing was written")
     if values.get("resume") and record_path is not None and record_path.is_file():
         if config is not None:
             raise UserError("--resume continues the run recorded in --out; --config starts a new one (give one)")
