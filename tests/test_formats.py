@@ -275,3 +275,18 @@ def test_faster_train_without_split_trains_on_trainval_only(shapes_root, tmp_pat
     assert e.value.code == 0
     record = json.loads((run / "config.json").read_text())
     assert record["model"]["trained_on"]["split"] == "trainval" and record["model"]["trained_on"]["images"] == 8
+
+
+def test_split_sizes_hold_when_every_stratum_is_small(tmp_path):
+    from rcnn_cli.data.dataset import Dataset, ImageRecord
+    from rcnn_cli.data.split import assign_splits
+
+    records = [ImageRecord(f"i{k}", tmp_path / f"i{k}.jpg", 10, 10, np.array([[0, 0, 5, 5]], np.float32), [f"c{k % 8}"])
+               for k in range(16)]  # 8 classes, 2 images each: round(0.25 * 2) is 0 in every stratum
+    ds = Dataset(tmp_path, None, [f"c{k}" for k in range(8)], records)
+    for seed in range(5):
+        splits = assign_splits(ds, {"train": 1.0, "val": 0.25, "test": 0.125}, seed=seed)
+        assert (len(splits["val"]), len(splits["test"]), len(splits["train"])) == (4, 2, 10)
+        assert sorted(sum(splits.values(), [])) == sorted(r.image_id for r in records)
+        strata_in_val = {int(i[1:]) % 8 for i in splits["val"]}
+        assert len(strata_in_val) == 4  # one image from each of four classes, not two of one

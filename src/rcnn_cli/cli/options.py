@@ -207,7 +207,7 @@ def replayed(ctx: typer.Context, config: Optional[Path], aliases: dict[str, str]
     record_path = out / "config.json" if out is not None else None
     if "resume" in values and not values["resume"] and out is not None and out.exists() and \
             (not out.is_dir() or any(out.iterdir())):
-        what = " (a run: --resume continues it)" if record_path.is_file() else ""
+        what = " (a run: --resume continues it)" if _is_run_record(record_path) and "kind" in _read_mapping(record_path) else ""
         raise UserError(f"--out {out} already holds files{what}: choose a new folder; nothing was written")
     if values.get("resume") and record_path is not None and record_path.is_file():
         if config is not None:

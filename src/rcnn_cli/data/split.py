@@ -33,18 +33,33 @@ def assign_splits(ds: Dataset, fractions: dict[str, float], seed: int = 0) -> di
         key = min(set(r.labels), key=lambda c: (frequency[c], c)) if r.labels else ""
         strata.setdefault(key, []).append(r.image_id)
     rng = np.random.default_rng(seed)
-    out: dict[str, list[str]] = {name: [] for name in fractions}
+    keys = sorted(strata)
+    shuffled = {k: [strata[k][i] for i in rng.permutation(len(strata[k]))] for k in keys}
     names = list(fractions)
-    for key in sorted(strata):
-        ids = [strata[key][i] for i in rng.permutation(len(strata[key]))]
-        start = 0
+    quotas = {name: _quotas([len(shuffled[k]) for k in keys], fractions[name], rng) for name in names[1:]}
+    out: dict[str, list[str]] = {name: [] for name in fractions}
+    for j, key in enumerate(keys):
+        ids, start = shuffled[key], 0
         for name in names[1:]:
-            n = int(round(fractions[name] * len(ids)))
+            n = min(quotas[name][j], len(ids) - start)
             out[name] += ids[start:start + n]
             start += n
         out[names[0]] += ids[start:]
     order = {r.image_id: i for i, r in enumerate(ds.records)}
     return {name: sorted(ids, key=order.__getitem__) for name, ids in out.items()}
+
+
+def _quotas(sizes: list[int], fraction: float, rng: np.random.Generator) -> list[int]:
+    """Per stratum, how many images a split of ``fraction`` takes: the floors of ``fraction x size``
+    plus one more for the strata with the largest remainders (ties drawn), so that the split holds
+    ``round(fraction x total)`` images even when every stratum is small."""
+    exact = np.asarray(sizes, np.float64) * fraction
+    quotas = np.floor(exact).astype(int)
+    extra = int(round(fraction * sum(sizes))) - int(quotas.sum())
+    if extra > 0:
+        order = np.lexsort((rng.random(len(sizes)), -(exact - quotas)))
+        quotas[order[:extra]] += 1
+    return quotas.tolist()
 
 
 def divisible(path: str | Path, split: str | None, images: str | Path | None = None) -> tuple[Dataset, list[str]]:
