@@ -299,7 +299,7 @@ def test_export_gives_the_network_with_its_description(kind, tmp_path):
     from rcnn_cli.runtimes import _exportable, export_run
 
     out = tmp_path / f"{kind}.onnx"
-    info = export_run(OLD_RUNS / kind, "onnx", out)
+    info = export_run(OLD_RUNS / kind, "onnx", out, part="trunk" if kind == "faster" else None)
     described = json.loads(Path(str(out) + ".json").read_text())
     assert described["kind"] == kind and described["inputs"][0]["name"] == "images" and described["caller"]
     model, example, _ = _exportable(read_run(OLD_RUNS / kind))
@@ -325,3 +325,44 @@ def test_detector_trunks_in_onnx_runtime_give_the_same_boxes(kind, tmp_path):
             d = det(path)
             assert d.labels == want["labels"]
             np.testing.assert_allclose(d.boxes, np.asarray(want["boxes"], np.float32).reshape(-1, 4), atol=0.5)
+
+
+def test_whole_faster_rcnn_onnx_gives_the_runs_boxes(tmp_path, capsys):
+    """`rcnn export` writes the whole detector; `rcnn detect --model M.onnx` and the README's
+    five-line ONNX Runtime script give the run's boxes."""
+    pytest.importorskip("onnxruntime")
+    from rcnn_cli.cli import main
+
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(OLD_RUNS / "faster"), "--format", "onnx", "--out", str(out)])
+    assert e.value.code == 0
+    info = json.loads(Path(str(out) + ".json").read_text())
+    assert info["part"] == "detector" and info["classes"] == read_run(OLD_RUNS / "faster").model["classes"]
+    assert [o["name"] for o in info["outputs"]] == ["boxes", "scores", "labels"]
+    dets = tmp_path / "d.jsonl"
+    with pytest.raises(SystemExit) as e:
+        main(["detect", *map(str, IMAGES), "--model", str(out), "--score-threshold", "0.001", "--out", str(dets),
+              "--no-progress"])
+    assert e.value.code == 0
+    got = [json.loads(line) for line in dets.read_text().splitlines()]
+    for line, want in zip(got, EXPECTED["faster"]):
+        assert [d["label"] for d in line["detections"]] == want["labels"]
+        np.testing.assert_allclose([d["box"] for d in line["detections"]],
+                                   np.asarray(want["boxes"]).reshape(-1, 4), atol=1.0)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    script = readme.split("<!-- onnx-script -->")[1].split("```python")[1].split("```")[0]
+    assert len(script.strip().splitlines()) == 5
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        shutil.copy(IMAGES[0], tmp_path / "photo.jpg")
+        shutil.copy(out, tmp_path / "model.onnx")
+        shutil.copy(Path(str(out) + ".json"), tmp_path / "model.onnx.json")
+        exec(compile(script, "README", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    printed = capsys.readouterr().out
+    assert printed.count("(") >= 1 or printed.strip() == "[]"

@@ -156,7 +156,12 @@ def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: Dete
     import inspect
 
     from rcnn_cli.io.runs import read_run
+    from rcnn_cli.models.onnx_detector import OnnxDetector, is_onnx_model
 
+    if is_onnx_model(run_dir):
+        if options:
+            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: not a setting of an ONNX model")
+        return OnnxDetector.from_run(Path(run_dir), device=device, config=config)
     run = read_run(run_dir)
     cls = detector_class(run.kind)
     accepted = inspect.signature(cls.from_run).parameters

@@ -154,17 +154,25 @@ class RuntimeTrunk(nn.Module):
         return torch.cat([self.run(x[i:i + 1]) for i in range(len(x))]).to(x.device)
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, Any]:
+def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None = None) -> dict[str, Any]:
     """``rcnn export``: the CNN of a run for deployment, as ONNX (``.onnx``) or OpenVINO IR (``.xml``
     + ``.bin``), with ``<out>.json`` saying what it is, its inputs and outputs and what the caller
-    does around it. R-CNN: the region network (warped crops -> features); Fast and Faster R-CNN: the
-    trunk (an image of any size -> its stride-16 feature map)."""
+    does around it. Faster R-CNN: the whole detector (``part`` ``detector``, the default: an image
+    in, boxes, scores and labels out; ``rcnn detect --model OUT.onnx`` runs it) or its ``trunk``;
+    R-CNN: the region network (warped crops -> features); Fast R-CNN: the trunk (an image of any
+    size -> its stride-16 feature map); YOLO: the whole network."""
     from rcnn_cli.io import write_json
     from rcnn_cli.io.runs import read_run
 
     run, out = read_run(run_dir), Path(out)
     if fmt not in ("onnx", "openvino"):
         raise UserError(f"--format {fmt}: choose onnx or openvino")
+    if part not in (None, "detector", "trunk"):
+        raise UserError(f"--part {part}: choose detector or trunk")
+    if run.kind == "faster" and part != "trunk":
+        return _export_whole_faster(run, fmt, out)
+    if part == "detector":
+        raise UserError(f"--part detector: whole-detector export is for Faster R-CNN runs (this is a '{run.kind}' run)")
     model, example, info = _exportable(run)
     onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
     batched = run.kind in ("rcnn", "yolo")  # fixed-size inputs, any batch; trunks: any image size
@@ -178,6 +186,68 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, Any]
         onnx_path.unlink()
     info.update(format=fmt, file=str(out.with_suffix(".xml") if fmt == "openvino" else out), run=str(run.root),
                 kind=run.kind)
+    write_json(Path(str(out) + ".json"), info)
+    return info
+
+
+class _WholeFaster(nn.Module):
+    """torchvision's Faster R-CNN on one image: ``(3, H, W)`` in ``[0, 1]`` -> boxes, scores, labels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        out = self.model([image])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def _export_whole_faster(run, fmt: str, out: Path) -> dict[str, Any]:
+    """The whole Faster R-CNN as one graph (no score threshold inside: the caller applies it), its
+    description in ``<out>.json``."""
+    from rcnn_cli.io import atomic_path, write_json
+    from rcnn_cli.models.faster_rcnn import load_model
+
+    model, cfg = load_model(run.root, "cpu")
+    heads = model.roi_heads
+    detect = {"score_threshold": float(heads.score_thresh), "nms": float(heads.nms_thresh),
+              "top_k": int(heads.detections_per_img)}
+    heads.score_thresh = 0.0
+    whole = _WholeFaster(model.eval())
+    onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(onnx_path) as tmp, torch.no_grad():
+        kwargs = dict(input_names=["image"], output_names=["boxes", "scores", "labels"], opset_version=17,
+                      dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"},
+                                    "labels": {0: "n"}})
+        try:
+            torch.onnx.export(whole, (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),), str(tmp),
+                              dynamo=False, **kwargs)
+        except TypeError:  # torch without the dynamo switch
+            torch.onnx.export(whole, (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),), str(tmp),
+                              **kwargs)
+    file = onnx_path
+    if fmt == "openvino":
+        import openvino as ov
+
+        resolve_runtime("openvino")
+        file = out.with_suffix(".xml")
+        ov.save_model(ov.convert_model(str(onnx_path)), str(file))
+        onnx_path.unlink()
+    info = {
+        "what": "the whole Faster R-CNN detector", "part": "detector", "kind": run.kind, "format": fmt,
+        "file": str(file), "run": str(run.root), "classes": list(cfg.classes), "min_size": int(cfg.min_size),
+        "max_size": int(cfg.max_size), "detect": detect,
+        "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std),
+                          "where": "inside the graph, with the resize"},
+        "inputs": [{"name": "image", "shape": [3, "height", "width"], "dtype": "float32",
+                    "meaning": "RGB in [0, 1], any size"}],
+        "outputs": [{"name": "boxes", "shape": ["n", 4], "dtype": "float32", "meaning": "x1, y1, x2, y2 in the "
+                     "input's pixels"}, {"name": "scores", "shape": ["n"], "dtype": "float32"},
+                    {"name": "labels", "shape": ["n"], "dtype": "int64", "meaning": "1..K: classes[label - 1]"}],
+        "caller": f"keep the boxes scoring at least detect.score_threshold ({detect['score_threshold']:g}); NMS "
+                  f"at IoU {detect['nms']:g} and at most {detect['top_k']} boxes are inside the graph; a photo larger "
+                  "than max_size can be shrunk first and its boxes scaled back (rcnn detect --model OUT.onnx does)"}
     write_json(Path(str(out) + ".json"), info)
     return info
 

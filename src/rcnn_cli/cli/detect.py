@@ -15,7 +15,7 @@ from rcnn_cli.log import console
 
 def detect_cmd(
     inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin), a dataset (with --split) or one video."),
-    model: Path = typer.Option(..., "--model", "-m", help="Any run directory: an R-CNN model, a Fast or Faster R-CNN, YOLO, localizer or Overfeat run."),
+    model: Path = typer.Option(..., "--model", "-m", help="Any run directory (an R-CNN model, a Fast or Faster R-CNN, YOLO, localizer or Overfeat run) or an exported whole-detector .onnx."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split when INPUT is a VOC dataset."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when INPUT is a COCO JSON."),
     score_threshold: Optional[float] = O.score_threshold(),
@@ -63,10 +63,13 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A run directory: an R-CNN model, a Fast, Faster R-CNN or YOLO run."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (.onnx) or openvino (.xml + .bin)."),
     out: Path = typer.Option(..., "--out", "-o", help="The file to write; <out>.json describes it."),
+    part: Optional[str] = typer.Option(None, "--part", help="Faster R-CNN: detector (default: image in; boxes, scores, "
+                                       "labels out) or trunk (the feature map)."),
 ) -> None:
-    """Export a run's CNN for deployment (R-CNN: the region network; Fast/Faster R-CNN: the trunk; YOLO: the whole network)."""
+    """Export a run's CNN for deployment (Faster R-CNN: the whole detector, `rcnn detect --model OUT.onnx` runs it;
+    R-CNN: the region network; Fast R-CNN: the trunk; YOLO: the whole network)."""
     from rcnn_cli.runtimes import export_run
 
-    info = export_run(run, fmt, out)
+    info = export_run(run, fmt, out, part)
     console.print(f"{info['file']}: {info['what']} ({info['format']}); inputs, outputs and what the caller "
                   f"does around it: {out}.json", highlight=False)

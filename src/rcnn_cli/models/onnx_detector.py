@@ -1,0 +1,92 @@
+"""A whole Faster R-CNN exported to ONNX (``rcnn export RUN --format onnx``), run by ONNX Runtime.
+
+The graph is torchvision's detector end to end: an RGB image ``(3, H, W)`` float32 in ``[0, 1]``
+in; resizing, normalisation, RPN, RoI head, box decoding and per-class NMS inside; ``boxes`` ``(N,
+4)`` in the input's pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` (``1..K``, ``classes[label
+- 1]``) out. It is exported with no score threshold, so the threshold is applied here (the run's
+by default). ``<model>.onnx.json`` names the classes, sizes and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
+from rcnn_cli.errors import UserError
+
+__all__ = ["OnnxDetector", "is_onnx_model", "describe_onnx"]
+
+
+def is_onnx_model(path: str | Path) -> bool:
+    """An ``.onnx`` file with the ``.onnx.json`` description ``rcnn export`` writes beside it."""
+    path = Path(path)
+    return path.suffix.lower() == ".onnx" and path.is_file()
+
+
+def describe_onnx(path: str | Path) -> dict[str, Any]:
+    """The description beside an exported whole detector; a missing or foreign one is one line."""
+    info_path = Path(str(path) + ".json")
+    if not info_path.is_file():
+        raise UserError(f"{path}: no {info_path.name} beside it (export it with `rcnn export RUN --format onnx`)")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if info.get("part") != "detector":
+        raise UserError(f"{path}: {info.get('what', 'not a whole detector')}; `rcnn detect` runs whole-detector "
+                        "exports (`rcnn export RUN --format onnx` of a Faster R-CNN run)")
+    return info
+
+
+class OnnxDetector(Detector):
+    """``detect(image, image_id) -> ImageDetections`` from an exported whole detector (ONNX Runtime).
+
+    A large photo is shrunk first exactly as the run's own detector shrinks it
+    (:func:`rcnn_cli.data.images.fit_image`), so the boxes agree with the run's.
+    """
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, info: dict[str, Any], config: DetectSettings = None, threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("an ONNX model needs onnxruntime (pip install 'rcnn-cli[onnx]')") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path, self.info = path, info
+        self.classes = list(info["classes"])
+        self.device = "cpu"
+        self.config = settings_in_effect(config, DetectConfig(**info["detect"]))
+
+    @classmethod
+    def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None) -> "OnnxDetector":
+        if str(device) not in ("auto", "cpu"):
+            raise UserError(f"--device {device}: an ONNX model runs on the CPU here (ONNX Runtime)")
+        return cls(Path(run_dir), describe_onnx(run_dir), config)
+
+    def settings(self) -> dict:
+        return dict(super().settings(), model=str(self.path), runtime="onnxruntime",
+                    nms_in_graph=self.info["detect"]["nms"])
+
+    def detect(self, image, image_id: str):
+        from rcnn_cli.data.images import fit_image, to_tensor
+        from rcnn_cli.io.detections import ImageDetections
+
+        t0 = time.perf_counter()
+        small, k = fit_image(image, int(self.info["min_size"]), int(self.info["max_size"]))
+        x = to_tensor(small).numpy().astype(np.float32)
+        boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], {"image": x})
+        t1 = time.perf_counter()
+        keep = np.flatnonzero(scores >= self.config.score_threshold)[: self.config.top_k]
+        boxes = boxes[keep].astype(np.float32) * k
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.height)
+        names = [self.classes[int(i) - 1] for i in labels[keep]]
+        det = ImageDetections(image_id, boxes.reshape(-1, 4), scores[keep].astype(np.float32), names)
+        det.timings = {"network": t1 - t0, "post": time.perf_counter() - t1}
+        return det
