@@ -212,3 +212,44 @@ def test_a_pickled_pth_for_init_is_refused_without_running_it(tmp_path):
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint of tensors"):
         init_state(str(tmp_path / "evil.pth"))
     assert not marker.exists()
+
+
+def test_detect_without_a_model_offline_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    Image.new("RGB", (64, 48)).save(tmp_path / "photo.jpg")
+    assert _cli(["detect", tmp_path / "photo.jpg"]) == 2
+    err = capsys.readouterr().err
+    error = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(error) == 1 and "--model coco" in error[0] and "rcnn faster train" in error[0]
+
+
+def test_detect_without_a_model_uses_the_cached_coco_checkpoint(tmp_path, monkeypatch):
+    """The path end to end with an untrained torchvision model where the weights API caches it."""
+    import torch
+    import torchvision
+
+    from rcnn_cli.models.pretrained import cached_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    path = cached_weights("coco")
+    assert path.is_relative_to(tmp_path / "torch")
+    path.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), path)
+    from PIL import Image
+
+    Image.new("RGB", (80, 64), (200, 30, 30)).save(tmp_path / "photo.jpg")
+    out = tmp_path / "d.jsonl"
+    assert _cli(["detect", tmp_path / "photo.jpg", "--out", out, "--score-threshold", "0", "--no-progress"]) == 0
+    line = json.loads(out.read_text())
+    record = json.loads(Path(str(out) + ".config.json").read_text())
+    assert line["image_id"] == "photo" and record["config"]["model"] == "coco" and record["config"]["kind"] == "coco"
+    from rcnn_cli.detector import load_detector
+
+    with load_detector("coco", device="cpu") as det:
+        assert len(det.classes) == 80 and det.classes[0] == "person" and "N/A" not in det.classes
+        assert det.settings()["weights"] == str(path)
+    assert {d["label"] for d in line["detections"]} <= set(det.classes)

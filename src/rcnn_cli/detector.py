@@ -158,10 +158,14 @@ def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: Dete
     from rcnn_cli.io.runs import read_run
     from rcnn_cli.models.onnx_detector import OnnxDetector, is_onnx_model
 
-    if is_onnx_model(run_dir):
+    from rcnn_cli.models.pretrained import PRETRAINED, PretrainedDetector
+
+    if is_onnx_model(run_dir) or str(run_dir) in PRETRAINED:
         if options:
-            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: not a setting of an ONNX model")
-        return OnnxDetector.from_run(Path(run_dir), device=device, config=config)
+            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: not a setting of "
+                            f"--model {run_dir}")
+        cls = OnnxDetector if is_onnx_model(run_dir) else PretrainedDetector
+        return cls.from_run(Path(run_dir) if cls is OnnxDetector else str(run_dir), device=device, config=config)
     run = read_run(run_dir)
     cls = detector_class(run.kind)
     accepted = inspect.signature(cls.from_run).parameters

@@ -15,7 +15,10 @@ from rcnn_cli.log import console
 
 def detect_cmd(
     inputs: List[str] = typer.Argument(..., help="Images, folders, globs, list files, '-' (stdin), a dataset (with --split) or one video."),
-    model: Path = typer.Option(..., "--model", "-m", help="Any run directory (an R-CNN model, a Fast or Faster R-CNN, YOLO, localizer or Overfeat run) or an exported whole-detector .onnx."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Any run directory (an R-CNN model, a Fast or "
+                                        "Faster R-CNN, YOLO, localizer or Overfeat run), an exported whole-detector "
+                                        ".onnx, or coco / coco-mobilenet (torchvision's COCO Faster R-CNN, cached or "
+                                        "downloaded once; the default)."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split when INPUT is a VOC dataset."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when INPUT is a COCO JSON."),
     score_threshold: Optional[float] = O.score_threshold(),
@@ -40,6 +43,10 @@ def detect_cmd(
     """Detect objects with any trained run: streams one JSON line per image as soon as it is done."""
     from rcnn_cli.inference import detect
 
+    if model is None:
+        console.print("no --model: torchvision's COCO Faster R-CNN (80 classes; --model RUN for your own)",
+                      highlight=False)
+        model = "coco"
     given = {"proposals": proposals, "max_proposals": max_proposals, "rpn_top_n": rpn_top_n,
              "use_bbox": False if no_bbox else None, "batch_size": batch_size, "weights": weights, "runtime": runtime,
              "merge": merge}
