@@ -102,7 +102,9 @@ class PretrainedDetector(Detector):
         with torch.inference_mode():
             out = self.model([to_tensor(image).to(self.device)])[0]
         names = [self._names[int(i)] for i in out["labels"].cpu().tolist()]
-        det = ImageDetections(image_id, out["boxes"].float().cpu().numpy().reshape(-1, 4),
-                              out["scores"].float().cpu().numpy().astype(np.float32), names)
+        keep = np.asarray([n in self.classes for n in names], bool)  # never COCO's unused ids ("N/A")
+        det = ImageDetections(image_id, out["boxes"].float().cpu().numpy().reshape(-1, 4)[keep],
+                              out["scores"].float().cpu().numpy().astype(np.float32)[keep],
+                              [n for n, k in zip(names, keep) if k])
         det.timings = {"network": time.perf_counter() - t0}
         return det
