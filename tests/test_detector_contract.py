@@ -366,3 +366,72 @@ def test_whole_faster_rcnn_onnx_gives_the_runs_boxes(tmp_path, capsys):
         os.chdir(cwd)
     printed = capsys.readouterr().out
     assert printed.count("(") >= 1 or printed.strip() == "[]"
+
+
+def test_yolo_output_reads_back_with_the_same_boxes(tmp_path):
+    """`--format yolo` label files, read by the YOLO dataset reader, give the detections' boxes."""
+    from rcnn_cli.cli import main
+    from rcnn_cli.data.inputs import load_dataset
+
+    labels, images = tmp_path / "ds" / "labels" / "pred", tmp_path / "ds" / "images" / "pred"
+    images.mkdir(parents=True)
+    for p in IMAGES:
+        shutil.copy(p, images / p.name)
+    with pytest.raises(SystemExit) as e:
+        main(["detect", str(images), "--model", str(OLD_RUNS / "faster"), "--score-threshold", "0.001",
+              "--format", "yolo", "--out", str(labels), "--no-progress", "--device", "cpu"])
+    assert e.value.code == 0
+    classes = (labels / "classes.txt").read_text().split()
+    (tmp_path / "ds" / "data.yaml").write_text(json.dumps({"names": classes, "pred": "images/pred"}))
+    back = {r.image_id: r for r in load_dataset(tmp_path / "ds", "pred").records}
+    for path, want in zip(IMAGES, EXPECTED["faster"]):
+        assert back[path.stem].labels == want["labels"]
+        np.testing.assert_allclose(back[path.stem].boxes, np.asarray(want["boxes"]).reshape(-1, 4), atol=1e-3)
+    conf = [float(line.split()[5]) for line in (labels / f"{IMAGES[0].stem}.txt").read_text().splitlines()]
+    np.testing.assert_allclose(conf, EXPECTED["faster"][0]["scores"], atol=1e-6)
+
+
+def test_classes_agnostic_nms_and_draw_threshold_select_the_output(tmp_path):
+    from rcnn_cli.data.inputs import ImageInput
+    from rcnn_cli.inference import DetectOutput, run_inference
+    from rcnn_cli.io.detections import ImageDetections
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [30, 30, 40, 40]], np.float32)
+    det = ImageDetections("a", boxes, np.array([0.9, 0.8, 0.2], np.float32), ["cat", "dog", "dog"])
+    assert DetectOutput(keep_classes=["dog"]).select(det).labels == ["dog", "dog"]
+    agnostic = DetectOutput(agnostic_nms=0.5).select(det)  # IoU of the first two is 81/121 > 0.5
+    assert agnostic.labels == ["cat", "dog"] and agnostic.boxes[1].tolist() == [30, 30, 40, 40]
+    assert DetectOutput(agnostic_nms=0.7).select(det).labels == ["cat", "dog", "dog"]
+    with pytest.raises(UserError, match="--classes bird: not a class of this model"):
+        DetectOutput(keep_classes=["bird"]).check_classes(["cat", "dog"])
+    from PIL import Image
+
+    Image.new("RGB", (50, 50)).save(tmp_path / "a.png")
+    drawn = []
+    import rcnn_cli.visualize as vis
+
+    real = vis.draw_detections
+    vis.draw_detections = lambda image, d, classes: drawn.append(list(d.scores)) or real(image, d, classes)
+    try:
+        out = tmp_path / "d.jsonl"
+        run_inference(lambda image, image_id: det, [ImageInput("a", tmp_path / "a.png")], out=out,
+                      draw_dir=tmp_path / "drawn", classes=["cat", "dog"], progress=False)
+    finally:
+        vis.draw_detections = real
+    assert np.allclose(drawn[0], [0.9, 0.8])  # 0.2 is below the drawing threshold (0.3) ...
+    assert len(json.loads(out.read_text())["detections"]) == 3  # ... and kept in the file
+
+
+def test_python_api_takes_settings_and_lists():
+    import rcnn_cli
+
+    with rcnn_cli.load(OLD_RUNS / "faster", device="cpu") as det:
+        own = det.config
+        low = det(IMAGES[0], score_threshold=0.001)
+        assert det.config == own and len(low) == len(EXPECTED["faster"][0]["labels"])
+        np.testing.assert_allclose(low.boxes, np.asarray(EXPECTED["faster"][0]["boxes"]).reshape(-1, 4), atol=0.5)
+        few = det(IMAGES[0], score_threshold=0.001, top_k=3, nms=0.3)
+        assert len(few) == 3 and few.scores.tolist() == sorted(few.scores.tolist(), reverse=True)
+        both = det(list(IMAGES), score_threshold=0.001)
+        assert [len(d) for d in both] == [len(e["labels"]) for e in EXPECTED["faster"]]
+        assert [d.image_id for d in both] == [p.stem for p in IMAGES]

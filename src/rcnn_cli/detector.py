@@ -117,10 +117,27 @@ class Detector:
         """Detections of one decoded RGB image (see the module docstring)."""
         raise NotImplementedError
 
-    def __call__(self, image: Any, image_id: str | None = None):
-        """``detect`` on a path, a PIL image or an ``(H, W, 3)`` uint8 array."""
+    def __call__(self, image: Any, image_id: str | None = None, *, score_threshold: float | None = None,
+                 nms: float | None = None, top_k: int | None = None):
+        """``detect`` on a path, a PIL image or an ``(H, W, 3)`` uint8 array, or on a list of them
+        (a list of results). ``score_threshold``, ``nms``, ``top_k``: this call's settings over the
+        detector's own."""
+        if isinstance(image, (list, tuple)):
+            return [self(im, score_threshold=score_threshold, nms=nms, top_k=top_k) for im in image]
         decoded, default_id = as_image(image)
-        return self.detect(decoded, image_id if image_id is not None else default_id)
+        given = {"score_threshold": score_threshold, "nms": nms, "top_k": top_k}
+        if all(v is None for v in given.values()):
+            return self.detect(decoded, image_id if image_id is not None else default_id)
+        own = self.config
+        self.configure(own.updated(**given))
+        try:
+            return self.detect(decoded, image_id if image_id is not None else default_id)
+        finally:
+            self.configure(own)
+
+    def configure(self, config: DetectConfig) -> None:
+        """Use ``config`` from now on (subclasses whose network holds the settings push them there)."""
+        self.config = config
 
     def settings(self) -> dict[str, Any]:
         """The settings in effect, for the record beside every output."""

@@ -48,12 +48,17 @@ class DetectOutput:
     collect: dict[str, ImageDetections] | None = None
     write: bool = True  # False: collect only, no writer
     fps: float = 25.0  # frames per second of a drawn video (``draw`` ending in a video suffix)
+    keep_classes: Sequence[str] | None = None  # only these classes' detections (None: all)
+    agnostic_nms: float | None = None  # also NMS across classes at this IoU (None: per class only)
+    draw_threshold: float = 0.3  # drawn boxes score at least this (the files keep every detection)
 
     def check(self) -> None:
         if self.fmt not in FORMATS:
             raise UserError(f"unknown --format '{self.fmt}' (use one of: {', '.join(FORMATS)})")
-        if self.write and self.fmt in ("coco", "voc") and (self.out is None or str(self.out) == "-"):
+        if self.write and self.fmt in ("coco", "voc", "yolo") and (self.out is None or str(self.out) == "-"):
             raise UserError(f"--format {self.fmt} needs --out ({'a file' if self.fmt == 'coco' else 'a folder'})")
+        if self.agnostic_nms is not None and not 0 < self.agnostic_nms <= 1:
+            raise UserError(f"--agnostic-nms IoU must be in (0, 1] (got {self.agnostic_nms})")
         if self.draw is not None and not self.draws_video and Path(self.draw).exists() and not Path(self.draw).is_dir():
             raise UserError(f"--draw {self.draw}: not a folder")
 
@@ -65,6 +70,29 @@ class DetectOutput:
 
     def drawer(self) -> "_Drawer":
         return _Drawer(self)
+
+    def check_classes(self, classes: Sequence[str]) -> None:
+        """``keep_classes`` must name the detector's classes (one line listing them)."""
+        unknown = [c for c in self.keep_classes or () if c not in classes]
+        if unknown:
+            raise UserError(f"--classes {', '.join(unknown)}: not a class of this model ({', '.join(classes)})")
+
+    def select(self, det: ImageDetections) -> ImageDetections:
+        """``det`` with only ``keep_classes`` and, with ``agnostic_nms``, one box where classes overlap."""
+        keep = np.ones(len(det), bool)
+        if self.keep_classes is not None:
+            keep &= np.isin(np.asarray(det.labels, dtype=object), list(self.keep_classes))
+        index = np.flatnonzero(keep)
+        if self.agnostic_nms is not None and len(index):
+            import torch
+            from torchvision.ops import nms
+
+            kept = nms(torch.from_numpy(det.boxes[index]), torch.from_numpy(det.scores[index]), self.agnostic_nms)
+            index = np.sort(index[kept.numpy()])
+        if len(index) == len(det):
+            return det
+        return ImageDetections(det.image_id, det.boxes[index], det.scores[index], [det.labels[i] for i in index],
+                               det.timings, num_proposals=det.num_proposals, meta=det.meta, size=det.size)
 
 
 def timing_summary(timings: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
@@ -86,6 +114,7 @@ class _Drawer:
 
     def __init__(self, output: DetectOutput) -> None:
         self.folder = self.video = None
+        self.threshold = output.draw_threshold
         if output.draws_video:
             from rcnn_cli.data.video import VideoSink
 
@@ -99,7 +128,9 @@ class _Drawer:
             return
         from rcnn_cli.visualize import draw_detections, save_image
 
-        drawn = draw_detections(image, det, list(classes))
+        keep = np.flatnonzero(det.scores >= self.threshold)
+        shown = ImageDetections(det.image_id, det.boxes[keep], det.scores[keep], [det.labels[i] for i in keep])
+        drawn = draw_detections(image, shown, list(classes))
         if self.video is not None:
             self.video.write(drawn)
         else:
@@ -161,6 +192,7 @@ def run_inference(detect: Detect, inputs: Sequence[ImageInput], out: str | os.Pa
     """
     output = output or DetectOutput(out, fmt, draw_dir, category_ids, coco_image_ids, split)
     output.check()
+    output.check_classes(classes)
     if warmup < 0 or repeats < 1:
         raise UserError("warm-up must be >= 0 and repeats >= 1")
     writer = (open_writer(output.out, output.fmt, list(classes), category_ids=output.category_ids,
@@ -186,7 +218,8 @@ def run_inference(detect: Detect, inputs: Sequence[ImageInput], out: str | os.Pa
                 _run_one(detect, image, item.image_id, warmup)
                 warmed = True
             det, runs = _run_one(detect, image, item.image_id, repeats)
-            det.meta = dict(item.meta or {})
+            det.meta, det.size = dict(item.meta or {}), getattr(image, "size", None)
+            det = output.select(det)
             writer.write(det)
             if output.collect is not None:
                 output.collect[item.image_id] = det
@@ -257,13 +290,15 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
            config: DetectSettings = None, fmt: str = "jsonl", out: str | None = None,
            draw: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
            command: str = "rcnn detect", every: int = 1, shard: str | tuple[int, int] | None = None,
-           **options: Any) -> dict[str, Any]:
+           keep_classes: Sequence[str] | None = None, agnostic_nms: float | None = None,
+           draw_threshold: float = 0.3, **options: Any) -> dict[str, Any]:
     """``rcnn detect`` for every kind of run: resolve the inputs, load the detector, stream detections.
 
     A video input gives one line per ``every``-th frame (with ``frame`` and ``time_s``); ``draw``
     ending in ``.mp4`` writes the annotated video. ``shard`` ``K/N`` takes every N-th input from the
     K-th (the shards' outputs concatenated are the whole run's). ``options`` go to the run kind's detector
-    (:func:`rcnn_cli.detector.load_detector`). With ``out`` a file or folder,
+    (:func:`rcnn_cli.detector.load_detector`). ``keep_classes``, ``agnostic_nms`` and
+    ``draw_threshold``: see :class:`DetectOutput`. With ``out`` a file or folder,
     ``<out>.config.json`` records the settings and the summary.
     """
     from rcnn_cli.config import parse_shard
@@ -271,7 +306,8 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
     from rcnn_cli.detector import load_detector
     from rcnn_cli.io.files import write_run_record
 
-    output = DetectOutput(out, fmt, draw, split=split or "test")
+    output = DetectOutput(out, fmt, draw, split=split or "test", keep_classes=keep_classes, agnostic_nms=agnostic_nms,
+                          draw_threshold=draw_threshold)
     output.check()
     frames, items = _video_inputs(inputs, every)
     if frames is None:
@@ -295,6 +331,8 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
     if out not in (None, "-"):
         write_run_record(Path(out), command, {
             "inputs": [str(i) for i in inputs], "split": split, "model": str(model), "format": fmt,
+            "classes_kept": list(keep_classes) if keep_classes else None, "agnostic_nms": agnostic_nms,
+            "draw_threshold": draw_threshold if draw is not None else None,
             **settings, "options": {k: str(v) if v is not None else None for k, v in options.items()},
             "result": {k: v for k, v in result.items() if k != "per_image"}})
     return result

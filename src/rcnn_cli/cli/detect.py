@@ -32,15 +32,23 @@ def detect_cmd(
     runtime: Optional[str] = typer.Option(None, "--runtime", help="The CNN's runtime (R-CNN: the region network; Fast/Faster R-CNN: the trunk): torch (default), onnxruntime, openvino or auto."),
     merge: Optional[str] = typer.Option(None, "--merge", help="Overfeat: greedy (the paper's merge, default) or nms."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fast/Faster R-CNN: final (default) or best (the best validation epoch's, kept with --val-split)."),
-    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl (streamed), coco (results JSON) or voc (comp4 files in a folder)."),
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl (streamed), coco (results JSON), voc (comp4 files in a "
+                            "folder) or yolo (a 'class cx cy w h conf' file per image in a folder)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keep only these classes' detections, e.g. "
+                                          "person,dog."),
+    agnostic_nms: Optional[float] = typer.Option(None, "--agnostic-nms", help="Also suppress overlapping boxes of "
+                                                 "different classes at this IoU, e.g. 0.5 (default: per class only)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file/folder (jsonl: stdout when omitted)."),
     draw: Optional[Path] = typer.Option(None, "--draw", help="Also draw the boxes: into this folder (one image each), or a video file (.mp4) for a video input."),
+    draw_threshold: float = typer.Option(0.3, "--draw-threshold", help="Drawn boxes score at least this (the "
+                                         "detections written keep --score-threshold's, for AP)."),
     every: int = typer.Option(1, "--every", help="Video input: detect in every N-th frame."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only every N-th image from the K-th (one machine of N); concatenate the outputs."),
     device: str = O.device(),
     progress: bool = O.progress(),
 ) -> None:
     """Detect objects with any trained run: streams one JSON line per image as soon as it is done."""
+    from rcnn_cli.cli.data import parse_classes
     from rcnn_cli.inference import detect
 
     if model is None:
@@ -52,6 +60,7 @@ def detect_cmd(
              "merge": merge}
     result = detect(inputs, model, split=split, images=images, config=O.detect_config(score_threshold, nms, top_k),
                     fmt=fmt, out=out, draw=draw, device=device, progress=progress, every=every, shard=shard,
+                    keep_classes=parse_classes(classes), agnostic_nms=agnostic_nms, draw_threshold=draw_threshold,
                     **{k: v for k, v in given.items() if v is not None})
     timings = result.get("timings", {})
     per_stage = ", ".join(f"{k} {v['median'] * 1000:.1f} ms" for k, v in timings.items()

@@ -132,7 +132,8 @@ def _parse_labels(path: Path, width: int, height: int, classes: list[str], notes
                   keypoints: bool = False) -> tuple[np.ndarray, list[str]]:
     """Boxes ``(N, 4)`` in pixels and class names of one label file. A line with more than five
     numbers is a segment (its box: the polygon's extent) or, with ``keypoints``, a pose label (its
-    first four numbers); ``notes`` counts such files and empty ones, for one warning each."""
+    first four numbers); five numbers are a box and its confidence (``rcnn detect --format yolo``,
+    Ultralytics' ``save_conf``); ``notes`` counts such files and empty ones, for one warning each."""
     boxes, labels = [], []
     if not path.is_file():
         return np.zeros((0, 4), np.float32), []
@@ -148,11 +149,14 @@ def _parse_labels(path: Path, width: int, height: int, classes: list[str], notes
             k, values = int(fields[0]), [float(v) for v in fields[1:]]
         except ValueError:
             raise UserError(f"{path}:{n}: expected 'class cx cy w h' (got {line.strip()!r})") from None
-        if len(values) < 4 or (len(values) > 4 and not keypoints and len(values) % 2):
-            raise UserError(f"{path}:{n}: expected 'class cx cy w h' or 'class x1 y1 x2 y2 ...' (got {line.strip()!r})")
+        if len(values) < 4 or (len(values) > 5 and not keypoints and len(values) % 2):
+            raise UserError(f"{path}:{n}: expected 'class cx cy w h [conf]' or 'class x1 y1 x2 y2 x3 y3 ...' "
+                            f"(got {line.strip()!r})")
         if not 0 <= k < len(classes):
             raise UserError(f"{path}:{n}: class {k} is not in data.yaml's {len(classes)} names")
-        if len(values) > 4 and not keypoints:
+        if len(values) == 5:  # a prediction's confidence after the box
+            extra = True
+        if len(values) > 5 and not keypoints:
             extra = True
             xs, ys = np.asarray(values[0::2]) * width, np.asarray(values[1::2]) * height
             boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
@@ -163,7 +167,7 @@ def _parse_labels(path: Path, width: int, height: int, classes: list[str], notes
         labels.append(classes[k])
     if extra:
         key = "label files with keypoints (box: the first four numbers)" if keypoints else \
-            "label files with segments (box: the polygon's extent)"
+            "label files with more than a box (segments: the polygon's extent; a confidence: ignored)"
         notes[key] = notes.get(key, 0) + 1
     return np.asarray(boxes, np.float32).reshape(-1, 4), labels
 

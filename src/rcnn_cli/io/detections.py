@@ -51,7 +51,7 @@ __all__ = [
     "count_detections",
 ]
 
-FORMATS = ("jsonl", "coco", "voc")
+FORMATS = ("jsonl", "coco", "voc", "yolo")
 
 
 @dataclass
@@ -72,6 +72,8 @@ class ImageDetections:
     num_proposals: int | None = None
     #: What the JSON line records beside the boxes (a video frame's ``frame`` and ``time_s``).
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The image's ``(width, height)`` in pixels when known (set by the inference loop; YOLO output needs it).
+    size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.image_id = str(self.image_id)
@@ -299,6 +301,39 @@ class VocWriter(DetectionWriter):
         super().close()
 
 
+class YoloWriter(DetectionWriter):
+    """Ultralytics' prediction labels: ``<out>/<image id>.txt`` of ``class cx cy w h conf`` lines
+    (class: 0-based index in ``classes``; centre and size normalised by the image's size), each file
+    written atomically, and ``<out>/classes.txt``."""
+
+    fmt = "yolo"
+
+    def __init__(self, out: str | Path | None, classes: Sequence[str]) -> None:
+        super().__init__()
+        if out is None or str(out) == "-":
+            raise UserError("--format yolo writes one file per image: give a folder with --out")
+        self.folder = Path(out)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"{self.folder}: --format yolo needs a folder, not a file")
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.folder / "classes.txt") as f:
+            f.write("".join(f"{c}\n" for c in classes))
+
+    def _write(self, det: ImageDetections) -> None:
+        if det.size is None:
+            raise UserError(f"{det.image_id}: --format yolo needs the image's size")
+        if "/" in det.image_id:
+            raise UserError(f"image id '{det.image_id}' cannot be a file name")
+        width, height = det.size
+        lines = []
+        for (x1, y1, x2, y2), score, label in zip(det.boxes.astype(np.float64), det.scores, det.labels):
+            cx, cy, w, h = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
+            lines.append(f"{self.index[label]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {float(score):.6f}\n")
+        with atomic_open(self.folder / f"{det.image_id}.txt") as f:
+            f.writelines(lines)
+
+
 def open_writer(out: str | Path | None, fmt: str, classes: Sequence[str], category_ids: Mapping[str, int] | None = None,
                 coco_image_ids: Mapping[str, int] | None = None, split: str = "test") -> DetectionWriter:
     """A streaming detections writer (context manager; ``.write(ImageDetections)``).
@@ -306,7 +341,8 @@ def open_writer(out: str | Path | None, fmt: str, classes: Sequence[str], catego
     ``jsonl``: a line per image, flushed at once, to stdout when ``out`` is None or ``"-"``.
     ``coco``: a results JSON written at close (``category_ids`` class -> id, default 1..K;
     ``coco_image_ids`` image id -> int, default: numeric ids as ints). ``voc``: per-class
-    ``comp4_det_<split>_<class>.txt`` files in the folder ``out``.
+    ``comp4_det_<split>_<class>.txt`` files in the folder ``out``. ``yolo``: a label file per image
+    in the folder ``out`` (:class:`YoloWriter`).
     """
     fmt = fmt.lower()
     if fmt == "jsonl":
@@ -315,6 +351,8 @@ def open_writer(out: str | Path | None, fmt: str, classes: Sequence[str], catego
         return CocoWriter(out, classes, category_ids, coco_image_ids)
     if fmt == "voc":
         return VocWriter(out, classes, split=split)
+    if fmt == "yolo":
+        return YoloWriter(out, classes)
     raise UserError(f"unknown detections format '{fmt}' (use one of: {', '.join(FORMATS)})")
 
 

@@ -446,12 +446,15 @@ class FastRCNNDetector(Detector):
         cfg = model.config
         self.config = settings_in_effect(config, DetectConfig(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img))
         self.max_proposals = int(max_proposals or cfg.max_proposals)
-        cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img = (
-            self.config.score_threshold, self.config.nms, self.config.top_k)
+        self.configure(self.config)
         cfg.max_proposals = self.max_proposals
         self.classes = list(cfg.classes)
         self.reader, self._own_reader = _open_proposals(proposals)
         self._warned = False
+
+    def configure(self, config: DetectConfig) -> None:
+        self.config, cfg = config, self.model.config
+        cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img = config.score_threshold, config.nms, config.top_k
 
     @classmethod
     def from_run(cls, run_dir, device: str = "auto", config: DetectSettings = None, proposals=None,

@@ -425,9 +425,11 @@ class FasterRCNNDetector(Detector):
         self.device = next(model.parameters()).device
         heads = model.roi_heads
         own = DetectConfig(float(heads.score_thresh), float(heads.nms_thresh), int(heads.detections_per_img))
-        self.config = settings_in_effect(config, own)
-        heads.score_thresh, heads.nms_thresh = self.config.score_threshold, self.config.nms
-        heads.detections_per_img = self.config.top_k
+        self.configure(settings_in_effect(config, own))
+
+    def configure(self, config: DetectConfig) -> None:
+        self.config, heads = config, self.model.roi_heads
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img = config.score_threshold, config.nms, config.top_k
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,

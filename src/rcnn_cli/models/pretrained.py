@@ -72,10 +72,12 @@ class PretrainedDetector(Detector):
         self._names = classes  # torchvision's label index -> name (with its gaps)
         self.device = next(model.parameters()).device
         heads = model.roi_heads
-        self.config = settings_in_effect(config, DetectConfig(float(heads.score_thresh), REGRESSED_NMS,
-                                                              int(heads.detections_per_img)))
-        heads.score_thresh, heads.nms_thresh = self.config.score_threshold, self.config.nms
-        heads.detections_per_img = self.config.top_k
+        self.configure(settings_in_effect(config, DetectConfig(float(heads.score_thresh), REGRESSED_NMS,
+                                                               int(heads.detections_per_img))))
+
+    def configure(self, config: DetectConfig) -> None:
+        self.config, heads = config, self.model.roi_heads
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img = config.score_threshold, config.nms, config.top_k
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None) -> "PretrainedDetector":
