@@ -183,6 +183,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-plain", action="store_true", help="skip (b), ours vs plain torchvision")
+    p.add_argument("--skip-runtime", action="store_true", help="skip (d), rcnn detect's default runtime vs torch")
     p.add_argument("--json", type=Path, help="write all results as JSON")
     return p.parse_args(argv)
 
@@ -302,6 +303,10 @@ def main(argv=None) -> dict:
             plain = {"ours": min(ours_t), "plain": min(plain_t), "ratio": min(ours_t) / min(plain_t),
                      "ours_rounds": ours_t, "plain_rounds": plain_t, "max_box_difference": max(diffs)}
 
+    default_runtime = None
+    if not args.skip_runtime:
+        default_runtime = time_default_runtime(faster_dir, str(device), images, kw, args.pair_rounds)
+
     agreement = None
     if args.from_compare:
         agreement = {}
@@ -316,6 +321,7 @@ def main(argv=None) -> dict:
               "warmup": args.warmup, "repeats": args.repeats, "proposals_count": args.proposals_count,
               "models": {"rcnn": str(rcnn_dir), "fast": str(fast_dir), "faster": str(faster_dir)},
               "data": str(args.data), "rows": rows, "plain_torchvision": plain, "timings": results,
+              "default_runtime": default_runtime,
               "agreement_with_compare": agreement, "compare": str(args.from_compare) if args.from_compare else None,
               "goals": {f"{m} {k}": g for (m, k), g in GOALS.items()} | {"ours/plain": PLAIN_GOAL}}
     print_report(report)
@@ -327,6 +333,31 @@ def main(argv=None) -> dict:
     if tmp is not None:
         tmp.cleanup()
     return report
+
+
+def time_default_runtime(faster_dir: Path, device: str, images, kw: dict, rounds: int) -> dict | None:
+    """(d) `rcnn detect`'s default ``--runtime auto`` against ``--runtime torch`` on one Faster R-CNN
+    run: median total per image (best of ``rounds`` alternating rounds), their ratio, the largest
+    box difference."""
+    from rcnn_cli.runtimes import resolve_runtime
+
+    runtime = resolve_runtime("auto", torch.device(device).type if device != "auto" else "cpu")
+    if runtime == "torch":
+        console.print("(d) skipped: auto resolves to torch here (no OpenVINO / ONNX Runtime, or a GPU)")
+        return None
+    dets = {name: make_detector("faster", faster_dir, device, runtime=name) for name in ("torch", "auto")}
+    diffs = []
+    for image_id, image in images:
+        a, b = dets["torch"](image, image_id), dets["auto"](image, image_id)
+        same = len(a.boxes) == len(b.boxes) and a.labels == b.labels
+        diffs.append(float(np.abs(a.boxes - b.boxes).max()) if same and len(a.boxes) else (0.0 if same else float("inf")))
+    times: dict[str, list[float]] = {"torch": [], "auto": []}
+    for _ in range(max(1, rounds)):
+        for name, det in dets.items():
+            times[name].append(time_detector(det, images, **kw)["median"]["total"])
+    best = {k: min(v) for k, v in times.items()}
+    return {"runtime": runtime, "torch": best["torch"], "auto": best["auto"], "ratio": best["auto"] / best["torch"],
+            "rounds": times, "max_box_difference": max(diffs)}
 
 
 def _fmt(s: float | None) -> str:
@@ -371,6 +402,14 @@ def print_report(report: dict) -> None:
         t2.add_row(_fmt(p["ours"]), _fmt(p["plain"]), f"{p['ratio']:.3f}",
                    f"<= {PLAIN_GOAL}: {'met' if p['ratio'] <= PLAIN_GOAL else 'not met'}", f"{p['max_box_difference']:.2g}")
         out.print(t2)
+    d = report.get("default_runtime")
+    if d:
+        t4 = Table(title=f"(d) rcnn detect's default --runtime auto ({d['runtime']}) vs --runtime torch, Faster R-CNN",
+                   title_justify="left")
+        for col in ("torch", f"auto ({d['runtime']})", "ratio auto/torch", "max box difference (px)"):
+            t4.add_column(col, justify="right")
+        t4.add_row(_fmt(d["torch"]), _fmt(d["auto"]), f"{d['ratio']:.3f}", f"{d['max_box_difference']:.2g}")
+        out.print(t4)
     agr = report.get("agreement_with_compare")
     if agr:
         t3 = Table(title=f"(c) agreement with {report['compare']}/compare.json (goal: within 20%)", title_justify="left")

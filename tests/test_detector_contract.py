@@ -435,3 +435,28 @@ def test_python_api_takes_settings_and_lists():
         both = det(list(IMAGES), score_threshold=0.001)
         assert [len(d) for d in both] == [len(e["labels"]) for e in EXPECTED["faster"]]
         assert [d.image_id for d in both] == [p.stem for p in IMAGES]
+
+
+@pytest.mark.parametrize("kind", ["fast", "faster"])
+def test_detect_runs_the_fastest_runtime_by_default_with_the_same_boxes(kind, tmp_path):
+    """`rcnn detect` defaults to --runtime auto (OpenVINO, else ONNX Runtime): boxes within 0.5 px of
+    torch's, the runtime in effect recorded beside the output."""
+    pytest.importorskip("onnxruntime")
+    from rcnn_cli.inference import detect
+    from rcnn_cli.runtimes import resolve_runtime
+
+    run = tmp_path / kind
+    shutil.copytree(OLD_RUNS / kind, run)
+    options = _options(kind)
+    config = options.pop("config", None)
+    outs = {}
+    for name, extra in (("auto", {}), ("torch", {"runtime": "torch"})):
+        outs[name] = tmp_path / f"{name}.jsonl"
+        detect([str(p) for p in IMAGES], run, config=config, out=str(outs[name]), device="cpu", progress=False,
+               **options, **extra)
+    record = json.loads(Path(str(outs["auto"]) + ".config.json").read_text())["config"]
+    assert record["runtime"] == resolve_runtime("auto") != "torch"
+    auto, torch_ = ([json.loads(x) for x in outs[n].read_text().splitlines()] for n in ("auto", "torch"))
+    for a, b in zip(auto, torch_):
+        assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
+        np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=0.5)

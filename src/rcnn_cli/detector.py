@@ -161,6 +161,19 @@ def detector_class(kind: str) -> type[Detector]:
     return getattr(importlib.import_module(module), name)
 
 
+def takes_option(model: str | os.PathLike, option: str) -> bool:
+    """Whether the detector of ``model`` (a run directory) takes ``option`` (e.g. ``runtime``)."""
+    import inspect
+
+    from rcnn_cli.io.runs import read_run
+    from rcnn_cli.models.onnx_detector import is_onnx_model
+    from rcnn_cli.models.pretrained import PRETRAINED
+
+    if is_onnx_model(model) or str(model) in PRETRAINED:
+        return False
+    return option in inspect.signature(detector_class(read_run(model).kind).from_run).parameters
+
+
 def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: DetectSettings = None,
                   **options: Any) -> Detector:
     """The detector of any run directory (R-CNN model, Fast or Faster R-CNN run), by its ``kind``.

@@ -303,7 +303,7 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
     """
     from rcnn_cli.config import parse_shard
     from rcnn_cli.data.inputs import resolve_inputs
-    from rcnn_cli.detector import load_detector
+    from rcnn_cli.detector import load_detector, takes_option
     from rcnn_cli.io.files import write_run_record
 
     output = DetectOutput(out, fmt, draw, split=split or "test", keep_classes=keep_classes, agnostic_nms=agnostic_nms,
@@ -319,6 +319,8 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
         items = items[part[0]::part[1]]
     if not items:
         raise UserError("no input images (or a video without frames)")
+    if "runtime" not in options and takes_option(model, "runtime"):
+        options["runtime"] = "auto"  # the fastest installed runtime for the CNN (torch on a GPU)
     with load_detector(model, device=device, config=config, **options) as detector:
         output.category_ids, output.coco_image_ids = _dataset_ids(inputs, split, images, detector.classes)
         try:

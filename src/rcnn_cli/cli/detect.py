@@ -29,7 +29,7 @@ def detect_cmd(
     rpn_top_n: Optional[int] = typer.Option(None, "--rpn-top-n", help="Faster R-CNN: RPN proposals per image (default: the run's, 300)."),
     no_bbox: bool = typer.Option(False, "--no-bbox", help="R-CNN: skip box regression."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="R-CNN: regions per network batch (default 64)."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="The CNN's runtime (R-CNN: the region network; Fast/Faster R-CNN: the trunk): torch (default), onnxruntime, openvino or auto."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="The CNN's runtime (R-CNN: the region network; Fast/Faster R-CNN: the trunk): auto (default: OpenVINO, else ONNX Runtime, else torch; torch on a GPU), torch, onnxruntime or openvino."),
     merge: Optional[str] = typer.Option(None, "--merge", help="Overfeat: greedy (the paper's merge, default) or nms."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fast/Faster R-CNN: final (default) or best (the best validation epoch's, kept with --val-split)."),
     fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl (streamed), coco (results JSON), voc (comp4 files in a "

@@ -438,7 +438,7 @@ class FasterRCNNDetector(Detector):
         ``runtime``: the trunk's (torch, onnxruntime, openvino, auto; the RPN and head stay in torch)."""
         cfg = _model_config_from(Path(run_dir))
         model, cfg = load_model(run_dir, device, overrides=_rpn_top_n(cfg, rpn_top_n), weights=weights)
-        _use_runtime(model, cfg, runtime, Path(run_dir), weights)
+        runtime = _use_runtime(model, cfg, runtime, Path(run_dir), weights)
         base = DetectConfig(float(cfg.box_score_thresh), float(cfg.box_nms_thresh),
                             int(cfg.box_detections_per_img))
         detector = cls(model, cfg, settings_in_effect(config, base))
@@ -474,19 +474,21 @@ class FasterRCNNDetector(Detector):
         return det
 
 
-def _use_runtime(model: nn.Module, cfg: FasterRCNNConfig, runtime: str, run_dir: Path, weights: str) -> None:
-    """Run the trunk of ``model`` in ``runtime`` (the graph cached in ``run_dir/graphs``)."""
+def _use_runtime(model: nn.Module, cfg: FasterRCNNConfig, runtime: str, run_dir: Path, weights: str) -> str:
+    """Run the trunk of ``model`` in ``runtime`` (the graph cached in ``run_dir/graphs``); returns the
+    runtime in effect (``auto`` resolved)."""
     from rcnn_cli.io.files import file_sha256
     from rcnn_cli.io.runs import weights_file
     from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
 
     runtime = resolve_runtime(runtime, next(model.parameters()).device.type, not cfg.fpn)
     if runtime == "torch":
-        return
+        return runtime
     if cfg.fpn or next(model.parameters()).device.type != "cpu":
         raise UserError(f"--runtime {runtime}: for single-level trunks on the CPU (use --runtime torch)")
     key = {"run": "faster-trunk", "weights": file_sha256(weights_file(run_dir, weights))}
     model.backbone.body = RuntimeTrunk(model.backbone.body, runtime, run_dir / "graphs", key)
+    return runtime
 
 
 def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",

@@ -376,7 +376,8 @@ class RCNNDetector(Detector):
         return self._extractor
 
     def settings(self) -> dict[str, Any]:
-        return dict(super().settings(), use_bbox=self.use_bbox, proposals=self.proposal_settings, runtime=self.runtime)
+        runtime = self._extractor.runtime if self._extractor is not None else self.runtime  # auto resolved once built
+        return dict(super().settings(), use_bbox=self.use_bbox, proposals=self.proposal_settings, runtime=runtime)
 
     def propose(self, image, image_id: str) -> np.ndarray:
         """Proposals ``(N, 4)`` for one image: from the store when it has the image, else computed."""
