@@ -130,3 +130,39 @@ def test_extract_features_with_proposals_of_other_images_is_an_error(tmp_path, c
               "--no-progress", "--device", "cpu", "--warp-size", "32", "--padding", "3"])
     assert e.value.code == 2 and "none of the 2 images" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+def test_every_help_reads_at_80_columns_and_short_flags_mean_one_thing(monkeypatch, capsys):
+    """No option name or word cut (no '…'), no line past 80 columns; a short flag is one long option everywhere."""
+    import typer
+
+    from rcnn_cli.cli import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    meaning: dict[str, set[str]] = {}
+    root = typer.main.get_command(app)
+    for path in _commands(root):
+        with pytest.raises(SystemExit):
+            main([*path, "--help"])
+        text = capsys.readouterr().out
+        assert "…" not in text, path
+        assert max(len(line) for line in text.splitlines()) <= 80, path
+        cmd = root
+        for part in path:
+            cmd = cmd.commands[part]
+        for param in cmd.params:
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in (o for o in param.opts if len(o) == 2 and o[0] == "-"):
+                meaning.setdefault(short, set()).update(longs)
+    shared = {k: v for k, v in meaning.items() if len(v) > 1 and k not in ("-h",)}
+    assert not shared, shared

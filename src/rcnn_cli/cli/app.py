@@ -7,7 +7,7 @@ import typer
 from rcnn_cli import __version__
 from rcnn_cli.log import setup_logging
 
-SETTINGS = dict(rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+SETTINGS = dict(rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                 context_settings={"help_option_names": ["-h", "--help"]})
 
 app = typer.Typer(help="CNN object detection: R-CNN, Fast R-CNN, Faster R-CNN, YOLO v1, Overfeat and localization, stage by stage.", **SETTINGS)

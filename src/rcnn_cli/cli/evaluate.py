@@ -29,7 +29,7 @@ def evaluate_command(
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split of a VOC dataset (ImageSets/Main/<split>.txt)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset (not needed to evaluate)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class list (default: from the data)."),
-    metric: Metric = typer.Option(Metric.voc07, "--metric", "-m", case_sensitive=False,
+    metric: Metric = typer.Option(Metric.voc07, "--metric", case_sensitive=False,
                                   help="voc07: 11-point AP (VOC devkit); voc12: area under the PR envelope; "
                                        "coco: AP@[.5:.95], AP50, AP75, APs/m/l via pycocotools; loc: ILSVRC "
                                        "localization and classification errors, top-1 and top-5, and with the class known."),
@@ -54,7 +54,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate detections against ground truth: per-class AP and mAP (VOC07, VOC12 or COCO).
 
-    Example: [bold]rcnn detect imgs/ --model M | rcnn evaluate data/voc --split test --detections -[/]
+    Example: rcnn detect imgs/ --model M | rcnn evaluate data/voc --split test --detections -
     """
     from rcnn_cli.data.inputs import dataset_classes, load_dataset
     from rcnn_cli.data.voc import is_voc_root

@@ -28,8 +28,8 @@ _RECORDED = {"rpn_pre_nms_train": "rpn_pre_nms_top_n_train", "rpn_post_nms_train
 @O.training_options(_T)
 def train_cmd(
     ctx: typer.Context,
-    dataset: Path = typer.Argument(..., help="VOC root or COCO instances JSON."),
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="Training split (VOC ImageSets/Main/<split>.txt)."),
+    dataset: Path = O.dataset_argument(),
+    split: Optional[str] = O.train_split(),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (model.safetensors, config.json, checkpoint/, metrics.jsonl)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone from the registry (efficientnet_lite0, vgg16, resnet50, alexnet; mobilenet_v3_large with --fpn)."),

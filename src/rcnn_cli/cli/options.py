@@ -44,7 +44,7 @@ def seed() -> int:
 
 
 def dataset_argument() -> Path:
-    return typer.Argument(..., help="VOC root, COCO instances JSON or YOLO data.yaml.")
+    return typer.Argument(..., help="A dataset: VOC root, COCO instances JSON, YOLO data.yaml or LabelMe folder.")
 
 
 def train_split() -> Optional[str]:

@@ -18,7 +18,7 @@ def propose_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Proposals HDF5 file (resumable: rerun the same command to continue)."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split of a VOC dataset input."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder of a COCO JSON input."),
-    method: str = typer.Option("selective-search", "--method", "-m", help="selective-search | sliding-window | rpn (needs --model)."),
+    method: str = typer.Option("selective-search", "--method", help="selective-search | sliding-window | rpn (needs --model)."),
     mode: str = typer.Option("fast", "--mode", help="Selective-search strategy: fast | quality."),
     max_size: int = typer.Option(500, "--max-size", help="Resize so the longer side is at most this (pixels) before the search (R-CNN: 500)."),
     min_size: Optional[float] = typer.Option(None, "--min-size", help="Drop boxes narrower or shorter than this, in ORIGINAL pixels (default 20; 0 for rpn)."),

@@ -25,7 +25,7 @@ def finetune_cmd(
     split: Optional[str] = O.train_split(),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when DATASET is a COCO JSON."),
     proposals: Path = typer.Option(..., "--proposals", "-p", help="Proposals file of the split (rcnn propose)."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone (see extract-features)."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone (see extract-features)."),
     weights: str = typer.Option("imagenet", "--weights", help="Starting weights: imagenet, none or a .safetensors file."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer the classifier sits on (default: the backbone's)."),
     warp_size: Optional[int] = typer.Option(None, "--warp-size", help="Warped region size in pixels (default: native)."),
@@ -164,7 +164,7 @@ def pipeline_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Top-K proposals per image (0: all; default: chosen "
                                         "from the objects per image)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Proposal processes (default: all cores)."),
-    backbone: str = typer.Option(_P.backbone, "--backbone", "-b", help="Backbone of the registry (efficientnet_lite0, alexnet, vgg16, resnet50, hog)."),
+    backbone: str = typer.Option(_P.backbone, "--backbone", help="Backbone of the registry (efficientnet_lite0, alexnet, vgg16, resnet50, hog)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: imagenet, none or a .safetensors "
                                           "file (default: the proposing Faster R-CNN's fine-tuned trunk with "
                                           "--method rpn, else imagenet)."),
