@@ -43,7 +43,7 @@ fi
 # ---- 1. selective-search proposals of both splits (resumable HDF5 files)
 for split in "$TRAIN_SPLIT" "$TEST_SPLIT"; do
     rcnn propose "$DATASET" --split "$split" --out "$OUT/proposals_$split.h5" --limit "${LIMIT:-300}" \
-        --mode "${MODE:-fast}" --max-size "${SS_MAX_SIZE:-500}" --min-size "${MIN_BOX:-16}" --seed "$SEED" \
+        --mode "${MODE:-fast}" --max-size "${SS_MAX_SIZE:-500}" --min-box "${MIN_BOX:-16}" --seed "$SEED" \
         ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} --no-progress
 done
 

@@ -70,7 +70,7 @@ done
 rcnn propose "$DATASET" --split "$TEST_SPLIT" --method rpn --model "$OUT/model" --rpn-top-n "$RPN_TOP_N" \
     --device "$DEVICE" --out "$OUT/proposals_rpn_$TEST_SPLIT.h5" --no-progress
 rcnn propose "$DATASET" --split "$TEST_SPLIT" --method selective-search --limit "$LIMIT" \
-    --max-size "${SS_MAX_SIZE:-500}" --min-size "${MIN_BOX:-16}" --seed "$SEED" \
+    --max-size "${SS_MAX_SIZE:-500}" --min-box "${MIN_BOX:-16}" --seed "$SEED" \
     --out "$OUT/proposals_ss_$TEST_SPLIT.h5" --no-progress
 for method in rpn ss; do
     rcnn proposals recall "$DATASET" --split "$TEST_SPLIT" --proposals "$OUT/proposals_${method}_$TEST_SPLIT.h5" \

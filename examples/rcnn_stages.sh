@@ -68,7 +68,7 @@ fi
 # ---- 1. region proposals (selective search), one HDF5 file per split, resumable
 for split in "$TRAIN_SPLIT" "$TEST_SPLIT"; do
     rcnn propose "$DATASET" --split "$split" --out "$OUT/proposals_$split.h5" --mode "$MODE" \
-        --max-size "$SS_MAX_SIZE" --min-size "$MIN_BOX" --limit "$LIMIT" --seed "$SEED" ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} --no-progress
+        --max-size "$SS_MAX_SIZE" --min-box "$MIN_BOX" --limit "$LIMIT" --seed "$SEED" ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} --no-progress
 done
 
 # ---- 2. how many ground-truth boxes do the test proposals cover? (an upper bound on recall)

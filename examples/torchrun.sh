@@ -66,7 +66,7 @@ DETECT_ARGS=()
 if [[ "$METHOD" == fast ]]; then
     for split in "$TRAIN_SPLIT" "$TEST_SPLIT"; do
         rcnn propose "$DATASET" --split "$split" --out "$OUT/proposals_$split.h5" --limit "${LIMIT:-300}" \
-            --min-size "${MIN_BOX:-16}" --seed "$SEED" --no-progress
+            --min-box "${MIN_BOX:-16}" --seed "$SEED" --no-progress
     done
     TRAIN_ARGS+=(--proposals "$OUT/proposals_$TRAIN_SPLIT.h5" --no-progress)
     DETECT_ARGS=(--proposals "$OUT/proposals_$TEST_SPLIT.h5")

@@ -80,13 +80,14 @@ def _key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: Path, dynamic: dict | None = None) -> None:
+def _export(model: nn.Module, example: torch.Tensor, path: Path, dynamic: dict | None = None,
+            output: str = "features") -> None:
     from rcnn_cli.io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = dynamic or {"images": {0: "batch"}, "features": {0: "batch"}}
     with atomic_path(path) as tmp, torch.no_grad():
-        kwargs = dict(input_names=["images"], output_names=["features"], dynamic_axes=dynamic, opset_version=17)
+        kwargs = dict(input_names=["images"], output_names=[output], dynamic_axes=dynamic, opset_version=17)
         try:
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, **kwargs)
         except TypeError:  # torch without the dynamo switch
@@ -177,7 +178,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None 
     onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
     batched = run.kind in ("rcnn", "yolo")  # fixed-size inputs, any batch; trunks: any image size
     dynamic = {"images": {0: "batch"}} if batched else {"images": {2: "height", 3: "width"}}
-    _export(model, example, onnx_path, dynamic=dict(dynamic, features={0: "batch"} if batched else {}))
+    output = info["outputs"][0]["name"]
+    _export(model, example, onnx_path, dynamic=dict(dynamic, **{output: {0: "batch"} if batched else {}}), output=output)
     if fmt == "openvino":
         import openvino as ov
 
@@ -271,7 +273,8 @@ def _yolo_exportable(run, norm: dict) -> tuple[nn.Module, torch.Tensor, dict[str
     return _WholeYOLO(model).eval(), torch.rand(1, 3, s, s), {
         "what": "the whole YOLO v1 network (trunk and head)", "normalization": norm,
         "inputs": [{"name": "images", "shape": ["batch", 3, s, s], "dtype": "float32"}],
-        "outputs": [{"name": "features", "shape": ["batch", cfg.grid, cfg.grid, depth], "dtype": "float32"}],
+        "outputs": [{"name": "grid", "shape": ["batch", cfg.grid, cfg.grid, depth], "dtype": "float32",
+                     "meaning": "per cell: B x (x, y, sqrt w, sqrt h, confidence), then the class probabilities"}],
         "caller": f"resize the image to {s}x{s}, normalise, run this; per cell the first {5 * cfg.boxes_per_cell} "
                   f"numbers are {cfg.boxes_per_cell} x (x, y, sqrt w, sqrt h, confidence) and the rest the class "
                   "probabilities: decode with rcnn_cli.models.yolo.decode_output, then threshold, per-class NMS"}

@@ -30,7 +30,7 @@ def make_shapes_cmd(
     out: Path = typer.Argument(..., help="Output folder (VOC layout)."),
     train: int = typer.Option(200, "--train", help="Images in the trainval split."),
     test: int = typer.Option(50, "--test", help="Images in the test split."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels."),
+    size: int = typer.Option(256, "--image-size", "--size", help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
     single: bool = typer.Option(False, "--single", help="One object per image, of varied scale and position "
                                 "(data for localization: `rcnn localize`, `rcnn evaluate --metric loc`)."),

@@ -21,7 +21,7 @@ def propose_cmd(
     method: str = typer.Option("selective-search", "--method", help="selective-search | sliding-window | rpn (needs --model)."),
     mode: str = typer.Option("fast", "--mode", help="Selective-search strategy: fast | quality."),
     max_size: int = typer.Option(500, "--max-size", help="Resize so the longer side is at most this (pixels) before the search (R-CNN: 500)."),
-    min_size: Optional[float] = typer.Option(None, "--min-size", help="Drop boxes narrower or shorter than this, in ORIGINAL pixels (default 20; 0 for rpn)."),
+    min_size: Optional[float] = typer.Option(None, "--min-box", help="Drop boxes narrower or shorter than this, in ORIGINAL pixels (default 20; 0 for rpn)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-k", help="Keep the top-K boxes per image (default: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: all cores)."),
     seed: int = typer.Option(0, "--seed", help="Seed of OpenCV's random region ranking (srand before every image)."),

@@ -159,7 +159,7 @@ def pipeline_cmd(
     mode: str = typer.Option(_P.mode, "--mode", help="Selective search mode: fast or quality."),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Selective search: longer image side at most this "
                                            "(default: chosen from the images)."),
-    min_size: Optional[int] = typer.Option(None, "--min-size", help="Proposals smaller than this are dropped (default: "
+    min_size: Optional[int] = typer.Option(None, "--min-box", help="Proposals smaller than this (pixels) are dropped (default: "
                                            "chosen from the smallest class)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Top-K proposals per image (0: all; default: chosen "
                                         "from the objects per image)."),

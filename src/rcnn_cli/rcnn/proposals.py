@@ -232,7 +232,7 @@ def _check_settings(method: str, mode: str, max_size: int | None, min_size: floa
     if max_size is not None and max_size < 1:
         raise UserError(f"--max-size must be positive, got {max_size}")
     if min_size < 0:
-        raise UserError(f"--min-size must be >= 0, got {min_size}")
+        raise UserError(f"--min-box must be >= 0, got {min_size}")
 
 
 def propose_image(image, method: str = "selective-search", mode: str = "fast", max_size: int | None = 500,
