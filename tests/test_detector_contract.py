@@ -350,6 +350,17 @@ def test_whole_faster_rcnn_onnx_gives_the_runs_boxes(tmp_path, capsys):
         assert [d["label"] for d in line["detections"]] == want["labels"]
         np.testing.assert_allclose([d["box"] for d in line["detections"]],
                                    np.asarray(want["boxes"]).reshape(-1, 4), atol=1.0)
+    from PIL import Image
+
+    from rcnn_cli.detector import DetectConfig
+
+    low = DetectConfig(score_threshold=0.001)
+    photo = Image.open(IMAGES[0]).convert("RGB")
+    with load_detector(OLD_RUNS / "faster", device="cpu", config=low) as run, load_detector(out, config=low) as graph:
+        for size in [(300, 200), (200, 320), (90, 60), (1200, 900)]:  # other sizes than the export's example
+            a, b = run(photo.resize(size)), graph(photo.resize(size))
+            assert a.labels == b.labels and len(a) > 0
+            np.testing.assert_allclose(a.boxes, b.boxes, atol=0.01)
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     script = readme.split("<!-- onnx-script -->")[1].split("```python")[1].split("```")[0]
     assert len(script.strip().splitlines()) == 5

@@ -160,8 +160,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None 
     + ``.bin``), with ``<out>.json`` saying what it is, its inputs and outputs and what the caller
     does around it. Faster R-CNN: the whole detector (``part`` ``detector``, the default: an image
     in, boxes, scores and labels out; ``rcnn detect --model OUT.onnx`` runs it) or its ``trunk``;
-    R-CNN: the region network (warped crops -> features); Fast R-CNN: the trunk (an image of any
-    size -> its stride-16 feature map); YOLO: the whole network."""
+    Fast R-CNN: the trunk (an image of any size -> its stride-16 feature map); R-CNN: the region
+    network (warped crops -> features); YOLO: the whole network."""
     from rcnn_cli.io import write_json
     from rcnn_cli.io.runs import read_run
 
@@ -171,9 +171,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None 
     if part not in (None, "detector", "trunk"):
         raise UserError(f"--part {part}: choose detector or trunk")
     if run.kind == "faster" and part != "trunk":
-        return _export_whole_faster(run, fmt, out)
+        return _export_whole(run, fmt, out)
     if part == "detector":
-        raise UserError(f"--part detector: whole-detector export is for Faster R-CNN runs (this is a '{run.kind}' run)")
+        raise UserError(f"--part detector: whole-detector export is for Faster R-CNN runs (this is a '{run.kind}' "
+                        "run; Fast R-CNN exports its trunk)")
     model, example, info = _exportable(run)
     onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
     batched = run.kind in ("rcnn", "yolo")  # fixed-size inputs, any batch; trunks: any image size
@@ -192,7 +193,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None 
     return info
 
 
-class _WholeFaster(nn.Module):
+class _WholeDetector(nn.Module):
     """torchvision's Faster R-CNN on one image: ``(3, H, W)`` in ``[0, 1]`` -> boxes, scores, labels."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -204,10 +205,9 @@ class _WholeFaster(nn.Module):
         return out["boxes"], out["scores"], out["labels"]
 
 
-def _export_whole_faster(run, fmt: str, out: Path) -> dict[str, Any]:
-    """The whole Faster R-CNN as one graph (no score threshold inside: the caller applies it), its
-    description in ``<out>.json``."""
-    from rcnn_cli.io import atomic_path, write_json
+def _whole(run) -> tuple[nn.Module, tuple, dict[str, Any], Any]:
+    """``(wrapper, example input, the run's test-time settings, model config)`` of a Faster R-CNN
+    run; no score threshold inside the graph (the caller applies it)."""
     from rcnn_cli.models.faster_rcnn import load_model
 
     model, cfg = load_model(run.root, "cpu")
@@ -215,19 +215,28 @@ def _export_whole_faster(run, fmt: str, out: Path) -> dict[str, Any]:
     detect = {"score_threshold": float(heads.score_thresh), "nms": float(heads.nms_thresh),
               "top_k": int(heads.detections_per_img)}
     heads.score_thresh = 0.0
-    whole = _WholeFaster(model.eval())
+    example = (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),)
+    return _WholeDetector(model.eval()).eval(), example, detect, cfg
+
+
+def _export_whole(run, fmt: str, out: Path) -> dict[str, Any]:
+    """A Faster R-CNN run as one graph (an image in; boxes, scores, labels out), its description in
+    ``<out>.json``."""
+    from rcnn_cli.io import atomic_path, write_json
+
+    whole, example, detect, cfg = _whole(run)
+    mean, std = list(cfg.image_mean), list(cfg.image_std)
+    inputs = ["image"]
     onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = {"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"}}
     with atomic_path(onnx_path) as tmp, torch.no_grad():
-        kwargs = dict(input_names=["image"], output_names=["boxes", "scores", "labels"], opset_version=17,
-                      dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"},
-                                    "labels": {0: "n"}})
+        kwargs = dict(input_names=inputs, output_names=["boxes", "scores", "labels"], opset_version=17,
+                      dynamic_axes=dynamic)
         try:
-            torch.onnx.export(whole, (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),), str(tmp),
-                              dynamo=False, **kwargs)
+            torch.onnx.export(whole, example, str(tmp), dynamo=False, **kwargs)
         except TypeError:  # torch without the dynamo switch
-            torch.onnx.export(whole, (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),), str(tmp),
-                              **kwargs)
+            torch.onnx.export(whole, example, str(tmp), **kwargs)
     file = onnx_path
     if fmt == "openvino":
         import openvino as ov
@@ -236,14 +245,13 @@ def _export_whole_faster(run, fmt: str, out: Path) -> dict[str, Any]:
         file = out.with_suffix(".xml")
         ov.save_model(ov.convert_model(str(onnx_path)), str(file))
         onnx_path.unlink()
+    described = [{"name": "image", "shape": [3, "height", "width"], "dtype": "float32", "meaning": "RGB in [0, 1], any size"}]
     info = {
-        "what": "the whole Faster R-CNN detector", "part": "detector", "kind": run.kind, "format": fmt,
-        "file": str(file), "run": str(run.root), "classes": list(cfg.classes), "min_size": int(cfg.min_size),
-        "max_size": int(cfg.max_size), "detect": detect,
-        "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std),
-                          "where": "inside the graph, with the resize"},
-        "inputs": [{"name": "image", "shape": [3, "height", "width"], "dtype": "float32",
-                    "meaning": "RGB in [0, 1], any size"}],
+        "what": "the whole Faster R-CNN detector", "part": "detector",
+        "kind": run.kind, "format": fmt, "file": str(file), "run": str(run.root), "classes": list(cfg.classes),
+        "min_size": int(cfg.min_size), "max_size": int(cfg.max_size), "detect": detect,
+        "normalization": {"mean": mean, "std": std, "where": "inside the graph, with the resize"},
+        "inputs": described,
         "outputs": [{"name": "boxes", "shape": ["n", 4], "dtype": "float32", "meaning": "x1, y1, x2, y2 in the "
                      "input's pixels"}, {"name": "scores", "shape": ["n"], "dtype": "float32"},
                     {"name": "labels", "shape": ["n"], "dtype": "int64", "meaning": "1..K: classes[label - 1]"}],
