@@ -112,7 +112,7 @@ def test_sigint_while_starting_is_one_line(tmp_path):
             "    return real(name, *a, **k)\n"
             "builtins.__import__ = imp\n"
             "from rcnn_cli.entry import main\n"
-            "sys.argv = ['rcnn', '--version']\n"
+            "sys.argv = ['rcnn', '--help']\n"
             "main()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 130
