@@ -290,3 +290,14 @@ def test_split_sizes_hold_when_every_stratum_is_small(tmp_path):
         assert sorted(sum(splits.values(), [])) == sorted(r.image_id for r in records)
         strata_in_val = {int(i[1:]) % 8 for i in splits["val"]}
         assert len(strata_in_val) == 4  # one image from each of four classes, not two of one
+
+
+def test_yolo_pose_labels_give_their_box(tmp_path):
+    """With ``kpt_shape`` in data.yaml the numbers after the box are keypoints: the box is the first four."""
+    root = _roboflow(tmp_path / "rf")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nkpt_shape: [2, 3]\n"
+                                    "names: ['fish', 'shark']\n")
+    (root / "train" / "labels" / "train0.txt").write_text("1 0.5 0.5 0.2 0.4 0.45 0.4 2 0.55 0.6 1\n")
+    rec = {r.image_id: r for r in load_dataset(root, "train").records}["train0"]
+    np.testing.assert_allclose(rec.boxes, [[40, 15, 60, 35]], atol=1e-4)
+    assert rec.labels == ["shark"]
