@@ -471,3 +471,41 @@ def test_detect_runs_the_fastest_runtime_by_default_with_the_same_boxes(kind, tm
     for a, b in zip(auto, torch_):
         assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
         np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=0.5)
+
+
+def test_whole_fast_rcnn_onnx_takes_the_proposals_as_a_second_input(tmp_path):
+    """Fast R-CNN as one graph with the proposals as its second input: the run's boxes at the image's
+    own size and at others than the export's example (a RoIAlign run: ONNX's MaxRoiPool bins RoI max
+    pooling differently)."""
+    ort = pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from rcnn_cli.data.images import load_image, to_tensor
+    from rcnn_cli.runtimes import export_run
+
+    run = tmp_path / "fast"
+    shutil.copytree(OLD_RUNS / "fast", run)
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["model"]["roi_align"] = True  # a format-1 record
+    (run / "config.json").write_text(json.dumps(record))
+    out = tmp_path / "fast.onnx"
+    info = export_run(run, "onnx", out, part="detector")
+    assert [i["name"] for i in info["inputs"]] == ["image", "proposals"] and info["kind"] == "fast"
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    photo = Image.open(IMAGES[0]).convert("RGB")
+    with load_detector(run, device="cpu", **_options("fast")) as det:
+        for path, image in [(p, load_image(p)) for p in IMAGES] + [(IMAGES[0], photo.resize((200, 150)))]:
+            props = det.propose(image, path.stem)[: det.max_proposals]  # the fixture's proposals, as the run reads them
+            boxes, scores, labels = session.run(None, {"image": to_tensor(image).numpy(), "proposals": props})
+            keep = scores >= info["detect"]["score_threshold"]
+            want = det.detect(image, path.stem)
+            assert len(want) > 0 and [det.classes[k - 1] for k in labels[keep]] == want.labels
+            np.testing.assert_allclose(boxes[keep], want.boxes, atol=1e-3)
+            np.testing.assert_allclose(scores[keep], want.scores, atol=1e-5)
+    # `rcnn detect --model fast.onnx`: selective search with the run's settings, then the graph
+    from rcnn_cli.detector import DetectConfig
+
+    with load_detector(run, device="cpu") as live, load_detector(out, config=DetectConfig()) as graph:
+        a, b = live(IMAGES[0]), graph(IMAGES[0])
+        assert a.num_proposals == b.num_proposals and a.labels == b.labels
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)

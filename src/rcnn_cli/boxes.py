@@ -158,7 +158,12 @@ def scale_boxes(boxes, sx: float, sy: float):
     if type(boxes).__module__.startswith("torch"):  # a tensor (torch is not imported for numpy input)
         import torch
 
-        return boxes * torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
+        factors = [sx, sy, sx, sy]
+        if any(isinstance(f, torch.Tensor) for f in factors):  # sizes traced by an ONNX export: kept in the graph
+            scale = torch.stack([torch.as_tensor(f) for f in factors]).to(dtype=boxes.dtype, device=boxes.device)
+        else:
+            scale = torch.tensor(factors, dtype=boxes.dtype, device=boxes.device)
+        return boxes * scale
     return np.asarray(boxes, np.float32) * np.array([sx, sy, sx, sy], np.float32)
 
 

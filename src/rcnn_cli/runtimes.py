@@ -160,7 +160,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None 
     + ``.bin``), with ``<out>.json`` saying what it is, its inputs and outputs and what the caller
     does around it. Faster R-CNN: the whole detector (``part`` ``detector``, the default: an image
     in, boxes, scores and labels out; ``rcnn detect --model OUT.onnx`` runs it) or its ``trunk``;
-    Fast R-CNN: the trunk (an image of any size -> its stride-16 feature map); R-CNN: the region
+    Fast R-CNN: the trunk (an image of any size -> its stride-16 feature map; the default) or, with
+    ``part="detector"``, the whole detector with the proposals as a second input; R-CNN: the region
     network (warped crops -> features); YOLO: the whole network."""
     from rcnn_cli.io import write_json
     from rcnn_cli.io.runs import read_run
@@ -170,11 +171,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None 
         raise UserError(f"--format {fmt}: choose onnx or openvino")
     if part not in (None, "detector", "trunk"):
         raise UserError(f"--part {part}: choose detector or trunk")
-    if run.kind == "faster" and part != "trunk":
+    if (run.kind == "faster" and part != "trunk") or (run.kind == "fast" and part == "detector"):
         return _export_whole(run, fmt, out)
     if part == "detector":
-        raise UserError(f"--part detector: whole-detector export is for Faster R-CNN runs (this is a '{run.kind}' "
-                        "run; Fast R-CNN exports its trunk)")
+        raise UserError(f"--part detector: whole-detector export is for Fast and Faster R-CNN runs (this is a "
+                        f"'{run.kind}' run)")
     model, example, info = _exportable(run)
     onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
     batched = run.kind in ("rcnn", "yolo")  # fixed-size inputs, any batch; trunks: any image size
@@ -194,42 +195,57 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, part: str | None 
 
 
 class _WholeDetector(nn.Module):
-    """torchvision's Faster R-CNN on one image: ``(3, H, W)`` in ``[0, 1]`` -> boxes, scores, labels."""
+    """A detector on one image: ``(3, H, W)`` in ``[0, 1]`` (and, for Fast R-CNN, ``(P, 4)`` proposals
+    in the image's pixels) -> boxes, scores, labels."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, kind: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.kind = model, kind
 
-    def forward(self, image: torch.Tensor):
-        out = self.model([image])[0]
+    def forward(self, image: torch.Tensor, proposals: torch.Tensor | None = None):
+        out = self.model([image])[0] if self.kind == "faster" else self.model([image], proposals=[proposals])[0]
         return out["boxes"], out["scores"], out["labels"]
 
 
 def _whole(run) -> tuple[nn.Module, tuple, dict[str, Any], Any]:
-    """``(wrapper, example input, the run's test-time settings, model config)`` of a Faster R-CNN
-    run; no score threshold inside the graph (the caller applies it)."""
-    from rcnn_cli.models.faster_rcnn import load_model
+    """``(wrapper, example inputs, the run's test-time settings with the normalisation, model
+    config)`` of a Fast or Faster R-CNN run; no score threshold inside the graph (the caller applies it)."""
+    if run.kind == "faster":
+        from rcnn_cli.models.faster_rcnn import load_model
 
-    model, cfg = load_model(run.root, "cpu")
-    heads = model.roi_heads
-    detect = {"score_threshold": float(heads.score_thresh), "nms": float(heads.nms_thresh),
-              "top_k": int(heads.detections_per_img)}
-    heads.score_thresh = 0.0
-    example = (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),)
-    return _WholeDetector(model.eval()).eval(), example, detect, cfg
+        model, cfg = load_model(run.root, "cpu")
+        heads = model.roi_heads
+        detect = {"score_threshold": float(heads.score_thresh), "nms": float(heads.nms_thresh),
+                  "top_k": int(heads.detections_per_img)}
+        heads.score_thresh = 0.0
+        example = (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),)
+    else:
+        from rcnn_cli.models.fast_rcnn import load_fast_rcnn
+
+        model = load_fast_rcnn(run.root)
+        cfg = model.config
+        detect = {"score_threshold": float(cfg.score_thresh), "nms": float(cfg.nms_thresh),
+                  "top_k": int(cfg.detections_per_img)}
+        cfg.score_thresh = 0.0
+        side = int(cfg.min_size)
+        corner = torch.rand(64, 2) * side / 2
+        example = (torch.rand(3, side, side * 4 // 3), torch.cat([corner, corner + side / 4], 1))
+    norm = {"mean": list(model.transform.image_mean), "std": list(model.transform.image_std)}
+    return _WholeDetector(model.eval(), run.kind).eval(), example, dict(detect, **norm), cfg
 
 
 def _export_whole(run, fmt: str, out: Path) -> dict[str, Any]:
-    """A Faster R-CNN run as one graph (an image in; boxes, scores, labels out), its description in
-    ``<out>.json``."""
+    """A Fast or Faster R-CNN run as one graph (an image, and Fast R-CNN's proposals, in; boxes,
+    scores, labels out), its description in ``<out>.json``."""
     from rcnn_cli.io import atomic_path, write_json
 
     whole, example, detect, cfg = _whole(run)
-    mean, std = list(cfg.image_mean), list(cfg.image_std)
-    inputs = ["image"]
+    mean, std = detect.pop("mean"), detect.pop("std")
+    inputs = ["image"] + (["proposals"] if run.kind == "fast" else [])
     onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic = {"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"}}
+    dynamic = {"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"},
+               **({"proposals": {0: "p"}} if run.kind == "fast" else {})}
     with atomic_path(onnx_path) as tmp, torch.no_grad():
         kwargs = dict(input_names=inputs, output_names=["boxes", "scores", "labels"], opset_version=17,
                       dynamic_axes=dynamic)
@@ -246,10 +262,14 @@ def _export_whole(run, fmt: str, out: Path) -> dict[str, Any]:
         ov.save_model(ov.convert_model(str(onnx_path)), str(file))
         onnx_path.unlink()
     described = [{"name": "image", "shape": [3, "height", "width"], "dtype": "float32", "meaning": "RGB in [0, 1], any size"}]
+    if run.kind == "fast":
+        described.append({"name": "proposals", "shape": ["p", 4], "dtype": "float32",
+                          "meaning": "region proposals, x1, y1, x2, y2 in the image's pixels (rcnn propose)"})
     info = {
-        "what": "the whole Faster R-CNN detector", "part": "detector",
+        "what": f"the whole {'Faster' if run.kind == 'faster' else 'Fast'} R-CNN detector", "part": "detector",
         "kind": run.kind, "format": fmt, "file": str(file), "run": str(run.root), "classes": list(cfg.classes),
         "min_size": int(cfg.min_size), "max_size": int(cfg.max_size), "detect": detect,
+        **({"proposals": dict(cfg.proposals or {}), "max_proposals": int(cfg.max_proposals)} if run.kind == "fast" else {}),
         "normalization": {"mean": mean, "std": std, "where": "inside the graph, with the resize"},
         "inputs": described,
         "outputs": [{"name": "boxes", "shape": ["n", 4], "dtype": "float32", "meaning": "x1, y1, x2, y2 in the "

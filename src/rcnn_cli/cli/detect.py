@@ -79,8 +79,9 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A run directory: an R-CNN model, a Fast, Faster R-CNN or YOLO run."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (.onnx) or openvino (.xml + .bin)."),
     out: Path = typer.Option(..., "--out", "-o", help="The file to write; <out>.json describes it."),
-    part: Optional[str] = typer.Option(None, "--part", help="Faster R-CNN: detector (default: image in; boxes, scores, "
-                                       "labels out) or trunk (the feature map)."),
+    part: Optional[str] = typer.Option(None, "--part", help="Fast/Faster R-CNN: detector (image, and Fast R-CNN's "
+                                       "proposals, in; boxes, scores, labels out; Faster's default) or trunk (the "
+                                       "feature map; Fast's default)."),
 ) -> None:
     """Export a run's CNN for deployment (Faster R-CNN: the whole detector, `rcnn detect --model OUT.onnx` runs it;
     R-CNN: the region network; Fast R-CNN: the trunk; YOLO: the whole network)."""

@@ -254,8 +254,12 @@ class FastRCNN(nn.Module):
             empty = features.new_zeros((0, 4))
             return [{"boxes": empty, "scores": empty[:, 0], "labels": empty[:, 0].long()} for _ in rois]
         x = self.head(self._pool(features, rois))
-        scores_all = F.softmax(self.cls_score(x).float(), dim=-1).split(counts)
-        deltas_all = self.bbox_pred(x).float().split(counts)
+        scores_all = F.softmax(self.cls_score(x).float(), dim=-1)
+        deltas_all = self.bbox_pred(x).float()
+        if len(rois) == 1:  # no split: an exported graph takes any number of proposals
+            scores_all, deltas_all = [scores_all], [deltas_all]
+        else:
+            scores_all, deltas_all = scores_all.split(counts), deltas_all.split(counts)
         results = []
         k1 = self.config.num_classes + 1
         for props, scores, deltas, size, orig in zip(rois, scores_all, deltas_all, image_sizes, original_sizes):

@@ -1,9 +1,11 @@
-"""A whole Faster R-CNN exported to ONNX (``rcnn export RUN --format onnx``), run by ONNX Runtime.
+"""A whole Fast or Faster R-CNN exported to ONNX (``rcnn export RUN --format onnx [--part
+detector]``), run by ONNX Runtime.
 
-The graph is torchvision's detector end to end: an RGB image ``(3, H, W)`` float32 in ``[0, 1]``
-in; resizing, normalisation, RPN, RoI head, box decoding and per-class NMS inside; ``boxes`` ``(N,
-4)`` in the input's pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` (``1..K``, ``classes[label
-- 1]``) out. It is exported with no score threshold, so the threshold is applied here (the run's
+The graph is the detector end to end: an RGB image ``(3, H, W)`` float32 in ``[0, 1]`` (and, for
+Fast R-CNN, ``(P, 4)`` proposals: selective search with the run's settings runs here) in;
+resizing, normalisation, RPN or RoI pooling, the head, box decoding and per-class NMS inside;
+``boxes`` ``(N, 4)`` in the input's pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` (``1..K``,
+``classes[label - 1]``) out. It is exported with no score threshold, so the threshold is applied here (the run's
 by default). ``<model>.onnx.json`` names the classes, sizes and settings.
 """
 
@@ -36,7 +38,7 @@ def describe_onnx(path: str | Path) -> dict[str, Any]:
     info = json.loads(info_path.read_text(encoding="utf-8"))
     if info.get("part") != "detector":
         raise UserError(f"{path}: {info.get('what', 'not a whole detector')}; `rcnn detect` runs whole-detector "
-                        "exports (`rcnn export RUN --format onnx` of a Faster R-CNN run)")
+                        "exports (`rcnn export RUN --format onnx` of a Faster R-CNN run, `--part detector` of a Fast one)")
     return info
 
 
@@ -78,15 +80,31 @@ class OnnxDetector(Detector):
         from rcnn_cli.io.detections import ImageDetections
 
         t0 = time.perf_counter()
-        small, k = fit_image(image, int(self.info["min_size"]), int(self.info["max_size"]))
-        x = to_tensor(small).numpy().astype(np.float32)
-        boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], {"image": x})
+        feeds, num_proposals, small, k = {}, None, image, 1
+        if self.info["kind"] == "fast":
+            feeds["proposals"] = self._proposals(image)
+            num_proposals = len(feeds["proposals"])
+        else:
+            small, k = fit_image(image, int(self.info["min_size"]), int(self.info["max_size"]))
         t1 = time.perf_counter()
+        feeds["image"] = to_tensor(small).numpy().astype(np.float32)
+        boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], feeds)
+        t2 = time.perf_counter()
         keep = np.flatnonzero(scores >= self.config.score_threshold)[: self.config.top_k]
         boxes = boxes[keep].astype(np.float32) * k
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.height)
         names = [self.classes[int(i) - 1] for i in labels[keep]]
-        det = ImageDetections(image_id, boxes.reshape(-1, 4), scores[keep].astype(np.float32), names)
-        det.timings = {"network": t1 - t0, "post": time.perf_counter() - t1}
+        det = ImageDetections(image_id, boxes.reshape(-1, 4), scores[keep].astype(np.float32), names,
+                              num_proposals=num_proposals)
+        det.timings = {"proposals": t1 - t0, "network": t2 - t1, "post": time.perf_counter() - t2}
         return det
+
+    def _proposals(self, image) -> np.ndarray:
+        """Fast R-CNN's proposals: selective search with the settings the run was trained with."""
+        from rcnn_cli.rcnn.proposals import selective_search
+
+        settings = self.info.get("proposals") or {}
+        kwargs = {k: settings[k] for k in ("mode", "max_size", "min_size") if settings.get(k) is not None}
+        boxes = np.asarray(selective_search(image, **kwargs), np.float32).reshape(-1, 4)
+        return boxes[: int(self.info.get("max_proposals") or len(boxes))]
