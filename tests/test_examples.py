@@ -26,6 +26,8 @@ from rcnn_cli.data.shapes import make_shapes
 from rcnn_cli.data.voc import load_voc
 from rcnn_cli.rcnn.proposals import load as load_proposals
 
+pytestmark = pytest.mark.slow  # end to end: each example script runs as a user runs it
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BIN = Path(sys.executable).parent  # the venv's bin: rcnn, torchrun, python3
 CLASSES = ["circle", "square", "star", "triangle"]
