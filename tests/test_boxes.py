@@ -46,3 +46,12 @@ def test_bad_box_policy():
     assert not any(i == 4 for i, _ in problems)
     # Training keeps the box reaching past the border (it is clipped later), drops the others.
     assert valid_box_mask(boxes, 100, 100).tolist() == [False, False, True, False, True]
+
+
+def test_yolo_box_conversion_by_hand_and_back():
+    from rcnn_cli.boxes import from_yolo_boxes, to_yolo_boxes
+
+    boxes = np.array([[10, 20, 50, 60], [0, 0, 200, 100]], np.float32)
+    yolo = to_yolo_boxes(boxes, 200, 100)
+    np.testing.assert_allclose(yolo, [[0.15, 0.4, 0.2, 0.4], [0.5, 0.5, 1.0, 1.0]])
+    np.testing.assert_allclose(from_yolo_boxes(yolo, 200, 100), boxes, atol=1e-5)

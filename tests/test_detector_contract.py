@@ -371,12 +371,19 @@ def test_whole_faster_rcnn_onnx_gives_the_runs_boxes(tmp_path, capsys):
     try:
         shutil.copy(IMAGES[0], tmp_path / "photo.jpg")
         shutil.copy(out, tmp_path / "model.onnx")
-        shutil.copy(Path(str(out) + ".json"), tmp_path / "model.onnx.json")
+        described = json.loads(Path(str(out) + ".json").read_text())
+        described["detect"]["score_threshold"] = 0.001  # the fixture run's scores are low: keep its boxes
+        (tmp_path / "model.onnx.json").write_text(json.dumps(described))
+        capsys.readouterr()
         exec(compile(script, "README", "exec"), {})
     finally:
         os.chdir(cwd)
-    printed = capsys.readouterr().out
-    assert printed.count("(") >= 1 or printed.strip() == "[]"
+    import ast
+
+    printed = ast.literal_eval(capsys.readouterr().out.strip())  # [(class, score, [x1, y1, x2, y2]), ...]
+    want = EXPECTED["faster"][0]
+    assert [p[0] for p in printed] == want["labels"] and len(printed) > 0
+    np.testing.assert_allclose([p[2] for p in printed], np.asarray(want["boxes"]).reshape(-1, 4), atol=0.06)
 
 
 def test_yolo_output_reads_back_with_the_same_boxes(tmp_path):

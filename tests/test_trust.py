@@ -253,3 +253,7 @@ def test_detect_without_a_model_uses_the_cached_coco_checkpoint(tmp_path, monkey
         assert len(det.classes) == 80 and det.classes[0] == "person" and "N/A" not in det.classes
         assert det.settings()["weights"] == str(path)
     assert {d["label"] for d in line["detections"]} <= set(det.classes)
+    from rcnn_cli.detector import PRETRAINED_NAMES
+    from rcnn_cli.models.pretrained import PRETRAINED
+
+    assert PRETRAINED_NAMES == tuple(PRETRAINED)  # the names --model knows are the ones that load

@@ -52,6 +52,8 @@ __all__ = [
     "scale_boxes",
     "resize_boxes",
     "flip_boxes",
+    "to_yolo_boxes",
+    "from_yolo_boxes",
     "clip_boxes",
     "BBOX_CLIP",
 ]
@@ -170,6 +172,20 @@ def scale_boxes(boxes, sx: float, sy: float):
 def resize_boxes(boxes, original: tuple[int, int], new: tuple[int, int]):
     """Boxes from an image of ``original`` ``(width, height)`` to one of ``new`` ``(width, height)``."""
     return scale_boxes(boxes, new[0] / original[0], new[1] / original[1])
+
+
+def to_yolo_boxes(boxes, width: int | float, height: int | float) -> np.ndarray:
+    """``(N, 4)`` pixel boxes -> ``(N, 4)`` float64 ``cx, cy, w, h`` normalised by the image size (YOLO labels)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.stack([(b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height,
+                     (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height], axis=1)
+
+
+def from_yolo_boxes(values, width: int | float, height: int | float) -> np.ndarray:
+    """``(N, 4)`` normalised ``cx, cy, w, h`` (YOLO labels) -> ``(N, 4)`` float32 pixel boxes."""
+    v = np.asarray(values, np.float64).reshape(-1, 4)
+    return np.stack([(v[:, 0] - v[:, 2] / 2) * width, (v[:, 1] - v[:, 3] / 2) * height,
+                     (v[:, 0] + v[:, 2] / 2) * width, (v[:, 1] + v[:, 3] / 2) * height], axis=1).astype(np.float32)
 
 
 def flip_boxes(boxes, width: int | float):

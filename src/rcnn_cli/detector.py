@@ -76,7 +76,24 @@ DETECTOR_CLASSES: dict[str, str] = {
     "yolo": "rcnn_cli.models.yolo:YOLODetector",
     "localize": "rcnn_cli.models.localizer:LocalizerDetector",
     "overfeat": "rcnn_cli.models.overfeat:OverfeatDetector",
+    "onnx": "rcnn_cli.models.onnx_detector:OnnxDetector",  # an exported whole detector, no run directory
+    "coco": "rcnn_cli.models.pretrained:PretrainedDetector",  # torchvision's COCO detectors, by name
 }
+
+#: ``--model`` names of detectors trained by others (:mod:`rcnn_cli.models.pretrained`).
+PRETRAINED_NAMES = ("coco", "coco-mobilenet")
+
+
+def model_kind(model: str | os.PathLike) -> str:
+    """The kind of detector ``model`` names: ``onnx`` (an ``.onnx`` file), ``coco`` (a pretrained
+    name) or the run directory's recorded ``kind``."""
+    from rcnn_cli.io.runs import read_run
+
+    if Path(model).suffix.lower() == ".onnx" and Path(model).is_file():
+        return "onnx"
+    if str(model) in PRETRAINED_NAMES:
+        return "coco"
+    return read_run(model).kind
 
 
 def as_image(image: Any) -> tuple[Any, str]:
@@ -162,21 +179,16 @@ def detector_class(kind: str) -> type[Detector]:
 
 
 def takes_option(model: str | os.PathLike, option: str) -> bool:
-    """Whether the detector of ``model`` (a run directory) takes ``option`` (e.g. ``runtime``)."""
+    """Whether the detector of ``model`` (a run directory, ``.onnx`` or pretrained name) takes ``option``."""
     import inspect
 
-    from rcnn_cli.io.runs import read_run
-    from rcnn_cli.models.onnx_detector import is_onnx_model
-    from rcnn_cli.models.pretrained import PRETRAINED
-
-    if is_onnx_model(model) or str(model) in PRETRAINED:
-        return False
-    return option in inspect.signature(detector_class(read_run(model).kind).from_run).parameters
+    return option in inspect.signature(detector_class(model_kind(model)).from_run).parameters
 
 
 def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: DetectSettings = None,
                   **options: Any) -> Detector:
-    """The detector of any run directory (R-CNN model, Fast or Faster R-CNN run), by its ``kind``.
+    """The detector of any run directory (R-CNN model, Fast or Faster R-CNN run), by its ``kind``;
+    also an exported whole-detector ``.onnx`` or a pretrained name (``coco``).
 
     ``config``: the test-time settings, whole, or the values given over the run's own
     (:func:`settings_in_effect`); ``options`` are the kind's own
@@ -186,21 +198,16 @@ def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: Dete
     import inspect
 
     from rcnn_cli.io.runs import read_run
-    from rcnn_cli.models.onnx_detector import OnnxDetector, is_onnx_model
 
-    from rcnn_cli.models.pretrained import PRETRAINED, PretrainedDetector
-
-    if is_onnx_model(run_dir) or str(run_dir) in PRETRAINED:
-        if options:
-            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: not a setting of "
-                            f"--model {run_dir}")
-        cls = OnnxDetector if is_onnx_model(run_dir) else PretrainedDetector
-        return cls.from_run(Path(run_dir) if cls is OnnxDetector else str(run_dir), device=device, config=config)
-    run = read_run(run_dir)
-    cls = detector_class(run.kind)
+    kind = model_kind(run_dir)
+    cls = detector_class(kind)
+    direct = kind in ("onnx", "coco")  # no run directory
+    run = None if direct else read_run(run_dir)
     accepted = inspect.signature(cls.from_run).parameters
     foreign = [k for k in options if k not in accepted]
     if foreign:
         flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
-        raise UserError(f"{flags}: not a setting of a '{run.kind}' run ({run.root})")
+        raise UserError(f"{flags}: not a setting of " + (f"--model {run_dir}" if direct else f"a '{kind}' run ({run.root})"))
+    if direct:
+        return cls.from_run(run_dir, device=device, config=config)
     return cls.from_run(run.root, device=device, config=config, **options)

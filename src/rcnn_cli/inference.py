@@ -89,10 +89,7 @@ class DetectOutput:
 
             kept = nms(torch.from_numpy(det.boxes[index]), torch.from_numpy(det.scores[index]), self.agnostic_nms)
             index = np.sort(index[kept.numpy()])
-        if len(index) == len(det):
-            return det
-        return ImageDetections(det.image_id, det.boxes[index], det.scores[index], [det.labels[i] for i in index],
-                               det.timings, num_proposals=det.num_proposals, meta=det.meta, size=det.size)
+        return det if len(index) == len(det) else det.subset(index)
 
 
 def timing_summary(timings: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
@@ -128,9 +125,7 @@ class _Drawer:
             return
         from rcnn_cli.visualize import draw_detections, save_image
 
-        keep = np.flatnonzero(det.scores >= self.threshold)
-        shown = ImageDetections(det.image_id, det.boxes[keep], det.scores[keep], [det.labels[i] for i in keep])
-        drawn = draw_detections(image, shown, list(classes))
+        drawn = draw_detections(image, det.subset(np.flatnonzero(det.scores >= self.threshold)), list(classes))
         if self.video is not None:
             self.video.write(drawn)
         else:

@@ -80,18 +80,22 @@ def _key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: Path, dynamic: dict | None = None,
-            output: str = "features") -> None:
+def _export(model: nn.Module, example: torch.Tensor | tuple, path: Path, dynamic: dict | None = None,
+            output: str | list[str] = "features", inputs: list[str] | None = None) -> None:
+    """``model`` traced on ``example`` (a tensor, or a tuple of them) into the ONNX file ``path``,
+    written atomically; ``inputs``/``output``: the graph's names, ``dynamic`` its dynamic axes."""
     from rcnn_cli.io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = dynamic or {"images": {0: "batch"}, "features": {0: "batch"}}
+    example = example if isinstance(example, tuple) else (example,)
     with atomic_path(path) as tmp, torch.no_grad():
-        kwargs = dict(input_names=["images"], output_names=[output], dynamic_axes=dynamic, opset_version=17)
+        kwargs = dict(input_names=inputs or ["images"], output_names=[output] if isinstance(output, str) else output,
+                      dynamic_axes=dynamic, opset_version=17)
         try:
-            torch.onnx.export(model, (example,), str(tmp), dynamo=False, **kwargs)
+            torch.onnx.export(model, example, str(tmp), dynamo=False, **kwargs)
         except TypeError:  # torch without the dynamo switch
-            torch.onnx.export(model, (example,), str(tmp), **kwargs)
+            torch.onnx.export(model, example, str(tmp), **kwargs)
 
 
 def _session(runtime: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -237,7 +241,7 @@ def _whole(run) -> tuple[nn.Module, tuple, dict[str, Any], Any]:
 def _export_whole(run, fmt: str, out: Path) -> dict[str, Any]:
     """A Fast or Faster R-CNN run as one graph (an image, and Fast R-CNN's proposals, in; boxes,
     scores, labels out), its description in ``<out>.json``."""
-    from rcnn_cli.io import atomic_path, write_json
+    from rcnn_cli.io import write_json
 
     whole, example, detect, cfg = _whole(run)
     mean, std = detect.pop("mean"), detect.pop("std")
@@ -246,13 +250,7 @@ def _export_whole(run, fmt: str, out: Path) -> dict[str, Any]:
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = {"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"},
                **({"proposals": {0: "p"}} if run.kind == "fast" else {})}
-    with atomic_path(onnx_path) as tmp, torch.no_grad():
-        kwargs = dict(input_names=inputs, output_names=["boxes", "scores", "labels"], opset_version=17,
-                      dynamic_axes=dynamic)
-        try:
-            torch.onnx.export(whole, example, str(tmp), dynamo=False, **kwargs)
-        except TypeError:  # torch without the dynamo switch
-            torch.onnx.export(whole, example, str(tmp), **kwargs)
+    _export(whole, example, onnx_path, dynamic, output=["boxes", "scores", "labels"], inputs=inputs)
     file = onnx_path
     if fmt == "openvino":
         import openvino as ov

@@ -122,12 +122,18 @@ def read_recorded(path: Path) -> dict[str, Any]:
     return record
 
 
-def _is_run_record(path: Path) -> bool:
+def _record(path: Path) -> dict[str, Any]:
+    """The mapping in ``path``, or ``{}`` when it is missing or unreadable (callers that need it report it)."""
     try:
-        record = _read_mapping(path)
+        record = _read_mapping(path) if path.is_file() else {}
     except Exception:  # noqa: BLE001 - read_recorded reports it
-        return False
-    return isinstance(record, dict) and ("kind" in record or isinstance(record.get("config"), dict))
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _is_run_record(path: Path) -> bool:
+    record = _record(path)
+    return "kind" in record or isinstance(record.get("config"), dict)
 
 
 def _check_known(config: Path, recorded: dict[str, Any], known: set[str]) -> None:
@@ -207,7 +213,7 @@ def replayed(ctx: typer.Context, config: Optional[Path], aliases: dict[str, str]
     record_path = out / "config.json" if out is not None else None
     if "resume" in values and not values["resume"] and out is not None and out.exists() and \
             (not out.is_dir() or any(out.iterdir())):
-        what = " (a run: --resume continues it)" if _is_run_record(record_path) and "kind" in _read_mapping(record_path) else ""
+        what = " (a run: --resume continues it)" if "kind" in _record(record_path) else ""
         raise UserError(f"--out {out} already holds files{what}: choose a new folder; nothing was written")
     if values.get("resume") and record_path is not None and record_path.is_file():
         if config is not None:

@@ -14,8 +14,7 @@ import shutil
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import numpy as np
-
+from rcnn_cli.boxes import to_yolo_boxes
 from rcnn_cli.data.dataset import Dataset
 from rcnn_cli.data.images import image_size
 from rcnn_cli.errors import ImageError, UserError
@@ -114,11 +113,8 @@ def to_voc(ds: Dataset, out: str | Path, split: str | None = "all", copy_images:
 
 
 def _label_lines(rec, width: int, height: int, index: dict[str, int]) -> list[str]:
-    lines = []
-    for (x1, y1, x2, y2), lab in zip(np.asarray(rec.boxes, np.float64).reshape(-1, 4), rec.labels):
-        cx, cy, w, h = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
-        lines.append(f"{index[lab]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-    return lines
+    return [f"{index[lab]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n"
+            for (cx, cy, w, h), lab in zip(to_yolo_boxes(rec.boxes, width, height), rec.labels)]
 
 
 def yolo_layout(splits: dict[str, list[str]]) -> tuple[dict[str, str], dict[str, list[str] | str]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from rcnn_cli.boxes import from_yolo_boxes
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.data.images import IMAGE_EXTENSIONS, image_size
 from rcnn_cli.errors import ImageError, UserError
@@ -162,8 +163,7 @@ def _parse_labels(path: Path, width: int, height: int, classes: list[str], notes
             boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
         else:
             extra = extra or len(values) > 4
-            cx, cy, w, h = values[:4]
-            boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+            boxes.append(from_yolo_boxes(values[:4], width, height)[0])
         labels.append(classes[k])
     if extra:
         key = "label files with keypoints (box: the first four numbers)" if keypoints else \

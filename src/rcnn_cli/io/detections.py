@@ -91,6 +91,12 @@ class ImageDetections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def subset(self, index: Sequence[int] | np.ndarray) -> "ImageDetections":
+        """The detections at ``index`` (in that order), with this image's timings, meta and size."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        return ImageDetections(self.image_id, self.boxes[index], self.scores[index], [self.labels[i] for i in index],
+                               self.timings, num_proposals=self.num_proposals, meta=self.meta, size=self.size)
+
     @classmethod
     def empty(cls, image_id: str) -> "ImageDetections":
         return cls(image_id, np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
@@ -266,6 +272,16 @@ class CocoWriter(DetectionWriter):
         super().close()
 
 
+def _output_folder(out: str | Path | None, fmt: str, what: str) -> Path:
+    """The folder a per-file writer writes into; stdout or an existing file is a one-line error."""
+    if out is None or str(out) == "-":
+        raise UserError(f"--format {fmt} writes {what}: give a folder with --out")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: --format {fmt} needs a folder, not a file")
+    return folder
+
+
 class VocWriter(DetectionWriter):
     """The devkit's ``comp4_det_<split>_<class>.txt`` files in the folder ``out``, one per class
     (empty files for classes without detections), each written atomically at close."""
@@ -275,11 +291,7 @@ class VocWriter(DetectionWriter):
     def __init__(self, out: str | Path | None, classes: Sequence[str], split: str = "test",
                  comp: str = "comp4") -> None:
         super().__init__()
-        if out is None or str(out) == "-":
-            raise UserError("--format voc writes one file per class: give a folder with --out")
-        self.folder = Path(out)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise UserError(f"{self.folder}: --format voc needs a folder, not a file")
+        self.folder = _output_folder(out, "voc", "one file per class")
         self.split, self.comp = split, comp
         self.lines: dict[str, list[str]] = {c: [] for c in classes}
 
@@ -310,11 +322,7 @@ class YoloWriter(DetectionWriter):
 
     def __init__(self, out: str | Path | None, classes: Sequence[str]) -> None:
         super().__init__()
-        if out is None or str(out) == "-":
-            raise UserError("--format yolo writes one file per image: give a folder with --out")
-        self.folder = Path(out)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise UserError(f"{self.folder}: --format yolo needs a folder, not a file")
+        self.folder = _output_folder(out, "yolo", "one file per image")
         self.index = {c: i for i, c in enumerate(classes)}
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_open(self.folder / "classes.txt") as f:
@@ -325,11 +333,10 @@ class YoloWriter(DetectionWriter):
             raise UserError(f"{det.image_id}: --format yolo needs the image's size")
         if "/" in det.image_id:
             raise UserError(f"image id '{det.image_id}' cannot be a file name")
-        width, height = det.size
-        lines = []
-        for (x1, y1, x2, y2), score, label in zip(det.boxes.astype(np.float64), det.scores, det.labels):
-            cx, cy, w, h = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
-            lines.append(f"{self.index[label]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {float(score):.6f}\n")
+        from rcnn_cli.boxes import to_yolo_boxes
+
+        lines = [f"{self.index[label]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {float(score):.6f}\n"
+                 for (cx, cy, w, h), score, label in zip(to_yolo_boxes(det.boxes, *det.size), det.scores, det.labels)]
         with atomic_open(self.folder / f"{det.image_id}.txt") as f:
             f.writelines(lines)
 

@@ -21,13 +21,7 @@ import numpy as np
 from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 
-__all__ = ["OnnxDetector", "is_onnx_model", "describe_onnx"]
-
-
-def is_onnx_model(path: str | Path) -> bool:
-    """An ``.onnx`` file with the ``.onnx.json`` description ``rcnn export`` writes beside it."""
-    path = Path(path)
-    return path.suffix.lower() == ".onnx" and path.is_file()
+__all__ = ["OnnxDetector", "describe_onnx"]
 
 
 def describe_onnx(path: str | Path) -> dict[str, Any]:
