@@ -50,7 +50,7 @@ def prepare_seconds(path: Path, fit: bool, transform) -> float:
 def train_seconds(folder: Path, fit: bool, min_size: int, max_size: int, iters: int = 3) -> float:
     """Seconds per training iteration (the first one left out) of 2 photos."""
     from rcnn_cli.data.dataset import Dataset, ImageRecord
-    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine.dataset import DetectionDataset
     from rcnn_cli.engine.trainer import collate_detection
     from rcnn_cli.models import faster_rcnn as fr
 

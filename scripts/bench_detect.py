@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcnn_cli.workflows.report import METHOD_NAMES
+from rcnn_cli.registry import METHODS as REGISTRY
 from rcnn_cli.workflows.timing import (PlainDetector, make_detector, plain_torchvision, speedups, threads_info,
                                        time_detector)
 from rcnn_cli.log import console, setup_logging
@@ -103,7 +103,7 @@ class SelectiveSearchOnly:
 
     def __call__(self, image, image_id):
         from rcnn_cli.io.detections import ImageDetections
-        from rcnn_cli.rcnn.proposals import selective_search
+        from rcnn_cli.proposals import selective_search
 
         t0 = time.perf_counter()
         selective_search(image, **self.settings)
@@ -117,7 +117,7 @@ def train_tiny(args, data: Path, work: Path) -> dict[str, Path]:
     """Tiny R-CNN / Fast / Faster models on ``data`` (trainval), seconds each: only timing matters."""
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.engine import TrainConfig
-    from rcnn_cli.workflows.pipeline import PipelineConfig, run_pipeline
+    from rcnn_cli.rcnn.pipeline import PipelineConfig, run_pipeline
 
     out: dict[str, Path] = {}
     t0 = time.perf_counter()
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     from rcnn_cli.workflows.timing import load_timing_images
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     device = resolve_device(args.device)
     tmp = None
@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
     images = load_timing_images(test, args.images)
     reader = None
     if args.proposals:
-        from rcnn_cli.rcnn.proposals import load as load_proposals
+        from rcnn_cli.proposals import load as load_proposals
 
         reader = load_proposals(args.proposals)
         missing = [i for i, _ in images if i not in reader]
@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
     fast.close()
     del fast
 
-    ours = make_detector("faster", faster_dir, str(device))
+    ours = make_detector(faster_dir, str(device))
     faster_input = f"{ours.model_config.min_size}/{ours.model_config.max_size} px"
     results["faster"] = time_detector(ours, images, **kw)
 
@@ -339,13 +339,13 @@ def time_default_runtime(faster_dir: Path, device: str, images, kw: dict, rounds
     """(d) `rcnn detect`'s default ``--runtime auto`` against ``--runtime torch`` on one Faster R-CNN
     run: median total per image (best of ``rounds`` alternating rounds), their ratio, the largest
     box difference."""
-    from rcnn_cli.runtimes import resolve_runtime
+    from rcnn_cli.backends import resolve_runtime
 
     runtime = resolve_runtime("auto", torch.device(device).type if device != "auto" else "cpu")
     if runtime == "torch":
         console.print("(d) skipped: auto resolves to torch here (no OpenVINO / ONNX Runtime, or a GPU)")
         return None
-    dets = {name: make_detector("faster", faster_dir, device, runtime=name) for name in ("torch", "auto")}
+    dets = {name: make_detector(faster_dir, device, runtime=name) for name in ("torch", "auto")}
     diffs = []
     for image_id, image in images:
         a, b = dets["torch"](image, image_id), dets["auto"](image, image_id)
@@ -388,7 +388,7 @@ def print_report(report: dict) -> None:
                 v = r[f"speedup_{key}"] or 0
                 goals.append(f"{label} >= {g:g}x {'met' if v >= g else 'NOT met'}")
         n = r["proposals_per_image"]
-        t.add_row(METHOD_NAMES[m], "—" if n is None else f"{n:.0f}", r["input"],
+        t.add_row(REGISTRY[m].title, "—" if n is None else f"{n:.0f}", r["input"],
                   "in network" if m == "faster" else _fmt(r["proposals"]), _fmt(r["without_proposals"]),
                   _fmt(r["with_proposals"]), _fmt_x(r["speedup_without_proposals"]),
                   _fmt_x(r["speedup_with_proposals"]), "; ".join(goals))
@@ -417,7 +417,7 @@ def print_report(report: dict) -> None:
             t3.add_column(col, justify="left" if col in ("method", "timing") else "right")
         for m, d in agr.items():
             for k, v in d.items():
-                t3.add_row(METHOD_NAMES[m], k.replace("_", " "), _fmt(v["compare"]), _fmt(v["bench"]),
+                t3.add_row(REGISTRY[m].title, k.replace("_", " "), _fmt(v["compare"]), _fmt(v["bench"]),
                            f"{v['ratio']:.2f}", "yes" if abs(v["ratio"] - 1) <= 0.2 else "NO")
         out.print(t3)
 

@@ -49,7 +49,7 @@ def random_proposer(n: int):
 
 def make_proposals(data: Path, split: str, count: int, per_image: int, out: Path):
     from rcnn_cli.data.inputs import ImageInput, load_dataset
-    from rcnn_cli.rcnn.proposals import run_propose
+    from rcnn_cli.proposals import run_propose
 
     ds = load_dataset(data, split)
     ds.records = ds.records[:count]
@@ -134,7 +134,7 @@ def main() -> None:
         bench_ds = type(ds)(ds.root, ds.split, ds.classes, ds.records[:args.images], ds.format)
         run_extract_features(type(ds)(ds.root, ds.split, ds.classes, ds.records[:1], ds.format), props,
                              tmp / "warm.h5", extractor=fx, max_proposals=args.proposals, progress=False)  # warm-up
-        from rcnn_cli.rcnn.proposals import load as load_proposals
+        from rcnn_cli.proposals import load as load_proposals
 
         with load_proposals(props) as pr:
             expected = sum(min(len(pr.boxes(r.image_id)), args.proposals) + len(r.boxes) for r in bench_ds.records)

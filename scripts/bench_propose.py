@@ -24,7 +24,7 @@ import numpy as np
 def bare_opencv(paths: list[Path], mode: str, max_size: int, seed: int) -> tuple[float, dict]:
     import cv2
 
-    from rcnn_cli.rcnn.proposals import opencv_selective_search
+    from rcnn_cli.proposals import opencv_selective_search
 
     out = {}
     t0 = time.perf_counter()
@@ -53,7 +53,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from rcnn_cli.data.inputs import ImageInput, resolve_inputs
-    from rcnn_cli.rcnn.proposals import filter_boxes, load, recall_stats, run_propose
+    from rcnn_cli.proposals import filter_boxes, load, run_propose
+    from rcnn_cli.evaluation.recall import recall_stats
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_propose_"))
     src = Path(args.images)
@@ -111,7 +112,7 @@ def main() -> None:
 
     if args.recall and (src / "Annotations").is_dir():
         from rcnn_cli.data.inputs import load_dataset
-        from rcnn_cli.rcnn.proposals import _Store, FORMAT
+        from rcnn_cli.proposals import _Store, FORMAT
 
         ds = load_dataset(src, args.split)
         ds.records = [rec for rec in ds.records if rec.image_id in {i.image_id for i in inputs}]

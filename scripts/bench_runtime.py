@@ -61,7 +61,7 @@ def network_gflop(model: torch.nn.Module, size: int) -> float:
 
 def main() -> None:
     from rcnn_cli.rcnn.features import FeatureExtractor, warp_regions
-    from rcnn_cli.runtimes import available_runtimes
+    from rcnn_cli.backends import available_runtimes
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--warps", default="64,128,224")
@@ -137,7 +137,7 @@ def detector_table(args, runtimes: list[str]) -> Table:
     """Faster R-CNN detect ms/image per runtime of its trunk vs plain torchvision eager (NCHW)."""
     import tempfile
 
-    from rcnn_cli.detector import load_detector
+    from rcnn_cli.registry import load_detector
     from rcnn_cli.workflows.timing import PlainDetector, plain_torchvision
 
     table = Table(title="Faster R-CNN detect, ms per image (median of 3), vs plain torchvision eager")

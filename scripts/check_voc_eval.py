@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn_cli.data import load_dataset
+from rcnn_cli.data.inputs import load_dataset
 from rcnn_cli.cli import main as cli_main
 from rcnn_cli.io.detections import ImageDetections, open_writer
 from rcnn_cli.evaluation import evaluate

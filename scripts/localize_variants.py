@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def variant(data: Path, args, out: Path, boxes: str, attach: str, head_only: bool) -> dict:
     """Train one variant, detect the test split, and its localization errors."""
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.detector import load_detector
+    from rcnn_cli.registry import load_detector
     from rcnn_cli.engine import TrainConfig
     from rcnn_cli.evaluation import evaluate
     from rcnn_cli.inference import detect_dataset

@@ -115,7 +115,7 @@ def test_evaluate_json_dash_goes_to_stdout(tmp_path, capsys, monkeypatch):
 def test_extract_features_with_proposals_of_other_images_is_an_error(tmp_path, capsys):
     from rcnn_cli.data.inputs import ImageInput
     from rcnn_cli.data.shapes import make_shapes
-    from rcnn_cli.rcnn.proposals import run_propose
+    from rcnn_cli.proposals import run_propose
 
     root = make_shapes(tmp_path / "d", train=2, test=1, size=64, seed=0)
     other = tmp_path / "other.png"
@@ -166,3 +166,30 @@ def test_every_help_reads_at_80_columns_and_short_flags_mean_one_thing(monkeypat
                 meaning.setdefault(short, set()).update(longs)
     shared = {k: v for k, v in meaning.items() if len(v) > 1 and k not in ("-h",)}
     assert not shared, shared
+
+
+def test_the_command_listing_is_each_commands_own_help():
+    """``rcnn --help`` lists COMMANDS without importing them: each line is the command's own first help line,
+    and every command is listed."""
+    import inspect
+
+    import typer.main
+
+    from rcnn_cli.cli.app import COMMANDS, app
+
+    root = typer.main.get_command(app)
+    assert set(root.commands) == set(COMMANDS)
+    for name, (_, line) in COMMANDS.items():
+        cmd = root.commands[name]
+        own = cmd.help if cmd.help else inspect.getdoc(cmd.callback)
+        assert " ".join(own.split("\n\n")[0].split()) == line, name
+
+
+def test_help_and_version_start_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rcnn_cli.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"

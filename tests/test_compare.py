@@ -281,7 +281,7 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys):
 
 
 def test_interrupted_training_stage_resumes_only_with_the_same_config(tmp_path):
-    from rcnn_cli.workflows.pipeline import StageRunner
+    from rcnn_cli.rcnn.pipeline import StageRunner
 
     st = StageRunner(tmp_path, progress=False)
     run = tmp_path / "fast"

@@ -210,7 +210,7 @@ def test_large_images_are_decoded_no_smaller_than_the_network_needs(tmp_path):
 
 def test_detection_dataset_shrinks_large_images_with_their_boxes(tmp_path):
     from rcnn_cli.data.dataset import Dataset, ImageRecord
-    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine.dataset import DetectionDataset
 
     _gradient(1600, 1200).save(tmp_path / "big.jpg")
     rec = ImageRecord("big", tmp_path / "big.jpg", 1600, 1200, np.array([[400, 300, 800, 600], [1500, 1000, 1700, 1300]],
@@ -227,7 +227,7 @@ def test_color_jitter_scales_a_grey_image_by_the_items_brightness_factor(tmp_pat
     import torch
 
     from rcnn_cli.data.dataset import Dataset, ImageRecord
-    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine.dataset import DetectionDataset
 
     Image.new("RGB", (40, 30), (128, 128, 128)).save(tmp_path / "grey.png")
     rec = ImageRecord("grey", tmp_path / "grey.png", 40, 30, np.array([[5, 5, 20, 20]], np.float32), ["a"])
@@ -342,7 +342,7 @@ def test_detect_writes_a_line_for_a_truncated_image_and_data_info_lists_it(tmp_p
     from rcnn_cli.data.info import dataset_info
     from rcnn_cli.data.voc import load_voc
     from rcnn_cli.detector import DetectConfig
-    from rcnn_cli.inference import detect
+    from rcnn_cli.workflows.detect import detect
 
     fixture = Path(__file__).parent / "fixtures" / "runs_e8b1e22"
     images = sorted((fixture / "images").glob("*.jpg"))

@@ -15,7 +15,8 @@ from PIL import Image
 
 import rcnn_cli
 from rcnn_cli.cli import main
-from rcnn_cli.detector import DetectConfig, Detector, load_detector
+from rcnn_cli.detector import DetectConfig, Detector
+from rcnn_cli.registry import load_detector
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.runs import read_run
 
@@ -150,7 +151,7 @@ def test_alias_detect_on_coco_writes_the_datasets_own_ids(command, tmp_path):
 
 def _proposals_file(tmp_path: Path) -> Path:
     from rcnn_cli.data.inputs import ImageInput
-    from rcnn_cli.rcnn.proposals import run_propose
+    from rcnn_cli.proposals import run_propose
 
     boxes = {k: np.asarray(v, np.float32) for k, v in EXPECTED["proposals"].items()}
     out = tmp_path / "props.h5"
@@ -167,7 +168,7 @@ def test_every_cli_default_is_its_configuration_default():
     from rcnn_cli.cli.app import app
     from rcnn_cli.engine import TrainConfig
     from rcnn_cli.models import fast_rcnn, faster_rcnn
-    from rcnn_cli.workflows.pipeline import PipelineConfig
+    from rcnn_cli.rcnn.pipeline import PipelineConfig
 
     d = DetectConfig()
     fast_m, fast_t = fast_rcnn.FastRCNNConfig(), TrainConfig(**fast_rcnn.TRAIN_DEFAULTS)
@@ -266,7 +267,7 @@ def test_detect_with_the_best_weights(tmp_path):
 def test_video_gives_a_line_per_frame_and_an_annotated_video(tmp_path):
     import cv2
 
-    from rcnn_cli.inference import detect
+    from rcnn_cli.workflows.detect import detect
 
     video = tmp_path / "clip.mp4"
     frame = np.asarray(Image.open(IMAGES[0]).convert("RGB"))[:, :, ::-1]
@@ -296,13 +297,13 @@ def test_export_gives_the_network_with_its_description(kind, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import torch
 
-    from rcnn_cli.runtimes import _exportable, export_run
+    from rcnn_cli.workflows.export import export_run, network
 
     out = tmp_path / f"{kind}.onnx"
     info = export_run(OLD_RUNS / kind, "onnx", out, part="trunk" if kind == "faster" else None)
     described = json.loads(Path(str(out) + ".json").read_text())
     assert described["kind"] == kind and described["inputs"][0]["name"] == "images" and described["caller"]
-    model, example, _ = _exportable(read_run(OLD_RUNS / kind))
+    model, example, _ = network(OLD_RUNS / kind)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.rand(3, 3, 64, 64) if kind == "rcnn" else torch.rand(1, 3, 160, 208)  # another batch / image size
     if kind == "rcnn":
@@ -460,8 +461,8 @@ def test_detect_runs_the_fastest_runtime_by_default_with_the_same_boxes(kind, tm
     """`rcnn detect` defaults to --runtime auto (OpenVINO, else ONNX Runtime): boxes within 0.5 px of
     torch's, the runtime in effect recorded beside the output."""
     pytest.importorskip("onnxruntime")
-    from rcnn_cli.inference import detect
-    from rcnn_cli.runtimes import resolve_runtime
+    from rcnn_cli.workflows.detect import detect
+    from rcnn_cli.backends import resolve_runtime
 
     run = tmp_path / kind
     shutil.copytree(OLD_RUNS / kind, run)
@@ -488,7 +489,7 @@ def test_whole_fast_rcnn_onnx_takes_the_proposals_as_a_second_input(tmp_path):
     from PIL import Image
 
     from rcnn_cli.data.images import load_image, to_tensor
-    from rcnn_cli.runtimes import export_run
+    from rcnn_cli.workflows.export import export_run
 
     run = tmp_path / "fast"
     shutil.copytree(OLD_RUNS / "fast", run)

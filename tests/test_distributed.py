@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent('''
     from torch import nn
     from safetensors.torch import save_file
     from rcnn_cli.engine import TrainConfig, train
-    from rcnn_cli.runtime import seed_everything
+    from rcnn_cli.device import seed_everything
     from rcnn_cli.models.fast_rcnn import FastRCNN, FastRCNNConfig
 
     class Data(torch.utils.data.Dataset):

@@ -16,11 +16,11 @@ from torch import nn
 from rcnn_cli import engine
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.boxes import flip_boxes
-from rcnn_cli.data.torch_dataset import DetectionDataset
+from rcnn_cli.engine.dataset import DetectionDataset
 from rcnn_cli.engine import TrainConfig, lr_at, train
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger as rcnn_logger
-from rcnn_cli.runtime import resolve_device, seed_everything
+from rcnn_cli.device import resolve_device, seed_everything
 
 
 class ToyData(torch.utils.data.Dataset):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rcnn_cli.cli import main
-from rcnn_cli.data import load_dataset
+from rcnn_cli.data.inputs import load_dataset
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.io.detections import ImageDetections, open_writer
 from rcnn_cli.errors import UserError

@@ -24,7 +24,7 @@ import pytest
 
 from rcnn_cli.data.shapes import make_shapes
 from rcnn_cli.data.voc import load_voc
-from rcnn_cli.rcnn.proposals import load as load_proposals
+from rcnn_cli.proposals import load as load_proposals
 
 pytestmark = pytest.mark.slow  # end to end: each example script runs as a user runs it
 
@@ -263,7 +263,7 @@ def test_stage_chain_reproduces_pipeline(runs):
 
 
 def test_sharded_proposals_example_merges_the_shards(tmp_path):
-    from rcnn_cli.rcnn.proposals import load
+    from rcnn_cli.proposals import load
 
     env = {"NPROC": "2", "MAX_SIZE": "96"}  # the tiny data settings (ENV) and 2 shards
     _ok(_run("sharded_proposals.sh", ["", str(tmp_path)], env))

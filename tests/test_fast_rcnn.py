@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-from rcnn_cli.boxes import box_iou, decode
+from torchvision.ops import box_iou
+
+from rcnn_cli.boxes import decode
 from rcnn_cli.models.fast_rcnn import BOX_WEIGHTS, FastRCNN, FastRCNNConfig, build_fast_rcnn, sample_rois
 
 
@@ -139,7 +141,7 @@ def test_tiny_overfit_reaches_perfect_detections(tmp_path):
     """One shapes image, ImageNet EfficientNet-Lite0 trunk (frozen for speed), 200 iterations on the CPU."""
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.shapes import make_shapes
-    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine.dataset import DetectionDataset
     from rcnn_cli.io.detections import ImageDetections
     from rcnn_cli.evaluation import evaluate
 
@@ -189,7 +191,7 @@ def test_export_backbone_reproduces_the_detectors_features(tmp_path):
     from rcnn_cli.backbones import build_feature_extractor
     from rcnn_cli.cli import main
     from rcnn_cli.io.tensors import save_state as save_weights
-    from rcnn_cli.rcnn.finetune import export_backbone
+    from rcnn_cli.workflows.export import export_backbone
     from rcnn_cli.io import write_json
 
     cfg = FastRCNNConfig(classes=["x"], backbone="efficientnet_lite0", head="backbone", min_size=64, max_size=64)
@@ -221,7 +223,7 @@ def test_export_backbone_reproduces_the_detectors_features(tmp_path):
 
 def test_cli_train_and_detect(shapes_root, tmp_path):
     """End to end through the CLI on the shapes data with a proposals file."""
-    proposals_mod = pytest.importorskip("rcnn_cli.rcnn.proposals")
+    proposals_mod = pytest.importorskip("rcnn_cli.proposals")
     from rcnn_cli.cli import main
     from rcnn_cli.data.inputs import load_dataset, resolve_inputs
 

@@ -157,9 +157,9 @@ def test_four_losses_and_empty_image(small_model):
 @pytest.fixture(scope="module")
 def overfit_run(shapes_root, tmp_path_factory):
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine.dataset import DetectionDataset
     from rcnn_cli.engine import TrainConfig, train
-    from rcnn_cli.runtime import seed_everything
+    from rcnn_cli.device import seed_everything
 
     ds = load_dataset(shapes_root, "trainval")
     rec = next(r for r in ds.records if len(r.labels) == 1)  # one object: precise boxes within 240 iterations
@@ -217,7 +217,7 @@ def test_detector_matches_the_torchvision_forward_and_settings(overfit_run):
 def test_export_backbone_takes_the_trained_trunk(overfit_run, tmp_path):
     """An MLP-head Faster R-CNN trains only the trunk: exported, the trunk is the run's, the rest ImageNet's."""
     from rcnn_cli.backbones import build_feature_extractor, build_trunk
-    from rcnn_cli.rcnn.finetune import export_backbone
+    from rcnn_cli.workflows.export import export_backbone
 
     out, _, _, _ = overfit_run
     info = export_backbone(out, tmp_path / "w.safetensors")
@@ -269,9 +269,9 @@ def test_rpn_proposer_boxes_in_original_pixels(overfit_run):
 
 
 def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
-    proposals = pytest.importorskip("rcnn_cli.rcnn.proposals")
+    proposals = pytest.importorskip("rcnn_cli.proposals")
     if not hasattr(proposals, "run_propose"):
-        pytest.skip("rcnn_cli.rcnn.proposals.run_propose not available yet")
+        pytest.skip("rcnn_cli.proposals.run_propose not available yet")
     from rcnn_cli.data.inputs import resolve_inputs
 
     out, _, _, _ = overfit_run
@@ -338,8 +338,8 @@ def test_cli_train_and_detect(shapes_root, tmp_path):
 def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
     """`rcnn pipeline --method rpn --rpn-model RUN`: the proposals are the RPN's, the R-CNN model
     records that run, and `rcnn detect` without a proposals file runs the same RPN on the fly."""
-    from rcnn_cli.workflows.pipeline import PipelineConfig, run_pipeline
-    from rcnn_cli.rcnn.proposals import load as load_proposals
+    from rcnn_cli.rcnn.pipeline import PipelineConfig, run_pipeline
+    from rcnn_cli.proposals import load as load_proposals
     from rcnn_cli.rcnn.model import RCNNDetector
 
     out, _, _, _ = overfit_run
@@ -370,7 +370,7 @@ def test_rcnn_pipeline_on_rpn_proposals(overfit_run, shapes_root, tmp_path):
     # The detector's own fine-tuned backbone as R-CNN features (`--weights` from `rcnn export-backbone`):
     # the proposals stay, every stage from the features on runs again, on the exported weights.
     from rcnn_cli.rcnn.features import load_features
-    from rcnn_cli.rcnn.finetune import export_backbone
+    from rcnn_cli.workflows.export import export_backbone
 
     info = export_backbone(out, tmp_path / "backbone.safetensors")
     tuned = run_pipeline(PipelineConfig(**dict(settings, weights=str(tmp_path / "backbone.safetensors"))), run,

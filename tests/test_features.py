@@ -135,7 +135,7 @@ def _proposer(image: Image.Image) -> np.ndarray:
 @pytest.fixture(scope="module")
 def store(shapes_root, tmp_path_factory):
     """Proposals for the shapes trainval split and one uninterrupted extraction."""
-    from rcnn_cli.rcnn.proposals import run_propose
+    from rcnn_cli.proposals import run_propose
 
     tmp = tmp_path_factory.mktemp("features")
     ds = load_dataset(shapes_root, "trainval")
@@ -160,7 +160,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def test_store_contents_and_targets(store):
-    from rcnn_cli.rcnn.proposals import load
+    from rcnn_cli.proposals import load
 
     ds = store["ds"]
     with F.load_features(store["full"]) as r, load(store["props"]) as pr:
@@ -331,7 +331,7 @@ def build_model_nchw(fx):
 def test_a_runtime_that_is_not_installed_is_one_line(monkeypatch):
     import sys
 
-    from rcnn_cli import runtimes
+    from rcnn_cli import backends as runtimes
 
     for module in ("openvino", "onnxruntime"):
         monkeypatch.setitem(sys.modules, module, None)  # hidden from import
@@ -348,7 +348,7 @@ def test_auto_runtime_needs_the_exporter_too(monkeypatch, caplog):
     import logging
     import sys
 
-    from rcnn_cli import runtimes
+    from rcnn_cli import backends as runtimes
 
     pytest.importorskip("onnxruntime")
     monkeypatch.setitem(sys.modules, "onnx", None)

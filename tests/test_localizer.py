@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn_cli.detector import DetectConfig, load_detector
+from rcnn_cli.detector import DetectConfig
+from rcnn_cli.registry import load_detector
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.io.tensors import load_tensors
 from rcnn_cli.models import localizer as L

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn_cli.detector import load_detector
+from rcnn_cli.registry import load_detector
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.models import overfeat as O

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rcnn_cli.errors import UserError
-from rcnn_cli.workflows.pipeline import PipelineConfig, config_hash, run_pipeline
+from rcnn_cli.rcnn.pipeline import PipelineConfig, config_hash, run_pipeline
 
 TINY = dict(train_images=8, test_images=4, image_size=128, max_size=128, min_size=8, limit=20, workers=1,
             warp_size=32, padding=4, batch_size=64, weights="none", device="cpu")
@@ -90,7 +90,7 @@ def test_pipeline_rerun_skips_and_config_change_reruns_downstream(first_run):
 def test_detect_command_matches_cached_detections(first_run, tmp_path):
     """`rcnn detect` on the test images (same proposals) reproduces the pipeline's cached-feature detections."""
     from rcnn_cli.io.detections import read_detections
-    from rcnn_cli.inference import detect
+    from rcnn_cli.workflows.detect import detect
 
     run, _ = first_run
     out = tmp_path / "d.jsonl"
@@ -142,7 +142,7 @@ def test_finetune_weights_load_and_resume_exactly(first_run, tmp_path):
 def test_settings_are_chosen_from_the_data_unless_given(shapes_root, tmp_path):
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.fitting import data_stats
-    from rcnn_cli.workflows.pipeline import UNFITTED, resolve_settings
+    from rcnn_cli.rcnn.pipeline import UNFITTED, resolve_settings
 
     ds = data_stats(load_dataset(shapes_root, "trainval"))
     built_in, f = resolve_settings(PipelineConfig(weights="none"), tmp_path, ds)
@@ -188,7 +188,7 @@ def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_r
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.models import faster_rcnn
     from rcnn_cli.rcnn.features import load_features
-    from rcnn_cli.rcnn.proposals import load as load_proposals
+    from rcnn_cli.proposals import load as load_proposals
 
     monkeypatch.setattr(faster_rcnn, "TRAIN_DEFAULTS", {"epochs": 1, "max_iters": 2, "warmup_iters": 1})
     settings = dict(dataset=str(shapes_root), limit=10, workers=1, warp_size=32, batch_size=64, device="cpu",
@@ -230,7 +230,7 @@ def test_pipeline_cli_errors_are_one_line_and_write_nothing(shapes_root, tmp_pat
 
 
 def test_rcnn_seconds_by_hand():
-    from rcnn_cli.workflows.pipeline import RCNN_MARGIN, rcnn_seconds
+    from rcnn_cli.rcnn.pipeline import RCNN_MARGIN, rcnn_seconds
 
     cfg = PipelineConfig(limit=100, warp_size=64)
     # per image: 100 warps + a 320 x 256 image = 20 warps of 64 x 64; 10 images at 60 crops/s, x 1.5

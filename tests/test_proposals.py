@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcnn_cli.rcnn import proposals as P
+from rcnn_cli import proposals as P
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.data.inputs import ImageInput, resolve_inputs
 from rcnn_cli.errors import UserError
+from rcnn_cli.evaluation.recall import plot_recall, recall_stats
 from rcnn_cli.log import logger
 
 
@@ -321,7 +322,7 @@ def test_recall_and_mabo_on_a_hand_made_case(tmp_path):
         ImageRecord("b", tmp_path / "b.png", 100, 100, np.array([[40, 40, 90, 90], [5, 5, 5, 9]], np.float32), ["dog", "cat"]),
         ImageRecord("c", tmp_path / "c.png", 100, 100, np.array([[0, 0, 30, 30]], np.float32), ["cat"]),  # not in file
     ])
-    s = P.recall_stats(ds, out)
+    s = recall_stats(ds, out)
     # best overlaps: cat a 1.0, cat c 0 (missing image); dog a 0 (no overlap), dog b 0.64
     assert s["num_gt"] == 4 and s["missing_images"] == 1
     assert s["recall@0.5"] == pytest.approx(2 / 4) and s["recall@0.7"] == pytest.approx(1 / 4)
@@ -333,7 +334,7 @@ def test_recall_and_mabo_on_a_hand_made_case(tmp_path):
     assert s["curve"]["recall@0.5"] == [pytest.approx(0.5), pytest.approx(0.5)]
     with P.load(out) as r:
         assert r.attrs["method"] == "fixed"
-    pngs = P.plot_recall(s, tmp_path / "plots")
+    pngs = plot_recall(s, tmp_path / "plots")
     assert all(p.is_file() and p.stat().st_size > 1000 for p in pngs)
 
 
@@ -367,7 +368,7 @@ def test_two_detect_shards_concatenated_equal_one_run(tmp_path):
     import json
 
     from rcnn_cli.detector import DetectConfig
-    from rcnn_cli.inference import detect
+    from rcnn_cli.workflows.detect import detect
 
     fixture = Path(__file__).parent / "fixtures" / "runs_e8b1e22"
     folder = fixture / "images"

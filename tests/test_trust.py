@@ -247,13 +247,13 @@ def test_detect_without_a_model_uses_the_cached_coco_checkpoint(tmp_path, monkey
     line = json.loads(out.read_text())
     record = json.loads(Path(str(out) + ".config.json").read_text())
     assert line["image_id"] == "photo" and record["config"]["model"] == "coco" and record["config"]["kind"] == "coco"
-    from rcnn_cli.detector import load_detector
+    from rcnn_cli.registry import load_detector
 
     with load_detector("coco", device="cpu") as det:
         assert len(det.classes) == 80 and det.classes[0] == "person" and "N/A" not in det.classes
         assert det.settings()["weights"] == str(path)
     assert {d["label"] for d in line["detections"]} <= set(det.classes)
-    from rcnn_cli.detector import PRETRAINED_NAMES
+    from rcnn_cli.registry import PRETRAINED_NAMES
     from rcnn_cli.models.pretrained import PRETRAINED
 
     assert PRETRAINED_NAMES == tuple(PRETRAINED)  # the names --model knows are the ones that load

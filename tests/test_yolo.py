@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn_cli.detector import DetectConfig, load_detector
+from rcnn_cli.detector import DetectConfig
+from rcnn_cli.registry import load_detector
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.tensors import load_tensors
@@ -143,7 +144,7 @@ def test_overfits_a_few_images(tmp_path):
 def test_export_the_whole_network(tmp_path, shapes_root):
     """`rcnn export` of a YOLO run: the whole network in ONNX, the same output as torch."""
     ort = pytest.importorskip("onnxruntime")
-    from rcnn_cli.runtimes import export_run
+    from rcnn_cli.workflows.export import export_run
 
     _tiny(tmp_path / "run", shapes_root, max_iters=1)
     info = export_run(tmp_path / "run", "onnx", tmp_path / "yolo.onnx")

@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 def load(run_dir, device: str = "auto", **options):
     """The detector of a run directory: ``rcnn_cli.load("RUN")("photo.jpg") -> ImageDetections``.
 
-    See :func:`rcnn_cli.detector.load_detector` (``config=DetectConfig(...)`` and the kind's options).
+    See :func:`rcnn_cli.registry.load_detector` (``config=DetectConfig(...)`` and the kind's options).
     """
-    from rcnn_cli.detector import load_detector
+    from rcnn_cli.registry import load_detector
 
     return load_detector(run_dir, device=device, **options)

@@ -21,28 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# torch and torchvision are imported on first use, so that commands which only read datasets or
-# evaluate (``rcnn data info``, ``rcnn evaluate``) start in well under a second.
-_TORCHVISION = {"box_area": "torchvision.ops", "box_iou": "torchvision.ops", "batched_nms": "torchvision.ops",
-                "nms": "torchvision.ops", "clip_boxes_to_image": "torchvision.ops", "remove_small_boxes": "torchvision.ops",
-                "BoxCoder": "torchvision.models.detection._utils"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TORCHVISION:
-        import importlib
-
-        return getattr(importlib.import_module(_TORCHVISION[name]), name)
-    raise AttributeError(f"module 'rcnn_cli.boxes' has no attribute {name!r}")
-
 __all__ = [
-    "BoxCoder",
-    "box_area",
-    "box_iou",
-    "batched_nms",
-    "nms",
-    "clip_boxes_to_image",
-    "remove_small_boxes",
     "iou_matrix",
     "voc_iou",
     "encode",

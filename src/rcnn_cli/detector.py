@@ -1,7 +1,7 @@
 """The one detector contract: every method (R-CNN, Fast R-CNN, Faster R-CNN, ...) is a :class:`Detector`.
 
-A detector is built from a run directory by :func:`load_detector`, which reads the run's ``kind``
-(:mod:`rcnn_cli.io.runs`) and calls that kind's ``from_run``. The one inference loop
+A detector is built from a run directory by :func:`rcnn_cli.registry.load_detector`, which reads the
+run's ``kind`` and calls that method's ``from_run``. The one inference loop
 (:func:`rcnn_cli.inference.run_inference`) only ever calls :meth:`Detector.detect`; it never asks a
 detector what it is.
 
@@ -13,7 +13,6 @@ has no proposal stage of its own).
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -23,8 +22,7 @@ import numpy as np
 
 from rcnn_cli.errors import UserError
 
-__all__ = ["DetectConfig", "DetectSettings", "REGRESSED_NMS", "settings_in_effect", "Detector", "load_detector",
-           "as_image", "DETECTOR_CLASSES"]
+__all__ = ["DetectConfig", "DetectSettings", "REGRESSED_NMS", "settings_in_effect", "Detector", "as_image"]
 
 
 @dataclass(frozen=True)
@@ -66,34 +64,6 @@ def settings_in_effect(given: DetectSettings, own: DetectConfig) -> DetectConfig
     if isinstance(given, DetectConfig):
         return given
     return own.updated(**(given or {}))
-
-
-#: Detector class of each run ``kind`` ("module:Class", imported on first use).
-DETECTOR_CLASSES: dict[str, str] = {
-    "rcnn": "rcnn_cli.rcnn.model:RCNNDetector",
-    "fast": "rcnn_cli.models.fast_rcnn:FastRCNNDetector",
-    "faster": "rcnn_cli.models.faster_rcnn:FasterRCNNDetector",
-    "yolo": "rcnn_cli.models.yolo:YOLODetector",
-    "localize": "rcnn_cli.models.localizer:LocalizerDetector",
-    "overfeat": "rcnn_cli.models.overfeat:OverfeatDetector",
-    "onnx": "rcnn_cli.models.onnx_detector:OnnxDetector",  # an exported whole detector, no run directory
-    "coco": "rcnn_cli.models.pretrained:PretrainedDetector",  # torchvision's COCO detectors, by name
-}
-
-#: ``--model`` names of detectors trained by others (:mod:`rcnn_cli.models.pretrained`).
-PRETRAINED_NAMES = ("coco", "coco-mobilenet")
-
-
-def model_kind(model: str | os.PathLike) -> str:
-    """The kind of detector ``model`` names: ``onnx`` (an ``.onnx`` file), ``coco`` (a pretrained
-    name) or the run directory's recorded ``kind``."""
-    from rcnn_cli.io.runs import read_run
-
-    if Path(model).suffix.lower() == ".onnx" and Path(model).is_file():
-        return "onnx"
-    if str(model) in PRETRAINED_NAMES:
-        return "coco"
-    return read_run(model).kind
 
 
 def as_image(image: Any) -> tuple[Any, str]:
@@ -168,46 +138,3 @@ class Detector:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def detector_class(kind: str) -> type[Detector]:
-    """The :class:`Detector` subclass of a run ``kind``."""
-    if kind not in DETECTOR_CLASSES:
-        raise UserError(f"a '{kind}' run is not a detector (detectors: {', '.join(DETECTOR_CLASSES)})")
-    module, name = DETECTOR_CLASSES[kind].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def takes_option(model: str | os.PathLike, option: str) -> bool:
-    """Whether the detector of ``model`` (a run directory, ``.onnx`` or pretrained name) takes ``option``."""
-    import inspect
-
-    return option in inspect.signature(detector_class(model_kind(model)).from_run).parameters
-
-
-def load_detector(run_dir: str | os.PathLike, device: str = "auto", config: DetectSettings = None,
-                  **options: Any) -> Detector:
-    """The detector of any run directory (R-CNN model, Fast or Faster R-CNN run), by its ``kind``;
-    also an exported whole-detector ``.onnx`` or a pretrained name (``coco``).
-
-    ``config``: the test-time settings, whole, or the values given over the run's own
-    (:func:`settings_in_effect`); ``options`` are the kind's own
-    (``proposals`` for R-CNN and Fast R-CNN, ``rpn_top_n`` for Faster R-CNN, ...): an option the
-    kind does not take is a one-line error.
-    """
-    import inspect
-
-    from rcnn_cli.io.runs import read_run
-
-    kind = model_kind(run_dir)
-    cls = detector_class(kind)
-    direct = kind in ("onnx", "coco")  # no run directory
-    run = None if direct else read_run(run_dir)
-    accepted = inspect.signature(cls.from_run).parameters
-    foreign = [k for k in options if k not in accepted]
-    if foreign:
-        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
-        raise UserError(f"{flags}: not a setting of " + (f"--model {run_dir}" if direct else f"a '{kind}' run ({run.root})"))
-    if direct:
-        return cls.from_run(run_dir, device=device, config=config)
-    return cls.from_run(run.root, device=device, config=config, **options)

@@ -45,6 +45,8 @@ MIN_CELLS = 30           # cells of the stride-16 map on the shorter side at lea
 SIZE_CAP = {"cpu": 640, "cuda": 800}  # the shorter side at most, per device type
 MIN_ITERATIONS = 1000    # a default schedule has at least this many iterations
 TRAIN_SCALE_JITTER = (0.87, 0.93, 1.0, 1.07, 1.13)
+#: Faster R-CNN's RPN proposals per test image, the paper's (the least the crowding rule keeps).
+RPN_TEST_PROPOSALS = 300
 PROPOSALS_PER_OBJECT = 5  # R-CNN: per object of a crowded (90th-percentile) image; the RPN: of the most crowded
 MIN_PROPOSALS = 100      # R-CNN: proposals per image at least
 MAX_PROPOSAL_FLOOR = 16  # pixels: R-CNN drops proposals smaller than this at most
@@ -154,7 +156,7 @@ class Fitted:
         from rich.table import Table
 
         from rcnn_cli.log import console
-        from rcnn_cli.runtime import dist_info
+        from rcnn_cli.device import dist_info
 
         if not self.values or dist_info()[0] != 0:
             return
@@ -269,9 +271,7 @@ def detections_per_image(stats: DataStats) -> tuple[int, str]:
 def fit_crowding(f: Fitted, stats: DataStats) -> None:
     """Choose Faster R-CNN's ``rpn_post_nms_top_n_test`` and ``box_detections_per_img`` from the most
     crowded training image (unchanged up to 60 and 50 objects per image)."""
-    from rcnn_cli.models.faster_rcnn import FasterRCNNConfig
-
-    most, least = int(stats.objects.max()), FasterRCNNConfig.rpn_post_nms_top_n_test
+    most, least = int(stats.objects.max()), RPN_TEST_PROPOSALS
     f.choose("rpn_post_nms_top_n_test", max(least, _round_up(PROPOSALS_PER_OBJECT * most, 100)),
              f"the paper's {least}, or {PROPOSALS_PER_OBJECT} per object of the most crowded training image "
              f"({most} objects)")
@@ -295,7 +295,7 @@ def fit_fast(stats: DataStats, given: Mapping[str, Any], device_type: str = "cpu
 def fit_rcnn(stats: DataStats, given: Mapping[str, Any], method: str, method_reason: str, device_type: str = "cpu",
              layers: tuple[str, ...] = ("pool",)) -> Fitted:
     """The R-CNN pipeline's data-dependent settings that ``given`` leaves ``None`` or out (names as
-    :class:`rcnn_cli.workflows.pipeline.PipelineConfig` has them): ``method`` (decided by the
+    :class:`rcnn_cli.rcnn.pipeline.PipelineConfig` has them): ``method`` (decided by the
     caller, recorded with ``method_reason``), ``limit`` (proposals per image), ``min_size`` (the
     smallest proposal kept, pixels), ``max_size`` (selective search's longer image side),
     ``warp_size`` and ``padding`` (warped pixels), ``layer`` (when the backbone offers ``grid``),

@@ -15,20 +15,6 @@ from rcnn_cli.cli.app import app, state
 from rcnn_cli.errors import Interrupted, UserError
 from rcnn_cli.log import console
 
-# Command modules register themselves on the app when imported.
-from rcnn_cli.cli import data as _data  # noqa: F401,E402
-from rcnn_cli.cli import evaluate as _evaluate  # noqa: F401,E402
-from rcnn_cli.cli import propose as _propose  # noqa: F401,E402
-from rcnn_cli.cli import features as _features  # noqa: F401,E402
-from rcnn_cli.cli import rcnn as _rcnn  # noqa: F401,E402
-from rcnn_cli.cli import fast as _fast  # noqa: F401,E402
-from rcnn_cli.cli import faster as _faster  # noqa: F401,E402
-from rcnn_cli.cli import yolo as _yolo  # noqa: F401,E402
-from rcnn_cli.cli import localize as _localize  # noqa: F401,E402
-from rcnn_cli.cli import overfeat as _overfeat  # noqa: F401,E402
-from rcnn_cli.cli import compare as _compare  # noqa: F401,E402
-from rcnn_cli.cli import detect as _detect  # noqa: F401,E402
-
 
 def _exception_types(name: str) -> tuple[type, ...]:
     """``name`` from click and from typer's own copy of click (typer >= 0.26 no longer uses click's classes)."""

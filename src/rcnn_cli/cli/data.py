@@ -10,9 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rcnn_cli.cli.app import data_app
+from rcnn_cli.cli.app import group
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
+
+data_app = group("data")
 
 
 def parse_classes(classes: Optional[str]) -> list[str] | None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from rcnn_cli.cli import options as O
-from rcnn_cli.cli.app import app, fast_app, faster_app
+from rcnn_cli.cli.app import app
 from rcnn_cli.log import console
 
 
@@ -49,7 +49,7 @@ def detect_cmd(
 ) -> None:
     """Detect objects with any trained run: streams one JSON line per image as soon as it is done."""
     from rcnn_cli.cli.data import parse_classes
-    from rcnn_cli.inference import detect
+    from rcnn_cli.workflows.detect import detect
 
     if model is None:
         console.print("no --model: torchvision's COCO Faster R-CNN (80 classes; --model RUN for your own)",
@@ -70,8 +70,6 @@ def detect_cmd(
 
 
 app.command("detect")(detect_cmd)
-fast_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)
-faster_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)
 
 
 @app.command("export")
@@ -85,7 +83,7 @@ def export_cmd(
 ) -> None:
     """Export a run's CNN for deployment (Faster R-CNN: the whole detector, `rcnn detect --model OUT.onnx` runs it;
     R-CNN: the region network; Fast R-CNN: the trunk; YOLO: the whole network)."""
-    from rcnn_cli.runtimes import export_run
+    from rcnn_cli.workflows.export import export_run
 
     info = export_run(run, fmt, out, part)
     console.print(f"{info['file']}: {info['what']} ({info['format']}); inputs, outputs and what the caller "

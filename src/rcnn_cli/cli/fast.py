@@ -8,11 +8,14 @@ from typing import Any, List, Optional
 import typer
 
 from rcnn_cli.cli import options as O
-from rcnn_cli.cli.app import fast_app
+from rcnn_cli.cli.app import group
+from rcnn_cli.cli.detect import detect_cmd
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
 from rcnn_cli.models.fast_rcnn import TRAIN_DEFAULTS, FastRCNNConfig
+
+fast_app = group("fast")
 
 _M, _T = FastRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 
@@ -52,7 +55,7 @@ def train_cmd(
     from rcnn_cli.config import parse_steps
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.models.fast_rcnn import train_fast_rcnn
-    from rcnn_cli.runtime import dist_info
+    from rcnn_cli.device import dist_info
 
     p, sources = O.replayed(ctx, train["config"])
     p["split"] = training_split(dataset, p["split"])
@@ -81,3 +84,6 @@ def _fitted_names(sources: dict[str, str], defaults: str) -> list[str]:
         return []
     names = [n for n in ("min_size", "max_size") if sources.get(n) == "default"]
     return names + (["epochs"] if sources.get("epochs") == sources.get("lr_steps") == "default" else [])
+
+
+fast_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)

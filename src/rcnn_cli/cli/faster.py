@@ -8,11 +8,14 @@ from typing import Any, List, Optional
 import typer
 
 from rcnn_cli.cli import options as O
-from rcnn_cli.cli.app import faster_app
+from rcnn_cli.cli.app import group
+from rcnn_cli.cli.detect import detect_cmd
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
 from rcnn_cli.models.faster_rcnn import TRAIN_DEFAULTS, FasterRCNNConfig
+
+faster_app = group("faster")
 
 _M, _T = FasterRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 
@@ -76,7 +79,7 @@ def train_cmd(
     """
     from rcnn_cli.config import parse_floats, parse_steps
     from rcnn_cli.models.faster_rcnn import train_faster
-    from rcnn_cli.runtime import dist_info
+    from rcnn_cli.device import dist_info
 
     p, sources = O.replayed(ctx, train["config"], _RECORDED)
     if defaults not in ("data", "paper"):
@@ -105,3 +108,6 @@ def train_cmd(
     console.print(f"trained {summary['iterations']} iterations in {summary['train_time_s']:.0f} s "
                   f"({summary.get('images_per_s') or 0:.2f} images/s); {losses}", highlight=False)
     console.print(f"model: {out}/model.safetensors, {out}/config.json", highlight=False)
+
+
+faster_app.command("detect", help="Alias of `rcnn detect` (any run works).")(detect_cmd)

@@ -9,10 +9,12 @@ from typing import Any, Optional
 import typer
 
 from rcnn_cli.cli import options as O
-from rcnn_cli.cli.app import localize_app
+from rcnn_cli.cli.app import group
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.log import console
 from rcnn_cli.models.localizer import TRAIN_DEFAULTS, LocalizerConfig
+
+localize_app = group("localize")
 
 _M, _T = LocalizerConfig(), TrainConfig(**TRAIN_DEFAULTS)
 

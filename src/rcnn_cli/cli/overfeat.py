@@ -9,10 +9,12 @@ from typing import Any, Optional
 import typer
 
 from rcnn_cli.cli import options as O
-from rcnn_cli.cli.app import overfeat_app
+from rcnn_cli.cli.app import group
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.log import console
 from rcnn_cli.models.overfeat import TRAIN_DEFAULTS, OverfeatConfig
+
+overfeat_app = group("overfeat")
 
 _M, _T = OverfeatConfig(), TrainConfig(**TRAIN_DEFAULTS)
 

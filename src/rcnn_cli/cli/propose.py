@@ -1,4 +1,4 @@
-"""CLI commands: ``rcnn propose`` and ``rcnn proposals recall`` (library: :mod:`rcnn_cli.rcnn.proposals`)."""
+"""CLI commands: ``rcnn propose`` and ``rcnn proposals recall`` (library: :mod:`rcnn_cli.proposals`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from rcnn_cli.cli.app import app, proposals_app
+from rcnn_cli.cli.app import app, group
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
+
+proposals_app = group("proposals")
 
 
 @app.command("propose")
@@ -37,7 +39,7 @@ def propose_cmd(
     """Region proposals for every image, stored in one HDF5 file (crash-safe, resumable)."""
     from rcnn_cli.config import parse_shard
     from rcnn_cli.data.inputs import resolve_inputs
-    from rcnn_cli.rcnn.proposals import run_propose
+    from rcnn_cli.proposals import run_propose
 
     items = resolve_inputs(inputs, split=split, images=images)
     if not items:
@@ -80,7 +82,7 @@ def recall_cmd(
 
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.io import write_json, write_run_record
-    from rcnn_cli.rcnn.proposals import plot_recall, recall_stats
+    from rcnn_cli.evaluation.recall import plot_recall, recall_stats
 
     ds = load_dataset(dataset, split, images)
     stats = recall_stats(ds, proposals)
@@ -111,7 +113,7 @@ def merge_proposals_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Merged proposals file."),
 ) -> None:
     """Join proposals files made with the same settings (refuses to mix settings)."""
-    from rcnn_cli.rcnn.proposals import merge_proposals
+    from rcnn_cli.proposals import merge_proposals
 
     s = merge_proposals(inputs, out)
     console.print(f"{s['images']} image(s) from {s['inputs']} file(s) -> {out}", highlight=False)

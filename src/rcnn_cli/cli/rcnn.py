@@ -11,7 +11,7 @@ from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
 from rcnn_cli.rcnn.classifiers import BBoxConfig, SVMConfig
 from rcnn_cli.rcnn.finetune import FinetuneConfig
-from rcnn_cli.workflows.pipeline import PipelineConfig
+from rcnn_cli.rcnn.pipeline import PipelineConfig
 
 _FT, _SVM, _BOX = FinetuneConfig(), SVMConfig(), BBoxConfig()
 _P = PipelineConfig()
@@ -77,7 +77,7 @@ def export_backbone_cmd(
     A detector trained on your data is a cheap stand-in for R-CNN's fine-tuning step: train it with
     `--head backbone` so that every layer the R-CNN features use is fine-tuned, not only the trunk.
     """
-    from rcnn_cli.rcnn.finetune import export_backbone
+    from rcnn_cli.workflows.export import export_backbone
 
     info = export_backbone(run, out)
     console.print(f"{out}: {info['backbone']} {info['trained_layers']} ({info['weights_id']}); use --weights {out} "
@@ -206,7 +206,7 @@ def pipeline_cmd(
     skips the stages whose configuration is unchanged. With no DATASET, the built-in shapes data is
     generated into OUT/data first and the classic R-CNN runs on it (the README's first command).
     """
-    from rcnn_cli.workflows.pipeline import PipelineConfig, print_report, run_pipeline
+    from rcnn_cli.rcnn.pipeline import PipelineConfig, print_report, run_pipeline
 
     p, sources = O.replayed(ctx, config)
     if defaults not in ("data", "classic"):

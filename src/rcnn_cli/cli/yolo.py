@@ -11,10 +11,12 @@ from typing import Any, Optional
 import typer
 
 from rcnn_cli.cli import options as O
-from rcnn_cli.cli.app import yolo_app
+from rcnn_cli.cli.app import group
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.log import console
 from rcnn_cli.models.yolo import TRAIN_DEFAULTS, YOLOConfig
+
+yolo_app = group("yolo")
 
 _M, _T = YOLOConfig(), TrainConfig(**TRAIN_DEFAULTS)
 
@@ -48,7 +50,7 @@ def train_cmd(
     """
     from rcnn_cli.config import parse_steps
     from rcnn_cli.models.yolo import train_yolo
-    from rcnn_cli.runtime import dist_info
+    from rcnn_cli.device import dist_info
 
     p, sources = O.replayed(ctx, train["config"])
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))

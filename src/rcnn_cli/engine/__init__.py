@@ -1,4 +1,5 @@
-"""The one trainer (:mod:`.trainer`) shared by every trained method, and its checkpoints (:mod:`.checkpoint`)."""
+"""The one trainer (:mod:`.trainer`) shared by every trained method, its checkpoints (:mod:`.checkpoint`),
+the time budget (:mod:`.budget`) and the training dataset of the detectors (:mod:`.dataset`)."""
 
 from rcnn_cli.engine.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, write_checkpoint
 from rcnn_cli.engine.trainer import TrainConfig, collate_detection, default_lr_steps, lr_at, train
@@ -6,10 +7,3 @@ from rcnn_cli.engine.trainer import TrainConfig, collate_detection, default_lr_s
 __all__ = ["CHECKPOINT_DIR", "TrainConfig", "collate_detection", "default_lr_steps", "find_checkpoint",
            "load_checkpoint", "lr_at", "train", "write_checkpoint"]
 
-
-def __getattr__(name: str):
-    if name == "DetectionDataset":  # importable from here too, without importing data at start-up
-        from rcnn_cli.data.torch_dataset import DetectionDataset
-
-        return DetectionDataset
-    raise AttributeError(name)

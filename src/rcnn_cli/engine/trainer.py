@@ -48,7 +48,7 @@ from rcnn_cli.io.files import atomic_open, json_default, read_json, write_json
 from rcnn_cli.io.runs import write_run
 from rcnn_cli.io.tensors import save_state
 from rcnn_cli.log import console, logger, progress_bar
-from rcnn_cli.runtime import barrier, dist_info, init_distributed, resolve_device, seed_everything
+from rcnn_cli.device import barrier, dist_info, init_distributed, resolve_device, seed_everything
 
 BEST_DIR = "best"
 
@@ -608,7 +608,7 @@ def _run_epoch(loop: _Loop, metrics: "_Metrics", progress, task) -> dict[str, An
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os.PathLike, config: TrainConfig,
           collate_fn: Callable = collate_detection, resume: bool = False, model_config: Any = None,
           evaluate_fn: Callable[[nn.Module, int], dict] | None = None, command: str = "train",
-          kind: str = "faster", param_groups: Sequence[dict] | None = None,
+          kind: str | None = None, param_groups: Sequence[dict] | None = None,
           sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset``; see the module docstring for the files written.
 
@@ -620,6 +620,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     where its value came from: command line, a replayed config, default) go into the run record.
     Returns a summary: epochs, iterations, losses, images/s, train time.
     """
+    kind = kind or getattr(model_config, "method", None) or "train"  # the model configuration's method
     from rcnn_cli.memory import reuse_memory
 
     reuse_memory()

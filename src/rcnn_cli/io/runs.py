@@ -3,64 +3,33 @@
 Every run directory (an R-CNN model directory, a Fast or Faster R-CNN run, and the methods to come)
 holds ``config.json``::
 
-    {"kind": "rcnn" | "fast" | "faster" | "yolo", "format_version": 2,
+    {"kind": "<the method's name>", "format_version": 2,
      "model": {...},            # everything needed to rebuild the model
      "train": {...},            # the training configuration (stage settings for R-CNN)
      "command": "...", "rcnn_version": "...", "python": ..., "torch": ..., "created": ...}
 
-Runs written before format 2 (rcnn <= 0.1.0 at commit e8b1e22) are read too: an R-CNN model
-``config.json`` with ``format: "rcnn-model"`` (the model settings at the top level), and
-engine runs ``{"command", "config": {"model": {...}, "train": {...}}}`` whose model has
-``arch: "fast_rcnn"`` or ``kind: "faster_rcnn"``.
+Runs written before format 2 (rcnn <= 0.1.0 at commit e8b1e22) are read by :mod:`rcnn_cli.io.legacy`.
+Which kinds exist is the registry's business (:mod:`rcnn_cli.registry`), not this reader's.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import read_json, run_record, write_json
+from rcnn_cli.io.legacy import Run, read_legacy
 
-__all__ = ["FORMAT_VERSION", "KINDS", "Run", "read_run", "write_run", "run_config_path", "weights_file",
+__all__ = ["FORMAT_VERSION", "Run", "read_run", "write_run", "run_config_path", "weights_file",
            "model_config", "load_weights"]
 
 FORMAT_VERSION = 2
-KINDS = ("rcnn", "fast", "faster", "yolo", "localize", "overfeat", "finetune")
-_LEGACY_KINDS = {"rcnn-model": "rcnn", "fast_rcnn": "fast", "faster_rcnn": "faster"}
-
-
-@dataclass
-class Run:
-    """A run directory as read: ``kind``, the model and training configurations, the whole record."""
-
-    root: Path
-    kind: str
-    format_version: int
-    model: dict[str, Any]
-    train: dict[str, Any] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict)
 
 
 def run_config_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "config.json"
-
-
-def _legacy(record: dict[str, Any], where: Path) -> Run | None:
-    """A format-1 record (no ``kind`` at the top level), or None."""
-    if record.get("format") == "rcnn-model":
-        model = {k: v for k, v in record.items() if k not in ("format", "rcnn_version")}
-        return Run(where.parent, "rcnn", 1, model, record=record)
-    inner = record.get("config") if isinstance(record.get("config"), dict) else record
-    model = inner.get("model") if isinstance(inner, dict) else None
-    if isinstance(model, dict):
-        kind = _LEGACY_KINDS.get(str(model.get("kind") or model.get("arch") or ""))
-        if kind:
-            train = inner.get("train") if isinstance(inner.get("train"), dict) else {}
-            return Run(where.parent, kind, 1, model, train, record)
-    return None
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:
@@ -79,15 +48,15 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     if not isinstance(record, dict):
         raise UserError(f"{where}: not a run record (a JSON object is expected)")
     if "kind" not in record or "format_version" not in record:
-        run = _legacy(record, where)
+        run = read_legacy(record, where)
         if run is None:
             raise UserError(f"{where}: not a run of rcnn (no 'kind'; found keys {', '.join(sorted(record)[:6])})")
         return run
     version = record["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{where}: run format version {version!r} is newer than this rcnn reads ({FORMAT_VERSION})")
-    if record["kind"] not in KINDS:
-        raise UserError(f"{where}: unknown run kind '{record['kind']}' (known: {', '.join(KINDS)})")
+    if not isinstance(record["kind"], str) or not record["kind"]:
+        raise UserError(f"{where}: 'kind' must name a method (found {record['kind']!r})")
     model = record.get("model")
     if not isinstance(model, dict):
         raise UserError(f"{where}: no 'model' configuration")
@@ -98,8 +67,6 @@ def read_run(run_dir: str | os.PathLike) -> Run:
 def write_run(run_dir: str | os.PathLike, kind: str, model: dict[str, Any], train: dict[str, Any] | None = None,
               command: str = "", **extra: Any) -> Path:
     """Write ``run_dir/config.json`` in the current format (atomically); returns its path."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown run kind {kind!r}")
     record = {"kind": kind, "format_version": FORMAT_VERSION, "model": model, "train": train or {}, **extra}
     record.update(run_record(command, None))
     path = run_config_path(run_dir)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,9 +39,13 @@ from rcnn_cli.boxes import decode, encode, resize_boxes
 from rcnn_cli.detector import REGRESSED_NMS, DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
+from rcnn_cli.method import CompareEntry, Export, Method, resize_text
 
 __all__ = ["TRAIN_DEFAULTS", "FastRCNNConfig", "FastRCNN", "build_fast_rcnn", "sample_rois", "BOX_WEIGHTS", "FastRCNNDetector",
            "train_fast_rcnn", "load_fast_rcnn"]
+
+#: The method's one name: its runs' kind, command group and folder in ``rcnn compare``.
+NAME = "fast"
 
 #: Training settings of ``rcnn fast train`` that differ from :class:`rcnn_cli.engine.TrainConfig`'s.
 TRAIN_DEFAULTS = {"epochs": 10}
@@ -332,7 +336,7 @@ def _fitted(dataset, model_config: FastRCNNConfig, train_config, sources, fit: S
     from dataclasses import replace
 
     from rcnn_cli.fitting import data_stats, fit_fast
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     stats = data_stats(dataset)  # a split without one valid box: a one-line error before any training
     current = {"min_size": model_config.min_size, "max_size": model_config.max_size, "epochs": train_config.epochs}
@@ -363,9 +367,9 @@ def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig
     from pathlib import Path
 
     from rcnn_cli import engine
-    from rcnn_cli.data.torch_dataset import DetectionDataset
-    from rcnn_cli.rcnn.proposals import load as load_proposals
-    from rcnn_cli.runtime import seed_everything
+    from rcnn_cli.engine.dataset import DetectionDataset
+    from rcnn_cli.proposals import load as load_proposals
+    from rcnn_cli.device import seed_everything
 
     out_dir = Path(out_dir)
     if not dataset.classes:
@@ -398,7 +402,7 @@ def train_fast_rcnn(dataset, out_dir, train_config, model_config: FastRCNNConfig
             return {"mAP": float(result["mAP"]), **{f"AP_{c}": float(v) for c, v in result["AP"].items() if v is not None}}
 
     summary = engine.train(model, train_set, out_dir, train_config, resume=resume, model_config=model.config.to_dict(),
-                           evaluate_fn=evaluate_fn, command=command, kind="fast", sources=sources)
+                           evaluate_fn=evaluate_fn, command=command, kind=NAME, sources=sources)
     if last_val:
         summary["val"] = {k: v for k, v in last_val.items() if k != "curves"}
     return summary
@@ -412,11 +416,11 @@ def load_fast_rcnn(run_dir, device: str | torch.device = "cpu", weights: str = "
     from rcnn_cli.engine import CHECKPOINT_DIR
     from rcnn_cli.io.runs import read_run, weights_file
     from rcnn_cli.io.tensors import load_state
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
-    if run.kind != "fast":
+    if run.kind != NAME:
         raise UserError(f"{run_dir}/config.json: a '{run.kind}' run, not a Fast R-CNN one (use `rcnn detect`)")
     config = FastRCNNConfig.from_dict(run.model)
     path = weights_file(run_dir, weights)
@@ -436,7 +440,7 @@ class FastRCNNDetector(Detector):
     "proposals", "network" (resize + trunk + RoI head + NMS on the device), "post" (class names).
     """
 
-    kind = "fast"
+    kind = NAME
     weights = "final"  # which weights of the run (set by from_run)
     runtime = "torch"
 
@@ -471,8 +475,8 @@ class FastRCNNDetector(Detector):
 
         from rcnn_cli.io.files import file_sha256
         from rcnn_cli.io.runs import weights_file
-        from rcnn_cli.runtime import resolve_device
-        from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
+        from rcnn_cli.device import resolve_device
+        from rcnn_cli.backends import RuntimeTrunk, resolve_runtime
 
         model = load_fast_rcnn(run_dir, resolve_device(device), weights)
         runtime = resolve_runtime(runtime, next(model.parameters()).device.type)
@@ -495,7 +499,7 @@ class FastRCNNDetector(Detector):
     def propose(self, image, image_id: str) -> np.ndarray:
         """Proposals ``(N, 4)``: from the store when it has the image (rescaled to this image's size),
         else selective search with the training run's settings."""
-        from rcnn_cli.rcnn.proposals import boxes_for, selective_search
+        from rcnn_cli.proposals import boxes_for, selective_search
 
         if self.reader is not None:
             if image_id in self.reader:
@@ -513,7 +517,7 @@ class FastRCNNDetector(Detector):
     def detect(self, image, image_id: str):
         from rcnn_cli.data.images import to_tensor
         from rcnn_cli.io.detections import ImageDetections
-        from rcnn_cli.runtime import synchronize
+        from rcnn_cli.device import synchronize
 
         t0 = time.perf_counter()
         boxes = self.propose(image, image_id)[: self.max_proposals]
@@ -532,7 +536,7 @@ def _open_proposals(proposals) -> tuple[Any, bool]:
     """``(reader or None, whether it was opened here)`` from a path, a reader or None."""
     import os
 
-    from rcnn_cli.rcnn.proposals import load as load_proposals
+    from rcnn_cli.proposals import load as load_proposals
 
     if isinstance(proposals, (str, os.PathLike)):
         return load_proposals(proposals), True
@@ -554,3 +558,101 @@ def evaluate_model(model: FastRCNN, dataset, proposals, metric: str = "voc12") -
         detector.close()
         model.train(was_training)
     return evaluate(dataset, detections, metric=metric)
+
+
+# ----------------------------------------------------------------------------------------------
+# what the registry knows of Fast R-CNN
+# ----------------------------------------------------------------------------------------------
+
+class _WholeDetector(nn.Module):
+    """The whole detector on one image: ``(3, H, W)`` in ``[0, 1]`` and ``(P, 4)`` proposals in its
+    pixels -> boxes ``(n, 4)`` pixels, scores, labels."""
+
+    def __init__(self, model: FastRCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, proposals: torch.Tensor):
+        out = self.model([image], proposals=[proposals])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def _whole(run) -> tuple[nn.Module, tuple, dict[str, Any], FastRCNNConfig, dict[str, Any]]:
+    """The export of the whole detector (:class:`rcnn_cli.method.Export`); no score threshold inside the graph."""
+    model = load_fast_rcnn(run.root)
+    cfg = model.config
+    detect = {"score_threshold": float(cfg.score_thresh), "nms": float(cfg.nms_thresh),
+              "top_k": int(cfg.detections_per_img),
+              "mean": list(model.transform.image_mean), "std": list(model.transform.image_std)}
+    cfg.score_thresh = 0.0
+    side = int(cfg.min_size)
+    corner = torch.rand(64, 2) * side / 2
+    example = (torch.rand(3, side, side * 4 // 3), torch.cat([corner, corner + side / 4], 1))
+    extra = {"proposals": dict(cfg.proposals or {}), "max_proposals": int(cfg.max_proposals),
+             "inputs": [{"name": "proposals", "shape": ["p", 4], "dtype": "float32",
+                         "meaning": "region proposals, x1, y1, x2, y2 in the image's pixels (rcnn propose)"}]}
+    return _WholeDetector(model.eval()).eval(), example, detect, cfg, extra
+
+
+def _trained_layers(run) -> tuple[nn.Module, nn.Module]:
+    model = load_fast_rcnn(run.root)
+    return model.trunk, model.head
+
+
+def _trunk_network(run):
+    from rcnn_cli.backends import trunk_export
+
+    return trunk_export(load_fast_rcnn(run.root).trunk, run.model["backbone"], f"{NAME} R-CNN")
+
+
+def _compare_step(c) -> None:
+    """``rcnn compare``: Fast R-CNN on the shared selective-search files (``c``: the compare context)."""
+    c.shared_proposals()
+    S, D, d = c.settings[NAME], c.settings["detect"], c.data
+    run_dir, limit = c.out / NAME, c.settings["proposals"]["limit"]
+    config = {"S": S, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
+              "device": c.device, "proposals": c.proposals_hash("propose-train"),
+              "max_proposals": limit or 2000, **d.data_id}
+
+    def train(resume: bool) -> dict:
+        mc = FastRCNNConfig(backbone=c.backbone, classes=list(d.train_ds.classes), roi_align=bool(S["roi_align"]),
+                            representation_size=int(S["representation_size"]), min_size=int(S["min_size"]),
+                            max_size=int(S["max_size"]), rois_per_image=int(S["rois_per_image"]),
+                            fg_fraction=float(S["fg_fraction"]), max_proposals=int(limit or 2000),
+                            score_thresh=float(D["score_threshold"]), nms_thresh=float(D["nms"]),
+                            detections_per_img=int(D["top_k"]))
+        return train_fast_rcnn(d.train_ds, run_dir, c.train_config(S), mc, c.proposals_file(d.train_split),
+                               weights=c.settings["model"]["weights"], resume=resume, command=f"{c.command} ({NAME})")
+
+    c.results[NAME] = c.train_and_evaluate(
+        NAME, config, run_dir, train,
+        lambda: FastRCNNDetector.from_run(run_dir, device=c.device, proposals=c.proposals_file(d.test_split)),
+        eval_extra={"proposals": c.proposals_hash("propose-test")})
+
+
+def _describe(s: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    S = s[NAME]
+    sched = f"{S['epochs']} epochs, lr {S['lr']} (x0.1 at epochs {S['lr_steps']}), batch {S['batch_size']}"
+    if S.get("max_iters"):
+        sched += f", at most {S['max_iters']} iterations"
+    return (f"- Fast R-CNN: {resize_text(S, short=False)}; {sched}; {S['rois_per_image']} RoIs/image, "
+            f"{'RoIAlign' if S['roi_align'] else 'RoI max pooling'} 7x7")
+
+
+#: ``rcnn compare``'s settings per budget (``full``: the paper's, 40k iterations x 2 images on VOC 2007
+#: trainval, about 16 epochs with the step at 12).
+COMPARE_SETTINGS = {
+    "quick": {"min_size": 256, "max_size": 512, "epochs": 5, "lr": 0.01, "lr_steps": [4], "warmup_iters": 50,
+              "batch_size": 2, "rois_per_image": 64, "fg_fraction": 0.25, "roi_align": False,
+              "representation_size": 1024, "max_iters": None},
+    "full": {"min_size": 600, "max_size": 1000, "epochs": 16, "lr": 0.01, "lr_steps": [12], "warmup_iters": 100,
+             "batch_size": 2, "rois_per_image": 64, "fg_fraction": 0.25, "roi_align": False,
+             "representation_size": 1024, "max_iters": None},
+}
+
+METHOD = Method(
+    name=NAME, title="Fast R-CNN", detector=FastRCNNDetector, config=FastRCNNConfig, legacy=("fast_rcnn",),
+    backbone=_trained_layers,
+    export=Export(network=_trunk_network, whole=_whole, whole_inputs=("image", "proposals")),
+    compare=CompareEntry(settings=COMPARE_SETTINGS, step=_compare_step, describe=_describe,
+                         input_text=lambda s, result: resize_text(s[NAME])))

@@ -44,7 +44,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,9 @@ from torch import nn
 
 from rcnn_cli.detector import REGRESSED_NMS, DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
+from rcnn_cli.fitting import RPN_TEST_PROPOSALS
 from rcnn_cli.log import logger
+from rcnn_cli.method import CompareEntry, Export, Method, resize_text
 
 __all__ = [
     "MODEL_KIND",
@@ -68,6 +70,8 @@ __all__ = [
 ]
 
 MODEL_KIND = "faster_rcnn"
+#: The method's one name: its runs' kind, command group and folder in ``rcnn compare``.
+NAME = "faster"
 
 #: Training settings of ``rcnn faster train`` that differ from :class:`rcnn_cli.engine.TrainConfig`'s.
 TRAIN_DEFAULTS = {"epochs": 12}
@@ -89,6 +93,8 @@ class FasterRCNNConfig:
     """Everything needed to rebuild the network (the run's ``model`` record); defaults are the paper's
     (torchvision's where the paper is silent). Validates itself; unknown names are a UserError.
     The ``rpn_*`` and ``box_*`` settings are torchvision ``FasterRCNN``'s arguments of the same name."""
+
+    method: ClassVar[str] = NAME  # the runs it is trained in
 
     classes: list[str] = field(default_factory=list)
     backbone: str = "efficientnet_lite0"
@@ -113,7 +119,7 @@ class FasterRCNNConfig:
     rpn_pre_nms_top_n_train: int = 12000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 6000
-    rpn_post_nms_top_n_test: int = 300
+    rpn_post_nms_top_n_test: int = RPN_TEST_PROPOSALS
     rpn_fg_iou_thresh: float = 0.7
     rpn_bg_iou_thresh: float = 0.3
     rpn_batch_size_per_image: int = 256
@@ -343,7 +349,7 @@ def _model_config_from(run_dir: Path) -> FasterRCNNConfig:
     """The Faster R-CNN model configuration of a run (any run format); another kind is a UserError."""
     from rcnn_cli.io.runs import model_config
 
-    return model_config(run_dir, "faster", FasterRCNNConfig)
+    return model_config(run_dir, NAME, FasterRCNNConfig)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu", overrides: dict | None = None,
@@ -357,7 +363,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", overri
     """
     from rcnn_cli.io.runs import weights_file
     from rcnn_cli.io.tensors import load_state
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     model_dir = Path(model_dir)
     cfg = _model_config_from(model_dir)
@@ -412,7 +418,7 @@ class FasterRCNNDetector(Detector):
     per-class NMS, rescaling); ``num_proposals`` the RPN boxes the head scored.
     """
 
-    kind = "faster"
+    kind = NAME
     weights = "final"  # which weights of the run (set by from_run)
     runtime = "torch"
 
@@ -453,7 +459,7 @@ class FasterRCNNDetector(Detector):
     def detect(self, image, image_id: str):
         from rcnn_cli.data.images import fit_image, to_tensor
         from rcnn_cli.io.detections import ImageDetections
-        from rcnn_cli.runtime import synchronize
+        from rcnn_cli.device import synchronize
 
         model, heads, cfg = self.model, self.model.roi_heads, self.model_config
         t0 = time.perf_counter()
@@ -479,7 +485,7 @@ def _use_runtime(model: nn.Module, cfg: FasterRCNNConfig, runtime: str, run_dir:
     runtime in effect (``auto`` resolved)."""
     from rcnn_cli.io.files import file_sha256
     from rcnn_cli.io.runs import weights_file
-    from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
+    from rcnn_cli.backends import RuntimeTrunk, resolve_runtime
 
     runtime = resolve_runtime(runtime, next(model.parameters()).device.type, not cfg.fpn)
     if runtime == "torch":
@@ -497,7 +503,7 @@ def rpn_proposer(model_dir: str | Path, device: str | torch.device = "auto",
 
     Returns ``propose(image: PIL.Image) -> (N, 4) float32`` boxes in original image pixels, in
     decreasing objectness, at most ``post_nms_top_n`` after the RPN's NMS at 0.7 (pre-NMS top-N is
-    raised to at least that many). Give it to ``rcnn_cli.rcnn.proposals.run_propose(proposer=...)``
+    raised to at least that many). Give it to ``rcnn_cli.proposals.run_propose(proposer=...)``
     to write the standard proposals file.
     """
     from rcnn_cli.data.images import fit_image, to_tensor
@@ -549,7 +555,7 @@ def _fit(ds, given: dict, train_config, fixed_anchors: bool, fit: bool, fit_sche
     ``fixed_anchors``: FPN's five levels or ``--no-auto-anchors``), or nothing without ``fit``; and the
     split's statistics."""
     from rcnn_cli.fitting import Fitted, data_stats, fit_faster
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     stats = data_stats(ds)  # a split without one valid box: a one-line error before any training
     if not fit:
@@ -684,9 +690,9 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     ``out/config.json`` (model + training settings); returns the engine's summary (+ ``"model_config"``).
     """
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
-    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine.dataset import DetectionDataset
     from rcnn_cli.engine import find_checkpoint, train
-    from rcnn_cli.runtime import seed_everything
+    from rcnn_cli.device import seed_everything
 
     out = Path(out)
     if train_config.patience is not None and not val_split:
@@ -721,6 +727,140 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, t
     train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed, fit=decode_size(cfg),
                                 color_jitter=cfg.color_jitter)
     summary = train(model, train_ds, out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
-                    command=command, kind="faster", sources=sources)
+                    command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# what the registry knows of Faster R-CNN
+# ----------------------------------------------------------------------------------------------
+
+class _WholeDetector(nn.Module):
+    """The whole detector on one image: ``(3, H, W)`` in ``[0, 1]`` -> boxes ``(n, 4)`` pixels, scores, labels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        out = self.model([image])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def _whole(run) -> tuple[nn.Module, tuple, dict[str, Any], FasterRCNNConfig, dict[str, Any]]:
+    """The export of the whole detector (:class:`rcnn_cli.method.Export`); no score threshold inside the graph."""
+    model, cfg = load_model(run.root, "cpu")
+    heads = model.roi_heads
+    detect = {"score_threshold": float(heads.score_thresh), "nms": float(heads.nms_thresh),
+              "top_k": int(heads.detections_per_img),
+              "mean": list(model.transform.image_mean), "std": list(model.transform.image_std)}
+    heads.score_thresh = 0.0
+    example = (torch.rand(3, int(cfg.min_size), int(cfg.min_size) * 4 // 3),)
+    return _WholeDetector(model.eval()).eval(), example, detect, cfg, {}
+
+
+def _trained_layers(run) -> tuple[nn.Module, nn.Module]:
+    model, _ = load_model(run.root)
+    return model.backbone.body, model.roi_heads.box_head
+
+
+def _trunk_network(run):
+    from rcnn_cli.backends import trunk_export
+
+    return trunk_export(load_model(run.root)[0].backbone.body, run.model["backbone"], f"{NAME} R-CNN")
+
+
+def _compare_step(c) -> None:
+    """``rcnn compare``: training, detection and the RPN's proposal recall (``c``: the compare context)."""
+    G, D, d = c.settings[NAME], c.settings["detect"], c.data
+    run_dir = c.out / NAME
+    config = {"G": G, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
+              "device": c.device, "train_split": d.train_split, **d.data_id}
+
+    def train(resume: bool) -> dict:
+        overrides = {k: G[k] for k in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+                                       "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")}
+        overrides.update(box_score_thresh=float(D["score_threshold"]), box_nms_thresh=float(D["nms"]),
+                         box_detections_per_img=int(D["top_k"]))
+        return train_faster(d.path, d.train_split, run_dir, c.train_config(G), images=d.images,
+                            backbone=c.backbone, weights=c.settings["model"]["weights"],
+                            head="backbone" if c.backbone in ("vgg16", "alexnet") else "mlp",
+                            anchor_sizes=G["anchor_sizes"], aspect_ratios=G["aspect_ratios"],
+                            auto_anchors=bool(G["auto_anchors"]), min_size=int(G["min_size"]),
+                            max_size=int(G["max_size"]), resume=resume, model_overrides=overrides,
+                            command=f"{c.command} ({NAME})", fit=False)  # the budget's settings, exactly
+
+    result = c.train_and_evaluate(NAME, config, run_dir, train,
+                                  lambda: FasterRCNNDetector.from_run(run_dir, device=c.device))
+    result["recall"] = _rpn_recall(c, run_dir, int(G["rpn_post_nms_top_n_test"]))
+    result["status"] = c.status((f"{NAME}-train", f"{NAME}-eval", f"{NAME}-recall"))
+    c.results[NAME] = result
+
+
+def _rpn_recall(c, run_dir: Path, top_n: int) -> dict:
+    """The RPN's proposals of the test split as a proposals file, and their recall."""
+    d = c.data
+    rpn_file = run_dir / f"proposals_{d.test_split}_rpn.h5"
+
+    def fn() -> dict:
+        from rcnn_cli.data.inputs import ImageInput
+        from rcnn_cli.evaluation.recall import recall_stats
+        from rcnn_cli.proposals import run_propose
+
+        proposer = rpn_proposer(run_dir, device=c.device, post_nms_top_n=top_n)
+        run_propose([ImageInput(r.image_id, r.path) for r in d.test_ds.records], rpn_file, min_size=0,
+                    proposer=proposer, attrs=rpn_attrs(run_dir, top_n), progress=c.progress,
+                    command=f"{c.command} (RPN proposals)")
+        return c.recall_summary(recall_stats(d.test_ds, rpn_file))
+
+    return c.st.run(f"{NAME}-recall", {"train": c.st.hashes[f"{NAME}-train"], "split": d.test_split, "top_n": top_n},
+                    [rpn_file], fn, clean=[rpn_file, rpn_file.with_name(rpn_file.name + ".config.json")])
+
+
+def _describe(s: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    F = s[NAME]
+    sched = f"{F['epochs']} epochs, lr {F['lr']} (x0.1 at epochs {F['lr_steps']}), batch {F['batch_size']}"
+    if F.get("max_iters"):
+        sched += f", at most {F['max_iters']} iterations"
+    return (f"- Faster R-CNN: {resize_text(F, short=False)}; {sched}; anchors "
+            f"{'fitted to the training boxes' if F['auto_anchors'] else F['anchor_sizes']} x ratios "
+            f"{F['aspect_ratios']}, RPN top-N {F['rpn_pre_nms_top_n_train']}/{F['rpn_post_nms_top_n_train']} "
+            f"train, {F['rpn_pre_nms_top_n_test']}/{F['rpn_post_nms_top_n_test']} test")
+
+
+def _claim(report: Mapping[str, Any]) -> str | None:
+    """The lecture: YOLO is faster than Faster R-CNN but not as good."""
+    res = report["results"]
+    if "yolo" not in report["methods"] or NAME not in report["methods"]:
+        return None
+    ty = res["yolo"].get("test_seconds_per_image", {}).get("with_proposals")
+    tf = res[NAME].get("test_seconds_per_image", {}).get("with_proposals")
+    my, mf = res["yolo"].get("mAP", {}).get("voc12"), res[NAME].get("mAP", {}).get("voc12")
+    if None in (ty, tf, my, mf) or not tf:
+        return None
+    return (f"- lecture: YOLO is faster than Faster R-CNN but not as good (paper, VOC 2007: 63.4 vs 73.2 "
+            f"mAP). Here: YOLO {ty / tf:.2f}x Faster R-CNN's test time, mAP {100 * my:.1f} vs {100 * mf:.1f}"
+            f" (VOC12) -> {'holds' if ty < tf and my < mf else 'does not hold as stated'}.")
+
+
+_RPN_TOP_N = {"rpn_pre_nms_top_n_train": 12000, "rpn_post_nms_top_n_train": 2000, "rpn_pre_nms_top_n_test": 6000,
+              "rpn_post_nms_top_n_test": 300}
+
+#: ``rcnn compare``'s settings per budget (``full``: the paper's, 80k iterations x 1 image on VOC 2007
+#: trainval, about 16 epochs with the step at 12).
+COMPARE_SETTINGS = {
+    "quick": {"min_size": 256, "max_size": 512, "epochs": 5, "lr": 0.01, "lr_steps": [4], "warmup_iters": 50,
+              "batch_size": 2, "auto_anchors": True, "anchor_sizes": None, "aspect_ratios": [0.5, 1.0, 2.0],
+              **_RPN_TOP_N, "max_iters": None},
+    "full": {"min_size": 600, "max_size": 1000, "epochs": 16, "lr": 0.01, "lr_steps": [12], "warmup_iters": 100,
+             "batch_size": 2, "auto_anchors": False, "anchor_sizes": [128.0, 256.0, 512.0],
+             "aspect_ratios": [0.5, 1.0, 2.0], **_RPN_TOP_N, "max_iters": None},
+}
+
+METHOD = Method(
+    name=NAME, title="Faster R-CNN", detector=FasterRCNNDetector, config=FasterRCNNConfig, legacy=(MODEL_KIND,),
+    backbone=_trained_layers, export=Export(network=_trunk_network, whole=_whole, whole_by_default=True),
+    compare=CompareEntry(settings=COMPARE_SETTINGS, step=_compare_step, describe=_describe, claim=_claim,
+                         input_text=lambda s, result: resize_text(s[NAME]),
+                         proposals=lambda s: f"RPN top {s[NAME]['rpn_post_nms_top_n_test']}"))

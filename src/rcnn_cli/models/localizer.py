@@ -35,11 +35,14 @@ from torch import nn
 from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
+from rcnn_cli.method import Method
 
 __all__ = ["LocalizerConfig", "Localizer", "localization_targets", "LocalizerDetector", "train_localizer",
            "TRAIN_DEFAULTS"]
 
 MODEL_VERSION = 1
+#: The method's one name: its runs' kind and command group.
+NAME = "localize"
 TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 16, "lr": 0.01, "weight_decay": 1e-4, "warmup_iters": 20}
 
 
@@ -172,7 +175,7 @@ class LocalizationDataset(torch.utils.data.Dataset):
     target. Images without objects are left out (with a warning)."""
 
     def __init__(self, dataset, k: int, flip: bool = True, seed: int = 0, features: dict | None = None) -> None:
-        from rcnn_cli.data.torch_dataset import DetectionDataset
+        from rcnn_cli.engine.dataset import DetectionDataset
 
         empty = [r.image_id for r in dataset.records if not len(r.boxes)]
         if empty:
@@ -246,7 +249,7 @@ def cache_features(model: Localizer, dataset, path: Path, progress: bool = False
 def _model_config_from(run_dir: Path) -> LocalizerConfig:
     from rcnn_cli.io.runs import model_config
 
-    return model_config(run_dir, "localize", LocalizerConfig)
+    return model_config(run_dir, NAME, LocalizerConfig)
 
 
 def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
@@ -259,7 +262,7 @@ def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.engine import train
-    from rcnn_cli.runtime import seed_everything
+    from rcnn_cli.device import seed_everything
 
     out = Path(out)
     split = training_split(dataset_path, split)
@@ -281,7 +284,7 @@ def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path
         {"params": [p for n, p in model.named_parameters() if not n.startswith("trunk.")]}]
     try:
         summary = train(model, data, out, train_config, resume=resume, model_config=cfg, command=command,
-                        kind="localize", sources=sources, param_groups=groups)
+                        kind=NAME, sources=sources, param_groups=groups)
     finally:
         model.from_features = False
     summary["model_config"] = cfg.to_dict()
@@ -293,7 +296,7 @@ class LocalizerDetector(Detector):
     own box when class-specific) and its probability as the score; no NMS. Timings: ``"network"``
     and ``"post"``."""
 
-    kind = "localize"
+    kind = NAME
     weights = "final"
 
     def __init__(self, model: Localizer, config: DetectSettings = None) -> None:
@@ -306,7 +309,7 @@ class LocalizerDetector(Detector):
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  weights: str = "final") -> "LocalizerDetector":
         from rcnn_cli.io.runs import load_weights
-        from rcnn_cli.runtime import resolve_device
+        from rcnn_cli.device import resolve_device
 
         model = load_weights(Localizer(_model_config_from(Path(run_dir)), weights="none"), run_dir, weights)
         detector = cls(model.to(resolve_device(device)), config)
@@ -348,3 +351,6 @@ class LocalizerDetector(Detector):
         order = torch.argsort(scores, descending=True)
         keep = order[scores[order] >= self.config.score_threshold][: self.config.top_k]
         return px[keep].cpu().numpy().astype(np.float32), scores[keep].cpu().numpy(), labels[keep].cpu().tolist()
+
+
+METHOD = Method(name=NAME, title="Classification + localization", detector=LocalizerDetector, config=LocalizerConfig)

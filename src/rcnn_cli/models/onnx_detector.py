@@ -20,8 +20,12 @@ import numpy as np
 
 from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
+from rcnn_cli.method import Method
 
 __all__ = ["OnnxDetector", "describe_onnx"]
+
+#: The kind of these detectors (named by ``--model``, no run directory).
+NAME = "onnx"
 
 
 def describe_onnx(path: str | Path) -> dict[str, Any]:
@@ -43,7 +47,7 @@ class OnnxDetector(Detector):
     (:func:`rcnn_cli.data.images.fit_image`), so the boxes agree with the run's.
     """
 
-    kind = "onnx"
+    kind = NAME
 
     def __init__(self, path: Path, info: dict[str, Any], config: DetectSettings = None, threads: int = 0) -> None:
         try:
@@ -75,7 +79,7 @@ class OnnxDetector(Detector):
 
         t0 = time.perf_counter()
         feeds, num_proposals, small, k = {}, None, image, 1
-        if self.info["kind"] == "fast":
+        if any(i["name"] == "proposals" for i in self.info["inputs"]):  # Fast R-CNN: regions come in
             feeds["proposals"] = self._proposals(image)
             num_proposals = len(feeds["proposals"])
         else:
@@ -96,9 +100,13 @@ class OnnxDetector(Detector):
 
     def _proposals(self, image) -> np.ndarray:
         """Fast R-CNN's proposals: selective search with the settings the run was trained with."""
-        from rcnn_cli.rcnn.proposals import selective_search
+        from rcnn_cli.proposals import selective_search
 
         settings = self.info.get("proposals") or {}
         kwargs = {k: settings[k] for k in ("mode", "max_size", "min_size") if settings.get(k) is not None}
         boxes = np.asarray(selective_search(image, **kwargs), np.float32).reshape(-1, 4)
         return boxes[: int(self.info.get("max_proposals") or len(boxes))]
+
+
+METHOD = Method(name=NAME, title="an exported whole detector (.onnx)", detector=OnnxDetector,
+                named=lambda model: Path(model).suffix.lower() == ".onnx" and Path(model).is_file())

@@ -27,21 +27,24 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcnn_cli.boxes import box_area, box_iou
+from torchvision.ops import box_area, box_iou
 from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
+from rcnn_cli.method import CompareEntry, Method
 from rcnn_cli.models.localizer import Localizer, LocalizerConfig
 
 __all__ = ["OverfeatConfig", "dense_heads", "window_boxes", "choose_scales", "greedy_merge", "match_scores",
            "WindowDataset", "OverfeatDetector", "train_overfeat", "TRAIN_DEFAULTS"]
 
+#: The method's one name: its runs' kind, command group and folder in ``rcnn compare``.
+NAME = "overfeat"
 TRAIN_DEFAULTS = {"epochs": 8, "batch_size": 4, "lr": 0.002, "weight_decay": 1e-4, "warmup_iters": 20}
 STRIDE = 32
 
@@ -50,7 +53,7 @@ STRIDE = 32
 class OverfeatConfig(LocalizerConfig):
     """A localizer with a background class, applied densely (the run's ``model`` record)."""
 
-    kind: str = "overfeat"
+    kind: str = NAME
     attach: str = "conv"
     boxes: str = "specific"     # Overfeat's regressor is class-specific
     background: bool = True
@@ -240,7 +243,7 @@ class WindowDataset(torch.utils.data.Dataset):
     (with a warning)."""
 
     def __init__(self, dataset, cfg: OverfeatConfig, seed: int = 0) -> None:
-        from rcnn_cli.data.torch_dataset import DetectionDataset
+        from rcnn_cli.engine.dataset import DetectionDataset
 
         empty = [r.image_id for r in dataset.records if not len(r.boxes)]
         if empty:
@@ -296,13 +299,13 @@ def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path,
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.engine import train
     from rcnn_cli.io.runs import model_config
-    from rcnn_cli.runtime import seed_everything
+    from rcnn_cli.device import seed_everything
 
     out = Path(out)
     split = training_split(dataset_path, split)
     ds = load_training_dataset(dataset_path, split, images)
     if resume and (out / "config.json").is_file():
-        cfg = model_config(out, "overfeat", OverfeatConfig)
+        cfg = model_config(out, NAME, OverfeatConfig)
     else:
         given = {k: v for k, v in (model_overrides or {}).items() if v is not None}
         cfg = OverfeatConfig(classes=list(ds.classes), weights=str(weights), **given)
@@ -317,7 +320,7 @@ def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path,
     model = Localizer(cfg, weights)
     data = WindowDataset(ds, cfg, seed=train_config.seed)
     summary = train(model, data, out, train_config, collate_fn=collate_windows, resume=resume, model_config=cfg,
-                    command=command, kind="overfeat", sources=sources)
+                    command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
     return summary
 
@@ -332,7 +335,7 @@ class OverfeatDetector(Detector):
     probability; a greedily merged box scores the sum of its windows' probabilities. Timings:
     ``"network"`` (the dense passes) and ``"merge"``."""
 
-    kind = "overfeat"
+    kind = NAME
     weights = "final"
     max_candidates = 400  # per class, highest window probability first, before merging
 
@@ -351,9 +354,9 @@ class OverfeatDetector(Detector):
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None,
                  weights: str = "final", merge: str | None = None) -> "OverfeatDetector":
         from rcnn_cli.io.runs import load_weights, model_config
-        from rcnn_cli.runtime import resolve_device
+        from rcnn_cli.device import resolve_device
 
-        model = Localizer(model_config(Path(run_dir), "overfeat", OverfeatConfig), weights="none")
+        model = Localizer(model_config(Path(run_dir), NAME, OverfeatConfig), weights="none")
         detector = cls(load_weights(model, run_dir, weights).to(resolve_device(device)), config, merge)
         detector.weights = weights
         return detector
@@ -411,7 +414,9 @@ class OverfeatDetector(Detector):
         clipped to the image, scores, labels; at most ``top_k``, highest score first."""
         from torchvision.ops import clip_boxes_to_image
 
-        from rcnn_cli.boxes import batched_nms, order_corners
+        from torchvision.ops import batched_nms
+
+        from rcnn_cli.boxes import order_corners
 
         out_b, out_s, out_l = [], [], []
         for c in range(probs.shape[1]):
@@ -432,3 +437,67 @@ class OverfeatDetector(Detector):
         b, s = torch.cat(out_b), torch.cat(out_s)
         order = torch.argsort(s, descending=True, stable=True)[: self.config.top_k]
         return b[order].numpy().astype(np.float32), s[order].numpy(), [out_l[i] for i in order.tolist()]
+
+
+# ----------------------------------------------------------------------------------------------
+# what the registry knows of Overfeat
+# ----------------------------------------------------------------------------------------------
+
+def _compare_step(c) -> None:
+    """``rcnn compare``: window training, dense detection over scales chosen from the training boxes."""
+    from rcnn_cli.detector import DetectConfig
+    from rcnn_cli.io.runs import model_config
+
+    V, D, d = c.settings[NAME], c.settings["detect"], c.data
+    run_dir = c.out / NAME
+    config = {"V": V, "D": D, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
+              "device": c.device, "train_split": d.train_split, **d.data_id}
+
+    def train(resume: bool) -> dict:
+        model = {k: V[k] for k in ("input_size", "offsets", "merge")}
+        return train_overfeat(d.path, d.train_split, run_dir, c.train_config(V), images=d.images,
+                              model_overrides=dict(model, backbone=c.backbone),
+                              weights=c.settings["model"]["weights"], resume=resume, command=f"{c.command} ({NAME})")
+
+    result = c.train_and_evaluate(
+        NAME, config, run_dir, train,
+        lambda: OverfeatDetector.from_run(run_dir, device=c.device, config=DetectConfig(**D)))
+    result["scales"] = model_config(run_dir, NAME, OverfeatConfig).scales
+    c.results[NAME] = result
+
+
+def _describe(s: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    V = s[NAME]
+    return (f"- Overfeat: {V['input_size']}-px windows at a stride of 32 px (FC layers as convolutions), "
+            f"scales {report['results'][NAME].get('scales')} (chosen from the training boxes), offsets "
+            f"{V['offsets']}, {V['merge']} merge; {V['epochs']} epochs, lr {V['lr']} (x0.1 at epochs "
+            f"{V['lr_steps']}), batch {V['batch_size']} images")
+
+
+def _claim(report: Mapping[str, Any]) -> str | None:
+    """The R-CNN paper: region proposals + CNN features beat Overfeat's dense sliding window."""
+    res = report["results"]
+    if "rcnn" not in report["methods"] or NAME not in report["methods"]:
+        return None
+    mo, mc = res[NAME].get("mAP", {}).get("voc12"), res["rcnn"].get("mAP", {}).get("voc12")
+    if None in (mo, mc):
+        return None
+    return (f"- R-CNN paper: region proposals + CNN features beat Overfeat's dense sliding window at detection "
+            f"(ILSVRC 2013: 31.4 vs 24.3 mAP). Here: R-CNN {100 * mc:.1f} vs Overfeat {100 * mo:.1f} mAP (VOC12)"
+            f" -> {'holds' if mc > mo else 'does not hold'}.")
+
+
+#: ``rcnn compare``'s settings per budget.
+COMPARE_SETTINGS = {
+    "quick": {"input_size": 224, "offsets": [0], "merge": "greedy", "epochs": 6, "lr": 0.002, "lr_steps": [5],
+              "warmup_iters": 20, "batch_size": 4, "max_iters": None},
+    "full": {"input_size": 224, "offsets": [0, 16], "merge": "greedy", "epochs": 16, "lr": 0.002,
+             "lr_steps": [12], "warmup_iters": 50, "batch_size": 4, "max_iters": None},
+}
+
+METHOD = Method(
+    name=NAME, title="Overfeat", detector=OverfeatDetector, config=OverfeatConfig,
+    compare=CompareEntry(
+        settings=COMPARE_SETTINGS, step=_compare_step, describe=_describe, claim=_claim,
+        input_text=lambda s, result: f"{s[NAME]['input_size']}-px windows, {len(result.get('scales', []))} scales",
+        proposals=lambda s: "none (every window, stride 32)"))

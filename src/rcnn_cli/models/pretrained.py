@@ -15,8 +15,12 @@ import numpy as np
 
 from rcnn_cli.detector import REGRESSED_NMS, DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
+from rcnn_cli.method import Method
 
 __all__ = ["PRETRAINED", "PretrainedDetector", "cached_weights"]
+
+#: The kind of these detectors (named by ``--model``, no run directory).
+NAME = "coco"
 
 #: ``--model`` name -> (torchvision builder, weights enum, weights tag).
 PRETRAINED = {"coco": ("fasterrcnn_resnet50_fpn", "FasterRCNN_ResNet50_FPN_Weights", "COCO_V1"),
@@ -64,7 +68,7 @@ def _state(name: str) -> dict:
 class PretrainedDetector(Detector):
     """torchvision's COCO Faster R-CNN: ``detect(image, image_id) -> ImageDetections`` in COCO's 80 classes."""
 
-    kind = "coco"
+    kind = NAME
 
     def __init__(self, name: str, model, classes: list[str], config: DetectSettings = None) -> None:
         self.name, self.model = name, model.eval()
@@ -83,7 +87,7 @@ class PretrainedDetector(Detector):
     def from_run(cls, run_dir: Path, device: str = "auto", config: DetectSettings = None) -> "PretrainedDetector":
         import torchvision.models.detection as D
 
-        from rcnn_cli.runtime import resolve_device
+        from rcnn_cli.device import resolve_device
 
         name = str(run_dir)
         weights = _weights(name)
@@ -110,3 +114,7 @@ class PretrainedDetector(Detector):
                               [n for n, k in zip(names, keep) if k])
         det.timings = {"network": time.perf_counter() - t0}
         return det
+
+
+METHOD = Method(name=NAME, title="torchvision's COCO Faster R-CNN", detector=PretrainedDetector,
+                named=lambda model: model in PRETRAINED)

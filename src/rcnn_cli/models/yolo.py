@@ -40,17 +40,18 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcnn_cli.boxes import box_area
+from torchvision.ops import box_area
 from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
+from rcnn_cli.method import CompareEntry, Export, Method
 
 __all__ = ["YOLOConfig", "YOLOv1", "assign_cells", "build_targets", "yolo_loss", "decode_output",
            "YOLODetector", "train_yolo", "grid_ceiling", "TRAIN_DEFAULTS"]
@@ -58,6 +59,8 @@ __all__ = ["YOLOConfig", "YOLOv1", "assign_cells", "build_targets", "yolo_loss",
 MODEL_VERSION = 1
 
 #: Training settings of ``rcnn yolo train`` that differ from :class:`rcnn_cli.engine.TrainConfig`'s.
+#: The method's one name: its runs' kind, command group and folder in ``rcnn compare``.
+NAME = "yolo"
 TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.005, "weight_decay": 5e-4, "warmup_iters": 100}
 
 
@@ -346,14 +349,14 @@ def build_model(cfg: YOLOConfig, weights: str = "imagenet") -> YOLOv1:
 def _model_config_from(run_dir: Path) -> YOLOConfig:
     from rcnn_cli.io.runs import model_config
 
-    return model_config(run_dir, "yolo", YOLOConfig)
+    return model_config(run_dir, NAME, YOLOConfig)
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "final"
                ) -> tuple[YOLOv1, YOLOConfig]:
     """Rebuild a trained YOLO from ``RUN_DIR/config.json`` and its safetensors weights (eval mode)."""
     from rcnn_cli.io.runs import load_weights
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     cfg = _model_config_from(Path(run_dir))
     if int(cfg.version) > MODEL_VERSION:
@@ -366,7 +369,7 @@ class YOLODetector(Detector):
     """A trained YOLO v1: one forward pass per image, no proposals. Timings: ``"network"`` (resize,
     normalise, trunk, head) and ``"post"`` (decoding, threshold, per-class NMS)."""
 
-    kind = "yolo"
+    kind = NAME
     weights = "final"  # which weights of the run (set by from_run)
     runtime = "torch"
 
@@ -387,7 +390,7 @@ class YOLODetector(Detector):
         stays in torch)."""
         from rcnn_cli.io.files import file_sha256
         from rcnn_cli.io.runs import weights_file
-        from rcnn_cli.runtimes import RuntimeTrunk, resolve_runtime
+        from rcnn_cli.backends import RuntimeTrunk, resolve_runtime
 
         model, _ = load_model(run_dir, device, weights)
         runtime = resolve_runtime(runtime, next(model.parameters()).device.type)
@@ -409,7 +412,7 @@ class YOLODetector(Detector):
     def detect(self, image, image_id: str):
         from rcnn_cli.data.images import to_tensor
         from rcnn_cli.io.detections import ImageDetections
-        from rcnn_cli.runtime import synchronize
+        from rcnn_cli.device import synchronize
 
         t0 = time.perf_counter()
         x = to_tensor(image).to(self.device)
@@ -462,9 +465,9 @@ def train_yolo(dataset_path: str | Path, split: str | None, out: str | Path, tra
     the engine's summary (+ ``"model_config"``)."""
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
-    from rcnn_cli.data.torch_dataset import DetectionDataset
+    from rcnn_cli.engine.dataset import DetectionDataset
     from rcnn_cli.engine import train
-    from rcnn_cli.runtime import seed_everything
+    from rcnn_cli.device import seed_everything
 
     out = Path(out)
     split = training_split(dataset_path, split)
@@ -488,7 +491,7 @@ def train_yolo(dataset_path: str | Path, split: str | None, out: str | Path, tra
     if val_split:
         evaluate_fn = make_evaluate_fn(load_dataset(dataset_path, val_split, images, classes=list(ds.classes)), ds.classes)
     summary = train(model, DetectionDataset(ds, flip=True, seed=train_config.seed), out, train_config, resume=resume,
-                    model_config=cfg, evaluate_fn=evaluate_fn, command=command, kind="yolo", sources=sources)
+                    model_config=cfg, evaluate_fn=evaluate_fn, command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
     return summary
 
@@ -526,3 +529,78 @@ def grid_ceiling(dataset, grids: Sequence[int], boxes_per_cell: Sequence[int]) -
                          "total": (sum(int(k.sum()) for k, _ in kept) / total) if total else math.nan,
                          "per_class": per_class})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# what the registry knows of YOLO v1
+# ----------------------------------------------------------------------------------------------
+
+class _WholeYOLO(nn.Module):
+    """A YOLO v1 network from normalised ``(N, 3, S, S)`` squares to its ``(N, S', S', 5B + C)`` output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.trunk(x))
+
+
+def _network(run) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    """The export of the whole network (:class:`rcnn_cli.method.Export`)."""
+    from rcnn_cli.backends import normalization
+
+    model, cfg = load_model(run.root)
+    s, depth = cfg.input_size, cfg.depth
+    return _WholeYOLO(model).eval(), torch.rand(1, 3, s, s), {
+        "what": "the whole YOLO v1 network (trunk and head)", "normalization": normalization(cfg.backbone),
+        "inputs": [{"name": "images", "shape": ["batch", 3, s, s], "dtype": "float32"}],
+        "outputs": [{"name": "grid", "shape": ["batch", cfg.grid, cfg.grid, depth], "dtype": "float32",
+                     "meaning": "per cell: B x (x, y, sqrt w, sqrt h, confidence), then the class probabilities"}],
+        "caller": f"resize the image to {s}x{s}, normalise, run this; per cell the first {5 * cfg.boxes_per_cell} "
+                  f"numbers are {cfg.boxes_per_cell} x (x, y, sqrt w, sqrt h, confidence) and the rest the class "
+                  "probabilities: decode with rcnn_cli.models.yolo.decode_output, then threshold, per-class NMS"}
+
+
+def _compare_step(c) -> None:
+    """``rcnn compare``: training and detection, no proposals (``c``: the compare context)."""
+    Y, D, d = c.settings[NAME], c.settings["detect"], c.data
+    run_dir = c.out / NAME
+    config = {"Y": Y, "D": D, "backbone": c.backbone, "weights": c.settings["model"]["weights"], "seed": c.seed,
+              "device": c.device, "train_split": d.train_split, **d.data_id}
+
+    def train(resume: bool) -> dict:
+        model = {k: Y[k] for k in ("input_size", "grid", "boxes_per_cell")}
+        model.update(backbone=c.backbone, score_thresh=float(D["score_threshold"]), nms_thresh=float(D["nms"]),
+                     detections_per_img=int(D["top_k"]))
+        return train_yolo(d.path, d.train_split, run_dir, c.train_config(Y), images=d.images,
+                          model_overrides=model, weights=c.settings["model"]["weights"], resume=resume,
+                          command=f"{c.command} ({NAME})")
+
+    c.results[NAME] = c.train_and_evaluate(NAME, config, run_dir, train,
+                                           lambda: YOLODetector.from_run(run_dir, device=c.device))
+
+
+def _describe(s: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    Y = s[NAME]
+    sched = f"{Y['epochs']} epochs, lr {Y['lr']} (x0.1 at epochs {Y['lr_steps']}), batch {Y['batch_size']}"
+    return (f"- YOLO v1: {Y['input_size']}x{Y['input_size']} input, {Y['grid']}x{Y['grid']} grid, "
+            f"{Y['boxes_per_cell']} boxes per cell; {sched}")
+
+
+#: ``rcnn compare``'s settings per budget.
+COMPARE_SETTINGS = {
+    "quick": {"input_size": 224, "grid": 7, "boxes_per_cell": 2, "epochs": 15, "lr": 0.005, "lr_steps": [12],
+              "warmup_iters": 50, "batch_size": 8, "max_iters": None},
+    "full": {"input_size": 448, "grid": 7, "boxes_per_cell": 2, "epochs": 60, "lr": 0.005, "lr_steps": [40, 52],
+             "warmup_iters": 100, "batch_size": 8, "max_iters": None},
+}
+
+METHOD = Method(
+    name=NAME, title="YOLO v1", detector=YOLODetector, config=YOLOConfig,
+    export=Export(network=_network, batched=True),
+    compare=CompareEntry(
+        settings=COMPARE_SETTINGS, step=_compare_step, describe=_describe,
+        input_text=lambda s, result: f"{s[NAME]['input_size']}x{s[NAME]['input_size']} px, "
+                                     f"{s[NAME]['grid']}x{s[NAME]['grid']} grid",
+        proposals=lambda s: f"none ({s[NAME]['boxes_per_cell']} boxes per cell)"))

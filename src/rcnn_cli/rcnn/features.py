@@ -82,7 +82,7 @@ from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.io.files import fsync_path
 from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id
 from rcnn_cli.config import parse_shard
-from rcnn_cli.runtime import resolve_device
+from rcnn_cli.device import resolve_device
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger, progress_bar
 from rcnn_cli.memory import release_memory, reuse_memory
@@ -234,7 +234,7 @@ class FeatureExtractor:
 
     def _compile(self, runtime: str, cache_dir: str | os.PathLike | None) -> str:
         """The network in ``runtime`` (torch channels_last, or an exported graph on the CPU)."""
-        from rcnn_cli.runtimes import compile_network, resolve_runtime
+        from rcnn_cli.backends import compile_network, resolve_runtime
 
         runtime = resolve_runtime(runtime, self.device.type, self.spec.name != "hog")
         if self.spec.name == "hog" and runtime != "torch":
@@ -548,12 +548,12 @@ def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str 
 
     ``data``: a labelled :class:`rcnn_cli.data.Dataset` (ground-truth boxes become regions, with
     overlaps/labels) or a list of :class:`rcnn_cli.data.ImageInput` (unlabelled). ``proposals``: a
-    :class:`rcnn_cli.rcnn.proposals.ProposalReader` or a path. ``shard=(K, N)``: every N-th image from
+    :class:`rcnn_cli.proposals.ProposalReader` or a path. ``shard=(K, N)``: every N-th image from
     K. Resumable and crash-safe (see the module docstring); ``overwrite`` starts afresh. Images that fail to load or have no
     proposals entry are skipped with a warning. Returns ``{"images", "done_before", "extracted",
     "skipped", "regions", "seconds", "crops_per_second", "out"}``.
     """
-    from rcnn_cli.rcnn import proposals as P
+    from rcnn_cli import proposals as P
     from rcnn_cli.data.dataset import Dataset
     from rcnn_cli.io import write_run_record
 

@@ -34,6 +34,10 @@ from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import jsonable
 from rcnn_cli.log import logger, progress_bar
+from rcnn_cli.method import Method
+
+#: The name of a fine-tuning run's kind (a feature network, not a detector).
+NAME = "finetune"
 
 
 @dataclass
@@ -193,7 +197,7 @@ def warp_batch(table: RegionTable, sel: np.ndarray, flip: np.ndarray, images: _I
 def _region_table(dataset, proposals, cfg: FinetuneConfig) -> tuple[RegionTable, np.ndarray, np.ndarray, dict]:
     """The regions of ``dataset`` with ``proposals`` (a reader or a path): the table, the indices of
     the foreground and background regions, and the proposals file's attributes."""
-    from rcnn_cli.rcnn import proposals as P
+    from rcnn_cli import proposals as P
 
     own_reader = isinstance(proposals, (str, Path))
     reader = P.load(proposals) if own_reader else proposals
@@ -302,7 +306,7 @@ def finetune(dataset, proposals, out: str | Path, config: FinetuneConfig | None 
                 cfg.backbone, len(table.labels), len(fg_idx), len(table.records), len(batches), warp)
     t0 = time.perf_counter()
     result = train(_RegionLoss(net), batches, out, _train_config(cfg), collate_fn=_one_batch, resume=resume,
-                   model_config=jsonable(settings), command=command, kind="finetune",
+                   model_config=jsonable(settings), command=command, kind=NAME,
                    param_groups=[{"params": body, "lr_mult": 1.0}, {"params": head, "lr_mult": cfg.head_lr_mult}])
     net.eval()
     save_state(net.features, out / "model.safetensors")  # exactly the feature extractor's state dict
@@ -321,14 +325,15 @@ def _resume_key(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in ("epochs", "max_iters", "checkpoint_every")}
 
 
-def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
+def export_backbone(run_dir: str | Path, out: str | Path, trained_layers) -> dict[str, Any]:
     """Write the backbone of a trained ``rcnn fast`` / ``rcnn faster`` run as R-CNN ``--weights``.
 
     Training a detector fine-tunes its trunk (and, with ``--head backbone``, the layers after it)
     on the dataset, far more cheaply than :func:`finetune` on warped regions: one trunk pass per
     image instead of one per region. ``out`` (``.safetensors``) is a feature extractor
     ``state_dict``; layers the detector did not train (those after the trunk when its head was an
-    MLP) keep ImageNet weights. Returns ``{"backbone", "head", "trained_layers", "weights_id"}``.
+    MLP) keep ImageNet weights. ``trained_layers(run) -> (trunk, head)`` takes them from the run (the
+    run's method's ``backbone``). Returns ``{"backbone", "head", "trained_layers", "weights_id"}``.
     """
     from rcnn_cli.backbones import feature_state_from_detector, weights_id
     from rcnn_cli.io import write_run_record
@@ -342,16 +347,7 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     model_cfg = run.model
     if model_cfg.get("fpn"):
         raise UserError(f"{run_dir}: a feature-pyramid model has no single-layer backbone to export")
-    if run.kind == "faster":
-        from rcnn_cli.models.faster_rcnn import load_model
-
-        model, _ = load_model(run_dir)
-        trunk, head = model.backbone.body, model.roi_heads.box_head
-    else:
-        from rcnn_cli.models.fast_rcnn import load_fast_rcnn
-
-        model = load_fast_rcnn(run_dir)
-        trunk, head = model.trunk, model.head
+    trunk, head = trained_layers(run)
     name = str(model_cfg["backbone"])
     state, with_head = feature_state_from_detector(name, trunk, head)
     trained = "trunk and head" if with_head else "trunk (the layers after it are ImageNet's)"
@@ -362,3 +358,6 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     write_run_record(out, "rcnn export-backbone", {"run": str(run_dir), **info})
     logger.info("exported the %s %s of %s", name, trained, run_dir)
     return info
+
+
+METHOD = Method(name=NAME, title="R-CNN fine-tuning (a feature network, not a detector)")

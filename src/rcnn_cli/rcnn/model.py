@@ -34,6 +34,8 @@ from rcnn_cli.rcnn.classifiers import BBoxConfig, BBoxRegressor, SVMConfig, SVMM
 from rcnn_cli.errors import UserError
 from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 
+#: The method's one name: its model directories' kind and its folder in ``rcnn compare``.
+NAME = "rcnn"
 MODEL_VERSION = 1
 WEIGHTS_FILE = "backbone.safetensors"
 SVM_FILE = "svm.safetensors"
@@ -57,7 +59,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
     if not (model_dir / "config.json").exists():
         return {}
     run = read_run(model_dir)
-    if run.kind != "rcnn":
+    if run.kind != NAME:
         raise UserError(f"{model_dir / 'config.json'}: a '{run.kind}' run, not an R-CNN model directory")
     return dict(run.model)
 
@@ -66,7 +68,7 @@ def _write_config(model_dir: Path, cfg: dict[str, Any], command: str) -> None:
     from rcnn_cli.io.runs import write_run
 
     stages = {k: cfg[k] for k in ("svm", "bbox") if k in cfg}
-    write_run(model_dir, "rcnn", cfg, stages, command)
+    write_run(model_dir, NAME, cfg, stages, command)
 
 
 _FEATURE_KEYS = ("backbone", "weights_id", "layer", "warp_size", "padding", "feature_dim")
@@ -316,7 +318,7 @@ class RCNNDetector(Detector):
     ground-truth rows are left out) or the feature extractor.
     """
 
-    kind = "rcnn"
+    kind = NAME
     _own = None  # the proposals reader from_run opened (closed by close)
 
     def __init__(self, model: RCNNModel | str | Path, device: str = "auto", config: DetectSettings = None,
@@ -342,7 +344,7 @@ class RCNNDetector(Detector):
                  runtime: str = "torch") -> "RCNNDetector":
         """``proposals``: a proposals file (else the model's proposal method runs on the fly);
         ``runtime``: the region network's (torch, onnxruntime, openvino, auto)."""
-        from rcnn_cli.rcnn.proposals import load as load_proposals
+        from rcnn_cli.proposals import load as load_proposals
 
         reader = load_proposals(proposals) if isinstance(proposals, (str, Path)) else proposals
         detector = cls(run_dir, device=device, config=config, proposals=reader, use_bbox=use_bbox,
@@ -381,7 +383,7 @@ class RCNNDetector(Detector):
 
     def propose(self, image, image_id: str) -> np.ndarray:
         """Proposals ``(N, 4)`` for one image: from the store when it has the image, else computed."""
-        from rcnn_cli.rcnn import proposals as P
+        from rcnn_cli import proposals as P
 
         if self.proposals is not None and image_id in self.proposals:
             return np.asarray(P.boxes_for(self.proposals, image_id, image.size), np.float32)
@@ -502,7 +504,7 @@ def _features_context(features: str | Path, proposals: str | Path | None, weight
     cfg = feature_config(attrs, dim, install_weights(model_dir, weights))
     props = None
     if proposals is not None:
-        from rcnn_cli.rcnn.proposals import load as load_proposals
+        from rcnn_cli.proposals import load as load_proposals
 
         with load_proposals(proposals) as p:
             props = proposal_settings(p.attrs)

@@ -7,15 +7,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rcnn_cli.log import console
+from rcnn_cli.registry import compared, method
 
-__all__ = ["METHOD_NAMES", "title", "claims", "map_interval", "table_rows", "markdown", "print_table", "plot_compare",
-           "fmt_seconds", "fmt_x", "resize_text"]
+__all__ = ["title", "claims", "map_interval", "table_rows", "markdown", "print_table", "plot_compare",
+           "fmt_seconds", "fmt_x"]
 
-METHOD_NAMES = {"overfeat": "Overfeat", "hog": "HOG + SVM", "rcnn": "R-CNN", "fast": "Fast R-CNN", "faster": "Faster R-CNN", "yolo": "YOLO v1"}
+
+def _title(name: str) -> str:
+    return method(name).title
 
 
 def title(report: Mapping[str, Any]) -> str:
-    return " vs ".join(METHOD_NAMES[m] for m in report["methods"]) + f" ({report['budget']} budget)"
+    return " vs ".join(_title(m) for m in report["methods"]) + f" ({report['budget']} budget)"
 
 
 def _val(report: Mapping[str, Any], m: str, *path: str) -> float | None:
@@ -26,33 +29,14 @@ def _val(report: Mapping[str, Any], m: str, *path: str) -> float | None:
 
 
 def claims(report: Mapping[str, Any]) -> list[str]:
-    """The lecture's claims beside what this run measured (only those whose methods were run)."""
-    ms, out = report["methods"], []
-    if "yolo" in ms and "faster" in ms:
-        ty, tf = _val(report, "yolo", "test_seconds_per_image", "with_proposals"), \
-            _val(report, "faster", "test_seconds_per_image", "with_proposals")
-        my, mf = _val(report, "yolo", "mAP", "voc12"), _val(report, "faster", "mAP", "voc12")
-        if None not in (ty, tf, my, mf) and tf:
-            out.append(f"- lecture: YOLO is faster than Faster R-CNN but not as good (paper, VOC 2007: 63.4 vs 73.2 "
-                       f"mAP). Here: YOLO {ty / tf:.2f}x Faster R-CNN's test time, mAP {100 * my:.1f} vs {100 * mf:.1f}"
-                       f" (VOC12) -> {'holds' if ty < tf and my < mf else 'does not hold as stated'}.")
-    mh, mc = _val(report, "hog", "mAP", "voc12"), _val(report, "rcnn", "mAP", "voc12")
-    if "hog" in ms and "rcnn" in ms and None not in (mh, mc):
-        out.append(f"- lecture: CNN features are a big improvement over pre-CNN HOG features. Here, the same "
-                   f"R-CNN chain: {100 * mc:.1f} (CNN) vs {100 * mh:.1f} (HOG) mAP (VOC12) -> "
-                   f"{'holds' if mc > mh else 'does not hold'}.")
-    mo = _val(report, "overfeat", "mAP", "voc12")
-    if "overfeat" in ms and "rcnn" in ms and None not in (mo, mc):
-        out.append(f"- R-CNN paper: region proposals + CNN features beat Overfeat's dense sliding window at detection "
-                   f"(ILSVRC 2013: 31.4 vs 24.3 mAP). Here: R-CNN {100 * mc:.1f} vs Overfeat {100 * mo:.1f} mAP (VOC12)"
-                   f" -> {'holds' if mc > mo else 'does not hold'}.")
+    """The lecture's claims beside what this run measured (each method's ``compare.claim``; only those
+    whose methods were run)."""
+    out = []
+    for m in compared():
+        claim = m.compare.claim(report) if m.compare.claim and m.name in report["methods"] else None
+        if claim:
+            out.append(claim)
     return out
-
-
-def resize_text(s: Mapping[str, Any], short: bool = True) -> str:
-    if short:
-        return f"{s['min_size']}/{s['max_size']} px"
-    return f"shorter side {s['min_size']}, longer <= {s['max_size']}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,50 +118,16 @@ def table_rows(results: Mapping[str, Mapping[str, Any]], methods: Sequence[str])
 
 def _settings_lines(report: Mapping[str, Any]) -> list[str]:
     s, methods = report["settings"], report["methods"]
-    P, R = s["proposals"], s["rcnn"]
+    P = s["proposals"]
     lim = P["limit"] if P["limit"] else "all"
     lines = [f"- data: `{report['dataset']}` ({report['train_split']} {report['train_images']} images -> "
              f"{report['test_split']} {report['test_images']} images); backbone `{report['backbone']}` "
              f"({s['model']['weights']} weights); seed {report['seed']}"]
-    if {"hog", "rcnn", "fast"} & set(methods):
-        lines.append(f"- proposals (HOG + SVM, R-CNN and Fast R-CNN, the same files): {P['method']} {P['mode']}, image resized "
+    if any(m.compare.proposals is None for m in compared() if m.name in methods):
+        sharing = ", ".join(m.title for m in compared() if m.name in methods and m.compare.proposals is None)
+        lines.append(f"- proposals ({sharing}, the same files): {P['method']} {P['mode']}, image resized "
                      f"to max side {P['max_size']}, boxes >= {P['min_size']} px, top {lim} per image")
-    if "rcnn" in methods:
-        ft = (f"fine-tuned ({R['finetune_epochs']} epochs, lr {R['finetune_lr']})" if R["finetune"]
-              else "no fine-tuning")
-        lines.append(f"- R-CNN: warp {R['warp_size']}x{R['warp_size']} with {R['padding']} px context, "
-                     f"{ft}, "
-                     f"SVM C {R['C']} bias {R['bias']} pos-weight {R['pos_weight']}, "
-                     f"{'bbox regression lambda ' + str(R['lam']) if R['bbox'] else 'no bbox regression'}")
-    for m, key in (("fast", "fast"), ("faster", "faster")):
-        if m not in methods:
-            continue
-        F = s[key]
-        sched = f"{F['epochs']} epochs, lr {F['lr']} (x0.1 at epochs {F['lr_steps']}), batch {F['batch_size']}"
-        if F.get("max_iters"):
-            sched += f", at most {F['max_iters']} iterations"
-        extra = (f"{F['rois_per_image']} RoIs/image, {'RoIAlign' if F['roi_align'] else 'RoI max pooling'} 7x7"
-                 if m == "fast" else
-                 f"anchors {'fitted to the training boxes' if F['auto_anchors'] else F['anchor_sizes']} x ratios "
-                 f"{F['aspect_ratios']}, RPN top-N {F['rpn_pre_nms_top_n_train']}/{F['rpn_post_nms_top_n_train']} "
-                 f"train, {F['rpn_pre_nms_top_n_test']}/{F['rpn_post_nms_top_n_test']} test")
-        lines.append(f"- {METHOD_NAMES[m]}: {resize_text(F, short=False)}; {sched}; {extra}")
-    if "hog" in methods:
-        H = s["hog"]
-        lines.append(f"- HOG + SVM: the R-CNN chain on OpenCV's Dalal-Triggs HOG (8x8 cells, 16x16 blocks, 9 "
-                     f"orientations) of each region warped to {H['warp_size']}x{H['warp_size']} with {H['padding']} px "
-                     f"context; R-CNN's proposals, SVM and box-regression settings")
-    if "yolo" in methods:
-        Y = s["yolo"]
-        sched = f"{Y['epochs']} epochs, lr {Y['lr']} (x0.1 at epochs {Y['lr_steps']}), batch {Y['batch_size']}"
-        lines.append(f"- YOLO v1: {Y['input_size']}x{Y['input_size']} input, {Y['grid']}x{Y['grid']} grid, "
-                     f"{Y['boxes_per_cell']} boxes per cell; {sched}")
-    if "overfeat" in methods:
-        V = s["overfeat"]
-        lines.append(f"- Overfeat: {V['input_size']}-px windows at a stride of 32 px (FC layers as convolutions), "
-                     f"scales {report['results']['overfeat'].get('scales')} (chosen from the training boxes), offsets "
-                     f"{V['offsets']}, {V['merge']} merge; {V['epochs']} epochs, lr {V['lr']} (x0.1 at epochs "
-                     f"{V['lr_steps']}), batch {V['batch_size']} images")
+    lines += [m.compare.describe(s, report) for m in compared() if m.name in methods]
     d = s["detect"]
     lines.append("- network input: R-CNN warps each region to WxW with P pixels of image context (WxW+P); Fast and "
                  "Faster R-CNN resize the whole image to shorter side/longer side at most (S/L px)")
@@ -199,8 +149,8 @@ def _settings_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 def _shared_proposal_seconds(report: Mapping[str, Any]) -> float | None:
-    for m in ("rcnn", "fast", "hog"):
-        v = report["results"].get(m, {}).get("train_proposals_seconds")
+    for m in compared():
+        v = report["results"].get(m.name, {}).get("train_proposals_seconds")
         if v is not None:
             return float(v)
     return None
@@ -209,7 +159,7 @@ def _shared_proposal_seconds(report: Mapping[str, Any]) -> float | None:
 def markdown(report: Mapping[str, Any]) -> str:
     """``compare.md``: the table, then every setting behind it."""
     methods = report["methods"]
-    head = "| | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |"
+    head = "| | " + " | ".join(_title(m) for m in methods) + " |"
     sep = "|---|" + "|".join("---:" for _ in methods) + "|"
     lines = [f"# {title(report)}", "", head, sep]
     for row in report["rows"]:
@@ -218,7 +168,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     if claims(report):
         lines += ["", "## The lecture's claims, measured", ""] + claims(report)
     lines += ["", "## Settings", ""] + _settings_lines(report)
-    st = ", ".join(f"{METHOD_NAMES[m]} {report['results'][m].get('status', '')}" for m in methods)
+    st = ", ".join(f"{_title(m)} {report['results'][m].get('status', '')}" for m in methods)
     lines += ["", f"Status of this run: {st}; total {fmt_seconds(report['total_seconds'])} "
                   f"(reused stages count their recorded time in the table, not here).", ""]
     return "\n".join(lines)
@@ -236,7 +186,7 @@ def print_table(report: Mapping[str, Any]) -> None:
               caption_justify="left")
     t.add_column("", no_wrap=True)
     for m in methods:
-        t.add_column(METHOD_NAMES[m], justify="right")
+        t.add_column(_title(m), justify="right")
     for row in report["rows"]:
         if row["key"] in ("map_voc07", "recall_0.5", "proposals_per_image"):
             t.add_section()
@@ -256,7 +206,7 @@ def plot_compare(report: Mapping[str, Any], out_png: str | Path) -> Path:
     plt = _pyplot()
     methods = report["methods"]
     res = report["results"]
-    names = [METHOD_NAMES[m] for m in methods]
+    names = [_title(m) for m in methods]
     x = np.arange(len(methods))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
     colors = [np.asarray(c) / 255.0 for c in PALETTE]
@@ -281,11 +231,11 @@ def plot_compare(report: Mapping[str, Any], out_png: str | Path) -> Path:
         labels = []
         for m in methods:
             sp = res[m].get("speedup", {})
-            if m != "rcnn" and sp.get("with_proposals"):
-                labels.append(f"{METHOD_NAMES[m]}\n{fmt_x(sp['with_proposals'])} faster\n"
+            if not method(m).compare.reference and sp.get("with_proposals"):
+                labels.append(f"{_title(m)}\n{fmt_x(sp['with_proposals'])} faster\n"
                               f"({fmt_x(sp.get('without_proposals'))} w/o proposals)")
             else:
-                labels.append(METHOD_NAMES[m])
+                labels.append(_title(m))
         ax1.set_xticks(x, labels, fontsize=8.5)
         ax1.set_ylabel("test time per image (log scale)")
         ax1.set_title("test time per image (median)")

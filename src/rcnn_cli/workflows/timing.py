@@ -95,13 +95,11 @@ def time_detector(detector, images: Sequence[tuple[str, Any]], warmup: int = 1, 
     }
 
 
-def make_detector(kind: str, model_dir: str | Path, device: str = "auto", batch_size: int = 64,
-                  runtime: str = "torch"):
-    """The detector of a run (``kind`` only chooses R-CNN's region batch size); ``runtime``: its CNN's."""
-    from rcnn_cli.detector import load_detector
+def make_detector(model_dir: str | Path, device: str = "auto", runtime: str = "torch", **options: Any):
+    """The detector of a run; ``runtime``: its CNN's; ``options``: its method's own (R-CNN's ``batch_size``)."""
+    from rcnn_cli.registry import load_detector
 
-    extra = {"batch_size": int(batch_size)} if kind == "rcnn" else {}
-    return load_detector(model_dir, device=device, **extra, **({"runtime": runtime} if runtime != "torch" else {}))
+    return load_detector(model_dir, device=device, **options, **({"runtime": runtime} if runtime != "torch" else {}))
 
 
 def plain_torchvision(faster_dir: Path, device):
@@ -157,17 +155,18 @@ class PlainDetector:
         return ImageDetections(image_id, boxes, scores, names, timings={"network": time.perf_counter() - t0})
 
 
-def time_in_child(kind: str, model_dir: str, device: str, batch_size: int, items: list[tuple[str, str]], n: int,
+def time_in_child(model_dir: str, device: str, options: dict, items: list[tuple[str, str]], n: int,
                    warmup: int, repeats: int, threads: int, runtime: str = "torch") -> dict:
     """Run in the timing child process: load ``n`` readable images of ``items`` (``(image_id,
-    path)``), build the detector, return :func:`time_detector`'s result (JSON-able)."""
+    path)``), build the detector (``options``: its method's own), return :func:`time_detector`'s
+    result (JSON-able)."""
     import torch
     from types import SimpleNamespace
 
     torch.set_num_threads(int(threads))
     dataset = SimpleNamespace(records=[SimpleNamespace(image_id=i, path=Path(p)) for i, p in items])
     images = load_timing_images(dataset, n)
-    with make_detector(kind, model_dir, device, batch_size, runtime) as detector:
+    with make_detector(model_dir, device, runtime, **options) as detector:
         return jsonable(time_detector(detector, images, warmup=warmup, repeats=repeats))
 
 

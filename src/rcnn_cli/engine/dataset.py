@@ -27,7 +27,7 @@ from rcnn_cli.data.dataset import Dataset
 from rcnn_cli.data.images import load_image, load_image_for, to_tensor
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.boxes import clip_boxes, flip_boxes, scale_boxes
-from rcnn_cli.rcnn.proposals import boxes_for
+from rcnn_cli.proposals import boxes_for
 from rcnn_cli.log import logger
 
 __all__ = ["DetectionDataset"]
@@ -36,7 +36,7 @@ __all__ = ["DetectionDataset"]
 class DetectionDataset(torch.utils.data.Dataset):
     """A detection dataset for the training engine (see the module docstring).
 
-    ``proposals``: a :class:`rcnn_cli.rcnn.proposals.ProposalReader` or the path of a proposals HDF5 file
+    ``proposals``: a :class:`rcnn_cli.proposals.ProposalReader` or the path of a proposals HDF5 file
     (opened lazily, once per worker process); ``max_proposals`` keeps the top-ranked ones.
     ``keep_difficult``: VOC "difficult" objects are trained on by default (as torchvision does).
     """
@@ -76,7 +76,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def _open(self):
         if self._proposals_path is not None and (self._reader is None or self._reader_pid != os.getpid()):
-            from rcnn_cli.rcnn.proposals import load
+            from rcnn_cli.proposals import load
 
             self._reader = load(self._proposals_path)
             self._reader_pid = os.getpid()

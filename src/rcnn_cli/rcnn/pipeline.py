@@ -14,7 +14,7 @@ stage               output                                 library call
 data (no DATASET)   ``data/`` (VOC layout)                 ``rcnn_cli.data.shapes.make_shapes``
 faster (rpn)        ``faster/`` (a Faster R-CNN run)       ``rcnn_cli.models.faster_rcnn.train_faster``
 export-backbone     ``backbone.safetensors``               ``rcnn_cli.rcnn.finetune.export_backbone``
-propose-train/test  ``proposals_<split>.h5``               ``rcnn_cli.rcnn.proposals.run_propose``
+propose-train/test  ``proposals_<split>.h5``               ``rcnn_cli.proposals.run_propose``
 features-train/test ``features_<split>[_ft].h5``           ``rcnn_cli.rcnn.features`` (extract)
 finetune (opt.)     ``finetune/``                          :func:`rcnn_cli.rcnn.finetune.finetune`
 train-svm           ``model/`` (svm.safetensors, config)   :func:`rcnn_cli.rcnn.train_svm_model`
@@ -45,6 +45,7 @@ from rcnn_cli.rcnn.classifiers import PAPER_LAMBDA, BBoxConfig, SVMConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.io import jsonable, read_json, write_json, write_run_record
 from rcnn_cli.log import console, logger
+from rcnn_cli.models import faster_rcnn
 
 STAGES_DIR = "stages"
 
@@ -239,7 +240,7 @@ def resolve_settings(cfg: PipelineConfig, run_dir: Path, stats) -> tuple[Pipelin
     :class:`rcnn_cli.fitting.Fitted` record of the chosen ones."""
     from rcnn_cli.backbones import get_spec
     from rcnn_cli.fitting import Fitted, fit_rcnn
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     given = {k: getattr(cfg, k) for k in UNFITTED}
     if not cfg.fit:
@@ -388,7 +389,7 @@ def _faster_budget(r: _Run) -> float | None:
     """Seconds of ``--time-budget`` for stage faster (its ceiling): what the R-CNN stages after it
     leave, at the region network's speed measured here (at least a fifth of the budget)."""
     from rcnn_cli.fitting import image_scale
-    from rcnn_cli.runtime import resolve_device
+    from rcnn_cli.device import resolve_device
 
     cfg = r.cfg
     if not cfg.time_budget:
@@ -413,26 +414,24 @@ def _faster_stage(r: _Run) -> None:
     default with the backbone's own later layers as its RoI head (``faster_head``, 64 RoIs per image,
     the Fast R-CNN paper's), so that every layer R-CNN's features come from is fine-tuned. A
     half-finished run of the same configuration resumes from its checkpoint."""
-    cfg, out = r.cfg, r.path("faster")
+    cfg, out = r.cfg, r.path(faster_rcnn.NAME)
     c = {"backbone": cfg.backbone, "head": cfg.faster_head, "seed": cfg.seed, "time_budget": cfg.time_budget,
          **r.data.data_id}
-    done = r.st.done("faster", config_hash(c), [out / "model.safetensors"])
+    done = r.st.done(faster_rcnn.NAME, config_hash(c), [out / "model.safetensors"])
     budget = None if done else _faster_budget(r)
 
     def train() -> dict:
         from rcnn_cli.engine import TrainConfig
-        from rcnn_cli.models.faster_rcnn import TRAIN_DEFAULTS, train_faster
-
-        tc = TrainConfig(**dict(TRAIN_DEFAULTS, seed=cfg.seed, device=cfg.device, time_budget=budget,
+        tc = TrainConfig(**dict(faster_rcnn.TRAIN_DEFAULTS, seed=cfg.seed, device=cfg.device, time_budget=budget,
                                 progress=r.progress))
-        summary = train_faster(r.data.path, r.data.train_split, out, tc, images=r.data.images, backbone=cfg.backbone,
+        summary = faster_rcnn.train_faster(r.data.path, r.data.train_split, out, tc, images=r.data.images, backbone=cfg.backbone,
                                head=cfg.faster_head, model_overrides={"box_batch_size_per_image": FASTER_ROIS[cfg.faster_head]},
-                               resume=(out / "checkpoint").exists(), command="rcnn pipeline (faster)",
+                               resume=(out / "checkpoint").exists(), command=f"rcnn pipeline ({faster_rcnn.NAME})",
                                fit_schedule=True)
         return {k: summary.get(k) for k in ("iterations", "train_time_s", "images_per_s", "time_budget")}
 
-    prev = r.st.record_path("faster")
-    r.st.run("faster", c, [out / "model.safetensors"], train,
+    prev = r.st.record_path(faster_rcnn.NAME)
+    r.st.run(faster_rcnn.NAME, c, [out / "model.safetensors"], train,
              clean=[out] if (prev.exists() or not (out / "checkpoint").exists()) else [])
     r.cfg = replace(r.cfg, rpn_model=str(out))
 
@@ -446,7 +445,7 @@ def _export_stage(r: _Run) -> None:
     def export() -> dict:
         from rcnn_cli.rcnn.finetune import export_backbone
 
-        return jsonable(export_backbone(run, out))
+        return jsonable(export_backbone(run, out, faster_rcnn.METHOD.backbone))
 
     r.st.run("export-backbone", {"run": str(run.resolve()), "weights": file_sha256(run / "model.safetensors")},
              [out], export, clean=[out, out.with_name(out.name + ".config.json")])
@@ -463,7 +462,7 @@ def _propose_stage(r: _Run, tag: str) -> None:
         prop_cfg.update(rpn_model=rpn["attrs"]["model"], rpn_weights=rpn["weights_sha256"])
 
     def propose() -> dict:
-        from rcnn_cli.rcnn.proposals import run_propose
+        from rcnn_cli.proposals import run_propose
 
         inputs = [ImageInput(x.image_id, x.path) for x in r.dataset(tag).records]
         return jsonable(run_propose(inputs, out, method=cfg.method, mode=cfg.mode, max_size=cfg.max_size,
