@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from rcnn_cli.registry import METHODS as REGISTRY
-from rcnn_cli.workflows.timing import (PlainDetector, make_detector, plain_torchvision, speedups, threads_info,
+from plain_torchvision import PlainDetector, plain_torchvision
+from rcnn_cli.workflows.timing import (make_detector, speedups, threads_info,
                                        time_detector)
 from rcnn_cli.log import console, setup_logging
 
@@ -102,7 +103,7 @@ class SelectiveSearchOnly:
         self.device = "cpu"
 
     def __call__(self, image, image_id):
-        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.boxes import ImageDetections
         from rcnn_cli.proposals import selective_search
 
         t0 = time.perf_counter()

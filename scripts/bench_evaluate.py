@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnn_cli.data.dataset import Dataset, ImageRecord
-from rcnn_cli.io.detections import ImageDetections
+from rcnn_cli.boxes import ImageDetections
 from rcnn_cli.evaluation import evaluate
 from rcnn_cli.evaluation.coco import build_coco_gt, coco_results_array
 

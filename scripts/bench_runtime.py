@@ -138,7 +138,7 @@ def detector_table(args, runtimes: list[str]) -> Table:
     import tempfile
 
     from rcnn_cli.registry import load_detector
-    from rcnn_cli.workflows.timing import PlainDetector, plain_torchvision
+    from plain_torchvision import PlainDetector, plain_torchvision
 
     table = Table(title="Faster R-CNN detect, ms per image (median of 3), vs plain torchvision eager")
     for col in ("size", "runtime", "ms/image", "vs torchvision", "max box diff (px)", "max score diff"):

@@ -28,7 +28,8 @@ import numpy as np
 
 from rcnn_cli.data.inputs import load_dataset
 from rcnn_cli.cli import main as cli_main
-from rcnn_cli.io.detections import ImageDetections, open_writer
+from rcnn_cli.boxes import ImageDetections
+from rcnn_cli.io.detections import open_writer
 from rcnn_cli.evaluation import evaluate
 
 

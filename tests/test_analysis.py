@@ -24,7 +24,7 @@ from PIL import Image
 
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.evaluation.analysis import confusion_matrix, error_breakdown, per_class_counts
-from rcnn_cli.io.detections import ImageDetections
+from rcnn_cli.boxes import ImageDetections
 
 
 @pytest.fixture

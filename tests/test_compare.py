@@ -11,7 +11,7 @@ import pytest
 
 from rcnn_cli.workflows import compare as C
 from rcnn_cli.workflows import timing as T
-from rcnn_cli.io.detections import ImageDetections
+from rcnn_cli.boxes import ImageDetections
 from rcnn_cli.errors import UserError
 
 #: Tiny settings (seconds on one core): 8/4 images of 128 px, 20 proposals, random-init backbone.

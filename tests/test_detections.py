@@ -12,9 +12,10 @@ from PIL import Image
 
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.data.inputs import ImageInput
-from rcnn_cli.io.detections import ImageDetections, coco_image_ids, open_writer, read_detections
+from rcnn_cli.boxes import ImageDetections
+from rcnn_cli.io.detections import coco_image_ids, open_writer, read_detections
 from rcnn_cli.errors import UserError
-from rcnn_cli.inference import run_inference
+from rcnn_cli.inference import DetectOutput, run_inference
 
 
 def dataset(classes=("cat", "dog"), ids=("a", "b", "c"), coco_ids=None, category_ids=None):
@@ -225,7 +226,7 @@ def test_run_inference_streams_skips_bad_images_and_draws(tmp_path):
         return ImageDetections(image_id, [[4, 4, 30, 30]], [0.75], ["cat"], timings={"network": 0.002, "post": 0.001})
 
     out = tmp_path / "out.jsonl"
-    result = run_inference(detect, images, out, fmt="jsonl", classes=["cat", "dog"], draw_dir=tmp_path / "draw",
+    result = run_inference(detect, images, DetectOutput(out, "jsonl", draw=tmp_path / "draw"), classes=["cat", "dog"],
                            progress=False)
     assert result["images"] == 3 and result["skipped"] == 2 and result["detections"] == 3
     assert seen == [(f"im{i}", (64, 48), "RGB") for i in range(3)]
@@ -236,7 +237,7 @@ def test_run_inference_streams_skips_bad_images_and_draws(tmp_path):
     drawn = Image.open(tmp_path / "draw" / "im0.jpg")
     assert drawn.size == (64, 48)
     with pytest.raises(UserError, match="needs --out"):
-        run_inference(detect, images, None, fmt="coco", classes=["cat"], progress=False)
+        run_inference(detect, images, DetectOutput(None, "coco"), classes=["cat"], progress=False)
 
 
 def test_detect_settings_out_of_range_are_user_errors():

@@ -413,7 +413,7 @@ def test_yolo_output_reads_back_with_the_same_boxes(tmp_path):
 def test_classes_agnostic_nms_and_draw_threshold_select_the_output(tmp_path):
     from rcnn_cli.data.inputs import ImageInput
     from rcnn_cli.inference import DetectOutput, run_inference
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [30, 30, 40, 40]], np.float32)
     det = ImageDetections("a", boxes, np.array([0.9, 0.8, 0.2], np.float32), ["cat", "dog", "dog"])
@@ -433,8 +433,8 @@ def test_classes_agnostic_nms_and_draw_threshold_select_the_output(tmp_path):
     vis.draw_detections = lambda image, d, classes: drawn.append(list(d.scores)) or real(image, d, classes)
     try:
         out = tmp_path / "d.jsonl"
-        run_inference(lambda image, image_id: det, [ImageInput("a", tmp_path / "a.png")], out=out,
-                      draw_dir=tmp_path / "drawn", classes=["cat", "dog"], progress=False)
+        run_inference(lambda image, image_id: det, [ImageInput("a", tmp_path / "a.png")],
+                      DetectOutput(out, draw=tmp_path / "drawn"), classes=["cat", "dog"], progress=False)
     finally:
         vis.draw_detections = real
     assert np.allclose(drawn[0], [0.9, 0.8])  # 0.2 is below the drawing threshold (0.3) ...

@@ -15,7 +15,8 @@ import pytest
 from rcnn_cli.cli import main
 from rcnn_cli.data.inputs import load_dataset
 from rcnn_cli.data.dataset import Dataset, ImageRecord
-from rcnn_cli.io.detections import ImageDetections, open_writer
+from rcnn_cli.boxes import ImageDetections
+from rcnn_cli.io.detections import open_writer
 from rcnn_cli.errors import UserError
 from rcnn_cli.evaluation import evaluate
 from rcnn_cli.evaluation.voc import VOC07_THRESHOLDS, voc07_ap, voc12_ap
@@ -316,6 +317,7 @@ def test_coco_metric_equals_pycocotools_run_directly(tmp_path, capsys):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    from rcnn_cli.boxes import ImageDetections
     from rcnn_cli.io.detections import read_detections
 
     gt_path, res_path = _coco_files(tmp_path)

@@ -142,7 +142,7 @@ def test_tiny_overfit_reaches_perfect_detections(tmp_path):
     from rcnn_cli.data.inputs import load_dataset
     from rcnn_cli.data.shapes import make_shapes
     from rcnn_cli.engine.dataset import DetectionDataset
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
     from rcnn_cli.evaluation import evaluate
 
     torch.manual_seed(0)

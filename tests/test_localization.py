@@ -10,7 +10,7 @@ import pytest
 
 from rcnn_cli.data.dataset import Dataset, ImageRecord
 from rcnn_cli.evaluation import evaluate
-from rcnn_cli.io.detections import ImageDetections
+from rcnn_cli.boxes import ImageDetections
 
 A, B, C, FAR = [10, 10, 50, 50], [0, 0, 40, 40], [20, 20, 60, 80], [60, 60, 99, 99]
 

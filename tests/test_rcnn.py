@@ -158,7 +158,7 @@ def _extractor(image, boxes):
 def test_detect_output_schema(tmp_path):
     from rcnn_cli.data.inputs import ImageInput
     from rcnn_cli.io.detections import read_detections
-    from rcnn_cli.inference import run_inference
+    from rcnn_cli.inference import DetectOutput, run_inference
 
     root = _make_model(tmp_path / "m")
     props = np.array([[40, 0, 60, 20], [0, 40, 20, 60], [0, 0, 10, 10]], np.float32)
@@ -171,7 +171,7 @@ def test_detect_output_schema(tmp_path):
     inputs.append(ImageInput("missing", tmp_path / "missing.png"))
     out = tmp_path / "dets.jsonl"
     draw = tmp_path / "draw"
-    res = run_inference(det, inputs, out, fmt="jsonl", classes=det.classes, draw_dir=draw, progress=False)
+    res = run_inference(det, inputs, DetectOutput(out, "jsonl", draw=draw), classes=det.classes, progress=False)
     assert res["images"] == 2 and res["skipped"] == 1
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["image_id"] for x in lines] == ["img0", "img1"]

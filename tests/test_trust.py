@@ -124,8 +124,9 @@ def test_sigint_during_detect_keeps_the_finished_lines(tmp_path, monkeypatch):
 
     from rcnn_cli.cli import _interrupted
     from rcnn_cli.data.inputs import ImageInput
-    from rcnn_cli.inference import run_inference
-    from rcnn_cli.io.detections import ImageDetections, read_detections
+    from rcnn_cli.inference import DetectOutput, run_inference
+    from rcnn_cli.boxes import ImageDetections
+    from rcnn_cli.io.detections import read_detections
 
     inputs = []
     for i in range(5):
@@ -139,7 +140,7 @@ def test_sigint_during_detect_keeps_the_finished_lines(tmp_path, monkeypatch):
 
     out = tmp_path / "dets.jsonl"
     with pytest.raises(Interrupted) as e:
-        run_inference(detect, inputs, out=out, classes=["a"], progress=False)
+        run_inference(detect, inputs, DetectOutput(out), classes=["a"], progress=False)
     partial = tmp_path / "dets.jsonl.partial"
     assert not out.exists() and partial.is_file()
     lines = partial.read_text().splitlines()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcnn_cli.io.detections import ImageDetections
+from rcnn_cli.boxes import ImageDetections
 from rcnn_cli.visualize import (PALETTE, _text_color, class_color, draw_detections, plot_lines,
                                 plot_precision_recall)
 

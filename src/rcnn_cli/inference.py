@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,9 +23,9 @@ import numpy as np
 
 from rcnn_cli.data.images import load_image
 from rcnn_cli.data.inputs import ImageInput
-from rcnn_cli.detector import DetectConfig, DetectSettings
 from rcnn_cli.errors import ImageError, UserError
-from rcnn_cli.io.detections import FORMATS, ImageDetections, open_writer
+from rcnn_cli.boxes import ImageDetections
+from rcnn_cli.io.detections import FORMATS, open_writer
 from rcnn_cli.log import logger, progress_bar
 
 __all__ = ["run_inference", "detect_dataset", "timing_summary", "DetectOutput"]
@@ -168,24 +168,21 @@ def _run_one(detect: Detect, image: Any, image_id: str, repeats: int) -> tuple[I
     return det, runs
 
 
-def run_inference(detect: Detect, inputs: Sequence[ImageInput], out: str | os.PathLike | None = None,
-                  fmt: str = "jsonl", classes: Sequence[str] = (), category_ids: Mapping[str, int] | None = None,
-                  draw_dir: str | os.PathLike | None = None, progress: bool = True,
-                  coco_image_ids: Mapping[str, int] | None = None, split: str = "test", *,
-                  output: DetectOutput | None = None, images: Mapping[str, Any] | None = None,
+def run_inference(detect: Detect, inputs: Sequence[ImageInput], output: DetectOutput | None = None, *,
+                  classes: Sequence[str] = (), progress: bool = True, images: Mapping[str, Any] | None = None,
                   warmup: int = 0, repeats: int = 1) -> dict[str, Any]:
     """Detect objects in every input image and stream the results (see the module docstring).
 
-    ``output`` (or the keyword arguments it bundles) says where detections go; ``jsonl`` lines are
-    written and flushed as each image finishes. ``images`` maps image ids to images already decoded
-    (decoding is then not timed). ``warmup`` untimed calls on the first image, then ``repeats``
-    timed calls per image (timings: per image the median over repeats).
+    ``output`` says where detections go (:class:`DetectOutput`; ``None``: JSON lines on stdout);
+    ``jsonl`` lines are written and flushed as each image finishes. ``images`` maps image ids to
+    images already decoded (decoding is then not timed). ``warmup`` untimed calls on the first
+    image, then ``repeats`` timed calls per image (timings: per image the median over repeats).
 
     Returns ``{"images", "skipped", "detections", "seconds", "images_per_s", "timings": {stage:
     {"median", "mean", "total"}}, "per_image": [{"image_id", stage: s, "num_proposals"}]}``; stages
     are the detector's plus ``load`` and ``total`` (the whole call) and ``without_proposals``.
     """
-    output = output or DetectOutput(out, fmt, draw_dir, category_ids, coco_image_ids, split)
+    output = output or DetectOutput()
     output.check()
     output.check_classes(classes)
     if warmup < 0 or repeats < 1:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rcnn_cli.io import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
 __all__ = ["PALETTE", "class_color", "draw_boxes", "draw_detections", "plot_lines", "plot_precision_recall", "save_image"]
 

@@ -20,11 +20,9 @@ faster_app = group("faster")
 _M, _T = FasterRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 
 
-#: CLI parameter -> the name the run records it under (for --config replays).
-_RECORDED = {"rpn_pre_nms_train": "rpn_pre_nms_top_n_train", "rpn_post_nms_train": "rpn_post_nms_top_n_train",
-             "rpn_pre_nms_test": "rpn_pre_nms_top_n_test", "rpn_post_nms_test": "rpn_post_nms_top_n_test",
-             "rpn_nms": "rpn_nms_thresh", "rois_per_image": "box_batch_size_per_image", "train_sizes": "train_min_sizes",
-             "color_jitter": "color_jitter"}
+#: The model settings this command passes to the configuration as given (parameters are named as its fields).
+_MODEL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                 "rpn_post_nms_top_n_test", "rpn_nms_thresh", "box_batch_size_per_image", "color_jitter")
 
 
 @faster_app.command("train")
@@ -48,10 +46,10 @@ def train_cmd(
                                            "from the data; the paper's 600 with --defaults paper)."),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Longer image side at most (default: chosen from "
                                            "the data; 1000 with --defaults paper)."),
-    train_sizes: Optional[str] = typer.Option(
+    train_min_sizes: Optional[str] = typer.Option(
         None, "--train-sizes", help="Multi-scale training: shorter sides drawn per image, e.g. 416,448,480,512,544 "
         "(plus --min-size, the test size; default: within +-13 % of it, chosen from the data)."),
-    rpn_pre_nms_train: Optional[int] = typer.Option(
+    rpn_pre_nms_top_n_train: Optional[int] = typer.Option(
         None, "--rpn-pre-nms-train", help="RPN boxes before NMS in training (default: the paper's 12000 on a GPU; "
         "2000 on a CPU, where that NMS takes a third of each iteration at 480x640)."),
     color_jitter: float = typer.Option(
@@ -64,13 +62,13 @@ def train_cmd(
                                        ".safetensors/.pth state dict (with the --backbone and --fpn it was saved from)."),
     defaults: str = typer.Option("data", "--defaults", help="data: settings not given are chosen from the training "
                                  "split (printed with their reasons); paper: the Faster R-CNN paper's."),
-    rpn_post_nms_train: int = typer.Option(_M.rpn_post_nms_top_n_train, "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
-    rpn_pre_nms_test: int = typer.Option(_M.rpn_pre_nms_top_n_test, "--rpn-pre-nms-test", help="RPN boxes before NMS at test."),
-    rpn_post_nms_test: Optional[int] = typer.Option(
+    rpn_post_nms_top_n_train: int = typer.Option(_M.rpn_post_nms_top_n_train, "--rpn-post-nms-train", help="RPN proposals after NMS in training."),
+    rpn_pre_nms_top_n_test: int = typer.Option(_M.rpn_pre_nms_top_n_test, "--rpn-pre-nms-test", help="RPN boxes before NMS at test."),
+    rpn_post_nms_top_n_test: Optional[int] = typer.Option(
         None, "--rpn-post-nms-test", help=f"RPN proposals after NMS at test (default: the paper's "
         f"{_M.rpn_post_nms_top_n_test}, more for crowded images: chosen from the data)."),
-    rpn_nms: float = typer.Option(_M.rpn_nms_thresh, "--rpn-nms", help="RPN proposal NMS IoU."),
-    rois_per_image: int = typer.Option(_M.box_batch_size_per_image, "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
+    rpn_nms_thresh: float = typer.Option(_M.rpn_nms_thresh, "--rpn-nms", help="RPN proposal NMS IoU."),
+    box_batch_size_per_image: int = typer.Option(_M.box_batch_size_per_image, "--rois-per-image", help="RoIs sampled per image for the head (25% foreground)."),
     **train: Any,
 ) -> None:
     """Train Faster R-CNN (RPN + Fast R-CNN head, jointly, four losses) on a labelled split.
@@ -81,7 +79,7 @@ def train_cmd(
     from rcnn_cli.models.faster_rcnn import train_faster
     from rcnn_cli.device import dist_info
 
-    p, sources = O.replayed(ctx, train["config"], _RECORDED)
+    p, sources = O.replayed(ctx, train["config"])
     if defaults not in ("data", "paper"):
         raise UserError(f"--defaults must be data or paper (got '{defaults}')")
     from rcnn_cli.models.faster_rcnn import COCO_INITS
@@ -89,10 +87,10 @@ def train_cmd(
     if init in COCO_INITS and sources["backbone"] != "default" and p["backbone"] != COCO_INITS[init][0]:
         raise UserError(f"--init {init} is a {COCO_INITS[init][0]} FPN detector (not --backbone {p['backbone']})")
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
-    overrides = {_RECORDED[k]: p[k] for k in _RECORDED if k != "train_sizes"}
+    overrides = {k: p[k] for k in _MODEL_FIELDS}
     if defaults == "paper":
         overrides = {k: getattr(_M, k) if v is None else v for k, v in overrides.items()}
-    sizes = parse_floats(p["train_sizes"], "--train-sizes")
+    sizes = parse_floats(p["train_min_sizes"], "--train-sizes")
     summary = train_faster(dataset, p["split"], out, train_config, images=images, backbone=p["backbone"],
                            weights=p["weights"], fpn=p["fpn"], head=p["head"],
                            anchor_sizes=parse_floats(p["anchor_sizes"], "--anchor-sizes"),

@@ -175,7 +175,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
-def resumed(ctx: typer.Context, record_path: Path, aliases: dict[str, str] | None = None
+def resumed(ctx: typer.Context, record_path: Path
             ) -> tuple[dict[str, Any], dict[str, str]]:
     """``--resume``: every setting read from the run's record (fitted or given, the time budget's
     plan with the checkpoint); a flag beside it that would change the run is a one-line error."""
@@ -187,24 +187,23 @@ def resumed(ctx: typer.Context, record_path: Path, aliases: dict[str, str] | Non
     recorded_sources = read_json(record_path).get("sources") or {}
     sources = {}
     for name in list(values):
-        key = (aliases or {}).get(name, name)
-        if name in _NOT_REPLAYED or key not in recorded or (name in _FREE_ON_RESUME and _given(ctx, name)):
+        if name in _NOT_REPLAYED or name not in recorded or (name in _FREE_ON_RESUME and _given(ctx, name)):
             sources[name] = "command line" if _given(ctx, name) else "default"
             continue
-        if name not in _FREE_ON_RESUME and _given(ctx, name) and not _same(values[name], recorded[key]):
+        if name not in _FREE_ON_RESUME and _given(ctx, name) and not _same(values[name], recorded[name]):
             flag = "--" + name.replace("_", "-")
             raise UserError(f"{flag} {values[name]}: the run in {record_path.parent} was recorded with "
-                            f"{_as_option(recorded[key], values[name])}, and --resume continues it exactly (drop "
+                            f"{_as_option(recorded[name], values[name])}, and --resume continues it exactly (drop "
                             f"{flag}, or train into a new --out)")
-        values[name] = _as_option(recorded[key], values[name])
+        values[name] = _as_option(recorded[name], values[name])
         sources[name] = recorded_sources.get(name, f"recorded in {record_path}")
     return values, sources
 
 
-def replayed(ctx: typer.Context, config: Optional[Path], aliases: dict[str, str] | None = None
+def replayed(ctx: typer.Context, config: Optional[Path]
              ) -> tuple[dict[str, Any], dict[str, str]]:
     """The command's parameters with every one not given on the command line taken from the recorded
-    ``config`` (``aliases``: parameter -> recorded name), and where each value came from. With
+    ``config`` (parameters are named as the configurations' fields), and where each value came from. With
     ``--resume`` and a run record in ``--out``: :func:`resumed`."""
     from rcnn_cli.errors import UserError
 
@@ -218,16 +217,15 @@ def replayed(ctx: typer.Context, config: Optional[Path], aliases: dict[str, str]
     if values.get("resume") and record_path is not None and record_path.is_file():
         if config is not None:
             raise UserError("--resume continues the run recorded in --out; --config starts a new one (give one)")
-        return resumed(ctx, record_path, aliases)
+        return resumed(ctx, record_path)
     recorded = read_recorded(config) if config is not None else {}
     if config is not None and not _is_run_record(config):
-        _check_known(config, recorded, set(values) | set((aliases or {}).values()))
+        _check_known(config, recorded, set(values))
     for name in list(values):
-        key = (aliases or {}).get(name, name)
         if _given(ctx, name):
             sources[name] = "command line"
-        elif name not in _NOT_REPLAYED and recorded.get(key) is not None:
-            values[name] = _as_option(recorded[key], values[name])
+        elif name not in _NOT_REPLAYED and recorded.get(name) is not None:
+            values[name] = _as_option(recorded[name], values[name])
             sources[name] = f"config {config}"
         else:
             sources[name] = "default"

@@ -25,7 +25,7 @@ from rcnn_cli.log import logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
 __all__ = ["METRICS", "evaluate", "bootstrap_lines", "voc_match", "voc07_ap", "voc12_ap", "ClassMatch",
            "coco_evaluate", "COCO_KEYS", "json_summary", "results_table"]
@@ -51,6 +51,7 @@ def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], me
     (:mod:`rcnn_cli.evaluation.bootstrap`); ``against`` (a second detection set) also the interval
     of the difference on the same resamples, and ``"against_mAP"``.
     """
+    from rcnn_cli.boxes import ImageDetections
     from rcnn_cli.io.detections import check_known, count_detections
 
     metric = metric.lower()
@@ -111,6 +112,7 @@ def evaluate(dataset: "Dataset", detections: Mapping[str, "ImageDetections"], me
 def _bootstrap(dataset, matches, metric: str, iou: float, resamples: int, seed: int, against,
                ignore_unknown: bool) -> dict[str, Any]:
     from rcnn_cli.evaluation.bootstrap import bootstrap_summary
+    from rcnn_cli.boxes import ImageDetections
     from rcnn_cli.io.detections import check_known
 
     out: dict[str, Any] = {}

@@ -93,7 +93,7 @@ def _image_errors(record, det, iou: float, bg_iou: float) -> ImageErrors:
 def classify_errors(dataset, detections: Mapping[str, Any], iou: float = 0.5, bg_iou: float = 0.1
                     ) -> dict[str, ImageErrors]:
     """:class:`ImageErrors` of every image of ``dataset`` (images without detections: only misses)."""
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
     return {r.image_id: _image_errors(r, detections.get(r.image_id) or ImageDetections.empty(r.image_id), iou,
                                       bg_iou) for r in dataset.records}
@@ -101,7 +101,7 @@ def classify_errors(dataset, detections: Mapping[str, Any], iou: float = 0.5, bg
 
 def _fixed(dataset, detections: Mapping[str, Any], errors: dict[str, ImageErrors], kind: str):
     """``(dataset, detections)`` with every error of ``kind`` fixed by its oracle."""
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
     if kind == "missed":
         ds = copy.copy(dataset)
@@ -204,7 +204,7 @@ def confusion_matrix(dataset, detections: Mapping[str, Any], score_threshold: fl
 def per_class_counts(dataset, detections: Mapping[str, Any], score_threshold: float = 0.3, iou: float = 0.5
                      ) -> dict[str, dict[str, float]]:
     """Per class at ``score_threshold``: TP, FP, FN, precision, recall (matching as the VOC devkit)."""
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
     kept = {i: ImageDetections(i, b, s, lab) for i, (b, s, lab) in _above(detections, score_threshold).items()}
     errors = classify_errors(dataset, kept, iou)

@@ -18,7 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
 __all__ = ["COCO_KEYS", "build_coco_gt", "coco_results_array", "coco_evaluate"]
 
@@ -30,6 +30,7 @@ def build_coco_gt(dataset: "Dataset"):
     """A ``pycocotools.coco.COCO`` ground-truth object for ``dataset`` (built in memory)."""
     from pycocotools.coco import COCO
 
+    from rcnn_cli.boxes import ImageDetections
     from rcnn_cli.io.detections import coco_image_ids
 
     image_ids = coco_image_ids(dataset)
@@ -66,6 +67,7 @@ def build_coco_gt(dataset: "Dataset"):
 
 def coco_results_array(dataset: "Dataset", detections: Mapping[str, "ImageDetections"]) -> np.ndarray:
     """Detections as pycocotools' ``(N, 7)`` array ``[image_id, x, y, w, h, score, category_id]``."""
+    from rcnn_cli.boxes import ImageDetections
     from rcnn_cli.io.detections import coco_image_ids
 
     image_ids = coco_image_ids(dataset)

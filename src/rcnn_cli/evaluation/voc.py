@@ -32,7 +32,7 @@ from rcnn_cli.boxes import voc_iou
 
 if TYPE_CHECKING:  # pragma: no cover
     from rcnn_cli.data.dataset import Dataset
-    from rcnn_cli.io.detections import ImageDetections
+    from rcnn_cli.boxes import ImageDetections
 
 __all__ = ["VOC07_THRESHOLDS", "voc07_ap", "voc12_ap", "ClassMatch", "voc_match", "voc_ap_from_match"]
 

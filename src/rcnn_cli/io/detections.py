@@ -27,12 +27,12 @@ import os
 import re
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from rcnn_cli.boxes import ImageDetections
 from rcnn_cli.errors import Interrupted, UserError
 from rcnn_cli.io import atomic_open, atomic_path
 from rcnn_cli.log import logger
@@ -52,76 +52,6 @@ __all__ = [
 ]
 
 FORMATS = ("jsonl", "coco", "voc", "yolo")
-
-
-@dataclass
-class ImageDetections:
-    """Detections of one image. ``boxes (N, 4)`` float32 pixels, ``scores (N,)`` float32,
-    ``labels`` N class names; ``timings`` in seconds per stage ("proposals", "network", "post")."""
-
-    image_id: str
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
-    #: Optional ``(N,)`` int64 position of each detection in its source (set by the readers).
-    #: Evaluation breaks score ties by it, as the devkit's stable sort keeps a file's line order
-    #: (VOC files are per class, so this order can interleave images).
-    order: np.ndarray | None = None
-    #: Regions the detector scored for this image (None: the method has no proposal stage of its own).
-    num_proposals: int | None = None
-    #: What the JSON line records beside the boxes (a video frame's ``frame`` and ``time_s``).
-    meta: dict[str, Any] = field(default_factory=dict)
-    #: The image's ``(width, height)`` in pixels when known (set by the inference loop; YOLO output needs it).
-    size: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        self.image_id = str(self.image_id)
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        self.labels = [str(x) for x in self.labels]
-        if not (len(self.boxes) == len(self.scores) == len(self.labels)):
-            raise ValueError(f"{self.image_id}: {len(self.boxes)} boxes, {len(self.scores)} scores, "
-                             f"{len(self.labels)} labels")
-        if self.order is not None:
-            self.order = np.asarray(self.order, dtype=np.int64).reshape(-1)
-            if len(self.order) != len(self.scores):
-                raise ValueError(f"{self.image_id}: {len(self.order)} order entries for {len(self.scores)} detections")
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def subset(self, index: Sequence[int] | np.ndarray) -> "ImageDetections":
-        """The detections at ``index`` (in that order), with this image's timings, meta and size."""
-        index = np.asarray(index, np.int64).reshape(-1)
-        return ImageDetections(self.image_id, self.boxes[index], self.scores[index], [self.labels[i] for i in index],
-                               self.timings, num_proposals=self.num_proposals, meta=self.meta, size=self.size)
-
-    @classmethod
-    def empty(cls, image_id: str) -> "ImageDetections":
-        return cls(image_id, np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON-lines record of this image (lossless float32 numbers)."""
-        boxes = _short_floats(self.boxes.reshape(-1))
-        scores = _short_floats(self.scores)
-        record: dict[str, Any] = {
-            "image_id": self.image_id, **self.meta,
-            "detections": [{"label": lab, "score": scores[i], "box": boxes[4 * i:4 * i + 4]}
-                           for i, lab in enumerate(self.labels)],
-        }
-        if self.timings:
-            record["timings"] = {k: round(float(v), 6) for k, v in self.timings.items()}
-        return record
-
-    def to_dict(self) -> dict[str, Any]:
-        """The same record as a JSON line: ``{"image_id", "detections": [{"label", "score", "box"}]}``."""
-        return self.to_json()
-
-
-def _short_floats(values: np.ndarray) -> list[float]:
-    """float32 values as Python floats with the shortest decimal that round-trips in float32."""
-    return [float(str(v)) for v in np.asarray(values, np.float32).reshape(-1)]
 
 
 def _short(v: float) -> str:

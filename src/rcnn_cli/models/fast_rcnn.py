@@ -516,7 +516,7 @@ class FastRCNNDetector(Detector):
     @torch.no_grad()
     def detect(self, image, image_id: str):
         from rcnn_cli.data.images import to_tensor
-        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.boxes import ImageDetections
         from rcnn_cli.device import synchronize
 
         t0 = time.perf_counter()

@@ -458,7 +458,7 @@ class FasterRCNNDetector(Detector):
     @torch.inference_mode()
     def detect(self, image, image_id: str):
         from rcnn_cli.data.images import fit_image, to_tensor
-        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.boxes import ImageDetections
         from rcnn_cli.device import synchronize
 
         model, heads, cfg = self.model, self.model.roi_heads, self.model_config

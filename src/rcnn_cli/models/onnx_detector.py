@@ -75,7 +75,7 @@ class OnnxDetector(Detector):
 
     def detect(self, image, image_id: str):
         from rcnn_cli.data.images import fit_image, to_tensor
-        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.boxes import ImageDetections
 
         t0 = time.perf_counter()
         feeds, num_proposals, small, k = {}, None, image, 1

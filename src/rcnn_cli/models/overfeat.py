@@ -396,7 +396,7 @@ class OverfeatDetector(Detector):
     @torch.inference_mode()
     def detect(self, image, image_id: str):
         from rcnn_cli.data.images import to_tensor
-        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.boxes import ImageDetections
 
         t0 = time.perf_counter()
         x = to_tensor(image).to(self.device)

@@ -102,7 +102,7 @@ class PretrainedDetector(Detector):
         import torch
 
         from rcnn_cli.data.images import to_tensor
-        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.boxes import ImageDetections
 
         t0 = time.perf_counter()
         with torch.inference_mode():

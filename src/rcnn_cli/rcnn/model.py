@@ -426,7 +426,7 @@ class RCNNDetector(Detector):
         return boxes, (self.extractor(image, boxes) if len(boxes) else np.zeros((0, dim), np.float32)), seconds
 
     def detect(self, image, image_id: str):
-        from rcnn_cli.io.detections import ImageDetections
+        from rcnn_cli.boxes import ImageDetections
 
         t0 = time.perf_counter()
         boxes, feats, t_prop = self._regions(image, image_id)

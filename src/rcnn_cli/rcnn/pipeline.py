@@ -555,7 +555,7 @@ def _detect_stage(r: _Run) -> None:
 
     def detect() -> dict:
         from rcnn_cli.data.inputs import ImageInput
-        from rcnn_cli.inference import run_inference
+        from rcnn_cli.inference import DetectOutput, run_inference
         from rcnn_cli.rcnn.features import load_features
         from rcnn_cli.rcnn.model import RCNNDetector
 
@@ -563,7 +563,8 @@ def _detect_stage(r: _Run) -> None:
             detector = RCNNDetector(r.model_dir, device=cfg.device, features=store, use_bbox=cfg.bbox,
                                     config=DetectConfig(cfg.score_threshold, cfg.nms, cfg.top_k))
             inputs = [ImageInput(x.image_id, x.path) for x in r.data.test_ds.records if x.image_id in store]
-            res = run_inference(detector, inputs, det_path, classes=detector.classes, progress=r.progress)
+            res = run_inference(detector, inputs, DetectOutput(det_path), classes=detector.classes,
+                                progress=r.progress)
         write_run_record(det_path, "rcnn pipeline (detect)", {"model": str(r.model_dir),
                                                               "features": str(r.features("test")), **det_cfg})
         return {k: v for k, v in jsonable(res).items() if k != "per_image"}

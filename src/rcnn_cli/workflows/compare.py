@@ -180,12 +180,13 @@ def _train_stage(st, name: str, config: dict, run_dir: Path, train: Callable[[bo
 def _detect_split(detector, dataset, det_path: Path, progress: bool) -> dict[str, Any]:
     """Detect every image of ``dataset`` into ``det_path`` (JSON lines) and evaluate VOC07/VOC12."""
     from rcnn_cli.data.inputs import ImageInput
-    from rcnn_cli.inference import run_inference
+    from rcnn_cli.inference import DetectOutput, run_inference
     from rcnn_cli.rcnn.pipeline import evaluate_file
 
     with detector:
         inputs = [ImageInput(r.image_id, r.path) for r in dataset.records]
-        summary = run_inference(detector, inputs, det_path, fmt="jsonl", classes=detector.classes, progress=progress)
+        summary = run_inference(detector, inputs, DetectOutput(det_path, "jsonl"), classes=detector.classes,
+                                progress=progress)
     summary.pop("per_image", None)
     return {"detect": jsonable(summary), **evaluate_file(det_path, dataset)}
 
