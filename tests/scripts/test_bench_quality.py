@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_quality.py"
 spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
 bq = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bq)

@@ -344,7 +344,7 @@ def test_detect_writes_a_line_for_a_truncated_image_and_data_info_lists_it(tmp_p
     from rcnn_cli.detector import DetectConfig
     from rcnn_cli.workflows.detect import detect
 
-    fixture = Path(__file__).parent / "fixtures" / "runs_e8b1e22"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "runs_e8b1e22"
     images = sorted((fixture / "images").glob("*.jpg"))
     folder = tmp_path / "imgs"
     folder.mkdir()
