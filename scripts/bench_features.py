@@ -63,7 +63,7 @@ def child_rss(args: argparse.Namespace) -> None:
     import torch
 
     from rcnn_cli.data.inputs import load_dataset
-    from rcnn_cli.rcnn.features import run_extract_features
+    from rcnn_cli.rcnn.features import FeatureConfig, run_extract_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,9 +71,9 @@ def child_rss(args: argparse.Namespace) -> None:
     ds.records = ds.records[:args.child]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        s = run_extract_features(ds, args.props_file, Path(tmp) / "f.h5", backbone=args.backbone,
-                                 warp_size=args.warp_size, batch_size=args.batch_size,
-                                 max_proposals=args.rss_proposals, progress=False)
+        config = FeatureConfig(backbone=args.backbone, warp_size=args.warp_size, batch_size=args.batch_size,
+                               max_proposals=args.rss_proposals)
+        s = run_extract_features(ds, args.props_file, Path(tmp) / "f.h5", config, progress=False)
         seconds = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"images": s["extracted"], "regions": s["regions"], "rss_mib": rss, "seconds": seconds}))
@@ -101,7 +101,7 @@ def main() -> None:
 
     import torch
 
-    from rcnn_cli.rcnn.features import FeatureExtractor, run_extract_features
+    from rcnn_cli.rcnn.features import FeatureConfig, FeatureExtractor, run_extract_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,15 +133,16 @@ def main() -> None:
         # ---- throughput: the whole stage
         bench_ds = type(ds)(ds.root, ds.split, ds.classes, ds.records[:args.images], ds.format)
         run_extract_features(type(ds)(ds.root, ds.split, ds.classes, ds.records[:1], ds.format), props,
-                             tmp / "warm.h5", extractor=fx, max_proposals=args.proposals, progress=False)  # warm-up
+                             tmp / "warm.h5", FeatureConfig(max_proposals=args.proposals), extractor=fx,
+                             progress=False)  # warm-up
         from rcnn_cli.proposals import load as load_proposals
 
         with load_proposals(props) as pr:
             expected = sum(min(len(pr.boxes(r.image_id)), args.proposals) + len(r.boxes) for r in bench_ds.records)
         bare_before = bare(expected)
         t = time.perf_counter()
-        s = run_extract_features(bench_ds, props, tmp / "bench.h5", extractor=fx, max_proposals=args.proposals,
-                                 progress=False)
+        s = run_extract_features(bench_ds, props, tmp / "bench.h5", FeatureConfig(max_proposals=args.proposals),
+                                 extractor=fx, progress=False)
         stage_seconds = time.perf_counter() - t
         crops = s["regions"]
         stage_rate = crops / stage_seconds

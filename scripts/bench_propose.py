@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rcnn_cli.data.inputs import ImageInput, resolve_inputs
-    from rcnn_cli.proposals import filter_boxes, load, run_propose
+    from rcnn_cli.proposals import ProposalConfig, filter_boxes, load, run_propose
     from rcnn_cli.evaluation.recall import recall_stats
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_propose_"))
@@ -76,15 +76,14 @@ def main() -> None:
 
     t_bare, bare = bare_opencv(paths, args.mode, args.max_size, args.seed)
     t0 = time.perf_counter()
-    run_propose(inputs, tmp / "w1.h5", mode=args.mode, max_size=args.max_size, min_size=args.min_size,
-                workers=1, progress=False, seed=args.seed)
+    config = ProposalConfig(mode=args.mode, max_size=args.max_size, min_size=args.min_size, seed=args.seed)
+    run_propose(inputs, tmp / "w1.h5", config, workers=1, progress=False)
     t_one = time.perf_counter() - t0
     rows = [("bare OpenCV loop", t_bare, 1.0), ("run_propose, 1 worker", t_one, t_one / t_bare)]
     t_two = None
     if not args.skip_workers:
         t0 = time.perf_counter()
-        run_propose(inputs, tmp / "w2.h5", mode=args.mode, max_size=args.max_size, min_size=args.min_size,
-                    workers=2, progress=False, seed=args.seed)
+        run_propose(inputs, tmp / "w2.h5", config, workers=2, progress=False)
         t_two = time.perf_counter() - t0
         rows.append(("run_propose, 2 workers", t_two, t_two / t_bare))
 

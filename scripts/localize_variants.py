@@ -32,13 +32,13 @@ def variant(data: Path, args, out: Path, boxes: str, attach: str, head_only: boo
     from rcnn_cli.engine import TrainConfig
     from rcnn_cli.evaluation import evaluate
     from rcnn_cli.inference import detect_dataset
-    from rcnn_cli.models.localizer import TRAIN_DEFAULTS, train_localizer
+    from rcnn_cli.models.localizer import TRAIN_DEFAULTS, LocalizerConfig, train_localizer
 
     epochs = args.epochs if head_only else args.finetune_epochs
     cfg = TrainConfig(**dict(TRAIN_DEFAULTS, epochs=epochs), seed=args.seed, progress=False, device="cpu")
     t0 = time.perf_counter()
-    train_localizer(data, args.train, out, cfg, resume=True,
-                    model_overrides={"boxes": boxes, "attach": attach, "head_only": head_only})
+    train_localizer(data, args.train, out, LocalizerConfig(boxes=boxes, attach=attach, head_only=head_only), cfg,
+                    resume=True)
     seconds = time.perf_counter() - t0
     det = load_detector(out, device="cpu")
     test = load_dataset(data, args.test, classes=det.classes)

@@ -151,13 +151,13 @@ def test_alias_detect_on_coco_writes_the_datasets_own_ids(command, tmp_path):
 
 def _proposals_file(tmp_path: Path) -> Path:
     from rcnn_cli.data.inputs import ImageInput
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.proposals import ProposalConfig, run_propose
 
     boxes = {k: np.asarray(v, np.float32) for k, v in EXPECTED["proposals"].items()}
     out = tmp_path / "props.h5"
     items = [ImageInput(p.stem, p) for p in IMAGES]
     order = iter([boxes[p.stem] for p in IMAGES])
-    run_propose(items, out, proposer=lambda image: next(order), progress=False, workers=1, min_size=0)
+    run_propose(items, out, ProposalConfig(min_size=0), proposer=lambda image: next(order), progress=False, workers=1)
     return out
 
 

@@ -169,7 +169,7 @@ def test_grayscale_png_and_bad_images_are_skipped(tmp_path, records):
     inputs = resolve_inputs([str(tmp_path / "gray.png"), str(tmp_path / "broken.jpg")])
     inputs.append(ImageInput("missing", tmp_path / "missing.jpg"))
     out = tmp_path / "p.h5"
-    summary = P.run_propose(inputs, out, workers=1, progress=False, min_size=10)
+    summary = P.run_propose(inputs, out, P.ProposalConfig(min_size=10), workers=1, progress=False)
     assert (summary["processed"], summary["skipped"]) == (1, 2)
     with P.load(out) as r:
         assert r.ids() == ["gray"] and "broken" not in r and "missing" not in r
@@ -186,14 +186,14 @@ def test_grayscale_png_and_bad_images_are_skipped(tmp_path, records):
 def test_refuses_mismatched_settings_and_overwrite_works(tmp_path):
     inputs = write_images(tmp_path / "imgs", 2, size=(64, 48))
     out = tmp_path / "p.h5"
-    P.run_propose(inputs, out, workers=1, progress=False, limit=50)
-    again = P.run_propose(inputs, out, workers=1, progress=False, limit=50)
+    P.run_propose(inputs, out, P.ProposalConfig(limit=50), workers=1, progress=False)
+    again = P.run_propose(inputs, out, P.ProposalConfig(limit=50), workers=1, progress=False)
     assert (again["processed"], again["resumed"]) == (0, 2)
     with pytest.raises(UserError, match=r"different settings: mode='fast' \(now 'quality'\).*--overwrite"):
-        P.run_propose(inputs, out, workers=1, progress=False, limit=50, mode="quality")
+        P.run_propose(inputs, out, P.ProposalConfig(limit=50, mode="quality"), workers=1, progress=False)
     with pytest.raises(UserError, match="limit=50"):
         P.run_propose(inputs, out, workers=1, progress=False)
-    fresh = P.run_propose(inputs, out, workers=1, progress=False, mode="quality", overwrite=True)
+    fresh = P.run_propose(inputs, out, P.ProposalConfig(mode="quality"), workers=1, progress=False, overwrite=True)
     assert fresh["processed"] == 2
     with P.load(out) as r:
         assert r.attrs["mode"] == "quality" and r.attrs["limit"] is None and r.attrs["min_size"] == 20
@@ -227,7 +227,7 @@ def test_journal_recovery_and_torn_tail(tmp_path):
     with h5py.File(out, "r") as f:
         assert len(f[P.GROUP]) == 0  # the file itself was never touched
     out_cfg = dict(method="selective-search", mode="fast", max_size=500, min_size=20, limit=None, seed=0)
-    summary = P.run_propose(inputs, out, workers=1, progress=False, **out_cfg)
+    summary = P.run_propose(inputs, out, P.ProposalConfig(**out_cfg), workers=1, progress=False)
     assert (summary["processed"], summary["resumed"]) == (1, 2)
     assert not (tmp_path / "p.h5.journal").exists()
     a, b = contents(out), contents(ref)
@@ -315,7 +315,8 @@ def test_recall_and_mabo_on_a_hand_made_case(tmp_path):
 
     inputs = resolve_inputs([str(tmp_path / "a.png"), str(tmp_path / "b.png")])
     out = tmp_path / "fixed.h5"
-    P.run_propose(inputs, out, proposer=proposer, attrs={"method": "fixed"}, min_size=0, progress=False)
+    P.run_propose(inputs, out, P.ProposalConfig(min_size=0), proposer=proposer, attrs={"method": "fixed"},
+                  progress=False)
     ds = Dataset(root=tmp_path, split="test", classes=["cat", "dog"], records=[
         ImageRecord("a", tmp_path / "a.png", 100, 100, np.array([[0, 0, 10, 10], [60, 60, 80, 80]], np.float32), ["cat", "dog"]),
         # b: dog gt (40,40,90,90): IoU with (50,50,90,90) = 1600/2500 = 0.64; zero-area gt ignored

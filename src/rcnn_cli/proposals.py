@@ -69,9 +69,9 @@ import struct
 import time
 import uuid as uuidlib
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import h5py
 import numpy as np
@@ -84,6 +84,7 @@ from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger
 
 __all__ = [
+    "ProposalConfig",
     "METHODS",
     "MODES",
     "ProposalReader",
@@ -128,6 +129,29 @@ class ProposalResult:
     fallback: bool = False
     note: str = ""
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    """What a proposals file is made with (recorded in it; resuming into it with other settings is refused).
+
+    ``method``: ``selective-search`` or ``sliding-window`` (with a ``proposer`` callable: any name,
+    e.g. ``rpn``); ``mode``: selective search's ``fast`` or ``quality``; ``max_size``: the longer
+    image side searched (pixels; ``None``: the image as it is); ``min_size``: the smallest box side
+    kept (original pixels); ``limit``: the top-K kept per image (``None`` or 0: all); ``seed``:
+    OpenCV's ``srand`` before each image.
+    """
+
+    method: str = "selective-search"
+    mode: str = "fast"
+    max_size: int | None = 500
+    min_size: float = 20
+    limit: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        """One line for a setting selective search or sliding windows cannot run with."""
+        _check_settings(self.method, self.mode, self.max_size, self.min_size)
 
 
 def _limit(limit: int | None) -> int | None:
@@ -608,28 +632,32 @@ def _store_results(results: Iterable[dict], store: "_Store", total: int, resumed
     return skipped, fallbacks, nboxes, secs
 
 
-def run_propose(inputs: list, out: str | os.PathLike, method: str = "selective-search", mode: str = "fast",
-                max_size: int | None = 500, min_size: float = 20, limit: int | None = None, workers: int | None = None,
-                progress: bool = True, proposer: Callable | None = None, attrs: dict | None = None, seed: int = 0,
-                overwrite: bool = False, checkpoint_seconds: float = 30.0, command: str = "rcnn propose",
-                shard: tuple[int, int] | None = None) -> dict:
-    """Compute proposals for ``inputs`` (:class:`rcnn_cli.data.ImageInput`) into the HDF5 store ``out``.
+def run_propose(inputs: list, out: str | os.PathLike, config: ProposalConfig | None = None, *,
+                workers: int | None = None, progress: bool = True, proposer: Callable | None = None,
+                attrs: dict | None = None, overwrite: bool = False, checkpoint_seconds: float = 30.0,
+                command: str = "rcnn propose", shard: tuple[int, int] | None = None) -> dict:
+    """Compute proposals for ``inputs`` (:class:`rcnn_cli.data.inputs.ImageInput`) into the HDF5 store
+    ``out`` with the settings ``config`` (:class:`ProposalConfig`; ``None``: its defaults).
 
     Resumes: images already in ``out`` (or its journal) are skipped. A missing or unreadable image
     is logged and skipped; :class:`UserError` if no image at all could be processed. With
     ``proposer`` (``PIL.Image -> (N, 4)`` original pixels), that callable runs in process instead of
-    ``method`` (its boxes are clipped, filtered by ``min_size`` and deduplicated, ``limit`` applied);
-    ``attrs`` are added to the file attributes (e.g. ``{"method": "rpn", "model": ...}``).
-    ``shard=(K, N)``: only every N-th input from the K-th (join the shards with
-    :func:`merge_proposals`). Returns ``{"images", "processed", "resumed", "skipped", "fallbacks", "boxes_per_image",
-    "seconds_per_image" (median), "workers", "out"}``.
+    ``config.method`` (its boxes are clipped, filtered by ``min_size`` and deduplicated, ``limit``
+    applied); ``attrs`` are added to the file attributes (e.g. ``{"method": "rpn", "model": ...}``).
+    ``workers``: selective-search processes (default: one per core). ``shard=(K, N)``: only every
+    N-th input from the K-th (join the shards with :func:`merge_proposals`). Returns ``{"images",
+    "processed", "resumed", "skipped", "fallbacks", "boxes_per_image", "seconds_per_image" (median),
+    "workers", "out"}``.
     """
+    config = config or ProposalConfig()
+    method, mode, max_size, min_size, seed = config.method, config.mode, config.max_size, config.min_size, config.seed
+    limit = config.limit
     from rcnn_cli.io import write_run_record
 
     out = Path(out)
     limit = _limit(limit)
     if proposer is None:
-        _check_settings(method, mode, max_size, min_size)
+        config.check()
     cpu = os.cpu_count() or 1
     workers = cpu if workers is None or workers <= 0 else int(workers)
     unique = _unique_inputs(inputs, shard)

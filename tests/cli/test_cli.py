@@ -115,7 +115,7 @@ def test_evaluate_json_dash_goes_to_stdout(tmp_path, capsys, monkeypatch):
 def test_extract_features_with_proposals_of_other_images_is_an_error(tmp_path, capsys):
     from rcnn_cli.data.inputs import ImageInput
     from rcnn_cli.data.shapes import make_shapes
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.proposals import ProposalConfig, run_propose
 
     root = make_shapes(tmp_path / "d", train=2, test=1, size=64, seed=0)
     other = tmp_path / "other.png"
@@ -123,7 +123,8 @@ def test_extract_features_with_proposals_of_other_images_is_an_error(tmp_path, c
 
     Image.new("RGB", (64, 64)).save(other)
     props = tmp_path / "p.h5"
-    run_propose([ImageInput("elsewhere", other)], props, method="sliding-window", progress=False, workers=1)
+    run_propose([ImageInput("elsewhere", other)], props, ProposalConfig(method="sliding-window"), progress=False,
+                workers=1)
     out = tmp_path / "f.h5"
     with pytest.raises(SystemExit) as e:
         main(["extract-features", str(root), "--split", "trainval", "--proposals", str(props), "--out", str(out),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,59 @@ def test_channels_last_trains_the_same_weights(tmp_path):
         assert torch.allclose(a, b, atol=1e-5)
     saved = load_file(str(tmp_path / "True" / "model.safetensors"))  # written contiguous, same values
     assert saved["conv.weight"].is_contiguous() and torch.equal(saved["conv.weight"], models[True].conv.weight.detach())
+
+
+def test_cosine_schedule_values():
+    cfg = TrainConfig(epochs=4, lr=0.1, warmup_iters=0, lr_schedule="cosine", lr_final=0.01)
+    assert lr_at(cfg, 0, 0, 100) == pytest.approx(0.1)
+    assert lr_at(cfg, 25, 1, 100) == pytest.approx(0.1 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi / 4))))
+    assert lr_at(cfg, 50, 2, 100) == pytest.approx(0.1 * (0.01 + 0.99 * 0.5))
+    assert lr_at(cfg, 100, 3, 100) == pytest.approx(0.001)
+    warm = replace(cfg, warmup_iters=10)
+    assert lr_at(warm, 5, 0, 100) == pytest.approx(lr_at(cfg, 5, 0, 100) * (0.001 * 0.5 + 0.5))
+    with pytest.raises(UserError, match="lr-schedule"):
+        TrainConfig(lr_schedule="poly")
+
+
+def test_the_moving_average_by_hand():
+    from rcnn_cli.engine.ema import ModelEMA
+
+    model = nn.Sequential(nn.Linear(2, 1, bias=False), nn.BatchNorm1d(1))
+    w0 = model[0].weight.detach().clone()
+    ema = ModelEMA(model, decay=0.9, ramp=2)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].num_batches_tracked.fill_(5)
+    ema.update(model)
+    d1 = 0.9 * (1 - math.exp(-1 / 2))
+    want = d1 * w0 + (1 - d1) * 1.0
+    assert torch.allclose(ema.average["0.weight"], want)
+    assert int(ema.average["1.num_batches_tracked"]) == 5  # integer buffers are copied
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    ema.update(model)
+    d2 = 0.9 * (1 - math.exp(-2 / 2))
+    want = d2 * want + (1 - d2) * 3.0
+    with ema.applied(model):
+        assert torch.allclose(model[0].weight, want)
+    assert torch.equal(model[0].weight, torch.full_like(w0, 3.0))  # the trained weights are back
+    with pytest.raises(UserError, match="--ema"):
+        TrainConfig(ema=1.0)
+
+
+def test_a_run_with_ema_saves_the_average_and_resumes_exactly(tmp_path):
+    straight = _run(tmp_path / "a", 2, ema=0.9)
+    _run(tmp_path / "b", 2, max_iters=3, ema=0.9)  # stops inside epoch 1
+    resumed = _run(tmp_path / "b", 2, resume=True, ema=0.9)
+    assert _same(straight, resumed)
+    saved = load_file(str(tmp_path / "a" / "model.safetensors"))
+    average = load_file(str(tmp_path / "a" / "checkpoint" / "ema.safetensors"))
+    trained = load_file(str(tmp_path / "a" / "checkpoint" / "model.safetensors"))
+    assert torch.equal(saved["lin.weight"], average["lin.weight"])  # the saved model is the average ...
+    assert not torch.equal(saved["lin.weight"], trained["lin.weight"])  # ... not the last step's weights
+    with pytest.raises(UserError, match="without --ema"):
+        _run(tmp_path / "c", 2, max_iters=3)
+        _run(tmp_path / "c", 2, resume=True, ema=0.9)
 
 
 def test_lr_schedule_values():

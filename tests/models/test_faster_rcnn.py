@@ -278,7 +278,8 @@ def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
     propose = fr.rpn_proposer(out, device="cpu", post_nms_top_n=30)
     inputs = resolve_inputs([str(shapes_root)], split="test")
     path = tmp_path / "rpn.h5"
-    proposals.run_propose(inputs, path, min_size=0, proposer=propose, attrs=fr.rpn_attrs(out, 30), progress=False)
+    proposals.run_propose(inputs, path, proposals.ProposalConfig(min_size=0), proposer=propose,
+                          attrs=fr.rpn_attrs(out, 30), progress=False)
     with proposals.load(path) as reader:
         assert reader.ids() == [i.image_id for i in inputs]
         assert reader.attrs["method"] == "rpn"
@@ -292,8 +293,9 @@ def test_rpn_proposals_file_readable(overfit_run, shapes_root, tmp_path):
 
     ds = load_dataset(shapes_root, "test")
     feats = tmp_path / "feats.h5"
-    features.run_extract_features(ds, path, feats, backbone="efficientnet_lite0", weights="none", warp_size=64,
-                                  max_proposals=10, batch_size=16, dtype="float32", device="cpu", progress=False)
+    config = features.FeatureConfig(backbone="efficientnet_lite0", weights="none", warp_size=64, max_proposals=10,
+                                    batch_size=16, dtype="float32", device="cpu")
+    features.run_extract_features(ds, path, feats, config, progress=False)
     with features.load_features(feats) as fr_, proposals.load(path) as reader:
         assert sorted(fr_.ids()) == sorted(reader.ids())
         got = fr_.get(ds.records[0].image_id)

@@ -44,8 +44,8 @@ def test_guesses_by_hand():
 
 def test_head_only_leaves_the_backbone_alone(tmp_path, shapes_root):
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.01, warmup_iters=1, max_iters=3, progress=False, device="cpu")
-    L.train_localizer(shapes_root, "trainval", tmp_path / "run", cfg, weights="none",
-                      model_overrides={"head_only": True, "input_size": 64, "hidden": 8, "k": 2})
+    L.train_localizer(shapes_root, "trainval", tmp_path / "run",
+                      L.LocalizerConfig(weights="none", head_only=True, input_size=64, hidden=8, k=2), cfg)
     state = load_tensors(tmp_path / "run" / "model.safetensors")
     fresh = L.Localizer(L.LocalizerConfig(classes=["circle", "square", "star", "triangle"], input_size=64, hidden=8,
                                           k=2), weights="none").state_dict()

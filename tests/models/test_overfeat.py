@@ -107,8 +107,8 @@ def test_train_detect_and_merge_choices(tmp_path, shapes_root, caplog):
     from rcnn_cli.cli import main
 
     cfg = TrainConfig(epochs=1, batch_size=2, lr=0.01, warmup_iters=1, max_iters=2, progress=False, device="cpu")
-    summary = O.train_overfeat(shapes_root, "trainval", tmp_path / "run", cfg, weights="none",
-                               model_overrides={"input_size": 64, "hidden": 8})
+    summary = O.train_overfeat(shapes_root, "trainval", tmp_path / "run",
+                               O.OverfeatConfig(weights="none", input_size=64, hidden=8), cfg)
     scales = summary["model_config"]["scales"]
     assert len(scales) >= 3 and scales == sorted(scales, reverse=True)
     record = json.loads((tmp_path / "run" / "config.json").read_text())

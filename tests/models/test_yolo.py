@@ -95,16 +95,16 @@ def test_config_checks_input_size():
 def _tiny(out: Path, root: Path, **train) -> dict:
     cfg = TrainConfig(**{"epochs": 1, "batch_size": 2, "lr": 0.01, "warmup_iters": 1, "progress": False,
                          "device": "cpu", **train})
-    return Y.train_yolo(root, "trainval", out, cfg, weights="none",
-                        model_overrides={"grid": 2, "input_size": 64, "hidden": 16, "head_channels": 8})
+    return Y.train_yolo(root, "trainval", out,
+                        Y.YOLOConfig(weights="none", grid=2, input_size=64, hidden=16, head_channels=8), cfg)
 
 
 def test_resume_is_exact_and_the_run_detects(tmp_path, shapes_root):
     _tiny(tmp_path / "a", shapes_root, max_iters=4, checkpoint_every=2)
     _tiny(tmp_path / "b", shapes_root, max_iters=2, checkpoint_every=2)
-    Y.train_yolo(shapes_root, "trainval", tmp_path / "b",
+    Y.train_yolo(shapes_root, "trainval", tmp_path / "b", Y.YOLOConfig(weights="none"),
                  TrainConfig(epochs=1, batch_size=2, lr=0.01, warmup_iters=1, progress=False, device="cpu",
-                             max_iters=4, checkpoint_every=2), weights="none", resume=True)
+                             max_iters=4, checkpoint_every=2), resume=True)
     a, b = load_tensors(tmp_path / "a" / "model.safetensors"), load_tensors(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -131,8 +131,8 @@ def test_overfits_a_few_images(tmp_path):
     ds = load_dataset(root, "trainval")
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=60, batch_size=4, lr=0.005, warmup_iters=10, progress=False, device="cpu", lr_steps=())
-    Y.train_yolo(root, "trainval", tmp_path / "run", cfg,
-                 model_overrides={"grid": 4, "input_size": 128, "jitter": 0.0, "exposure": 1.0})
+    Y.train_yolo(root, "trainval", tmp_path / "run", Y.YOLOConfig(grid=4, input_size=128, jitter=0.0, exposure=1.0),
+                 cfg)
     detector = load_detector(tmp_path / "run", device="cpu", config=DetectConfig(score_threshold=0.0, top_k=1))
     hits = 0
     for rec in ds.records:

@@ -143,7 +143,7 @@ def store(shapes_root, tmp_path_factory):
     run_propose([ImageInput(r.image_id, r.path) for r in ds.records], props, proposer=_proposer, progress=False,
                 attrs={"method": "random"})
     full = tmp / "full.h5"
-    F.run_extract_features(ds, props, full, progress=False, **SETTINGS)
+    F.run_extract_features(ds, props, full, F.FeatureConfig(**SETTINGS), progress=False)
     return {"ds": ds, "props": props, "full": full, "tmp": tmp}
 
 
@@ -232,8 +232,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(store):
 def test_two_shards_merged_equal_one_run(store):
     tmp, ds = store["tmp"], store["ds"]
     a, b = tmp / "shard0.h5", tmp / "shard1.h5"
-    F.run_extract_features(ds, store["props"], a, shard="0/2", progress=False, **SETTINGS)
-    F.run_extract_features(ds, store["props"], b, shard=(1, 2), progress=False, **SETTINGS)
+    F.run_extract_features(ds, store["props"], a, F.FeatureConfig(**SETTINGS), shard="0/2", progress=False)
+    F.run_extract_features(ds, store["props"], b, F.FeatureConfig(**SETTINGS), shard=(1, 2), progress=False)
     with F.load_features(a) as r:
         assert r.ids() == [rec.image_id for rec in ds.records][0::2] and r.attrs["shard"] == "0/2"
     merged = tmp / "merged.h5"
@@ -241,7 +241,7 @@ def test_two_shards_merged_equal_one_run(store):
     assert summary["images"] == 8
     _assert_same(_contents(merged), _contents(store["full"]))
     # a rerun of a finished shard does nothing and changes nothing
-    s = F.run_extract_features(ds, store["props"], a, shard="0/2", progress=False, **SETTINGS)
+    s = F.run_extract_features(ds, store["props"], a, F.FeatureConfig(**SETTINGS), shard="0/2", progress=False)
     assert s["extracted"] == 0 and s["done_before"] == 4
 
 
@@ -249,14 +249,14 @@ def test_mismatched_settings_are_refused(store):
     tmp, ds = store["tmp"], store["ds"]
     other = tmp / "other.h5"
     settings = dict(SETTINGS, padding=8)
-    F.run_extract_features(ds, store["props"], other, shard="0/4", progress=False, **settings)
+    F.run_extract_features(ds, store["props"], other, F.FeatureConfig(**settings), shard="0/4", progress=False)
     with pytest.raises(UserError, match="padding 4 vs 8"):
         F.merge_features([store["full"], other], tmp / "bad.h5")
     assert not (tmp / "bad.h5").exists()
     # rerunning into an existing file with other settings: one-line refusal, file untouched
     before = _contents(other)
     with pytest.raises(UserError, match="other settings") as e:
-        F.run_extract_features(ds, store["props"], other, progress=False, **SETTINGS)
+        F.run_extract_features(ds, store["props"], other, F.FeatureConfig(**SETTINGS), progress=False)
     assert "\n" not in str(e.value)
     _assert_same(_contents(other), before)
     with pytest.raises(UserError, match="K/N"):
@@ -274,7 +274,8 @@ def test_cli_merge_refusal_and_unlabelled_images(store, tmp_path):
     # unlabelled images: no gt rows, overlaps 0, labels 0
     images = [rec.path for rec in store["ds"].records[:2]]
     out = tmp_path / "plain.h5"
-    F.run_extract_features([ImageInput(p.stem, p) for p in images], store["props"], out, progress=False, **SETTINGS)
+    F.run_extract_features([ImageInput(p.stem, p) for p in images], store["props"], out, F.FeatureConfig(**SETTINGS),
+                           progress=False)
     with F.load_features(out) as r:
         assert r.attrs["labelled"] is False and r.classes == []
         item = r.get(r.ids()[0])

@@ -39,7 +39,7 @@ def extract_features_cmd(
 ) -> None:
     """R-CNN features of every region (warped with context padding) of every image, into one HDF5 file."""
     from rcnn_cli.data.inputs import is_dataset, load_dataset, resolve_inputs
-    from rcnn_cli.rcnn.features import run_extract_features
+    from rcnn_cli.rcnn.features import FeatureConfig, run_extract_features
 
     if len(inputs) == 1 and is_dataset(inputs[0]):
         data = load_dataset(inputs[0], split, images)
@@ -47,10 +47,11 @@ def extract_features_cmd(
         data = resolve_inputs(inputs, split=split, images=images)
     if len(data) == 0:
         raise UserError("no input images")
-    s = run_extract_features(data, proposals, out, backbone=backbone, weights=weights, layer=layer, warp_size=warp_size,
-                             padding=padding, batch_size=batch_size, dtype=dtype, device=device, shard=shard,
-                             max_proposals=max_proposals, compression=compression, progress=not no_progress,
-                             checkpoint_seconds=checkpoint_seconds, overwrite=overwrite, runtime=runtime)
+    config = FeatureConfig(backbone=backbone, weights=weights, layer=layer, warp_size=warp_size, padding=padding,
+                           batch_size=batch_size, dtype=dtype, max_proposals=max_proposals, compression=compression,
+                           runtime=runtime, device=device)
+    s = run_extract_features(data, proposals, out, config, shard=shard, progress=not no_progress,
+                             checkpoint_seconds=checkpoint_seconds, overwrite=overwrite)
     console.print(f"{s['extracted']} image(s) extracted, {s['done_before']} already done, {s['skipped']} skipped; "
                   f"{s['regions']} regions at {s['crops_per_second']:.1f} crops/s -> {out}", highlight=False)
 

@@ -45,9 +45,8 @@ def train_cmd(
 
     p, sources = O.replayed(ctx, train["config"])
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
-    overrides = {n: p[n] for n in ("backbone", "boxes", "attach", "k", "input_size", "head_only")}
-    summary = train_localizer(dataset, p["split"], out, train_config, images=images, model_overrides=overrides,
-                              weights=p["weights"], resume=p["resume"], sources=sources)
+    summary = train_localizer(dataset, p["split"], out, O.pick_given(p, LocalizerConfig), train_config, images=images,
+                              resume=p["resume"], sources=sources)
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("losses", {}).items())
     console.print(f"trained {summary['iterations']} iterations in {summary['train_time_s']:.0f} s; {losses}",
                   highlight=False)

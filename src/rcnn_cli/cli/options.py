@@ -232,6 +232,15 @@ def replayed(ctx: typer.Context, config: Optional[Path]
     return values, sources
 
 
+def pick_given(values: dict[str, Any], cls: type, **fixed: Any) -> Any:
+    """``cls`` from the parsed parameters named as its fields and not ``None`` (``None``: not given, the
+    class's default), with ``fixed`` over them: a model configuration from a command's options."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names and k not in fixed and v is not None}, **fixed)
+
+
 def pick(values: dict[str, Any], cls: type, **fixed: Any) -> Any:
     """``cls(**values it has fields for, **fixed)``: a configuration dataclass from parsed parameters."""
     from dataclasses import fields
@@ -274,6 +283,12 @@ def _training(d: Any) -> list[tuple[str, Any, Any]]:
                                                     "time, e.g. 20m or 2h: the schedule's epochs (and default lr steps) "
                                                     "cut to what fits at the speed of the first iterations (a ceiling: "
                                                     "give --epochs to train longer).")),
+        ("lr_schedule", str, typer.Option(d.lr_schedule, "--lr-schedule", help="step (x --lr-gamma at --lr-steps) "
+                                          "or cosine (from --lr down to --lr x --lr-final, after the warmup).")),
+        ("lr_final", float, typer.Option(d.lr_final, "--lr-final", help="With --lr-schedule cosine: the last "
+                                         "learning rate as a fraction of --lr.")),
+        ("ema", float, typer.Option(d.ema, "--ema", help="Keep a moving average of the weights with this decay "
+                                    "(e.g. 0.999; 0: none); validation and the saved model use it.")),
         ("compile", bool, typer.Option(False, "--compile", help="torch.compile the training forward (first "
                                        "iterations compile; README: measured speed).")),
         ("progress", bool, progress()),

@@ -49,12 +49,11 @@ def train_cmd(
 
     p, sources = O.replayed(ctx, train["config"])
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
-    overrides = {n: p[n] for n in ("backbone", "boxes", "attach", "input_size", "merge", "merge_threshold", "head_only")}
-    overrides["scales"] = parse_floats(p["scales"], "--scales")
     offs = parse_floats(p["offsets"], "--offsets")
-    overrides["offsets"] = [int(o) for o in offs] if offs is not None else None
-    summary = train_overfeat(dataset, p["split"], out, train_config, images=images, model_overrides=overrides,
-                             weights=p["weights"], resume=p["resume"], sources=sources)
+    model = O.pick_given(p, OverfeatConfig, scales=parse_floats(p["scales"], "--scales") or [],
+                         **({"offsets": [int(o) for o in offs]} if offs is not None else {}))
+    summary = train_overfeat(dataset, p["split"], out, model, train_config, images=images, resume=p["resume"],
+                             sources=sources)
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("losses", {}).items())
     console.print(f"trained {summary['iterations']} iterations in {summary['train_time_s']:.0f} s; {losses}",
                   highlight=False)

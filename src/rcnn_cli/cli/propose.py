@@ -39,7 +39,7 @@ def propose_cmd(
     """Region proposals for every image, stored in one HDF5 file (crash-safe, resumable)."""
     from rcnn_cli.config import parse_shard
     from rcnn_cli.data.inputs import resolve_inputs
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.proposals import ProposalConfig, run_propose
 
     items = resolve_inputs(inputs, split=split, images=images)
     if not items:
@@ -55,10 +55,11 @@ def propose_cmd(
         min_size = 0.0 if min_size is None else min_size
     elif model is not None:
         raise UserError("--model is only used with --method rpn")
-    summary = run_propose(items, out, method=method if proposer is None else "rpn", mode=mode, max_size=max_size,
-                          min_size=20.0 if min_size is None else min_size, limit=limit, workers=workers,
-                          progress=not no_progress, proposer=proposer, attrs=attrs, seed=seed, overwrite=overwrite,
-                          checkpoint_seconds=checkpoint_seconds, shard=parse_shard(shard))
+    config = ProposalConfig(method=method if proposer is None else "rpn", mode=mode, max_size=max_size,
+                            min_size=20.0 if min_size is None else min_size, limit=limit, seed=seed)
+    summary = run_propose(items, out, config, workers=workers, progress=not no_progress, proposer=proposer,
+                          attrs=attrs, overwrite=overwrite, checkpoint_seconds=checkpoint_seconds,
+                          shard=parse_shard(shard))
     console.print(f"{summary['processed']} image(s) processed, {summary['resumed']} resumed, "
                   f"{summary['skipped']} skipped, {summary['fallbacks']} sliding-window fallback(s); "
                   f"{summary['boxes_per_image']:.0f} boxes and {summary['seconds_per_image']:.2f} s per image "

@@ -54,10 +54,9 @@ def train_cmd(
 
     p, sources = O.replayed(ctx, train["config"])
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
-    overrides = {k: p[k] for k in ("backbone", "grid", "boxes_per_cell", "input_size", "head", "hidden", "lambda_coord",
-                                   "lambda_noobj", "jitter", "exposure")}
-    summary = train_yolo(dataset, p["split"], out, train_config, images=images, model_overrides=overrides,
-                         weights=p["weights"], val_split=p["val_split"], resume=p["resume"], sources=sources)
+    model = O.pick_given(p, YOLOConfig)
+    summary = train_yolo(dataset, p["split"], out, model, train_config, images=images, val_split=p["val_split"],
+                         resume=p["resume"], sources=sources)
     if dist_info()[0] != 0:
         return
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("losses", {}).items())

@@ -76,8 +76,10 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def write_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Write a complete checkpoint into a fresh folder, then swap it in with renames.
+def write_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                     extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """Write a complete checkpoint into a fresh folder, then swap it in with renames. ``extra``:
+    more tensors, ``{name: tensors}`` written as ``<name>.safetensors`` (e.g. the weights' moving average).
 
     A kill at any moment leaves either the previous checkpoint or the new one usable: the new one is
     complete before it takes the name; between the two renames the previous one is ``checkpoint.old``,
@@ -94,12 +96,15 @@ def write_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opt
         save_file(weights, str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = _split_optimizer_state(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        for name, tensors in (extra or {}).items():
+            save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+                      str(tmp / f"{name}.safetensors"))
         state = dict(state, optimizer=opt_meta, version=STATE_VERSION)
         with open(tmp / "state.json", "w", encoding="utf-8") as f:
             json.dump(state, f)
             f.flush()
             os.fsync(f.fileno())
-        for name in ("model.safetensors", "optimizer.safetensors"):
+        for name in ("model.safetensors", "optimizer.safetensors", *(f"{n}.safetensors" for n in extra or {})):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         fsync_path(tmp)
@@ -133,3 +138,9 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     except (ValueError, KeyError) as e:
         raise UserError(f"{ckpt}: optimizer state does not fit this model ({e})") from None
     return state
+
+
+def load_extra(ckpt: Path, name: str) -> dict[str, torch.Tensor] | None:
+    """The ``extra`` tensors ``name`` a checkpoint holds (:func:`write_checkpoint`), or ``None``."""
+    path = ckpt / f"{name}.safetensors"
+    return load_tensors(path, name) if path.is_file() else None

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -35,10 +36,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from rcnn_cli.config import format_duration
 from rcnn_cli.engine import budget
+from rcnn_cli.engine.ema import ModelEMA
 from rcnn_cli.engine.checkpoint import (
     CHECKPOINT_DIR,
     find_checkpoint,
     load_checkpoint,
+    load_extra,
     rng_state,
     set_rng_state,
     write_checkpoint,
@@ -92,6 +95,9 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard events into RUN/tensorboard
     compile: bool = False  # torch.compile the training forward (README: bench_train figures)
     time_budget: float | None = None  # seconds (or "30m", "2h"): the schedule capped to fit it (engine/budget.py)
+    lr_schedule: str = "step"  # "step" (x lr_gamma at lr_steps) or "cosine" (from lr down to lr * lr_final)
+    lr_final: float = 0.01     # cosine: the last iteration's learning rate, as a fraction of lr
+    ema: float = 0.0           # the weights' moving-average decay (engine/ema.py), e.g. 0.999; 0: none
 
     def __post_init__(self) -> None:
         from rcnn_cli.config import parse_duration
@@ -108,6 +114,10 @@ class TrainConfig:
         self.lr_steps = tuple(int(s) for s in self.lr_steps)
         if any(s < 1 for s in self.lr_steps):
             raise UserError(f"--lr-steps are epochs, at least 1 (got {', '.join(map(str, self.lr_steps))})")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise UserError(f"--lr-schedule must be step or cosine (got {self.lr_schedule})")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError(f"--ema is a decay in [0, 1), e.g. 0.9998 (got {self.ema})")
         if self.patience is not None and self.patience < 1:
             raise UserError(f"--patience must be at least 1 epoch (got {self.patience})")
 
@@ -186,11 +196,17 @@ def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.de
 # learning rate
 # ----------------------------------------------------------------------------------------------
 
-def lr_at(config: TrainConfig, iteration: int, epoch: int) -> float:
-    """Learning rate at global ``iteration`` (0-based) within ``epoch`` (0-based): linear warmup from
-    ``lr * warmup_factor`` over ``warmup_iters`` iterations, times ``lr_gamma`` for each step epoch
-    already reached. A pure function of the position, so the schedule needs no saved state."""
-    lr = config.lr * config.lr_gamma ** sum(1 for s in config.lr_steps if epoch >= s)
+def lr_at(config: TrainConfig, iteration: int, epoch: int, total_iters: int | None = None) -> float:
+    """Learning rate at global ``iteration`` (0-based) within ``epoch`` (0-based) of a run of
+    ``total_iters``: linear warmup from ``lr * warmup_factor`` over ``warmup_iters`` iterations, times
+    ``lr_gamma`` for each step epoch already reached (``step``) or times ``lr_final + (1 - lr_final)
+    (1 + cos(pi t / T)) / 2`` at iteration ``t`` of ``T`` (``cosine``). A pure function of the
+    position, so the schedule needs no saved state."""
+    if config.lr_schedule == "cosine":
+        t = min(iteration / max(int(total_iters or 1), 1), 1.0)
+        lr = config.lr * (config.lr_final + (1.0 - config.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+    else:
+        lr = config.lr * config.lr_gamma ** sum(1 for s in config.lr_steps if epoch >= s)
     if config.warmup_iters > 0 and iteration < config.warmup_iters:
         alpha = iteration / config.warmup_iters
         lr *= config.warmup_factor * (1 - alpha) + alpha
@@ -308,6 +324,7 @@ class _Loop:
         self.history: list[dict[str, Any]] = []
         self.collate_fn = collate_fn
         self.interrupt = _StopOnSigint(enabled=not self.distributed)
+        self.ema = ModelEMA(model, config.ema) if config.ema else None
 
     # -- setup -------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -336,6 +353,11 @@ class _Loop:
                            saved.get("world_size"))
         if self.amp and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            average = load_extra(ckpt, "ema")
+            if average is None or "ema" not in state:
+                raise UserError(f"{ckpt}: no moving average of the weights (the run was started without --ema)")
+            self.ema.load(average, state["ema"])
         rngs = state.get("rng", [])
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank])
@@ -373,7 +395,7 @@ class _Loop:
     # -- one iteration -----------------------------------------------------------------------
     def step(self, images: list, targets: list) -> tuple[dict[str, float], float, float]:
         """Forward, backward and SGD step on one batch; returns ``(losses, lr, grad norm)``."""
-        lr = lr_at(self.config, self.iteration, self.epoch)
+        lr = lr_at(self.config, self.iteration, self.epoch, self.total_iters)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         images, targets = _to_device(images, targets, self.device)
@@ -386,6 +408,8 @@ class _Loop:
         max_norm = self.config.clip_grad if self.config.clip_grad else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         self._apply(grad_norm, loss)
+        if self.ema is not None:
+            self.ema.update(self.model)
         values = {k: float(v.detach()) for k, v in loss_dict.items()}
         values["loss"] = float(loss.detach())
         return values, lr, float(grad_norm)
@@ -485,7 +509,9 @@ class _Loop:
                 "epoch": self.epoch, "iteration": self.iteration, "batch_in_epoch": self.batch_in_epoch,
                 "train_time": self.train_time, "wall_time": self.elapsed(),
                 "scaler": self.scaler.state_dict() if self.amp else None, "rng": gathered,
-                "train_config": dict(self.config.to_dict(), world_size=self.world, budget_plan=self.plan)})
+                "train_config": dict(self.config.to_dict(), world_size=self.world, budget_plan=self.plan),
+                **({"ema": self.ema.state()[1]} if self.ema else {})},
+                extra={"ema": self.ema.state()[0]} if self.ema else None)
         barrier()
 
     def validate(self, evaluate_fn: Callable | None, record: dict[str, Any]) -> None:
@@ -495,13 +521,13 @@ class _Loop:
             return
         if self.is_main:
             self.model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), (self.ema.applied(self.model) if self.ema else nullcontext()):
                 result = evaluate_fn(self.model, self.epoch) or {}
+                self._keep_best(result.get(self.config.best_metric))  # the weights validated
             self.model.train()
             record.update({f"val_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
             logger.info("epoch %d: %s", self.epoch, ", ".join(
                 f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
-            self._keep_best(result.get(self.config.best_metric))
         if self.distributed:
             flag = [self.stop]
             dist.broadcast_object_list(flag, src=0)
@@ -659,6 +685,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     summary = loop.summary()
     train_record = dict(train_record, **loop.config.to_dict(), **({"time_budget_plan": loop.plan} if loop.plan else {}))
     if loop.is_main:
+        if loop.ema is not None:  # the saved model is the average (the checkpoint keeps the trained weights)
+            loop.ema.copy_to(model)
         save_state(model, out_dir / "model.safetensors")
         write_run(out_dir, kind, model_config or {}, train_record, command,
                   complete=loop.epoch >= loop.config.epochs or loop.stop,

@@ -806,10 +806,10 @@ def _rpn_recall(c, run_dir: Path, top_n: int) -> dict:
     def fn() -> dict:
         from rcnn_cli.data.inputs import ImageInput
         from rcnn_cli.evaluation.recall import recall_stats
-        from rcnn_cli.proposals import run_propose
+        from rcnn_cli.proposals import ProposalConfig, run_propose
 
         proposer = rpn_proposer(run_dir, device=c.device, post_nms_top_n=top_n)
-        run_propose([ImageInput(r.image_id, r.path) for r in d.test_ds.records], rpn_file, min_size=0,
+        run_propose([ImageInput(r.image_id, r.path) for r in d.test_ds.records], rpn_file, ProposalConfig(min_size=0),
                     proposer=proposer, attrs=rpn_attrs(run_dir, top_n), progress=c.progress,
                     command=f"{c.command} (RPN proposals)")
         return c.recall_summary(recall_stats(d.test_ds, rpn_file))

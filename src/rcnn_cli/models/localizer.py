@@ -23,7 +23,7 @@ to a square ``input_size`` (224) before the network.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -252,13 +252,13 @@ def _model_config_from(run_dir: Path) -> LocalizerConfig:
     return model_config(run_dir, NAME, LocalizerConfig)
 
 
-def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
-                    images: str | Path | None = None, model_overrides: dict | None = None, weights: str = "imagenet",
-                    resume: bool = False, command: str = "rcnn localize train",
-                    sources: dict[str, str] | None = None) -> dict:
-    """Train a localizer on :func:`rcnn_cli.engine.train`; ``model_overrides`` are
-    :class:`LocalizerConfig` fields (``None``: not given). Head-only training caches the trunk's
-    features in ``out/features.h5``. Returns the engine's summary (+ ``"model_config"``)."""
+def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path, model: LocalizerConfig | None,
+                    train_config, *, images: str | Path | None = None, resume: bool = False,
+                    command: str = "rcnn localize train", sources: dict[str, str] | None = None) -> dict:
+    """Train a localizer (``model``: its :class:`LocalizerConfig`, the classes taken from the data;
+    ``None``: the defaults) on :func:`rcnn_cli.engine.train` with ``train_config``. Head-only training
+    caches the trunk's features in ``out/features.h5``. Returns the engine's summary (+
+    ``"model_config"``)."""
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.engine import train
@@ -270,23 +270,22 @@ def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path
     if resume and (out / "config.json").is_file():
         cfg = _model_config_from(out)
     else:
-        given = {k: v for k, v in (model_overrides or {}).items() if v is not None}
-        cfg = LocalizerConfig(classes=list(ds.classes), weights=str(weights), **given)
-        cfg.weights_id = weights_id(cfg.backbone, weights)
+        cfg = replace(model or LocalizerConfig(), classes=list(ds.classes))
+        cfg.weights_id = weights_id(cfg.backbone, cfg.weights)
         cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records)}
     seed_everything(train_config.seed)
-    model = Localizer(cfg, weights)
-    features = cache_features(model, ds, out / "features.h5") if cfg.head_only else None
+    network = Localizer(cfg, cfg.weights)
+    features = cache_features(network, ds, out / "features.h5") if cfg.head_only else None
     data = LocalizationDataset(ds, cfg.k, seed=train_config.seed, features=features)
-    model.from_features = features is not None
+    network.from_features = features is not None
     groups = None if cfg.head_only else [
-        {"params": list(model.trunk.parameters()), "lr_mult": float(cfg.trunk_lr_mult)},
-        {"params": [p for n, p in model.named_parameters() if not n.startswith("trunk.")]}]
+        {"params": list(network.trunk.parameters()), "lr_mult": float(cfg.trunk_lr_mult)},
+        {"params": [p for n, p in network.named_parameters() if not n.startswith("trunk.")]}]
     try:
-        summary = train(model, data, out, train_config, resume=resume, model_config=cfg, command=command,
+        summary = train(network, data, out, train_config, resume=resume, model_config=cfg, command=command,
                         kind=NAME, sources=sources, param_groups=groups)
     finally:
-        model.from_features = False
+        network.from_features = False
     summary["model_config"] = cfg.to_dict()
     return summary
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -287,13 +287,12 @@ def _scales_from(ds, cfg: OverfeatConfig) -> list[float]:
     return choose_scales(stats.longest, stats.long, cfg.input_size, cfg.fill, cfg.max_side)
 
 
-def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
-                   images: str | Path | None = None, model_overrides: dict | None = None, weights: str = "imagenet",
-                   resume: bool = False, command: str = "rcnn overfeat train",
-                   sources: dict[str, str] | None = None) -> dict:
-    """Train Overfeat's window classifier and regressor on :func:`rcnn_cli.engine.train`;
-    ``model_overrides`` are :class:`OverfeatConfig` fields (``None``: not given; ``scales`` chosen
-    from the training boxes when not given, recorded as chosen). Returns the engine's summary (+
+def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path, model: OverfeatConfig | None,
+                   train_config, *, images: str | Path | None = None, resume: bool = False,
+                   command: str = "rcnn overfeat train", sources: dict[str, str] | None = None) -> dict:
+    """Train Overfeat's window classifier and regressor (``model``: its :class:`OverfeatConfig`, the
+    classes taken from the data; empty ``scales`` are chosen from the training boxes, recorded as
+    chosen) on :func:`rcnn_cli.engine.train` with ``train_config``. Returns the engine's summary (+
     ``"model_config"``)."""
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
@@ -307,19 +306,19 @@ def train_overfeat(dataset_path: str | Path, split: str | None, out: str | Path,
     if resume and (out / "config.json").is_file():
         cfg = model_config(out, NAME, OverfeatConfig)
     else:
-        given = {k: v for k, v in (model_overrides or {}).items() if v is not None}
-        cfg = OverfeatConfig(classes=list(ds.classes), weights=str(weights), **given)
-        cfg.weights_id = weights_id(cfg.backbone, weights)
+        cfg = replace(model or OverfeatConfig(), classes=list(ds.classes))
+        given_scales = bool(cfg.scales)
+        cfg.weights_id = weights_id(cfg.backbone, cfg.weights)
         if not cfg.scales:
             cfg.scales = _scales_from(ds, cfg)
             logger.info("scales %s: the training objects' sizes (10th-90th percentile) at the window's fill %s",
                         cfg.scales, cfg.fill)
         cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records),
-                          "scales": "given" if given.get("scales") else "chosen from the training boxes"}
+                          "scales": "given" if given_scales else "chosen from the training boxes"}
     seed_everything(train_config.seed)
-    model = Localizer(cfg, weights)
+    network = Localizer(cfg, cfg.weights)
     data = WindowDataset(ds, cfg, seed=train_config.seed)
-    summary = train(model, data, out, train_config, collate_fn=collate_windows, resume=resume, model_config=cfg,
+    summary = train(network, data, out, train_config, collate_fn=collate_windows, resume=resume, model_config=cfg,
                     command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
     return summary
@@ -454,10 +453,10 @@ def _compare_step(c) -> None:
               "device": c.device, "train_split": d.train_split, **d.data_id}
 
     def train(resume: bool) -> dict:
-        model = {k: V[k] for k in ("input_size", "offsets", "merge")}
-        return train_overfeat(d.path, d.train_split, run_dir, c.train_config(V), images=d.images,
-                              model_overrides=dict(model, backbone=c.backbone),
-                              weights=c.settings["model"]["weights"], resume=resume, command=f"{c.command} ({NAME})")
+        model = OverfeatConfig(**{k: V[k] for k in ("input_size", "offsets", "merge")}, backbone=c.backbone,
+                               weights=c.settings["model"]["weights"])
+        return train_overfeat(d.path, d.train_split, run_dir, model, c.train_config(V), images=d.images,
+                              resume=resume, command=f"{c.command} ({NAME})")
 
     result = c.train_and_evaluate(
         NAME, config, run_dir, train,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -455,14 +455,14 @@ def make_evaluate_fn(dataset, classes: Sequence[str]) -> Callable[[nn.Module, in
     return evaluate_fn
 
 
-def train_yolo(dataset_path: str | Path, split: str | None, out: str | Path, train_config, *,
-               images: str | Path | None = None, model_overrides: dict | None = None, weights: str = "imagenet",
-               val_split: str | None = None, resume: bool = False, command: str = "rcnn yolo train",
-               sources: dict[str, str] | None = None) -> dict:
-    """Train YOLO v1 on a labelled split with :func:`rcnn_cli.engine.train`; ``model_overrides`` are
-    :class:`YOLOConfig` fields (``backbone``, ``grid``, ``boxes_per_cell``, ``input_size``, ...;
-    ``None`` values are not given). Writes ``out/model.safetensors`` and ``out/config.json``; returns
-    the engine's summary (+ ``"model_config"``)."""
+def train_yolo(dataset_path: str | Path, split: str | None, out: str | Path, model: YOLOConfig | None,
+               train_config, *, images: str | Path | None = None, val_split: str | None = None,
+               resume: bool = False, command: str = "rcnn yolo train", sources: dict[str, str] | None = None) -> dict:
+    """Train YOLO v1 (``model``: its :class:`YOLOConfig`, the classes taken from the data; ``None``: the
+    defaults) on a labelled split with :func:`rcnn_cli.engine.train` and ``train_config`` (a
+    :class:`rcnn_cli.engine.trainer.TrainConfig`). Writes ``out/model.safetensors`` and
+    ``out/config.json``; returns the engine's summary (+ ``"model_config"``). With ``resume``, the
+    recorded model configuration is used."""
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
     from rcnn_cli.engine.dataset import DetectionDataset
@@ -476,21 +476,17 @@ def train_yolo(dataset_path: str | Path, split: str | None, out: str | Path, tra
         cfg = _model_config_from(out)
         logger.info("resuming with the model configuration recorded in %s", out / "config.json")
     else:
-        given = {k: v for k, v in (model_overrides or {}).items() if v is not None}
-        unknown = set(given) - {f.name for f in fields(YOLOConfig)}
-        if unknown:
-            raise UserError(f"unknown YOLO setting '{sorted(unknown)[0]}'")
-        cfg = YOLOConfig(classes=list(ds.classes), weights=str(weights), **given)
-        cfg.weights_id = weights_id(cfg.backbone, weights)
+        cfg = replace(model or YOLOConfig(), classes=list(ds.classes))
+        cfg.weights_id = weights_id(cfg.backbone, cfg.weights)
         cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records)}
     if list(cfg.classes) != list(ds.classes):
         raise UserError(f"{out}: the checkpoint was trained on classes {cfg.classes}, this split has {ds.classes}")
     seed_everything(train_config.seed)
-    model = build_model(cfg, weights=weights)
+    network = build_model(cfg, weights=cfg.weights)
     evaluate_fn = None
     if val_split:
         evaluate_fn = make_evaluate_fn(load_dataset(dataset_path, val_split, images, classes=list(ds.classes)), ds.classes)
-    summary = train(model, DetectionDataset(ds, flip=True, seed=train_config.seed), out, train_config, resume=resume,
+    summary = train(network, DetectionDataset(ds, flip=True, seed=train_config.seed), out, train_config, resume=resume,
                     model_config=cfg, evaluate_fn=evaluate_fn, command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
     return summary
@@ -573,9 +569,8 @@ def _compare_step(c) -> None:
         model = {k: Y[k] for k in ("input_size", "grid", "boxes_per_cell")}
         model.update(backbone=c.backbone, score_thresh=float(D["score_threshold"]), nms_thresh=float(D["nms"]),
                      detections_per_img=int(D["top_k"]))
-        return train_yolo(d.path, d.train_split, run_dir, c.train_config(Y), images=d.images,
-                          model_overrides=model, weights=c.settings["model"]["weights"], resume=resume,
-                          command=f"{c.command} ({NAME})")
+        return train_yolo(d.path, d.train_split, run_dir, YOLOConfig(**model, weights=c.settings["model"]["weights"]),
+                          c.train_config(Y), images=d.images, resume=resume, command=f"{c.command} ({NAME})")
 
     c.results[NAME] = c.train_and_evaluate(NAME, config, run_dir, train,
                                            lambda: YOLODetector.from_run(run_dir, device=c.device))

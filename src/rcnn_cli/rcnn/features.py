@@ -67,6 +67,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -88,6 +89,7 @@ from rcnn_cli.log import logger, progress_bar
 from rcnn_cli.memory import release_memory, reuse_memory
 
 __all__ = [
+    "FeatureConfig",
     "enlarge_boxes",
     "warp_regions",
     "region_targets",
@@ -536,33 +538,63 @@ def _proposal_settings(reader) -> dict[str, Any]:
     return {k: v.item() if hasattr(v, "item") else v for k, v in keep.items()}
 
 
-def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str = "efficientnet_lite0",
-                         weights: str | os.PathLike = "imagenet", layer: str | None = None,
-                         warp_size: int | None = None, padding: int = 16, batch_size: int = 64,
-                         dtype: str = "float16", device: str = "auto", shard: tuple[int, int] | str | None = None,
-                         max_proposals: int | None = None, compression: str | None = None, progress: bool = True,
-                         prefetch: int = 4, checkpoint_seconds: float = 20.0, overwrite: bool = False,
-                         command: str = "rcnn extract-features",
-                         extractor: FeatureExtractor | None = None, runtime: str = "torch") -> dict[str, Any]:
-    """Extract R-CNN features of every region of every image into the HDF5 store ``out``.
+@dataclass(frozen=True)
+class FeatureConfig:
+    """What a features file is made with (recorded in it; resuming into it with other settings is refused).
 
-    ``data``: a labelled :class:`rcnn_cli.data.Dataset` (ground-truth boxes become regions, with
-    overlaps/labels) or a list of :class:`rcnn_cli.data.ImageInput` (unlabelled). ``proposals``: a
-    :class:`rcnn_cli.proposals.ProposalReader` or a path. ``shard=(K, N)``: every N-th image from
-    K. Resumable and crash-safe (see the module docstring); ``overwrite`` starts afresh. Images that fail to load or have no
-    proposals entry are skipped with a warning. Returns ``{"images", "done_before", "extracted",
-    "skipped", "regions", "seconds", "crops_per_second", "out"}``.
+    ``backbone``, ``weights`` (``imagenet``, ``none`` or a ``.safetensors`` file) and ``layer`` (the
+    backbone's default when ``None``) pick the network; each region is warped to ``warp_size``
+    (the backbone's native size when ``None``) with ``padding`` pixels of context; ``batch_size``
+    regions per forward pass; features stored as ``dtype``; ``max_proposals``: the top-K proposals
+    per image (``None``: all); ``compression``: ``none``, ``gzip`` or ``lzf``; ``runtime``: the
+    network's (``torch``, ``onnxruntime``, ``openvino``, ``auto``); ``device``: ``auto``, ``cpu``, ``cuda``.
     """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    layer: str | None = None
+    warp_size: int | None = None
+    padding: int = 16
+    batch_size: int = 64
+    dtype: str = "float16"
+    max_proposals: int | None = None
+    compression: str | None = None
+    runtime: str = "torch"
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.max_proposals is not None and self.max_proposals < 0:
+            raise UserError(f"--max-proposals {self.max_proposals}: must be >= 0")
+        if self.compression not in (None, "none", "gzip", "lzf"):
+            raise UserError(f"--compression {self.compression}: choose none, gzip or lzf")
+
+
+def run_extract_features(data, proposals, out: str | os.PathLike, config: FeatureConfig | None = None, *,
+                         shard: tuple[int, int] | str | None = None, progress: bool = True, prefetch: int = 4,
+                         checkpoint_seconds: float = 20.0, overwrite: bool = False,
+                         command: str = "rcnn extract-features",
+                         extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+    """Extract R-CNN features of every region of every image into the HDF5 store ``out`` with the
+    settings ``config`` (:class:`FeatureConfig`; ``None``: its defaults).
+
+    ``data``: a labelled :class:`rcnn_cli.data.dataset.Dataset` (ground-truth boxes become regions,
+    with overlaps/labels) or a list of :class:`rcnn_cli.data.inputs.ImageInput` (unlabelled).
+    ``proposals``: a :class:`rcnn_cli.proposals.ProposalReader` or a path. ``shard=(K, N)``: every
+    N-th image from K. Resumable and crash-safe (see the module docstring); ``overwrite`` starts
+    afresh; ``extractor``: a ready :class:`FeatureExtractor` (the network settings of ``config``
+    are then its own). Images that fail to load or have no proposals entry are skipped with a
+    warning. Returns ``{"images", "done_before", "extracted", "skipped", "regions", "seconds",
+    "crops_per_second", "out"}``.
+    """
+    config = config or FeatureConfig()
+    config.check()
+    max_proposals, compression, weights = config.max_proposals, config.compression, config.weights
     from rcnn_cli import proposals as P
     from rcnn_cli.data.dataset import Dataset
     from rcnn_cli.io import write_run_record
 
     out = Path(out)
     shard = parse_shard(shard) if isinstance(shard, str) else shard
-    if max_proposals is not None and max_proposals < 0:
-        raise UserError(f"--max-proposals {max_proposals}: must be >= 0")
-    if compression not in (None, "none", "gzip", "lzf"):
-        raise UserError(f"--compression {compression}: choose none, gzip or lzf")
     labelled = isinstance(data, Dataset)
     if labelled:
         items = [(r.image_id, r.path, r) for r in data.records]
@@ -579,8 +611,9 @@ def run_extract_features(data, proposals, out: str | os.PathLike, backbone: str 
     own_reader = not hasattr(proposals, "boxes")
     reader = P.load(proposals) if own_reader else proposals
     try:
-        fx = extractor or FeatureExtractor(backbone, weights, layer, warp_size, padding, batch_size, device, dtype,
-                                           runtime=runtime, cache_dir=Path(out).parent / "graphs")
+        fx = extractor or FeatureExtractor(config.backbone, weights, config.layer, config.warp_size, config.padding,
+                                           config.batch_size, config.device, config.dtype, runtime=config.runtime,
+                                           cache_dir=Path(out).parent / "graphs")
         file_attrs = {
             "format": FORMAT, "format_version": FORMAT_VERSION, **fx.config, "weights": str(weights),
             "max_proposals": int(max_proposals or 0), "labelled": bool(labelled), "classes": classes,

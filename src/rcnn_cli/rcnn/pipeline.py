@@ -462,11 +462,12 @@ def _propose_stage(r: _Run, tag: str) -> None:
         prop_cfg.update(rpn_model=rpn["attrs"]["model"], rpn_weights=rpn["weights_sha256"])
 
     def propose() -> dict:
-        from rcnn_cli.proposals import run_propose
+        from rcnn_cli.proposals import ProposalConfig, run_propose
 
         inputs = [ImageInput(x.image_id, x.path) for x in r.dataset(tag).records]
-        return jsonable(run_propose(inputs, out, method=cfg.method, mode=cfg.mode, max_size=cfg.max_size,
-                                    min_size=cfg.min_size, limit=cfg.limit, workers=cfg.workers, progress=r.progress,
+        config = ProposalConfig(method=cfg.method, mode=cfg.mode, max_size=cfg.max_size, min_size=cfg.min_size,
+                                limit=cfg.limit)
+        return jsonable(run_propose(inputs, out, config, workers=cfg.workers, progress=r.progress,
                                     proposer=rpn["proposer"]() if rpn else None, attrs=rpn["attrs"] if rpn else None))
 
     r.st.run(f"propose-{tag}", dict(prop_cfg, split=r.split(tag), **r.data.data_id), [out], propose,
@@ -474,7 +475,7 @@ def _propose_stage(r: _Run, tag: str) -> None:
 
 
 def _features_stage(r: _Run, tag: str) -> None:
-    from rcnn_cli.rcnn.features import run_extract_features
+    from rcnn_cli.rcnn.features import FeatureConfig, run_extract_features
 
     cfg, out = r.cfg, r.features(tag)
     c = {"backbone": cfg.backbone, "layer": cfg.layer, "warp_size": cfg.warp_size, "padding": cfg.padding,
@@ -482,10 +483,10 @@ def _features_stage(r: _Run, tag: str) -> None:
          "weights": r.start_weights if r.weights_stage is None else r.st.hashes[r.weights_stage]}
 
     def extract() -> dict:
-        return jsonable(run_extract_features(r.dataset(tag), r.proposals(tag), out, backbone=cfg.backbone,
-                                             weights=r.weights, layer=cfg.layer, warp_size=cfg.warp_size,
-                                             padding=cfg.padding, batch_size=cfg.batch_size, dtype=cfg.dtype,
-                                             device=cfg.device, progress=r.progress, runtime=cfg.runtime))
+        config = FeatureConfig(backbone=cfg.backbone, weights=str(r.weights), layer=cfg.layer, warp_size=cfg.warp_size,
+                               padding=cfg.padding, batch_size=cfg.batch_size, dtype=cfg.dtype, runtime=cfg.runtime,
+                               device=cfg.device)
+        return jsonable(run_extract_features(r.dataset(tag), r.proposals(tag), out, config, progress=r.progress))
 
     r.st.run(f"features-{tag}{r.suffix}", c, [out], extract, clean=[out, out.with_name(out.name + ".config.json")])
 
