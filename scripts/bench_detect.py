@@ -142,11 +142,11 @@ def train_tiny(args, data: Path, work: Path) -> dict[str, Path]:
         train_fast_rcnn(ds, work / "fast", TrainConfig(**tc), mc, out["proposals_train"], weights=args.weights)
         out["fast"] = work / "fast"
     if not args.faster_model:
-        from rcnn_cli.models.faster_rcnn import train_faster
+        from rcnn_cli.models.faster_rcnn import FasterRCNNConfig, train_faster
 
-        train_faster(data, "trainval", work / "faster", TrainConfig(**tc), backbone=args.backbone, weights=args.weights,
-                     min_size=args.min_size, max_size=args.max_size,
-                     model_overrides={"rpn_post_nms_top_n_test": args.rpn_top_n}, fit=False)
+        model = FasterRCNNConfig(backbone=args.backbone, weights=args.weights, min_size=args.min_size,
+                                 max_size=args.max_size, rpn_post_nms_top_n_test=args.rpn_top_n)
+        train_faster(data, "trainval", work / "faster", model, TrainConfig(**tc), fit=False)
         out["faster"] = work / "faster"
     console.print(f"tiny models ready in {time.perf_counter() - t0:.0f} s ({work})", highlight=False)
     return out

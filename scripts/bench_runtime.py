@@ -124,12 +124,12 @@ def tiny_faster(work: Path, min_size: int, max_size: int) -> Path:
     """A Faster R-CNN run trained for 2 iterations (timing does not depend on accuracy)."""
     from rcnn_cli.data.shapes import make_shapes
     from rcnn_cli.engine import TrainConfig
-    from rcnn_cli.models.faster_rcnn import train_faster
+    from rcnn_cli.models.faster_rcnn import FasterRCNNConfig, train_faster
 
     data = make_shapes(work / "data", train=2, test=0, size=256, seed=0)
     out = work / f"faster_{min_size}"
-    train_faster(data, "trainval", out, TrainConfig(epochs=1, max_iters=2, warmup_iters=1, progress=False,
-                                                      device="cpu"), min_size=min_size, max_size=max_size, fit=False)
+    train_faster(data, "trainval", out, FasterRCNNConfig(min_size=min_size, max_size=max_size),
+                 TrainConfig(epochs=1, max_iters=2, warmup_iters=1, progress=False, device="cpu"), fit=False)
     return out
 
 

@@ -72,14 +72,15 @@ def run_variant(kind: str, channels_last: bool, pre_nms: int | None, ds, data: P
     go to :class:`rcnn_cli.engine.TrainConfig` (e.g. ``device``, ``amp``)."""
     from rcnn_cli.engine import TrainConfig
     from rcnn_cli.models.fast_rcnn import FastRCNNConfig, train_fast_rcnn
-    from rcnn_cli.models.faster_rcnn import train_faster
+    from rcnn_cli.models.faster_rcnn import FasterRCNNConfig, train_faster
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(epochs=1000, max_iters=args.iters, warmup_iters=5, log_every=args.warmup, progress=False,
                       channels_last=channels_last, seed=0, compile=compile, **train_options)
     if kind == "faster":
-        train_faster(data, split, out, cfg, anchor_sizes=[32.0, 96.0, 256.0], min_size=args.min_size,
-                     max_size=args.max_size, model_overrides={"rpn_pre_nms_top_n_train": pre_nms}, fit=False)
+        model = FasterRCNNConfig(anchor_sizes=[32.0, 96.0, 256.0], min_size=args.min_size, max_size=args.max_size,
+                                 rpn_pre_nms_top_n_train=pre_nms)
+        train_faster(data, split, out, model, cfg, fit=False)
     else:
         model_cfg = FastRCNNConfig(classes=list(ds.classes), min_size=args.min_size, max_size=args.max_size)
         train_fast_rcnn(ds, out, cfg, model_cfg, proposals)

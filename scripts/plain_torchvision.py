@@ -19,7 +19,7 @@ def plain_torchvision(faster_dir: Path, device):
 
     from rcnn_cli.backbones import build_trunk
     from rcnn_cli.io.tensors import load_state
-    from rcnn_cli.models.faster_rcnn import _model_config_from, _Trunk
+    from rcnn_cli.models.faster_rcnn.model import _model_config_from, _Trunk
 
     cfg = _model_config_from(faster_dir)
     if cfg.fpn or cfg.head != "mlp" or int(cfg.representation_size) != 1024:

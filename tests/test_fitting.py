@@ -152,11 +152,11 @@ def budget_steps(epochs: int):
 
 
 def test_faster_records_chosen_and_given_values(tmp_path, shapes_root):
-    from rcnn_cli.models.faster_rcnn import train_faster
+    from rcnn_cli.models.faster_rcnn import FasterRCNNConfig, train_faster
 
     cfg = TrainConfig(epochs=1, max_iters=1, warmup_iters=1, progress=False, device="cpu")
-    train_faster(shapes_root, "trainval", tmp_path / "run", cfg, weights="none", min_size=128,
-                 sources={"min_size": "command line"})
+    train_faster(shapes_root, "trainval", tmp_path / "run", FasterRCNNConfig(weights="none", min_size=128), cfg,
+                 given={"weights", "min_size"}, sources={"min_size": "command line"})
     rec = json.loads((tmp_path / "run" / "config.json").read_text())
     fitted = rec["model"]["trained_on"]["fitted"]
     assert rec["model"]["min_size"] == 128 and "min_size" not in fitted and "epochs" not in fitted
@@ -168,7 +168,7 @@ def test_faster_records_chosen_and_given_values(tmp_path, shapes_root):
     assert rec["model"]["color_jitter"] == 0.0 and "color_jitter" not in fitted  # an option, not chosen
     assert rec["sources"]["min_size"] == "command line" and rec["sources"]["max_size"].startswith("chosen: ")
     paper = tmp_path / "paper"
-    train_faster(shapes_root, "trainval", paper, cfg, weights="none", fit=False)
+    train_faster(shapes_root, "trainval", paper, FasterRCNNConfig(weights="none"), cfg, fit=False)
     m = json.loads((paper / "config.json").read_text())["model"]
     assert (m["min_size"], m["max_size"], m["anchor_sizes"], m["train_min_sizes"]) == (600, 1000, [128, 256, 512], None)
     assert m["trained_on"]["fitted"] == {}
@@ -193,12 +193,15 @@ def coco_like(tmp_path_factory):
 
 def test_init_loads_every_tensor_but_the_predictor_and_trains(tmp_path, shapes_root, coco_like):
     from rcnn_cli.io.tensors import load_tensors
-    from rcnn_cli.models.faster_rcnn import PREDICTOR, train_faster
+    from rcnn_cli.models.faster_rcnn import FPN_ANCHOR_SIZES, PREDICTOR, FasterRCNNConfig, train_faster
 
     d, state = coco_like
     cfg = TrainConfig(epochs=1, max_iters=1, lr=1e-9, warmup_iters=1, progress=False, device="cpu")
-    summary = train_faster(shapes_root, "trainval", tmp_path / "run", cfg, backbone="resnet50", fpn=True,
-                           weights="none", min_size=128, max_size=128, init=str(d / "coco.safetensors"))
+    model = FasterRCNNConfig(backbone="resnet50", fpn=True, weights="none", min_size=128, max_size=128,
+                             anchor_sizes=list(FPN_ANCHOR_SIZES))
+    summary = train_faster(shapes_root, "trainval", tmp_path / "run", model, cfg,
+                           given={"backbone", "fpn", "weights", "min_size", "max_size"},
+                           init=str(d / "coco.safetensors"))
     assert summary["iterations"] == 1 and all(np.isfinite(v) for v in summary["losses"].values())
     trained = load_tensors(tmp_path / "run" / "model.safetensors")
     for k, v in trained.items():
@@ -216,15 +219,17 @@ def test_init_from_torchvisions_mobilenet_fpn_detector(tmp_path, shapes_root):
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
     from rcnn_cli.io.tensors import load_tensors
-    from rcnn_cli.models.faster_rcnn import PREDICTOR, train_faster
+    from rcnn_cli.models.faster_rcnn import FPN_ANCHOR_SIZES, PREDICTOR, FasterRCNNConfig, train_faster
 
     torch.manual_seed(0)
     state = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
     path = tmp_path / "coco_mobilenet.pth"
     torch.save(state, path)
     cfg = TrainConfig(epochs=1, max_iters=1, lr=1e-9, warmup_iters=1, progress=False, device="cpu")
-    train_faster(shapes_root, "trainval", tmp_path / "run", cfg, backbone="mobilenet_v3_large", fpn=True,
-                 weights="none", min_size=128, max_size=128, init=str(path))
+    model = FasterRCNNConfig(backbone="mobilenet_v3_large", fpn=True, weights="none", min_size=128, max_size=128,
+                             anchor_sizes=list(FPN_ANCHOR_SIZES))
+    train_faster(shapes_root, "trainval", tmp_path / "run", model, cfg,
+                 given={"backbone", "fpn", "weights", "min_size", "max_size"}, init=str(path))
     trained = load_tensors(tmp_path / "run" / "model.safetensors")
     assert set(trained) == {k for k in state if not k.endswith("num_batches_tracked")} | \
         {k for k in trained if k.endswith("num_batches_tracked")}
@@ -236,21 +241,23 @@ def test_init_from_torchvisions_mobilenet_fpn_detector(tmp_path, shapes_root):
     rec = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert rec["trained_on"]["init"]["not_loaded"] == [] and rec["anchor_sizes"] == [32, 64, 128, 256, 512]
     with pytest.raises(UserError, match="mobilenet_v3_large has no single-level trunk"):
-        train_faster(shapes_root, "trainval", tmp_path / "no_fpn", cfg, backbone="mobilenet_v3_large",
-                     weights="none", min_size=128, max_size=128)
+        train_faster(shapes_root, "trainval", tmp_path / "no_fpn",
+                     FasterRCNNConfig(backbone="mobilenet_v3_large", weights="none", min_size=128, max_size=128), cfg,
+                     given={"backbone", "weights", "min_size", "max_size"})
 
 
 def test_init_errors_are_one_line(tmp_path, shapes_root, coco_like, monkeypatch):
     from torchvision.models._api import WeightsEnum
 
-    from rcnn_cli.models.faster_rcnn import init_state, train_faster
+    from rcnn_cli.models.faster_rcnn import FasterRCNNConfig, init_state, train_faster
 
     d, _ = coco_like
     assert set(init_state(str(d / "coco.pth"))) == set(init_state(str(d / "coco.safetensors")))
     cfg = TrainConfig(epochs=1, max_iters=1, progress=False, device="cpu")
     with pytest.raises(UserError, match="tensors fit this model"):  # COCO's resnet50 into EfficientNet-Lite0
-        train_faster(shapes_root, "trainval", tmp_path / "a", cfg, weights="none", min_size=128, max_size=128,
-                     init=str(d / "coco.safetensors"))
+        train_faster(shapes_root, "trainval", tmp_path / "a",
+                     FasterRCNNConfig(weights="none", min_size=128, max_size=128), cfg,
+                     given={"weights", "min_size", "max_size"}, init=str(d / "coco.safetensors"))
     bad = tmp_path / "code.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "fn": SimpleNamespace(x=1)}, bad)
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):  # pickled objects are refused
@@ -267,7 +274,8 @@ def test_init_errors_are_one_line(tmp_path, shapes_root, coco_like, monkeypatch)
 
 
 def test_fast_rcnn_fits_only_the_named_settings():
-    from rcnn_cli.models.fast_rcnn import FastRCNNConfig, _fitted
+    from rcnn_cli.models.fast_rcnn import FastRCNNConfig
+    from rcnn_cli.models.fast_rcnn.train import _fitted
 
     ds = _dataset([(640, 480, [("a", 40.0), ("b", 120.0)])] * 4)
     model, train_cfg, sources = _fitted(ds, FastRCNNConfig(classes=["a", "b"], max_size=900),

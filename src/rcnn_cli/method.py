@@ -11,10 +11,34 @@ group (``rcnn faster ...``), its folder and key in ``rcnn compare``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
-__all__ = ["Method", "Export", "CompareEntry", "resize_text"]
+__all__ = ["Method", "Export", "CompareEntry", "ModelConfig", "resize_text", "schedule_text", "measured"]
+
+
+@dataclass
+class ModelConfig:
+    """What every method's model configuration (the run's ``model`` record) starts with: the classes,
+    the backbone and the weights it started from (``imagenet``, ``none`` or a file; ``weights_id``
+    names them exactly), the record's ``kind`` and ``version``. A subclass adds its own settings and
+    gives ``kind`` and ``version`` their values."""
+
+    classes: list[str] = field(default_factory=list)
+    backbone: str = "efficientnet_lite0"
+    kind: str = ""
+    version: int = 1
+    weights: str = "imagenet"
+    weights_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """From a run's record (settings this version does not know are left out)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,29 @@ class Method:
     backbone: Callable[[Any], tuple[Any, Any]] | None = None
     export: Export | None = None
     compare: CompareEntry | None = None
+
+
+def measured(report: Mapping[str, Any], names: tuple[str, ...], *path: str) -> list[float] | None:
+    """``report["results"][name][path...]`` of each of ``names``, or ``None`` when a method was not run
+    or a figure is missing (a claim is then left out)."""
+    if any(n not in report["methods"] for n in names):
+        return None
+    values = []
+    for n in names:
+        v: Any = report["results"].get(n, {})
+        for key in path:
+            v = v.get(key) if isinstance(v, Mapping) else None
+        if v is None:
+            return None
+        values.append(float(v))
+    return values
+
+
+def schedule_text(s: Mapping[str, Any], unit: str = "") -> str:
+    """A training schedule (``epochs``, ``lr``, ``lr_steps``, ``batch_size``, ``max_iters``) as ``rcnn
+    compare`` states it; ``unit``: what a batch counts (e.g. `` images``)."""
+    text = f"{s['epochs']} epochs, lr {s['lr']} (x0.1 at epochs {s['lr_steps']}), batch {s['batch_size']}{unit}"
+    return text + (f", at most {s['max_iters']} iterations" if s.get("max_iters") else "")
 
 
 def resize_text(s: Mapping[str, Any], short: bool = True) -> str:

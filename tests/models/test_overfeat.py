@@ -13,6 +13,7 @@ from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.models import overfeat as O
 from rcnn_cli.models.localizer import Localizer
+from rcnn_cli.models.overfeat.train import _matches
 
 
 @pytest.mark.parametrize("attach,boxes", [("conv", "specific"), ("fc", "agnostic")])
@@ -93,7 +94,7 @@ def test_training_windows_hold_their_object():
         longest = torch.maximum(boxes[l, 2] - boxes[l, 0], boxes[l, 3] - boxes[l, 1]) / side
         assert 0.4 - 1e-6 <= longest <= 0.9 + 1e-6
     for w in win[~pos]:
-        assert not O._matches(w, boxes, cfg.fill).any() and float(w[2] - w[0]) == pytest.approx(64)
+        assert not _matches(w, boxes, cfg.fill).any() and float(w[2] - w[0]) == pytest.approx(64)
 
 
 def test_config_refuses_bad_values():

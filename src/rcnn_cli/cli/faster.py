@@ -13,7 +13,7 @@ from rcnn_cli.cli.detect import detect_cmd
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
-from rcnn_cli.models.faster_rcnn import TRAIN_DEFAULTS, FasterRCNNConfig
+from rcnn_cli.models.faster_rcnn import FPN_ANCHOR_SIZES, TRAIN_DEFAULTS, FasterRCNNConfig
 
 faster_app = group("faster")
 
@@ -87,19 +87,18 @@ def train_cmd(
     if init in COCO_INITS and sources["backbone"] != "default" and p["backbone"] != COCO_INITS[init][0]:
         raise UserError(f"--init {init} is a {COCO_INITS[init][0]} FPN detector (not --backbone {p['backbone']})")
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
-    overrides = {k: p[k] for k in _MODEL_FIELDS}
-    if defaults == "paper":
-        overrides = {k: getattr(_M, k) if v is None else v for k, v in overrides.items()}
     sizes = parse_floats(p["train_min_sizes"], "--train-sizes")
-    summary = train_faster(dataset, p["split"], out, train_config, images=images, backbone=p["backbone"],
-                           weights=p["weights"], fpn=p["fpn"], head=p["head"],
-                           anchor_sizes=parse_floats(p["anchor_sizes"], "--anchor-sizes"),
-                           aspect_ratios=parse_floats(p["aspect_ratios"], "--aspect-ratios"),
-                           auto_anchors=p["auto_anchors"], min_size=p["min_size"], max_size=p["max_size"],
-                           train_sizes=[int(v) for v in sizes] if sizes else None, val_split=p["val_split"],
-                           resume=p["resume"], model_overrides=overrides, sources=sources, fit=defaults == "data",
+    values = dict(backbone=p["backbone"], weights=p["weights"], fpn=p["fpn"], head=p["head"],
+                  anchor_sizes=parse_floats(p["anchor_sizes"], "--anchor-sizes"),
+                  aspect_ratios=parse_floats(p["aspect_ratios"], "--aspect-ratios"), auto_anchors=p["auto_anchors"],
+                  min_size=p["min_size"], max_size=p["max_size"],
+                  train_min_sizes=[int(v) for v in sizes] if sizes else None, **{k: p[k] for k in _MODEL_FIELDS})
+    given = {k: v for k, v in values.items() if v is not None}  # the rest: chosen from the data (or the paper's)
+    pyramid = {"anchor_sizes": list(FPN_ANCHOR_SIZES)} if p["fpn"] and "anchor_sizes" not in given else {}
+    summary = train_faster(dataset, p["split"], out, FasterRCNNConfig(**given, **pyramid), train_config, given=set(given),
+                           fit=defaults == "data",
                            fit_schedule=defaults == "data" and sources["epochs"] == sources["lr_steps"] == "default",
-                           init=init)
+                           images=images, val_split=p["val_split"], resume=p["resume"], init=init, sources=sources)
     if dist_info()[0] != 0:
         return  # under torchrun, rank 0 reports
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("losses", {}).items())

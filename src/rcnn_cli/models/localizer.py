@@ -23,7 +23,7 @@ to a square ``input_size`` (224) before the network.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +35,7 @@ from torch import nn
 from rcnn_cli.detector import DetectConfig, DetectSettings, Detector, settings_in_effect
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
-from rcnn_cli.method import Method
+from rcnn_cli.method import Method, ModelConfig
 
 __all__ = ["LocalizerConfig", "Localizer", "localization_targets", "LocalizerDetector", "train_localizer",
            "TRAIN_DEFAULTS"]
@@ -47,15 +47,11 @@ TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 16, "lr": 0.01, "weight_decay": 1e
 
 
 @dataclass
-class LocalizerConfig:
+class LocalizerConfig(ModelConfig):
     """Everything needed to rebuild a localizer (the run's ``model`` record); validates itself."""
 
-    classes: list[str] = field(default_factory=list)
-    backbone: str = "efficientnet_lite0"
     kind: str = "localizer"
     version: int = MODEL_VERSION
-    weights: str = "imagenet"
-    weights_id: str | None = None
     boxes: str = "agnostic"     # "agnostic" (4 numbers per box) or "specific" (C x 4)
     attach: str = "fc"          # "fc" (pooled features) or "conv" (the last convolutional map)
     k: int = 1                  # boxes per image
@@ -79,14 +75,6 @@ class LocalizerConfig:
             raise UserError(f"--attach must be fc or conv (got '{self.attach}')")
         if int(self.k) < 1 or int(self.input_size) < 32 or int(self.input_size) % 32:
             raise UserError(f"--k must be >= 1 and --input-size a multiple of 32 (got {self.k}, {self.input_size})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LocalizerConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def localization_targets(boxes: torch.Tensor, labels: torch.Tensor, width: float, height: float, k: int
@@ -260,7 +248,7 @@ def train_localizer(dataset_path: str | Path, split: str | None, out: str | Path
     caches the trunk's features in ``out/features.h5``. Returns the engine's summary (+
     ``"model_config"``)."""
     from rcnn_cli.backbones import weights_id
-    from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
+    from rcnn_cli.data.inputs import load_training_dataset, training_split
     from rcnn_cli.engine import train
     from rcnn_cli.device import seed_everything
 

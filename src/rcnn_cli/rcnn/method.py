@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rcnn_cli.log import logger
-from rcnn_cli.method import CompareEntry, Export, Method
+from rcnn_cli.method import CompareEntry, Export, Method, measured
 from rcnn_cli.rcnn.classifiers import PAPER_LAMBDA, SVMConfig
 from rcnn_cli.rcnn.model import NAME, RCNNDetector
 
@@ -125,12 +125,10 @@ def _describe_hog(s: Mapping[str, Any], report: Mapping[str, Any]) -> str:
 
 def _hog_claim(report: Mapping[str, Any]) -> str | None:
     """The lecture: CNN features are a big improvement over HOG."""
-    res = report["results"]
-    if NAME not in report["methods"] or HOG_NAME not in report["methods"]:
+    maps = measured(report, (HOG_NAME, NAME), "mAP", "voc12")
+    if maps is None:
         return None
-    mh, mc = res[HOG_NAME].get("mAP", {}).get("voc12"), res[NAME].get("mAP", {}).get("voc12")
-    if None in (mh, mc):
-        return None
+    mh, mc = maps
     return (f"- lecture: CNN features are a big improvement over pre-CNN HOG features. Here, the same "
             f"R-CNN chain: {100 * mc:.1f} (CNN) vs {100 * mh:.1f} (HOG) mAP (VOC12) -> "
             f"{'holds' if mc > mh else 'does not hold'}.")

@@ -424,10 +424,11 @@ def _faster_stage(r: _Run) -> None:
         from rcnn_cli.engine import TrainConfig
         tc = TrainConfig(**dict(faster_rcnn.TRAIN_DEFAULTS, seed=cfg.seed, device=cfg.device, time_budget=budget,
                                 progress=r.progress))
-        summary = faster_rcnn.train_faster(r.data.path, r.data.train_split, out, tc, images=r.data.images, backbone=cfg.backbone,
-                               head=cfg.faster_head, model_overrides={"box_batch_size_per_image": FASTER_ROIS[cfg.faster_head]},
-                               resume=(out / "checkpoint").exists(), command=f"rcnn pipeline ({faster_rcnn.NAME})",
-                               fit_schedule=True)
+        model = faster_rcnn.FasterRCNNConfig(backbone=cfg.backbone, head=cfg.faster_head,
+                                             box_batch_size_per_image=FASTER_ROIS[cfg.faster_head])
+        summary = faster_rcnn.train_faster(r.data.path, r.data.train_split, out, model, tc, fit_schedule=True,
+                                           images=r.data.images, resume=(out / "checkpoint").exists(),
+                                           command=f"rcnn pipeline ({faster_rcnn.NAME})")
         return {k: summary.get(k) for k in ("iterations", "train_time_s", "images_per_s", "time_budget")}
 
     prev = r.st.record_path(faster_rcnn.NAME)

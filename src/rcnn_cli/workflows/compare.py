@@ -254,6 +254,12 @@ class Context:
     def status(self, names: Sequence[str]) -> str:
         return "reused" if all(self.st.timings[n]["status"] == "skipped" for n in names) else "ran"
 
+    def stage_config(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """A training stage's configuration (its hash decides reuse): the method's ``settings`` with the
+        backbone, weights, seed, device, training split and the data's identity."""
+        return {**settings, "backbone": self.backbone, "weights": self.settings["model"]["weights"], "seed": self.seed,
+                "device": self.device, "train_split": self.data.train_split, **self.data.data_id}
+
     def train_config(self, s: Mapping[str, Any]):
         from rcnn_cli.engine import TrainConfig
 

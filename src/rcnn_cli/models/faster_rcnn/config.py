@@ -1,0 +1,127 @@
+"""Faster R-CNN's configuration: :class:`FasterRCNNConfig` (everything needed to rebuild the network, the
+run's ``model`` record), its defaults and checks, and the method's name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Sequence
+
+from rcnn_cli.detector import REGRESSED_NMS, DetectConfig
+from rcnn_cli.errors import UserError
+from rcnn_cli.fitting import RPN_TEST_PROPOSALS
+from rcnn_cli.method import ModelConfig
+
+
+MODEL_KIND = "faster_rcnn"
+#: The method's one name: its runs' kind, command group and folder in ``rcnn compare``.
+NAME = "faster"
+
+#: Training settings of ``rcnn faster train`` that differ from :class:`rcnn_cli.engine.TrainConfig`'s.
+TRAIN_DEFAULTS = {"epochs": 12}
+MODEL_VERSION = 1
+
+#: Anchor sizes (pixels of the resized image): the paper's, and one per level of a feature pyramid.
+PAPER_ANCHOR_SIZES = (128.0, 256.0, 512.0)
+FPN_ANCHOR_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)
+
+
+def _check_anchors(cfg: "FasterRCNNConfig") -> None:
+    sizes, ratios = cfg.anchor_sizes, cfg.aspect_ratios
+    if not sizes or any(float(s) <= 0 for s in sizes):
+        raise UserError(f"anchor sizes must be positive numbers (got {sizes})")
+    if not ratios or any(float(r) <= 0 for r in ratios):
+        raise UserError(f"aspect ratios must be positive numbers (got {ratios})")
+    if cfg.fpn and len(sizes) != 5:
+        raise UserError(f"with --fpn give 5 anchor sizes (ResNet-50: one per pyramid level P2-P6; MobileNetV3: all "
+                        f"five at each of its 3 levels; got {len(sizes)})")
+
+
+@dataclass
+class FasterRCNNConfig(ModelConfig):
+    """Everything needed to rebuild the network (the run's ``model`` record); defaults are the paper's
+    (torchvision's where the paper is silent). Validates itself; unknown names are a UserError.
+    The ``rpn_*`` and ``box_*`` settings are torchvision ``FasterRCNN``'s arguments of the same name."""
+
+    method: ClassVar[str] = NAME  # the runs it is trained in
+
+    kind: str = MODEL_KIND
+    version: int = MODEL_VERSION
+    fpn: bool = False
+    head: str = "mlp"                 # "mlp" (TwoMLPHead) or "backbone" (build_head)
+    representation_size: int = 1024
+    frozen_modules: int | None = None  # None: the backbone registry's frozen_modules
+    image_mean: list[float] | None = None  # None: the backbone's normalisation
+    image_std: list[float] | None = None
+    min_size: int = 600
+    max_size: int = 1000
+    train_min_sizes: list[int] | None = None  # multi-scale training: shorter sides drawn per image (+ min_size)
+    color_jitter: float = 0.0         # training: brightness, contrast, saturation x 1 +- up to this (DetectionDataset)
+    anchor_sizes: list[float] = field(default_factory=lambda: list(PAPER_ANCHOR_SIZES))  # FPN_ANCHOR_SIZES with fpn
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    auto_anchors: bool = False
+    rpn_nms_thresh: float = 0.7
+    rpn_pre_nms_top_n_train: int = 12000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 6000
+    rpn_post_nms_top_n_test: int = RPN_TEST_PROPOSALS
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    roi_output_size: int = 7
+    roi_sampling_ratio: int = 2
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 128
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = DetectConfig.score_threshold
+    box_nms_thresh: float = REGRESSED_NMS
+    box_detections_per_img: int = DetectConfig.top_k
+    trained_on: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from rcnn_cli.backbones import get_spec
+
+        spec = get_spec(self.backbone)
+        self.classes = list(self.classes)
+        self.image_mean = list(self.image_mean or spec.mean)
+        self.image_std = list(self.image_std or spec.std)
+        self.anchor_sizes = [float(v) for v in self.anchor_sizes]
+        self.aspect_ratios = [float(v) for v in self.aspect_ratios]
+        if self.fpn and self.backbone not in FPN_BACKBONES:
+            raise UserError(f"--fpn is available for {', '.join(FPN_BACKBONES)} (not {self.backbone})")
+        if self.head not in ("mlp", "backbone"):
+            raise UserError(f"head must be 'mlp' or 'backbone' (got '{self.head}')")
+        if self.fpn and self.head == "backbone":
+            raise UserError("head 'backbone' is not available with --fpn (use the MLP head)")
+        for name in ("min_size", "max_size"):
+            if int(getattr(self, name)) < 16:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 16 (got {getattr(self, name)})")
+        if int(self.max_size) < int(self.min_size):
+            raise UserError(f"--max-size ({self.max_size}) is smaller than --min-size ({self.min_size})")
+        sizes = self.train_min_sizes
+        if sizes is not None and (not sizes or any(int(v) < 16 for v in sizes)):
+            raise UserError(f"training sizes must be at least 16 pixels (got {sizes})")
+        _check_anchors(self)
+
+
+def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0", **overrides: Any) -> FasterRCNNConfig:
+    """The paper's configuration for ``classes`` with ``overrides`` (``None`` values are not given).
+
+    Names not known here are a :class:`UserError` (typos must not pass silently).
+    """
+    names = {f.name for f in fields(FasterRCNNConfig)}
+    for key in overrides:
+        if key not in names:
+            raise UserError(f"unknown Faster R-CNN setting '{key}'")
+    cfg = FasterRCNNConfig(classes=list(classes), backbone=backbone,
+                           **{k: v for k, v in overrides.items() if v is not None})
+    if not cfg.classes:
+        raise UserError("Faster R-CNN needs at least one class")
+    return cfg
+
+
+#: Backbones with a feature pyramid: the body's layers named as the registry network's (prefix),
+#: the pyramid levels the RoI pooling reads, and whether every anchor size sits at every level.
+FPN_BACKBONES = {"resnet50": ("", ["0", "1", "2", "3"], False),
+                 "mobilenet_v3_large": ("features.", ["0", "1"], True)}
