@@ -60,7 +60,7 @@ def _compare_step(c) -> None:
     def train(resume: bool) -> dict:
         model = FasterRCNNConfig(
             **{k: G[k] for k in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-                                 "rpn_post_nms_top_n_test", "anchor_sizes", "aspect_ratios")},
+                                 "rpn_post_nms_top_n_test", "anchor_sizes", "aspect_ratios") if G[k] is not None},
             backbone=c.backbone, weights=c.settings["model"]["weights"],
             head="backbone" if c.backbone in ("vgg16", "alexnet") else "mlp", auto_anchors=bool(G["auto_anchors"]),
             min_size=int(G["min_size"]), max_size=int(G["max_size"]), box_score_thresh=float(D["score_threshold"]),
