@@ -25,36 +25,22 @@ Store layout (HDF5, one file)
 File attributes: ``format="rcnn-proposals"``, ``format_version``, ``version`` (package),
 ``method``, ``mode``, ``max_size``, ``min_size``, ``limit`` (``0`` = none; the reader gives
 ``None``), ``seed``, ``filter_min_size``/``filter_limit`` (the box filter actually applied),
-``uuid``, ``config`` (JSON of the run record), plus any ``attrs`` given by the caller.
+``config`` (JSON of the run record), plus any ``attrs`` given by the caller.
 Group ``/proposals`` (insertion order tracked) holds one float32 ``(N, 4)`` dataset per image,
 named by the image id with ``%`` -> ``%25`` and ``/`` -> ``%2F`` (and ``.`` -> ``%2E``);
-dataset attributes: ``image_id``, ``width``, ``height``, ``seconds`` (resize + search + filter),
-``load_seconds`` (decoding), ``method`` (actually used), ``fallback``, ``note``, ``complete``.
+dataset attributes: ``image_id``, ``order`` (place in the run's inputs), ``width``, ``height``,
+``seconds`` (resize + search + filter), ``load_seconds`` (decoding), ``method`` (actually used),
+``fallback``, ``note``, ``complete``.
 
-Crash safety (why a SIGKILL at any moment cannot corrupt the file)
-------------------------------------------------------------------
-HDF5 updates metadata in place and a process killed while HDF5 writes (or flushes) can leave a
-file that no longer opens, so ``OUT`` is **never modified in place**:
-
-1. ``OUT`` is created at start by an atomic rename (empty, with its attributes), so it always
-   exists and always opens.
-2. Workers return each image's result to the parent, which appends it to the write-ahead journal
-   ``OUT.journal`` (length-prefixed records with a CRC32, each written with one ``write`` and
-   flushed to the OS: a SIGKILL cannot lose it, only tear the last record, which the CRC detects
-   and recovery drops) and only then counts the image as done.
-3. Every ``checkpoint_seconds`` (default 30 s, stretched so that checkpoints cost under 5 % of
-   the run) and at the end, the parent *commits*: it copies ``OUT`` to a temporary file beside
-   it, adds the journalled images (each with ``complete=True``), closes and fsyncs it and
-   ``os.replace``s it onto ``OUT`` (atomic), then truncates the journal. A kill before the rename
-   leaves the old ``OUT`` plus the journal; a kill after it leaves records that are already in
-   ``OUT``, which replay skips. A clean end removes the journal.
-4. Rerunning the same command replays the journal (records whose file ``uuid`` matches), commits,
-   and skips every image already done. :func:`load` also reads a journal left beside ``OUT`` (read
-   only), so every image whose record was written is visible even before a rerun.
-
-An exclusive ``flock`` on the journal refuses a second concurrent writer to the same ``OUT``.
-Rerunning into an existing file with different settings is refused (use a new ``--out`` or
-``--overwrite``).
+Crash safety and resuming
+-------------------------
+The store is :class:`rcnn_cli.io.store.ImageStore`: finished images go into part files renamed
+into place every ``checkpoint_seconds`` (default 5 s, so a kill loses at most a few seconds of
+search), and ``OUT`` is built once, atomically, when the run ends. Rerunning the same command skips
+every image already published. :func:`load` reads ``OUT`` and the published parts of a run that is
+still going or was killed (read only), so every published image is visible before a rerun. An
+exclusive lock refuses a second concurrent writer; rerunning into a file of different settings is
+refused (use a new ``--out`` or ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -64,14 +50,12 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shutil
-import struct
 import time
-import uuid as uuidlib
-import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -80,6 +64,7 @@ from rcnn_cli import __version__
 from rcnn_cli.boxes import resize_boxes
 from rcnn_cli.io.files import fsync_path
 from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id, unescape_id
+from rcnn_cli.io.store import ImageStore, h5_attr, published
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger
 
@@ -357,221 +342,28 @@ def _work_proposer(proposer: Callable, image_id: str, path, limit: int | None, m
 
 
 # ----------------------------------------------------------------------------------------------
-# journal (write-ahead log of finished images)
+# the store
 # ----------------------------------------------------------------------------------------------
 
-_MAGIC = b"RPJ1"
-_HEAD = struct.Struct("<4sIQI")  # magic, header length, payload length, crc32(header + payload)
-
-
-def _encode_record(header: dict, payload: bytes = b"") -> bytes:
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    return _HEAD.pack(_MAGIC, len(h), len(payload), zlib.crc32(h + payload)) + h + payload
-
-
-def _read_records(data: bytes) -> tuple[list[tuple[dict, bytes]], int]:
-    """Parse journal bytes: the valid records and the byte length they span (a torn tail is dropped)."""
-    records, pos = [], 0
-    while pos + _HEAD.size <= len(data):
-        magic, hl, pl, crc = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + hl + pl
-        if magic != _MAGIC or end > len(data):
-            break
-        body = data[pos + _HEAD.size:end]
-        if zlib.crc32(body) != crc:
-            break
-        try:
-            header = json.loads(body[:hl].decode("utf-8"))
-        except ValueError:
-            break
-        records.append((header, bytes(body[hl:])))
-        pos = end
-    return records, pos
-
-
-def _journal_path(out: Path) -> Path:
-    return out.with_name(out.name + ".journal")
-
-
-def _record_to_result(header: dict, payload: bytes) -> dict:
-    rec = dict(header)
-    rec["boxes"] = np.frombuffer(payload, dtype="<f4").reshape(-1, 4).astype(np.float32)
-    return rec
-
-
-def _read_journal(out: Path, uuid: str) -> list[dict]:
-    """Image records of the journal beside ``out`` that belong to the file with ``uuid``."""
-    jp = _journal_path(out)
-    try:
-        data = jp.read_bytes()
-    except OSError:
-        return []
-    records, _ = _read_records(data)
-    if not records or records[0][0].get("kind") != "header" or records[0][0].get("uuid") != uuid:
-        return []
-    return [_record_to_result(h, p) for h, p in records[1:] if h.get("kind") == "image"]
-
-
-# ----------------------------------------------------------------------------------------------
-# the writer
-# ----------------------------------------------------------------------------------------------
-
-def _h5_value(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v)
-    if isinstance(v, Path):
-        return str(v)
-    return v
-
-
-def _write_image(group: h5py.Group, rec: dict) -> None:
-    name = escape_id(rec["image_id"])
-    if name in group:
-        del group[name]
+def _write_image(group: h5py.Group, name: str, rec: dict) -> h5py.Dataset:
+    """One image's ``(N, 4)`` float32 boxes as the dataset ``name``, its facts as attributes."""
     ds = group.create_dataset(name, data=np.asarray(rec["boxes"], np.float32).reshape(-1, 4))
-    for key in ("image_id", "width", "height", "seconds", "load_seconds", "method", "fallback", "note"):
-        ds.attrs[key] = _h5_value(rec.get(key, ""))
-    ds.attrs["complete"] = True  # set last
+    for key in ("width", "height", "seconds", "load_seconds", "method", "fallback", "note"):
+        ds.attrs[key] = h5_attr(rec.get(key, ""))
+    return ds
 
 
-class _Store:
-    """The crash-safe writer described in the module docstring (parent process only)."""
+def _checker(file_attrs: dict):
+    """The store's ``check``: refuse a file whose identity settings differ from ``file_attrs``."""
+    requested = {k: attr_value(h5_attr(v)) for k, v in file_attrs.items() if k not in _META_KEYS}
 
-    def __init__(self, out: Path, file_attrs: dict, overwrite: bool = False, checkpoint_seconds: float = 30.0):
-        import fcntl
-
-        self.out = Path(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.journal_path = _journal_path(self.out)
-        self.checkpoint_seconds = float(checkpoint_seconds)
-        self._interval = self.checkpoint_seconds
-        self.pending: list[dict] = []
-        self.done: set[str] = set()
-        self.journal = open(self.journal_path, "a+b")
-        try:
-            fcntl.flock(self.journal.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.journal.close()
-            raise UserError(f"{self.out}: another process is writing this proposals file") from None
-        try:
-            self._open(file_attrs, overwrite)
-        except BaseException:
-            self.journal.close()
-            raise
-
-    def _open(self, file_attrs: dict, overwrite: bool) -> None:
-        for stale in self.out.parent.glob(f".{self.out.name}.*.tmp"):  # from a kill during a commit
-            stale.unlink(missing_ok=True)
-        if overwrite and self.out.exists():
-            self.out.unlink()
-        if self.out.exists():
-            existing = _read_file_attrs(self.out)
-            requested = {k: attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in _META_KEYS}
-            diffs = [f"{k}={existing.get(k)!r} (now {v!r})" for k, v in requested.items()
-                     if attr_value(existing.get(k)) != v]
-            if diffs:
-                raise UserError(f"{self.out} was made with different settings: {', '.join(diffs)}; "
-                                "use a new --out or --overwrite")
-            self.uuid = str(existing["uuid"])
-            with h5py.File(self.out, "r") as f:
-                g = f[GROUP]
-                self.done = {str(attr_value(ds.attrs["image_id"])) for ds in g.values()
-                             if bool(ds.attrs.get("complete", False))}
-        else:
-            self.uuid = uuidlib.uuid4().hex
-            from rcnn_cli.io import atomic_path
-
-            with atomic_path(self.out) as tmp:
-                with h5py.File(tmp, "w") as f:
-                    for k, v in file_attrs.items():
-                        f.attrs[k] = _h5_value(v)
-                    f.attrs["uuid"] = self.uuid
-                    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                    f.create_group(GROUP, track_order=True)
-                fsync_path(tmp)
-        # Journal: replay records of this file, drop a torn tail and anything stale.
-        self.journal.seek(0)
-        records, valid_len = _read_records(self.journal.read())
-        if records and records[0][0].get("kind") == "header" and records[0][0].get("uuid") == self.uuid:
-            replay = [_record_to_result(h, p) for h, p in records[1:] if h.get("kind") == "image"]
-            self.journal.truncate(valid_len)
-        else:
-            if records:
-                logger.warning("%s: ignoring a journal that belongs to another file", self.journal_path)
-            replay = []
-            self._reset_journal()
-        recovered = [r for r in replay if r["image_id"] not in self.done]
-        if recovered:
-            logger.info("recovered %d image(s) from %s", len(recovered), self.journal_path)
-            self.pending = recovered
-            self.done |= {r["image_id"] for r in recovered}
-            self.commit()
-        self._last_commit = time.monotonic()
-
-    def _reset_journal(self) -> None:
-        self.journal.seek(0)
-        self.journal.truncate(0)
-        self.journal.write(_encode_record({"kind": "header", "uuid": self.uuid}))
-        self.journal.flush()
-
-    def add(self, rec: dict) -> None:
-        """Journal one finished image (kill-safe once this returns) and commit when due."""
-        boxes = np.ascontiguousarray(rec["boxes"], dtype="<f4").reshape(-1, 4)
-        header = {k: attr_value(v) for k, v in rec.items() if k != "boxes"}
-        header["kind"] = "image"
-        self.journal.seek(0, os.SEEK_END)
-        self.journal.write(_encode_record(header, boxes.tobytes()))
-        self.journal.flush()
-        self.pending.append(dict(rec, boxes=boxes))
-        self.done.add(rec["image_id"])
-        if time.monotonic() - self._last_commit >= self._interval:
-            self.commit()
-
-    def commit(self) -> None:
-        """Copy ``out``, add the pending images, fsync, rename onto ``out``; then empty the journal."""
-        if not self.pending:
-            return
-        from rcnn_cli.io import atomic_path
-
-        t0 = time.monotonic()
-        with atomic_path(self.out) as tmp:
-            shutil.copyfile(self.out, tmp)
-            with h5py.File(tmp, "r+") as f:
-                g = f[GROUP]
-                for rec in self.pending:
-                    _write_image(g, rec)
-            fsync_path(tmp)
-        try:
-            fsync_path(self.out.parent)
-        except OSError:  # pragma: no cover
-            pass
-        self.pending = []
-        self._reset_journal()
-        took = time.monotonic() - t0
-        self._interval = max(self.checkpoint_seconds, 20.0 * took)  # checkpoints cost <= ~5 %
-        self._last_commit = time.monotonic()
-
-    def close(self, clean: bool = True) -> None:
-        try:
-            self.commit()
-            if clean and not self.pending:
-                self.journal_path.unlink(missing_ok=True)
-        finally:
-            self.journal.close()
-
-
-def _read_file_attrs(path: Path) -> dict:
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-            ok = attrs.get("format") == FORMAT and GROUP in f
-    except OSError as e:
-        raise UserError(f"{path}: not a readable HDF5 file ({e}); use a new --out or --overwrite") from None
-    if not ok:
-        raise UserError(f"{path}: not a proposals file; use a new --out or --overwrite")
-    return attrs
+    def check(path: Path, existing: dict) -> None:
+        diffs = [f"{k}={existing.get(k)!r} (now {v!r})" for k, v in requested.items()
+                 if attr_value(existing.get(k)) != v]
+        if diffs:
+            raise UserError(f"{path} was made with different settings: {', '.join(diffs)}; "
+                            "use a new --out or --overwrite")
+    return check
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,16 +393,16 @@ def _file_attrs(settings: dict, attrs: dict | None, shard: tuple[int, int] | Non
         file_attrs.update({k: v for k, v in attrs.items() if k not in _META_KEYS})
     if shard is not None:
         file_attrs["shard"] = f"{shard[0]}/{shard[1]}"
-    config = dict({k: attr_value(_h5_value(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
+    config = dict({k: attr_value(h5_attr(v)) for k, v in file_attrs.items() if k not in ("format", "format_version")},
                   out=str(out), images=images)
     file_attrs["config"] = json.dumps(run_record(command, config))
     return file_attrs, config
 
 
-def _store_results(results: Iterable[dict], store: "_Store", total: int, resumed: int, progress: bool
-                   ) -> tuple[int, int, list[int], list[float]]:
-    """Add each image's proposals to ``store`` (errors logged and skipped) under a progress bar;
-    returns ``(skipped, fallbacks, boxes per stored image, seconds per stored image)``."""
+def _store_results(results: Iterable[dict], store: ImageStore, order: dict[str, int], total: int, resumed: int,
+                   progress: bool) -> tuple[int, int, list[int], list[float]]:
+    """Add each image's proposals to ``store`` at its ``order`` (errors logged and skipped) under a
+    progress bar; returns ``(skipped, fallbacks, boxes per stored image, seconds per stored image)``."""
     from rcnn_cli.log import progress_bar
 
     skipped, fallbacks, nboxes, secs = 0, 0, [], []
@@ -621,7 +413,7 @@ def _store_results(results: Iterable[dict], store: "_Store", total: int, resumed
                 skipped += 1
                 logger.warning("skipping %s: %s", res["image_id"], res["error"])
             else:
-                store.add(res)
+                store.add(res["image_id"], order[res["image_id"]], partial(_write_image, rec=res))
                 nboxes.append(len(res["boxes"]))
                 secs.append(res["seconds"])
                 if res.get("fallback"):
@@ -632,14 +424,38 @@ def _store_results(results: Iterable[dict], store: "_Store", total: int, resumed
     return skipped, fallbacks, nboxes, secs
 
 
+@contextmanager
+def _results(todo: list, search: dict, proposer: Callable | None, method_name: str, workers: int, cpu: int
+             ) -> Iterator[Iterable[dict]]:
+    """Each image's result, in input order: from ``proposer`` in process, or from ``search``
+    (:func:`propose_image` settings) in ``workers`` processes (the pool ends with the block)."""
+    if proposer is not None:
+        yield (_work_proposer(proposer, i.image_id, i.path, search["limit"], search["min_size"], method_name)
+               for i in todo)
+        return
+    tasks = [(i.image_id, str(i.path), search) for i in todo]
+    if workers == 1:
+        yield (_work(t) for t in tasks)
+        return
+    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(max(1, cpu // workers),))
+    try:
+        yield pool.imap(_work, tasks, chunksize=1)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 def run_propose(inputs: list, out: str | os.PathLike, config: ProposalConfig | None = None, *,
                 workers: int | None = None, progress: bool = True, proposer: Callable | None = None,
-                attrs: dict | None = None, overwrite: bool = False, checkpoint_seconds: float = 30.0,
+                attrs: dict | None = None, overwrite: bool = False, checkpoint_seconds: float = 5.0,
                 command: str = "rcnn propose", shard: tuple[int, int] | None = None) -> dict:
     """Compute proposals for ``inputs`` (:class:`rcnn_cli.data.inputs.ImageInput`) into the HDF5 store
     ``out`` with the settings ``config`` (:class:`ProposalConfig`; ``None``: its defaults).
 
-    Resumes: images already in ``out`` (or its journal) are skipped. A missing or unreadable image
+    Resumes: images already in ``out`` (or its published parts) are skipped. A missing or unreadable image
     is logged and skipped; :class:`UserError` if no image at all could be processed. With
     ``proposer`` (``PIL.Image -> (N, 4)`` original pixels), that callable runs in process instead of
     ``config.method`` (its boxes are clipped, filtered by ``min_size`` and deduplicated, ``limit``
@@ -664,40 +480,23 @@ def run_propose(inputs: list, out: str | os.PathLike, config: ProposalConfig | N
     settings = {"method": method, "mode": mode, "max_size": int(max_size or 0), "min_size": float(min_size),
                 "limit": int(limit or 0), "seed": int(seed), "filter_min_size": float(min_size),
                 "filter_limit": int(limit or 0)}
-    file_attrs, config = _file_attrs(settings, attrs, shard, out, len(unique), command)
+    file_attrs, record = _file_attrs(settings, attrs, shard, out, len(unique), command)
     method_name = str(file_attrs.get("method", method))
+    search = {"method": method, "mode": mode, "max_size": max_size, "min_size": min_size, "limit": limit, "seed": seed}
 
-    store = _Store(out, file_attrs, overwrite=overwrite, checkpoint_seconds=checkpoint_seconds)
-    resumed = sum(1 for inp in unique if inp.image_id in store.done)
-    todo = [inp for inp in unique if inp.image_id not in store.done]
-    workers = max(1, min(workers, len(todo))) if proposer is None else 1
-    clean = False
-    pool = None
-    try:
-        if proposer is not None:
-            results: Iterable[dict] = (_work_proposer(proposer, i.image_id, i.path, limit, min_size, method_name) for i in todo)
-        else:
-            ss = {"method": method, "mode": mode, "max_size": max_size, "min_size": min_size, "limit": limit, "seed": seed}
-            tasks = [(i.image_id, str(i.path), ss) for i in todo]
-            if workers == 1:
-                results = (_work(t) for t in tasks)
-            else:
-                pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(max(1, cpu // workers),))
-                results = pool.imap(_work, tasks, chunksize=1)
-        skipped, fallbacks, nboxes, secs = _store_results(results, store, len(unique), resumed, progress)
+    with ImageStore(out, file_attrs, group=GROUP, check=_checker(file_attrs), what="propose",
+                    checkpoint_seconds=checkpoint_seconds, overwrite=overwrite) as store:
+        resumed = sum(1 for inp in unique if inp.image_id in store.done)
+        todo = [inp for inp in unique if inp.image_id not in store.done]
+        workers = max(1, min(workers, len(todo))) if proposer is None else 1
+        with _results(todo, search, proposer, method_name, workers, cpu) as results:
+            order = {inp.image_id: i for i, inp in enumerate(unique)}
+            skipped, fallbacks, nboxes, secs = _store_results(results, store, order, len(unique), resumed, progress)
         processed = len(nboxes)
-        clean = True
-    finally:
-        if pool is not None:
-            if clean:
-                pool.close()
-            else:
-                pool.terminate()
-            pool.join()
-        store.close(clean=clean)
-    if processed + resumed == 0 and len(unique) > 0:
-        raise UserError(f"no image could be processed ({skipped} skipped, see the log)")
-    write_run_record(out, command, config)
+        if processed + resumed == 0 and len(unique) > 0:
+            raise UserError(f"no image could be processed ({skipped} skipped, see the log)")
+        store.finish()
+    write_run_record(out, command, record)
     return {"images": len(unique), "processed": processed, "resumed": resumed, "skipped": skipped,
             "fallbacks": fallbacks, "boxes_per_image": float(np.mean(nboxes)) if nboxes else 0.0,
             "seconds_per_image": float(np.median(secs)) if secs else 0.0, "workers": workers, "out": str(out)}
@@ -708,63 +507,57 @@ def run_propose(inputs: list, out: str | os.PathLike, config: ProposalConfig | N
 # ----------------------------------------------------------------------------------------------
 
 class ProposalReader(StoreReader):
-    """Lazy reader of a proposals file (and of a journal left beside it by an interrupted run)."""
+    """Lazy reader of a proposals file, and of the published parts of a run still going or killed."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.is_file():
+        files = published(self.path)
+        if not files:
             raise UserError(f"{self.path}: proposals file not found")
+        self._files: list[h5py.File] = []
         try:
-            self._f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise UserError(f"{self.path}: not a readable HDF5 file ({e})") from None
-        raw = {k: attr_value(v) for k, v in self._f.attrs.items()}
-        if raw.get("format") != FORMAT or GROUP not in self._f:
-            self._f.close()
-            raise UserError(f"{self.path}: not a proposals file (made by `rcnn propose`)")
+            for file in files:
+                self._files.append(_open_proposals(file))
+        except UserError:
+            self.close()
+            raise
+        raw = {k: attr_value(v) for k, v in self._files[0].attrs.items()}
         if raw.get("limit") in (0, ""):
             raw["limit"] = None
         self.attrs: dict = raw
-        self._group = self._f[GROUP]
-        self._journal = {r["image_id"]: r for r in _read_journal(self.path, str(raw.get("uuid")))}
         self._ids: list[str] | None = None
 
     def _dataset(self, image_id: str):
-        ds = self._group.get(escape_id(image_id))
-        if ds is None or not bool(ds.attrs.get("complete", False)):
-            return None
-        return ds
+        name = escape_id(image_id)
+        for f in self._files:
+            ds = f[GROUP].get(name)
+            if ds is not None and bool(ds.attrs.get("complete", False)):
+                return ds
+        return None
 
     def ids(self) -> list[str]:
-        """Ids of complete images, in file order (journalled ones last)."""
+        """Ids of complete images, in file order (those of unjoined parts last)."""
         if self._ids is None:
-            ids = [str(attr_value(ds.attrs["image_id"])) for ds in self._group.values()
+            ids = [str(attr_value(ds.attrs["image_id"])) for f in self._files for ds in f[GROUP].values()
                    if bool(ds.attrs.get("complete", False))]
-            have = set(ids)
-            ids += [i for i in self._journal if i not in have]
-            self._ids = ids
+            self._ids = list(dict.fromkeys(ids))
         return list(self._ids)
 
     def __contains__(self, image_id: str) -> bool:
-        return image_id in self._journal or self._dataset(image_id) is not None
+        return self._dataset(image_id) is not None
 
     def __len__(self) -> int:
         return len(self.ids())
 
     def _get(self, image_id: str):
         ds = self._dataset(image_id)
-        if ds is not None:
-            return ds
-        if image_id in self._journal:
-            return self._journal[image_id]
-        raise KeyError(f"{image_id}: not in {self.path}")
+        if ds is None:
+            raise KeyError(f"{image_id}: not in {self.path}")
+        return ds
 
     def boxes(self, image_id: str) -> np.ndarray:
         """``(N, 4)`` float32 boxes in original image pixels, ranking order."""
-        item = self._get(image_id)
-        if isinstance(item, dict):
-            return item["boxes"].copy()
-        return np.asarray(item[()], np.float32).reshape(-1, 4)
+        return np.asarray(self._get(image_id)[()], np.float32).reshape(-1, 4)
 
     def image_size(self, image_id: str) -> tuple[int, int]:
         """``(width, height)`` of the image the proposals were computed on."""
@@ -774,22 +567,29 @@ class ProposalReader(StoreReader):
     def info(self, image_id: str) -> dict:
         """Per-image attributes: width, height, seconds, load_seconds, method, fallback, note, num_boxes."""
         item = self._get(image_id)
-        if isinstance(item, dict):
-            d = {k: v for k, v in item.items() if k not in ("boxes", "kind")}
-            d["num_boxes"] = len(item["boxes"])
-        else:
-            d = {k: attr_value(v) for k, v in item.attrs.items()}
-            d["num_boxes"] = int(item.shape[0])
+        d = {k: attr_value(v) for k, v in item.attrs.items()}
+        d["num_boxes"] = int(item.shape[0])
         return d
 
     def close(self) -> None:
-        try:
-            self._f.close()
-        except Exception:  # noqa: BLE001
-            pass
+        for f in self._files:
+            f.close()
+        self._files = []
 
     def __repr__(self) -> str:
         return f"ProposalReader({str(self.path)!r}, method={self.attrs.get('method')!r})"
+
+
+def _open_proposals(path: Path) -> h5py.File:
+    """``path`` opened for reading; one-line :class:`UserError` when it is not a proposals file."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise UserError(f"{path}: not a readable HDF5 file ({e})") from None
+    if attr_value(f.attrs.get("format")) != FORMAT or GROUP not in f:
+        f.close()
+        raise UserError(f"{path}: not a proposals file (made by `rcnn propose`)")
+    return f
 
 
 def merge_proposals(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
@@ -823,13 +623,13 @@ def merge_proposals(inputs: Sequence[str | os.PathLike], out: str | os.PathLike)
         with atomic_path(out) as tmp:
             with h5py.File(tmp, "w") as f:
                 for key, value in readers[0].attrs.items():
-                    f.attrs[key] = _h5_value(value)
+                    f.attrs[key] = h5_attr(value)
                 f.attrs["shard"] = "merged"
-                f.attrs["uuid"] = uuidlib.uuid4().hex
                 group = f.create_group(GROUP, track_order=True)
                 for _, fi, image_id in entries:
-                    _write_image(group, dict(readers[fi].info(image_id), image_id=image_id,
-                                             boxes=readers[fi].boxes(image_id)))
+                    ds = _write_image(group, escape_id(image_id), dict(readers[fi].info(image_id),
+                                                                       boxes=readers[fi].boxes(image_id)))
+                    ds.attrs.update({"image_id": image_id, "complete": True})
             fsync_path(tmp)
     finally:
         for r in readers:

@@ -33,7 +33,7 @@ def propose_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (for --method rpn)."),
     runtime: str = typer.Option("torch", "--runtime", help="--method rpn: the trunk's runtime (torch, onnxruntime, openvino, auto)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only every N-th image from the K-th (0 <= K < N), e.g. one machine of N; join the files with merge-proposals."),
-    checkpoint_seconds: float = typer.Option(30.0, "--checkpoint-seconds", hidden=True, help="Seconds between commits of the journal into the file."),
+    checkpoint_seconds: float = typer.Option(5.0, "--checkpoint-seconds", hidden=True, help="Seconds between crash-safe commits (0: after every image)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Region proposals for every image, stored in one HDF5 file (crash-safe, resumable)."""

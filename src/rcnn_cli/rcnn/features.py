@@ -34,42 +34,27 @@ attributes ``image_id``, ``width``, ``height``, ``order`` = index in the full in
 Ground truth is ``Dataset.training_targets`` (the package's one bad-box policy: bad boxes are
 skipped with a warning, boxes past the border are clipped).
 
-Crash safety (why SIGKILL at any moment cannot corrupt anything)
-----------------------------------------------------------------
-HDF5 updates its metadata in place, so a file killed while open for writing may not open again.
-This module therefore never writes to a file under its final name:
-
-1. Finished images go into a *part* file ``OUT.parts/.part-<n>.tmp``. Every
-   ``checkpoint_seconds`` (and at the end) that part is closed, fsynced and atomically renamed
-   to ``OUT.parts/part-<n>.h5`` (then the folder is fsynced). A renamed part is never opened
-   for writing again. A kill loses at most the images of the unrenamed part (a ``.tmp`` file
-   that is ignored and deleted on the next run).
-2. When every image is done, the final file is built in a temporary file beside ``OUT`` (the
-   previous ``OUT`` if any, plus every part, in input order), closed, fsynced and
-   ``os.replace``d onto ``OUT``; only then is ``OUT.parts`` removed. A kill before the rename
-   leaves the old state (rerun rebuilds); a kill after it leaves parts whose images are already
-   in ``OUT`` (the rerun sees them done and removes the folder).
-3. A rerun reads ``OUT`` and the renamed parts, skips every image they hold, and continues.
-   Each image's features are computed from that image alone (batches never span images), so a
-   resumed or sharded run stores exactly the values of an uninterrupted one.
-
-An exclusive ``flock`` on ``OUT.lock`` refuses a second concurrent writer; settings that differ
-from those in ``OUT`` or its parts are refused with a one-line error.
+Crash safety and resuming
+-------------------------
+The store is :class:`rcnn_cli.io.store.ImageStore` (part files renamed into place, the final file
+built once at the end; see there). Each image's features are computed from that image alone
+(batches never span images), so a resumed or sharded run stores exactly the values of an
+uninterrupted one. A store whose parts are not yet joined is refused by :class:`FeatureReader`
+(rerun the same command to finish it).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
@@ -81,7 +66,8 @@ from rcnn_cli import __version__
 from rcnn_cli.backbones import build_feature_extractor, get_spec, normalize, weights_id as make_weights_id
 from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.io.files import fsync_path
-from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id
+from rcnn_cli.io.hdf5 import StoreReader, attr_value
+from rcnn_cli.io.store import ImageStore, h5_attr, parts_dir
 from rcnn_cli.config import parse_shard
 from rcnn_cli.device import resolve_device
 from rcnn_cli.errors import ImageError, UserError
@@ -281,8 +267,9 @@ class FeatureExtractor:
 # ----------------------------------------------------------------------------- HDF5 helpers
 
 
-def _read_attrs(f: h5py.File) -> dict[str, Any]:
-    out = {k: attr_value(v) for k, v in f.attrs.items()}
+def _decoded(attrs: dict[str, Any]) -> dict[str, Any]:
+    """File attributes with ``classes`` and ``proposals`` read back from JSON."""
+    out = dict(attrs)
     for key in ("classes", "proposals"):
         if isinstance(out.get(key), str):
             try:
@@ -300,32 +287,17 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in SETTING_KEYS if a.get(k) != b.get(k)]
 
 
-def _h5_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in attrs.items():
-        if isinstance(v, (list, dict)) or v is None:
-            v = json.dumps(v)
-        out[k] = v
-    return out
-
-
-def _write_image(group: h5py.Group, image_id: str, rec: dict[str, np.ndarray], width: int, height: int,
-                 order: int, compression: str | None) -> None:
-    g = group.create_group(escape_id(image_id))
-    g.attrs.update({"image_id": image_id, "width": int(width), "height": int(height), "order": int(order)})
+def _write_image(group: h5py.Group, name: str, rec: dict[str, np.ndarray], width: int, height: int,
+                 compression: str | None) -> h5py.Group:
+    g = group.create_group(name)
+    g.attrs.update({"width": int(width), "height": int(height)})
     feats = rec["features"]
     n, d = feats.shape
     comp = {} if compression in (None, "none") else {"compression": compression}
     g.create_dataset("features", data=feats, chunks=(max(1, min(n, 256)), d), **comp)
     for key in ("boxes", "gt", "overlaps", "labels", "gt_index"):
         g.create_dataset(key, data=rec[key])
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """fsync ``tmp``, rename it onto ``final`` (atomic), fsync the folder."""
-    fsync_path(tmp)
-    os.replace(tmp, final)
-    fsync_path(final.parent)
+    return g
 
 
 # ------------------------------------------------------------------------------------ reader
@@ -341,7 +313,7 @@ class FeatureReader(StoreReader):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            parts = _parts_dir(self.path)
+            parts = parts_dir(self.path)
             if parts.is_dir():
                 raise UserError(f"{self.path}: extraction not finished (parts in {parts}); rerun the same command")
             raise UserError(f"{self.path}: features file not found")
@@ -349,7 +321,7 @@ class FeatureReader(StoreReader):
             self._f = h5py.File(self.path, "r")
         except OSError as e:
             raise UserError(f"{self.path}: not a readable HDF5 file ({e})") from None
-        self.attrs = _read_attrs(self._f)
+        self.attrs = _decoded({k: attr_value(v) for k, v in self._f.attrs.items()})
         if self.attrs.get("format") != FORMAT or "images" not in self._f:
             self._f.close()
             raise UserError(f"{self.path}: not an rcnn features file")
@@ -400,129 +372,14 @@ def load_features(path: str | os.PathLike) -> FeatureReader:
 # --------------------------------------------------------------------------------- the store
 
 
-def _parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
-
-
-@contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    lock_path = out.with_name(out.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{out}: another extract-features process is writing it") from None
-        yield
-    finally:
-        os.close(fd)
-        try:
-            lock_path.unlink()
-        except FileNotFoundError:
-            pass
-
-
-class _PartWriter:
-    """Writes finished images to ``OUT.parts/.part-<n>.tmp``; ``commit`` renames it to ``part-<n>.h5``."""
-
-    def __init__(self, parts: Path, file_attrs: dict[str, Any], compression: str | None, first: int):
-        self.parts, self.file_attrs, self.compression = parts, file_attrs, compression
-        self.n = first
-        self.f: h5py.File | None = None
-        self.tmp: Path | None = None
-        self.count = 0
-
-    def add(self, image_id: str, rec: dict, width: int, height: int, order: int) -> None:
-        if self.f is None:
-            self.parts.mkdir(parents=True, exist_ok=True)
-            self.tmp = self.parts / f".part-{self.n:06d}.tmp"
-            self.f = h5py.File(self.tmp, "w")
-            self.f.attrs.update(_h5_attrs(self.file_attrs))
-            self.f.create_group("images", track_order=True)
-        _write_image(self.f["images"], image_id, rec, width, height, order, self.compression)
-        self.count += 1
-
-    def commit(self) -> None:
-        if self.f is None:
-            return
-        self.f.close()
-        self.f = None
-        _publish(self.tmp, self.parts / f"part-{self.n:06d}.h5")
-        self.n += 1
-        self.count = 0
-
-    def abandon(self) -> None:
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-        if self.tmp is not None and self.tmp.exists():
-            self.tmp.unlink()
-
-
-def _existing(out: Path, settings: dict[str, Any]) -> tuple[dict[str, tuple[Path, str]], int]:
-    """Images already done (id -> (file, group name)) in OUT and renamed parts; next part number.
-
-    Refuses files whose settings differ from ``settings``; deletes stale ``.tmp`` parts.
-    """
-    done: dict[str, tuple[Path, str]] = {}
-    files = [out] if out.is_file() else []
-    parts = _parts_dir(out)
-    next_n = 0
-    if parts.is_dir():
-        for stale in parts.glob(".part-*.tmp"):
-            stale.unlink()
-        found = sorted(parts.glob("part-*.h5"))
-        files += found
-        if found:
-            next_n = int(found[-1].stem.split("-")[1]) + 1
-    for path in files:
-        try:
-            with h5py.File(path, "r") as f:
-                attrs = _read_attrs(f)
-                if attrs.get("format") != FORMAT:
-                    raise UserError(f"{path}: exists and is not an rcnn features file (use another --out)")
-                diff = _diff(_settings(attrs), settings)
-                if diff:
-                    raise UserError(f"{out} was made with other settings ({'; '.join(diff)}): use another --out "
-                                    "or --overwrite")
-                for name, g in f["images"].items():
-                    done.setdefault(attr_value(g.attrs["image_id"]), (path, name))
-        except OSError as e:
-            raise UserError(f"{path}: exists but is not a readable HDF5 file ({e}); use another --out") from None
-    return done, next_n
-
-
-def _finalize(out: Path, file_attrs: dict[str, Any], done: dict[str, tuple[Path, str]]) -> None:
-    """Build OUT from the previous OUT and all parts (in input order), atomically; remove the parts."""
-    parts = _parts_dir(out)
-    if not parts.is_dir() and out.is_file():
-        return
-    entries = []
-    opened: dict[Path, h5py.File] = {}
-    try:
-        for image_id, (path, name) in done.items():
-            if path not in opened:
-                opened[path] = h5py.File(path, "r")
-            order = int(opened[path]["images"][name].attrs.get("order", 0))
-            entries.append((order, image_id, path, name))
-        entries.sort(key=lambda e: (e[0], e[1]))
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with h5py.File(tmp, "w") as dst:
-                dst.attrs.update(_h5_attrs(file_attrs))
-                images = dst.create_group("images", track_order=True)
-                for _, _, path, name in entries:
-                    opened[path].copy(opened[path]["images"][name], images, name=name)
-            _publish(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    finally:
-        for f in opened.values():
-            f.close()
-    if parts.is_dir():
-        shutil.rmtree(parts)
+def _checker(settings: dict[str, Any]):
+    """The store's ``check``: refuse a file whose settings differ from ``settings``."""
+    def check(path: Path, attrs: dict[str, Any]) -> None:
+        diff = _diff(_settings(_decoded(attrs)), settings)
+        if diff:
+            raise UserError(f"{path} was made with other settings ({'; '.join(diff)}): use another --out "
+                            "or --overwrite")
+    return check
 
 
 def _load_uint8(path: Path) -> torch.Tensor:
@@ -626,13 +483,9 @@ def run_extract_features(data, proposals, out: str | os.PathLike, config: Featur
                            "compression": compression,
                            "proposals_file": str(getattr(reader, "path", proposals))})
         file_attrs["config"] = json.dumps(run_config)
-        with _lock(out):
-            if overwrite:
-                if _parts_dir(out).is_dir():
-                    shutil.rmtree(_parts_dir(out))
-                if out.exists():
-                    out.unlink()
-            done, next_part = _existing(out, settings)
+        with ImageStore(out, file_attrs, group="images", check=_checker(settings), what="extract-features",
+                        checkpoint_seconds=checkpoint_seconds, overwrite=overwrite) as store:
+            done = dict(store.done)
             todo = [(order, it) for order, it in indexed if it[0] not in done]
             missing = [it[0] for _, it in todo if it[0] not in reader]
             if indexed and not any(it[0] in reader for _, it in indexed):
@@ -641,10 +494,10 @@ def run_extract_features(data, proposals, out: str | os.PathLike, config: Featur
             for image_id in missing:
                 logger.warning("%s: no proposals for this image in %s; skipped", image_id, getattr(reader, "path", ""))
             todo = [(order, it) for order, it in todo if it[0] in reader]
-            stats = _extract_loop(fx, reader, data if labelled else None, todo, out, file_attrs, done, next_part,
-                                  max_proposals, compression, progress, prefetch, checkpoint_seconds, len(indexed))
-            done, _ = _existing(out, settings)
-            _finalize(out, file_attrs, done)
+            stats = _extract_loop(fx, reader, data if labelled else None, todo, store, max_proposals, compression,
+                                  progress, prefetch, len(indexed))
+            stats["done_before"] = len(done)
+            store.finish()
         write_run_record(out, command, run_config)
     finally:
         if own_reader:
@@ -653,14 +506,12 @@ def run_extract_features(data, proposals, out: str | os.PathLike, config: Featur
     return stats
 
 
-def _extract_loop(fx: FeatureExtractor, reader, dataset, todo: list, out: Path, file_attrs: dict, done: dict,
-                  next_part: int, max_proposals: int | None, compression: str | None, progress: bool, prefetch: int,
-                  checkpoint_seconds: float, total: int) -> dict[str, Any]:
-    writer = _PartWriter(_parts_dir(out), file_attrs, compression, next_part)
+def _extract_loop(fx: FeatureExtractor, reader, dataset, todo: list, store: ImageStore, max_proposals: int | None,
+                  compression: str | None, progress: bool, prefetch: int, total: int) -> dict[str, Any]:
+    """Extract ``todo`` (``(order, (image_id, path, record))``) into ``store``; the run's counts."""
     reuse_memory()  # the batches of one image reuse their blocks; release_memory() trims after each image
     extracted = skipped = regions = 0
     t0 = time.perf_counter()
-    last_commit = t0
     prefetch = max(1, int(prefetch))
     pool = ThreadPoolExecutor(max_workers=min(2, prefetch), thread_name_prefix="rcnn-decode")
     queue: deque = deque()
@@ -699,26 +550,18 @@ def _extract_loop(fx: FeatureExtractor, reader, dataset, todo: list, out: Path, 
                 feats = fx(img, rec["boxes"])
                 n_regions = len(feats)
                 rec["features"] = feats.astype(DTYPES[fx.dtype])
-                writer.add(image_id, rec, width, height, order)
+                store.add(image_id, order, partial(_write_image, rec=rec, width=width, height=height, compression=compression))
                 del img, feats, rec
                 release_memory()
                 extracted += 1
                 regions += n_regions
                 now = time.perf_counter()
-                if now - last_commit >= checkpoint_seconds:
-                    writer.commit()
-                    last_commit = time.perf_counter()
                 rate = regions / max(now - t0, 1e-9)
                 bar.update(task, advance=1, status=f"{rate:.0f} crops/s")
-        writer.commit()
-    except BaseException:
-        # Finished parts are kept; the open part is dropped (a rerun redoes its images).
-        writer.abandon()
-        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
-    return {"done_before": len(done), "extracted": extracted, "skipped": skipped, "regions": regions,
+    return {"extracted": extracted, "skipped": skipped, "regions": regions,
             "seconds": seconds, "crops_per_second": regions / seconds if seconds > 0 else 0.0}
 
 
@@ -765,7 +608,7 @@ def merge_features(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) 
         attrs["merged_from"] = [str(p) for p in paths]
         with atomic_path(out) as tmp:
             with h5py.File(tmp, "w") as dst:
-                dst.attrs.update(_h5_attrs(attrs))
+                dst.attrs.update({k: h5_attr(v) for k, v in attrs.items()})
                 images = dst.create_group("images", track_order=True)
                 for _, fi, name in entries:
                     src = readers[fi]._f
