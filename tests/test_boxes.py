@@ -55,3 +55,17 @@ def test_yolo_box_conversion_by_hand_and_back():
     yolo = to_yolo_boxes(boxes, 200, 100)
     np.testing.assert_allclose(yolo, [[0.15, 0.4, 0.2, 0.4], [0.5, 0.5, 1.0, 1.0]])
     np.testing.assert_allclose(from_yolo_boxes(yolo, 200, 100), boxes, atol=1e-5)
+
+
+def test_vote_boxes_keeps_one_box_per_cluster_at_the_score_weighted_mean():
+    from rcnn_cli.boxes import vote_boxes
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.1, 0.5, 0.3], np.float32)
+    classes = np.array([0, 0, 1, 0])
+    kept, s, c = vote_boxes(boxes, scores, classes, iou=0.5)  # IoU of the first two: 81 / 119 = 0.68
+    assert c.tolist() == [0, 1, 0] and np.allclose(s, [0.9, 0.5, 0.3])
+    np.testing.assert_allclose(kept[0], [0.1, 0.1, 10.1, 10.1], atol=1e-6)  # 0.9 x box 0 + 0.1 x box 1
+    np.testing.assert_allclose(kept[1:], boxes[[2, 3]])  # another class, and a lone box: unchanged
+    kept, s, c = vote_boxes(boxes, scores, classes, iou=0.7)  # 0.68 < 0.7: no cluster
+    assert len(kept) == 4 and np.allclose(kept[0], boxes[0])

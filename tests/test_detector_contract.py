@@ -517,3 +517,38 @@ def test_whole_fast_rcnn_onnx_takes_the_proposals_as_a_second_input(tmp_path):
         a, b = live(IMAGES[0]), graph(IMAGES[0])
         assert a.num_proposals == b.num_proposals and a.labels == b.labels
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+class _MirrorAware(Detector):
+    """A fake detector: an ``a`` at x 10-30 in the plain image; in the mirror image the same object
+    found one pixel off (x 71-91 of 100, i.e. 9-29 once mirrored back) at a lower score; a ``b`` at
+    x 60-70 in both (so at 30-40 once the mirror image's is mirrored back: no overlap)."""
+
+    kind, classes = "fake", ["a", "b"]
+
+    def __init__(self):
+        self.config, self.calls = DetectConfig(nms=0.5, top_k=1), 0
+
+    def detect(self, image, image_id):
+        from rcnn_cli.boxes import ImageDetections
+
+        self.calls += 1
+        mirrored = self.calls % 2 == 0
+        box, score, other = ([71, 5, 91, 25], 0.6, 0.05) if mirrored else ([10, 5, 30, 25], 0.8, 0.1)
+        return ImageDetections(image_id, [box, [60, 60, 70, 70]], [score, other], ["a", "b"],
+                               timings={"network": 1.0}, num_proposals=7)
+
+
+def test_flip_tta_merges_the_mirror_images_boxes_by_voting(tmp_path):
+    from rcnn_cli.detector import FlipTTA
+
+    det = FlipTTA(_MirrorAware())
+    out = det(Image.new("RGB", (100, 40)), "img", top_k=3)
+    assert det.inner.calls == 2 and out.labels == ["a", "b", "b"]
+    x1 = (0.8 * 10 + 0.6 * 9) / 1.4  # the score-weighted mean of 10 and the mirrored-back 9
+    np.testing.assert_allclose(out.boxes[0], [x1, 5, x1 + 20, 25], atol=1e-5)
+    np.testing.assert_allclose(out.scores, [0.8, 0.1, 0.05], atol=1e-6)  # the top score stays
+    np.testing.assert_allclose(out.boxes[1:], [[60, 60, 70, 70], [30, 60, 40, 70]])  # apart: both kept
+    assert out.timings == {"network": 2.0} and out.num_proposals == 14
+    assert len(det(Image.new("RGB", (100, 40)), "img").boxes) == 1  # the detector's own top_k: 1
+    assert det.settings()["tta"] == "flip"

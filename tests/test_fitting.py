@@ -15,6 +15,7 @@ from torch import nn
 from rcnn_cli import fitting as F
 from rcnn_cli.engine import TrainConfig, budget, train
 from rcnn_cli.errors import UserError
+from rcnn_cli.models.faster_rcnn import FasterRCNNConfig
 
 
 def _dataset(images: list[tuple[int, int, list[tuple[str, float]]]]):
@@ -56,28 +57,45 @@ def test_objects_that_fit_keep_the_native_scale_and_large_objects_are_not_upscal
 def test_training_sizes_and_the_fitted_set_follow_a_given_size():
     assert F.training_sizes(480) == [416, 448, 480, 512, 544]
     s = F.data_stats(_dataset([(640, 480, [("a", 40.0), ("b", 120.0)])] * 4))
-    f = F.fit_faster(s, {}, "cpu", batch_size=2)
-    assert f.values["min_size"] == 480 and f.values["train_sizes"] == [416, 448, 480, 512, 544]
+    cfg, f = F.fit_faster(s, FasterRCNNConfig(), (), "cpu", batch_size=2)
+    assert f.values["min_size"] == 480 and f.values["train_min_sizes"] == [416, 448, 480, 512, 544]
+    assert (cfg.min_size, cfg.max_size, cfg.train_min_sizes) == (480, 736, [416, 448, 480, 512, 544])
+    assert cfg.anchor_sizes == f.values["anchor_sizes"] and cfg.auto_anchors
     assert f.values["max_size"] == 736  # 544 x 4/3 = 725 -> a multiple of 32
-    assert f.values["rpn_pre_nms_top_n_train"] == 2000 and F.fit_faster(s, {}, "cuda").values[
+    assert f.values["rpn_pre_nms_top_n_train"] == 2000 and F.fit_faster(s, FasterRCNNConfig(), (), "cuda")[1].values[
         "rpn_pre_nms_top_n_train"] == 12000
     assert f.values["anchor_sizes"] == F.anchor_sizes_from(s, 3, 480, 736) and f.values["epochs"] == 50
-    g = F.fit_faster(s, {"min_size": 320, "train_sizes": None, "epochs": 12}, "cpu")
+    cfg, g = F.fit_faster(s, FasterRCNNConfig(min_size=320), {"min_size"}, "cpu", schedule=False)
     assert "min_size" not in g.values and "epochs" not in g.values
-    assert g.values["train_sizes"] == [288, 320, 352] and g.values["max_size"] == 480  # around the given 320
+    assert g.values["train_min_sizes"] == [288, 320, 352] and g.values["max_size"] == 480  # around the given 320
+    assert (cfg.min_size, cfg.max_size, cfg.train_min_sizes) == (320, 480, [288, 320, 352])
     assert set(g.record()) == set(g.values) and all(g.reasons[k] for k in g.values)
 
 
+def test_anchor_sizes_are_fitted_unless_given_or_a_pyramid_without_auto_anchors():
+    fpn = FasterRCNNConfig(backbone="mobilenet_v3_large", fpn=True, anchor_sizes=[32, 64, 128, 256, 512])
+    assert F.fits_anchors(FasterRCNNConfig(), ()) and not F.fits_anchors(fpn, ())
+    assert not F.fits_anchors(FasterRCNNConfig(), {"anchor_sizes"})
+    assert not F.fits_anchors(FasterRCNNConfig(auto_anchors=False), {"auto_anchors"})
+    s = F.data_stats(_dataset([(640, 480, [("a", 40.0), ("b", 120.0)])] * 4))
+    cfg, f = F.fit_faster(s, replace(fpn, auto_anchors=True), {"auto_anchors", "fpn"})
+    assert cfg.anchor_sizes == F.anchor_sizes_from(s, 5, cfg.min_size, cfg.max_size) and len(cfg.anchor_sizes) == 5
+    kept, f = F.fit_faster(s, fpn, {"fpn"})
+    assert kept.anchor_sizes == [32, 64, 128, 256, 512] and "anchor_sizes" not in f.values and not kept.auto_anchors
+
+
 def test_crowded_images_get_more_proposals_and_detections_sparse_ones_the_papers():
-    sparse = F.fit_faster(F.data_stats(_dataset([(640, 480, [("a", 40.0)] * 3)] * 4)), {}, "cpu")
+    sparse = F.fit_faster(F.data_stats(_dataset([(640, 480, [("a", 40.0)] * 3)] * 4)), FasterRCNNConfig())[1]
     assert (sparse.values["rpn_post_nms_top_n_test"], sparse.values["box_detections_per_img"]) == (300, 100)
     shelves = _dataset([(640, 480, [("item", 30.0)] * 20)] * 3 + [(640, 480, [("item", 30.0)] * 147)])
-    f = F.fit_faster(F.data_stats(shelves), {}, "cpu")
+    f = F.fit_faster(F.data_stats(shelves), FasterRCNNConfig())[1]
     assert f.values["rpn_post_nms_top_n_test"] == 800  # 5 x 147 = 735 -> the next multiple of 100
     assert f.values["box_detections_per_img"] == 300  # 2 x 147 = 294 -> the next multiple of 50
     assert "147 objects" in f.reasons["rpn_post_nms_top_n_test"] and "(147)" in f.reasons["box_detections_per_img"]
-    given = F.fit_faster(F.data_stats(shelves), {"rpn_post_nms_top_n_test": 1000}, "cpu")
+    cfg, given = F.fit_faster(F.data_stats(shelves), FasterRCNNConfig(rpn_post_nms_top_n_test=1000),
+                              {"rpn_post_nms_top_n_test"})
     assert "rpn_post_nms_top_n_test" not in given.values and given.values["box_detections_per_img"] == 300
+    assert (cfg.rpn_post_nms_top_n_test, cfg.box_detections_per_img) == (1000, 300)
     assert F.fit_rcnn(F.data_stats(shelves), {}, "rpn", "why").values["top_k"] == 300  # R-CNN's detections too
 
 
@@ -160,7 +178,7 @@ def test_faster_records_chosen_and_given_values(tmp_path, shapes_root):
     rec = json.loads((tmp_path / "run" / "config.json").read_text())
     fitted = rec["model"]["trained_on"]["fitted"]
     assert rec["model"]["min_size"] == 128 and "min_size" not in fitted and "epochs" not in fitted
-    assert rec["model"]["train_min_sizes"] == fitted["train_sizes"]["value"] == [96, 128, 160]
+    assert rec["model"]["train_min_sizes"] == fitted["train_min_sizes"]["value"] == [96, 128, 160]
     assert rec["model"]["anchor_sizes"] == fitted["anchor_sizes"]["value"] and rec["model"]["auto_anchors"]
     assert rec["model"]["rpn_pre_nms_top_n_train"] == 2000
     assert rec["model"]["rpn_post_nms_top_n_test"] == fitted["rpn_post_nms_top_n_test"]["value"] == 300

@@ -177,6 +177,25 @@ def flip_boxes(boxes, width: int | float):
     return out
 
 
+def vote_boxes(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class NMS at ``iou`` with box voting (Gidaris and Komodakis, 2015): each kept box becomes
+    the score-weighted mean of the boxes of its class that overlap it by at least ``iou`` (itself
+    included); its score stays its own. ``boxes (N, 4)`` pixels, ``scores (N,)``, ``classes (N,)``
+    integers; returns the kept ``(boxes, scores, classes)`` by decreasing score."""
+    import torch
+    from torchvision.ops import batched_nms, box_iou
+
+    b = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
+    s = torch.as_tensor(np.asarray(scores, np.float32).reshape(-1))
+    c = torch.as_tensor(np.asarray(classes, np.int64).reshape(-1))
+    keep = batched_nms(b, s, c, float(iou))
+    near = (box_iou(b[keep], b) >= float(iou)) & (c[keep][:, None] == c[None, :])
+    weights = near.float() * s[None, :]
+    voted = (weights @ b) / weights.sum(1, keepdim=True).clamp_min(1e-12)
+    return voted.numpy(), s[keep].numpy(), c[keep].numpy()
+
+
 def order_corners(boxes):
     """``(N, 4)`` tensor boxes with ``x1 <= x2`` and ``y1 <= y2`` (a regressed box may come out inverted)."""
     import torch

@@ -22,7 +22,7 @@ import numpy as np
 
 from rcnn_cli.errors import UserError
 
-__all__ = ["DetectConfig", "DetectSettings", "REGRESSED_NMS", "settings_in_effect", "Detector", "as_image"]
+__all__ = ["DetectConfig", "DetectSettings", "REGRESSED_NMS", "settings_in_effect", "Detector", "FlipTTA", "as_image"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +138,46 @@ class Detector:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class FlipTTA(Detector):
+    """Test-time flip around any detector: ``inner`` on the image and on its mirror image (those
+    boxes mirrored back), the two sets merged per class by NMS at the detector's IoU with box voting
+    (:func:`rcnn_cli.boxes.vote_boxes`), then cut to ``top_k``. Twice the network time per image."""
+
+    def __init__(self, inner: Detector):
+        self.inner = inner
+        self.kind, self.classes, self.config = inner.kind, list(inner.classes), inner.config
+        self.device = getattr(inner, "device", "cpu")
+
+    def configure(self, config: DetectConfig) -> None:
+        self.config = config
+        self.inner.configure(config)
+
+    def propose(self, image: Any, image_id: str) -> np.ndarray | None:
+        return self.inner.propose(image, image_id)
+
+    def detect(self, image: Any, image_id: str):
+        from PIL import ImageOps
+
+        from rcnn_cli.boxes import ImageDetections, flip_boxes, vote_boxes
+
+        plain = self.inner.detect(image, image_id)
+        mirrored = self.inner.detect(ImageOps.mirror(image), image_id)
+        index = {name: i for i, name in enumerate(self.classes)}
+        boxes = np.concatenate([plain.boxes, flip_boxes(mirrored.boxes, image.width)])
+        labels = np.asarray([index[name] for name in plain.labels + mirrored.labels], np.int64)
+        kept, scores, classes = vote_boxes(boxes, np.concatenate([plain.scores, mirrored.scores]), labels,
+                                           self.config.nms)
+        top = slice(0, int(self.config.top_k))
+        timings = {k: plain.timings.get(k, 0.0) + mirrored.timings.get(k, 0.0)
+                   for k in dict.fromkeys([*plain.timings, *mirrored.timings])}
+        counts = [d.num_proposals for d in (plain, mirrored) if d.num_proposals is not None]
+        return ImageDetections(image_id, kept[top], scores[top], [self.classes[int(c)] for c in classes[top]],
+                               timings=timings, num_proposals=sum(counts) if counts else None, meta=plain.meta)
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.inner.settings(), tta="flip")
+
+    def close(self) -> None:
+        self.inner.close()

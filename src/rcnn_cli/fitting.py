@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
 from rcnn_cli.errors import UserError
 
 __all__ = ["DataStats", "data_stats", "Fitted", "image_scale", "training_sizes", "anchor_sizes_from",
-           "default_epochs", "detections_per_image", "fit_crowding", "fit_faster", "fit_fast", "fit_rcnn",
+           "default_epochs", "detections_per_image", "fit_crowding", "fits_anchors", "fit_faster", "fit_fast", "fit_rcnn",
            "MIN_OBJECT", "MIN_CELLS"]
 
 MIN_OBJECT = 32          # pixels: two cells of a stride-16 feature map
@@ -228,30 +228,49 @@ def default_epochs(images: int, batch_size: int) -> int:
     return int(min(50, max(12, math.ceil(MIN_ITERATIONS / per_epoch))))
 
 
-def fit_faster(stats: DataStats, given: Mapping[str, Any], device_type: str = "cpu", batch_size: int = 2,
-               anchors: int = 3, stride: int = 16) -> Fitted:
-    """Faster R-CNN's data-dependent settings that ``given`` leaves ``None`` or out (names as
-    :func:`rcnn_cli.models.faster_rcnn.train_faster` takes them: ``min_size``, ``max_size``,
-    ``train_sizes``, ``anchor_sizes``, ``rpn_pre_nms_top_n_train``, ``epochs``); the chosen ones
-    follow the given ones (training sizes around a given ``min_size``, ...)."""
-    f = Fitted(given={k for k, v in given.items() if v is not None})
-    value = lambda name: given.get(name) if name in f.given else f.values.get(name)  # noqa: E731
-    size, _, why = image_scale(stats, device_type, stride)
+def fits_anchors(cfg: Any, given: Collection[str]) -> bool:
+    """Whether Faster R-CNN's anchor sizes are chosen from the data: not when given, nor when
+    ``auto_anchors`` was given false; with a feature pyramid only when ``auto_anchors`` was given true
+    (its five sizes are one per level)."""
+    if "anchor_sizes" in given:
+        return False
+    if "auto_anchors" in given:
+        return bool(cfg.auto_anchors)
+    return not cfg.fpn
+
+
+def fit_faster(stats: DataStats, cfg: Any, given: Collection[str] = (), device_type: str = "cpu",
+               batch_size: int = 2, schedule: bool = True) -> tuple[Any, Fitted]:
+    """Faster R-CNN's configuration ``cfg`` (a :class:`rcnn_cli.models.faster_rcnn.FasterRCNNConfig`)
+    with every data-dependent field not named in ``given`` chosen from ``stats`` (``min_size``,
+    ``train_min_sizes``, ``max_size``, ``anchor_sizes`` as :func:`fits_anchors` says, the RPN's
+    training pre-NMS and test post-NMS counts, ``box_detections_per_img``), and the :class:`Fitted`
+    record of the chosen values with their reasons (``epochs`` too with ``schedule``: not a model
+    field, the caller applies it). The chosen values follow the given ones (training sizes around a
+    given ``min_size``, ...)."""
+    from dataclasses import replace
+
+    f = Fitted(given=set(given))
+    size, _, why = image_scale(stats, device_type)
     f.choose("min_size", size, why)
-    size = int(value("min_size"))
-    f.choose("train_sizes", training_sizes(size), f"scale augmentation: shorter sides within +-13 % of {size}")
-    train_max = max([int(v) for v in value("train_sizes") or []] + [size])
+    size = int(f.values.get("min_size", cfg.min_size))
+    f.choose("train_min_sizes", training_sizes(size), f"scale augmentation: shorter sides within +-13 % of {size}")
+    train_max = max([int(v) for v in f.values.get("train_min_sizes", cfg.train_min_sizes) or []] + [size])
     f.choose("max_size", _round32(train_max * stats.aspect()),
              f"{stats.aspect():.2f} x the largest training size {train_max} (the images' median aspect ratio)")
-    f.choose("anchor_sizes", anchor_sizes_from(stats, anchors, size, int(value("max_size"))),
-             f"class-balanced quantiles of the {len(stats.sizes)} training boxes at {size} px")
+    if fits_anchors(cfg, given):
+        max_size = int(f.values.get("max_size", cfg.max_size))
+        f.choose("anchor_sizes", anchor_sizes_from(stats, len(cfg.anchor_sizes), size, max_size),
+                 f"class-balanced quantiles of the {len(stats.sizes)} training boxes at {size} px")
     f.choose("rpn_pre_nms_top_n_train", 12000 if device_type == "cuda" else 2000,
              "the paper's 12000 on a GPU" if device_type == "cuda" else
              "torchvision's 2000 on a CPU (NMS over 12000 boxes is a third of each iteration)")
     fit_crowding(f, stats)
-    f.choose("epochs", default_epochs(stats.images, batch_size),
-             f"{stats.images} images, batch {batch_size}: at least 12 epochs and {MIN_ITERATIONS} iterations")
-    return f
+    if schedule:
+        f.choose("epochs", default_epochs(stats.images, batch_size),
+                 f"{stats.images} images, batch {batch_size}: at least 12 epochs and {MIN_ITERATIONS} iterations")
+    chosen = {k: v for k, v in f.values.items() if k != "epochs"}
+    return replace(cfg, **chosen, auto_anchors=cfg.auto_anchors or "anchor_sizes" in chosen), f
 
 
 def _round_up(x: float, step: int) -> int:

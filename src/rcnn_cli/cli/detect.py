@@ -43,6 +43,8 @@ def detect_cmd(
     draw_threshold: float = typer.Option(0.3, "--draw-threshold", help="Drawn boxes score at least this (the "
                                          "detections written keep --score-threshold's, for AP)."),
     every: int = typer.Option(1, "--every", help="Video input: detect in every N-th frame."),
+    tta: Optional[str] = typer.Option(None, "--tta", help="flip: also detect in the mirror image and merge the two by "
+                                      "NMS with box voting (twice the network time; see docs/quality.md)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only every N-th image from the K-th (one machine of N); concatenate the outputs."),
     device: str = O.device(),
     progress: bool = O.progress(),
@@ -61,7 +63,7 @@ def detect_cmd(
     result = detect(inputs, model, split=split, images=images, config=O.detect_config(score_threshold, nms, top_k),
                     fmt=fmt, out=out, draw=draw, device=device, progress=progress, every=every, shard=shard,
                     keep_classes=parse_classes(classes), agnostic_nms=agnostic_nms, draw_threshold=draw_threshold,
-                    **{k: v for k, v in given.items() if v is not None})
+                    tta=tta, **{k: v for k, v in given.items() if v is not None})
     timings = result.get("timings", {})
     per_stage = ", ".join(f"{k} {v['median'] * 1000:.1f} ms" for k, v in timings.items()
                           if k in ("proposals", "network", "post", "total"))

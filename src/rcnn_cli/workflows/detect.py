@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from rcnn_cli.detector import DetectSettings
+from rcnn_cli.detector import DetectSettings, FlipTTA
 from rcnn_cli.errors import UserError
 from rcnn_cli.inference import DetectOutput, run_inference
 from rcnn_cli.registry import load_detector, takes_option
@@ -47,14 +47,15 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
            draw: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
            command: str = "rcnn detect", every: int = 1, shard: str | tuple[int, int] | None = None,
            keep_classes: Sequence[str] | None = None, agnostic_nms: float | None = None,
-           draw_threshold: float = 0.3, **options: Any) -> dict[str, Any]:
+           draw_threshold: float = 0.3, tta: str | None = None, **options: Any) -> dict[str, Any]:
     """``rcnn detect`` for every kind of run: resolve the inputs, load the detector, stream detections.
 
     A video input gives one line per ``every``-th frame (with ``frame`` and ``time_s``); ``draw``
     ending in ``.mp4`` writes the annotated video. ``shard`` ``K/N`` takes every N-th input from the
     K-th (the shards' outputs concatenated are the whole run's). ``options`` go to the run kind's detector
     (:func:`rcnn_cli.registry.load_detector`). ``keep_classes``, ``agnostic_nms`` and
-    ``draw_threshold``: see :class:`DetectOutput`. With ``out`` a file or folder,
+    ``draw_threshold``: see :class:`DetectOutput`. ``tta="flip"``: test-time flip with box voting
+    (:class:`rcnn_cli.detector.FlipTTA`). With ``out`` a file or folder,
     ``<out>.config.json`` records the settings and the summary.
     """
     from rcnn_cli.config import parse_shard
@@ -74,9 +75,12 @@ def detect(inputs: Sequence[str], model: str | os.PathLike, split: str | None = 
         items = items[part[0]::part[1]]
     if not items:
         raise UserError("no input images (or a video without frames)")
+    if tta not in (None, "flip"):
+        raise UserError(f"--tta {tta}: the one test-time augmentation is flip")
     if "runtime" not in options and takes_option(model, "runtime"):
         options["runtime"] = "auto"  # the fastest installed runtime for the CNN (torch on a GPU)
-    with load_detector(model, device=device, config=config, **options) as detector:
+    with load_detector(model, device=device, config=config, **options) as loaded:
+        detector = FlipTTA(loaded) if tta == "flip" else loaded
         output.category_ids, output.coco_image_ids = _dataset_ids(inputs, split, images, detector.classes)
         try:
             result = run_inference(detector, items, classes=detector.classes, progress=progress, output=output,
