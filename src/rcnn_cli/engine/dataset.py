@@ -9,7 +9,9 @@ float32 pixels, "labels": (M,) int64 in 1..K, "image_id": str, "proposals": (P, 
 Bad boxes follow the package policy (:meth:`Dataset.training_targets`); images without objects give
 ``M = 0``. A horizontal flip (probability 0.5) is applied to the image, boxes and proposals alike;
 with ``color_jitter=j`` the image's brightness, contrast and saturation are each scaled by a factor
-drawn from ``[1 - j, 1 + j]`` (torchvision's ``adjust_*``, in that order). Every decision is a pure
+drawn from ``[1 - j, 1 + j]`` (torchvision's ``adjust_*``, in that order); with ``crop_scale=s < 1``
+half the images are cropped first (:mod:`rcnn_cli.engine.augment`: sides in ``[s, 1]`` times the
+image's, no object cut below the visibility rule; proposals clipped to the crop). Every decision is a pure
 function of ``(seed, epoch, index)`` so runs, resumes and DDP ranks are reproducible without any
 saved RNG state.
 """
@@ -43,11 +45,12 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Dataset, flip: bool = True, proposals: Any = None, seed: int = 0,
                  max_proposals: int | None = None, keep_difficult: bool = True,
-                 fit: tuple[int, int] | None = None, color_jitter: float = 0.0) -> None:
+                 fit: tuple[int, int] | None = None, color_jitter: float = 0.0, crop_scale: float = 1.0) -> None:
         if not 0.0 <= float(color_jitter) < 1.0:
             raise UserError(f"--color-jitter must be in [0, 1) (got {color_jitter})")
         self.dataset = dataset
         self.color_jitter = float(color_jitter)
+        self.crop_scale = float(crop_scale)
         self.fit = fit
         self.records = list(dataset.records)
         self.flip = flip
@@ -121,6 +124,18 @@ class DetectionDataset(torch.utils.data.Dataset):
         b, c, s = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter, 3)
         return TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(tensor, b), c), s)
 
+    def crop_for(self, index: int, boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """Item ``index``'s crop window of this epoch (:func:`rcnn_cli.engine.augment.crop_window`), or
+        ``None``: no crops, the coin fell the other way, or no window passed."""
+        if self.crop_scale >= 1.0:
+            return None
+        from rcnn_cli.engine.augment import crop_window
+
+        rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+        if rng.random() >= 0.5:
+            return None
+        return crop_window(boxes, width, height, rng, self.crop_scale)
+
     def proposals_for(self, image_id: str, width: int, height: int) -> np.ndarray:
         """Proposals ``(P, 4)`` float32 for an image, in this image's pixels (rescaled if the file saw
         another size), clipped, degenerate ones dropped."""
@@ -150,9 +165,13 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes, labels = self.dataset.training_targets(record, width / sx, height / sy, keep_difficult=self.keep_difficult)
         if (sx, sy) != (1, 1):
             boxes = clip_boxes(scale_boxes(boxes, sx, sy), width, height)
-        tensor = self.jittered(to_tensor(image), index)
-        target: dict[str, Any] = {"image_id": record.image_id, "flipped": False}
         proposals = self.proposals_for(record.image_id, width, height) if self.has_proposals else None
+        window = self.crop_for(index, boxes, width, height)
+        if window is not None:
+            image, boxes, labels, proposals = _cropped(window, image, boxes, labels, proposals)
+            width, height = image.size
+        tensor = self.jittered(to_tensor(image), index)
+        target: dict[str, Any] = {"image_id": record.image_id, "flipped": False, "crop": window}
         if self.is_flipped(index):
             tensor = tensor.flip(-1)
             boxes = flip_boxes(boxes, width)
@@ -164,3 +183,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         if proposals is not None:
             target["proposals"] = torch.from_numpy(np.ascontiguousarray(proposals, dtype=np.float32)).reshape(-1, 4)
         return tensor, target
+
+
+def _cropped(window: tuple[int, int, int, int], image, boxes: np.ndarray, labels: np.ndarray,
+             proposals: np.ndarray | None):
+    """The image, its boxes with their labels and its proposals cut to ``window`` (in its pixels)."""
+    from rcnn_cli.engine.augment import crop_boxes
+
+    kept, keep = crop_boxes(boxes, window)
+    if proposals is not None:
+        x0, y0, x1, y1 = window
+        shifted = np.asarray(proposals, np.float32).reshape(-1, 4) - np.array([x0, y0, x0, y0], np.float32)
+        proposals = clip_boxes(shifted, x1 - x0, y1 - y0, min_side=1e-3)
+    return image.crop(window), kept, np.asarray(labels)[keep], proposals
