@@ -229,6 +229,14 @@ def test_config_replays_a_recorded_run_and_records_the_sources(shapes_root, tmp_
     assert src["max_size"] == "command line" and src["min_size"] == f"config {first / 'config.json'}"
     assert src["val_split"] == "default" and src["out"] == "command line"
     assert a["sources"]["min_size"] == "command line" and a["sources"]["lr"] == "default"
+    assert (a["train"]["lr_schedule"], a["train"]["ema"]) == ("cosine", 0.999)  # rcnn faster train's defaults
+    paper = tmp_path / "c"
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--out", str(paper), "--defaults", "paper", "--min-size", "96", "--max-size", "128",
+              "--max-iters", "1", "--weights", "none"])
+    assert e.value.code == 0
+    c = json.loads((paper / "config.json").read_text())["train"]
+    assert (c["lr_schedule"], c["ema"]) == ("step", 0.0)  # the paper's schedule, no average
 
 
 def test_recorded_settings_from_yaml_and_bad_files(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -13,7 +14,7 @@ from rcnn_cli.cli.detect import detect_cmd
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
-from rcnn_cli.models.faster_rcnn import FPN_ANCHOR_SIZES, TRAIN_DEFAULTS, FasterRCNNConfig
+from rcnn_cli.models.faster_rcnn import FPN_ANCHOR_SIZES, PAPER_TRAIN, TRAIN_DEFAULTS, FasterRCNNConfig
 
 faster_app = group("faster")
 
@@ -91,6 +92,8 @@ def train_cmd(
     if init in COCO_INITS and sources["backbone"] != "default" and p["backbone"] != COCO_INITS[init][0]:
         raise UserError(f"--init {init} is a {COCO_INITS[init][0]} FPN detector (not --backbone {p['backbone']})")
     train_config = O.pick(p, TrainConfig, lr_steps=parse_steps(p["lr_steps"]))
+    if defaults == "paper":
+        train_config = replace(train_config, **{k: v for k, v in PAPER_TRAIN.items() if sources.get(k) == "default"})
     sizes = parse_floats(p["train_min_sizes"], "--train-sizes")
     values = dict(backbone=p["backbone"], weights=p["weights"], fpn=p["fpn"], head=p["head"],
                   anchor_sizes=parse_floats(p["anchor_sizes"], "--anchor-sizes"),

@@ -16,8 +16,12 @@ MODEL_KIND = "faster_rcnn"
 #: The method's one name: its runs' kind, command group and folder in ``rcnn compare``.
 NAME = "faster"
 
-#: Training settings of ``rcnn faster train`` that differ from :class:`rcnn_cli.engine.TrainConfig`'s.
-TRAIN_DEFAULTS = {"epochs": 12}
+#: Training settings of ``rcnn faster train`` (and of the pipeline's Faster R-CNN stage) that differ from
+#: :class:`rcnn_cli.engine.TrainConfig`'s: a cosine schedule and a moving average of the weights (adopted
+#: from the paired runs in docs/quality.md).
+TRAIN_DEFAULTS = {"epochs": 12, "lr_schedule": "cosine", "ema": 0.999}
+#: ``--defaults paper``: the paper's step schedule, no average (where not given).
+PAPER_TRAIN = {"lr_schedule": "step", "ema": 0.0}
 MODEL_VERSION = 1
 
 #: Anchor sizes (pixels of the resized image): the paper's, and one per level of a feature pyramid.
