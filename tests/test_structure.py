@@ -40,15 +40,6 @@ def _unit(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    """Nodes under ``if TYPE_CHECKING:`` (annotations only; never imported at run time)."""
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
-            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
-    return skip
-
-
 def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
@@ -64,15 +55,12 @@ def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
 
 def import_edges() -> dict[tuple[str, str], list[str]]:
     """``{(unit, imported unit): ["module imports target", ...]}`` over every import of the package,
-    at module level and inside functions."""
+    at module level, inside functions and under ``if TYPE_CHECKING:``."""
     edges: dict[tuple[str, str], list[str]] = {}
     for path in SRC.rglob("*.py"):
         module = _module(path)
         tree = ast.parse(path.read_text())
-        skip = _type_checking_nodes(tree)
         for node in ast.walk(tree):
-            if id(node) in skip:
-                continue
             for target in _imported(node, module, path.name == "__init__.py"):
                 if not target.startswith("rcnn_cli."):
                     continue

@@ -29,7 +29,7 @@ table printed once and the run's ``config.json``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Collection, Mapping
 
 import numpy as np
@@ -248,8 +248,6 @@ def fit_faster(stats: DataStats, cfg: Any, given: Collection[str] = (), device_t
     record of the chosen values with their reasons (``epochs`` too with ``schedule``: not a model
     field, the caller applies it). The chosen values follow the given ones (training sizes around a
     given ``min_size``, ...)."""
-    from dataclasses import replace
-
     f = Fitted(given=set(given))
     size, _, why = image_scale(stats, device_type)
     f.choose("min_size", size, why)

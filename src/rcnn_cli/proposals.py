@@ -63,8 +63,8 @@ import numpy as np
 from rcnn_cli import __version__
 from rcnn_cli.boxes import resize_boxes
 from rcnn_cli.io.files import fsync_path
-from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id, unescape_id
-from rcnn_cli.io.store import ImageStore, h5_attr, published
+from rcnn_cli.io.hdf5 import StoreReader, attr_value, escape_id, h5_attr, unescape_id
+from rcnn_cli.io.store import ImageStore, published
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger
 

@@ -28,7 +28,7 @@ import re
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -37,8 +37,15 @@ from rcnn_cli.errors import Interrupted, UserError
 from rcnn_cli.io import atomic_open, atomic_path
 from rcnn_cli.log import logger
 
-if TYPE_CHECKING:  # pragma: no cover
-    from rcnn_cli.data.dataset import Dataset
+
+class LabelledSplit(Protocol):
+    """What reading and checking detections need of a labelled split (:class:`rcnn_cli.data.dataset.Dataset`
+    has it; named here so that this layer never imports the data layer above it)."""
+
+    split: str
+    classes: list[str]
+    records: list
+    category_ids: dict[str, int] | None
 
 __all__ = [
     "ImageDetections",
@@ -65,7 +72,7 @@ def count_detections(detections: Mapping[str, ImageDetections]) -> int:
 # --------------------------------------------------------------------------- image id mapping
 
 
-def coco_image_ids(dataset: "Dataset") -> dict[str, int]:
+def coco_image_ids(dataset: "LabelledSplit") -> dict[str, int]:
     """The integer COCO image id of every image of ``dataset``.
 
     COCO datasets keep their original ids; otherwise numeric image ids (``"000012"`` -> 12) are
@@ -374,7 +381,7 @@ def _read_jsonl(lines: Iterable[str], name: str, acc: _Acc) -> None:
                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _read_coco(text: str, name: str, acc: _Acc, dataset: "Dataset | None") -> None:
+def _read_coco(text: str, name: str, acc: _Acc, dataset: "LabelledSplit | None") -> None:
     try:
         results = json.loads(text)
     except json.JSONDecodeError as e:
@@ -418,7 +425,7 @@ def _read_coco(text: str, name: str, acc: _Acc, dataset: "Dataset | None") -> No
 _COMP_RE = re.compile(r"^(?P<comp>[^_]+)_det_(?P<rest>.+)\.txt$")
 
 
-def _voc_class(path: Path, dataset: "Dataset | None") -> tuple[str, str]:
+def _voc_class(path: Path, dataset: "LabelledSplit | None") -> tuple[str, str]:
     """``(split, class)`` from ``<comp>_det_<split>_<class>.txt``; with a dataset, the longest class
     name that ends the file name wins (class names may contain ``_``)."""
     m = _COMP_RE.match(path.name)
@@ -452,7 +459,7 @@ def _read_voc_lines(lines: Iterable[str], name: str, label: str, acc: _Acc) -> N
         acc.add(tokens[0], values[1:], values[0], label)
 
 
-def _voc_files(folder: Path, dataset: "Dataset | None") -> list[Path]:
+def _voc_files(folder: Path, dataset: "LabelledSplit | None") -> list[Path]:
     files = sorted(p for p in folder.glob("*_det_*.txt") if p.is_file())
     if not files:
         raise UserError(f"{folder}: no VOC detections files (<comp>_det_<split>_<class>.txt) in this folder")
@@ -470,7 +477,7 @@ def _voc_files(folder: Path, dataset: "Dataset | None") -> list[Path]:
     return files
 
 
-def read_detections(source: str | Path, dataset: "Dataset | None" = None, ignore_unknown: bool = False) -> dict[str, ImageDetections]:
+def read_detections(source: str | Path, dataset: "LabelledSplit | None" = None, ignore_unknown: bool = False) -> dict[str, ImageDetections]:
     """Read detections in any of the three formats; ``"-"`` reads standard input.
 
     The format follows the content: a JSON list is COCO results, JSON objects per line are JSON
@@ -510,7 +517,7 @@ def _read_text_file(path: Path) -> str:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def _read_text(text: str, name: str, acc: _Acc, dataset: "Dataset | None", path: Path | None) -> None:
+def _read_text(text: str, name: str, acc: _Acc, dataset: "LabelledSplit | None", path: Path | None) -> None:
     head = text.lstrip()[:1]
     if head == "[":
         _read_coco(text, name, acc, dataset)
@@ -527,7 +534,7 @@ def _read_text(text: str, name: str, acc: _Acc, dataset: "Dataset | None", path:
                         f"or VOC comp4 lines{hint}")
 
 
-def check_known(detections: Mapping[str, ImageDetections], dataset: "Dataset", ignore_unknown: bool = False,
+def check_known(detections: Mapping[str, ImageDetections], dataset: "LabelledSplit", ignore_unknown: bool = False,
                 source: str = "detections") -> dict[str, ImageDetections]:
     """Detections restricted to the dataset's images and classes.
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["escape_id", "unescape_id", "attr_value", "StoreReader"]
+__all__ = ["escape_id", "unescape_id", "attr_value", "h5_attr", "StoreReader"]
 
 
 def escape_id(image_id: str) -> str:
@@ -28,6 +30,18 @@ def attr_value(v: Any) -> Any:
         return v.item()
     if isinstance(v, np.ndarray):
         return v.tolist()
+    return v
+
+
+def h5_attr(v: Any) -> Any:
+    """A value HDF5 can hold as an attribute (the inverse of :func:`attr_value`): ``None`` -> ``""``,
+    lists and dicts -> JSON, paths -> str."""
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    if isinstance(v, Path):
+        return str(v)
     return v
 
 

@@ -33,7 +33,6 @@ refuses an ``OUT`` or parts made with other settings (one line, nothing touched)
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -44,9 +43,9 @@ import h5py
 
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import fsync_path
-from rcnn_cli.io.hdf5 import attr_value, escape_id
+from rcnn_cli.io.hdf5 import attr_value, escape_id, h5_attr
 
-__all__ = ["ImageStore", "parts_dir", "published", "read_attrs", "h5_attr"]
+__all__ = ["ImageStore", "parts_dir", "published", "read_attrs"]
 
 #: ``write(group, name)`` creates one image's object (dataset or group) called ``name`` in ``group``
 #: and returns it; the store then sets ``image_id``, ``order`` and ``complete`` on it.
@@ -64,17 +63,6 @@ def published(out: Path) -> list[Path]:
     files = [out] if out.is_file() else []
     parts = parts_dir(out)
     return files + (sorted(parts.glob("part-*.h5")) if parts.is_dir() else [])
-
-
-def h5_attr(v: Any) -> Any:
-    """A value HDF5 can hold as an attribute: ``None`` -> ``""``, lists and dicts -> JSON, paths -> str."""
-    if v is None:
-        return ""
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v)
-    if isinstance(v, Path):
-        return str(v)
-    return v
 
 
 def read_attrs(path: Path) -> dict[str, Any]:

@@ -66,8 +66,8 @@ from rcnn_cli import __version__
 from rcnn_cli.backbones import build_feature_extractor, get_spec, normalize, weights_id as make_weights_id
 from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.io.files import fsync_path
-from rcnn_cli.io.hdf5 import StoreReader, attr_value
-from rcnn_cli.io.store import ImageStore, h5_attr, parts_dir
+from rcnn_cli.io.hdf5 import StoreReader, attr_value, h5_attr
+from rcnn_cli.io.store import ImageStore, parts_dir
 from rcnn_cli.config import parse_shard
 from rcnn_cli.device import resolve_device
 from rcnn_cli.errors import ImageError, UserError
