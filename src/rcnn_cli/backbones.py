@@ -60,6 +60,7 @@ __all__ = [
     "build_feature_extractor",
     "build_trunk",
     "build_dense_trunk",
+    "build_pyramid_trunk",
     "build_head",
     "feature_state_from_detector",
     "normalize",
@@ -426,6 +427,26 @@ def build_dense_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bo
     if freeze_bn:
         trunk = _freeze(trunk)
     return trunk, ch, 32
+
+
+#: Trunks with a feature pyramid built here (torchvision builds ResNet-50's and MobileNetV3's): the
+#: children of :func:`build_dense_trunk` whose outputs feed the pyramid, and their channels.
+#: EfficientNet-Lite0: blocks 2, 4 and 6 (strides 8, 16, 32).
+_PYRAMID_LAYERS = {"efficientnet_lite0": ({"4": "0", "6": "1", "8": "2"}, [40, 112, 320])}
+
+
+def build_pyramid_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False
+                        ) -> tuple[nn.Module, dict[str, str], list[int]]:
+    """The trunk for a feature pyramid: ``(trunk, return_layers, in_channels)``, as torchvision's
+    ``BackboneWithFPN`` takes them. ``trunk`` is :func:`build_dense_trunk`'s (so the registry's
+    ``frozen_modules`` freeze the same leading layers); ``return_layers`` names its children whose
+    outputs are the pyramid's inputs (``{child: level}``, strides 8, 16, 32); ``in_channels`` their
+    channels. Only for the backbones in ``_PYRAMID_LAYERS`` (a UserError otherwise)."""
+    if name not in _PYRAMID_LAYERS:
+        raise UserError(f"{name} has no pyramid trunk here (available: {', '.join(_PYRAMID_LAYERS)})")
+    trunk, _, _ = build_dense_trunk(name, weights, freeze_bn)
+    layers, channels = _PYRAMID_LAYERS[name]
+    return trunk, dict(layers), list(channels)
 
 
 def _trunk_of(net: nn.Module, name: str) -> nn.Module:

@@ -60,11 +60,42 @@ def test_model_uses_paper_anchor_defaults():
     assert cfg.rpn_nms_thresh == 0.7 and (cfg.min_size, cfg.max_size) == (600, 1000)
     with pytest.raises(UserError, match="unknown Faster R-CNN setting"):
         fr.default_config(["a"], anchor_size=[1])
-    with pytest.raises(UserError, match="5 anchor sizes"):
-        fr.default_config(["a"], backbone="resnet50", fpn=True)
+    assert fr.default_config(["a"], backbone="resnet50", fpn=True).anchor_sizes == [32.0, 64.0, 128.0, 256.0, 512.0]
+    with pytest.raises(UserError, match="give 5 anchor sizes"):
+        fr.default_config(["a"], backbone="resnet50", fpn=True, anchor_sizes=[32, 64, 128])
+    with pytest.raises(UserError, match="give 4 anchor sizes"):
+        fr.default_config(["a"], fpn=True, anchor_sizes=[32, 64, 128])
     with pytest.raises(UserError, match="comma-separated"):
         parse_floats("128,x", "--anchor-sizes")
     assert parse_floats("32, 64,128", "--anchor-sizes") == [32.0, 64.0, 128.0]
+
+
+def test_lite0_pyramid_levels_and_their_anchors():
+    """EfficientNet-Lite0 with --fpn: P3-P6 (strides 8, 16, 32, 64) of the pyramid's channels, one anchor
+    size per level (x 3 ratios) centred on that level's stride; the RoI pooling reads P3-P5."""
+    cfg = fr.default_config(["a"], fpn=True, min_size=128, max_size=192, anchor_sizes=[20, 40, 80, 160])
+    assert cfg.anchors_follow_data and cfg.pyramid.levels == 4
+    model = fr.build_model(cfg, "none").eval()
+    feats = model.backbone(torch.zeros(1, 3, 128, 192))
+    channels = cfg.pyramid.channels
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "0": (1, channels, 16, 24), "1": (1, channels, 8, 12), "2": (1, channels, 4, 6), "pool": (1, channels, 2, 3)}
+    from torchvision.models.detection.image_list import ImageList
+
+    anchors = model.rpn.anchor_generator(ImageList(torch.zeros(1, 3, 128, 192), [(128, 192)]), list(feats.values()))[0]
+    counts = [16 * 24, 8 * 12, 4 * 6, 2 * 3]
+    assert anchors.shape == (3 * sum(counts), 4)
+    start = 0
+    for level, (cells, size, stride) in enumerate(zip(counts, [20, 40, 80, 160], [8, 16, 32, 64])):
+        block = anchors[start:start + 3 * cells]
+        square = block[1]  # the first cell's ratio-1 anchor
+        assert square.tolist() == [-size / 2, -size / 2, size / 2, size / 2], level
+        second = block[3:6]  # the next cell along x: shifted by the level's stride
+        assert torch.equal(second - block[:3], torch.tensor([[stride, 0, stride, 0]] * 3, dtype=block.dtype))
+        start += 3 * cells
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    resnet = fr.default_config(["a"], backbone="resnet50", fpn=True)
+    assert not resnet.anchors_follow_data  # torchvision's COCO pyramid keeps its anchors unless --auto-anchors
 
 
 def test_multi_scale_training_draws_sizes_and_tests_at_min_size():

@@ -14,7 +14,7 @@ from rcnn_cli.cli.detect import detect_cmd
 from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
-from rcnn_cli.models.faster_rcnn import FPN_ANCHOR_SIZES, PAPER_TRAIN, TRAIN_DEFAULTS, FasterRCNNConfig
+from rcnn_cli.models.faster_rcnn import PAPER_TRAIN, TRAIN_DEFAULTS, FasterRCNNConfig
 
 faster_app = group("faster")
 
@@ -37,9 +37,9 @@ def train_cmd(
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone from the registry (efficientnet_lite0, vgg16, resnet50, alexnet; mobilenet_v3_large with --fpn)."),
     weights: str = typer.Option("imagenet", "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file."),
-    fpn: bool = typer.Option(False, "--fpn", help="A feature pyramid (resnet50: 5 anchor sizes, one per level; mobilenet_v3_large: all 5 at each of 3 levels)."),
+    fpn: bool = typer.Option(False, "--fpn", help="A feature pyramid (efficientnet_lite0: P3-P6, one fitted anchor size per level; resnet50: 5 anchor sizes, one per level; mobilenet_v3_large: all 5 at each of 3 levels)."),
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two FC layers of 1024) or backbone (the net's own layers after the trunk, e.g. VGG16 fc6/fc7)."),
-    anchor_sizes: Optional[str] = typer.Option(None, "--anchor-sizes", help="Anchor sizes in resized-image pixels, e.g. 128,256,512 (default; 32,...,512 with --fpn)."),
+    anchor_sizes: Optional[str] = typer.Option(None, "--anchor-sizes", help="Anchor sizes in resized-image pixels, e.g. 128,256,512 (default: fitted to the boxes; 32, 64, ... one per level with a COCO pyramid)."),
     aspect_ratios: Optional[str] = typer.Option(None, "--aspect-ratios", help="Anchor aspect ratios h/w, e.g. 0.5,1,2 (default)."),
     auto_anchors: Optional[bool] = typer.Option(None, "--auto-anchors/--no-auto-anchors", help="Fit the anchor sizes to "
                                                 "the training boxes (class-balanced quantiles; the default unless "
@@ -101,8 +101,7 @@ def train_cmd(
                   min_size=p["min_size"], max_size=p["max_size"],
                   train_min_sizes=[int(v) for v in sizes] if sizes else None, **{k: p[k] for k in _MODEL_FIELDS})
     given = {k: v for k, v in values.items() if v is not None}  # the rest: chosen from the data (or the paper's)
-    pyramid = {"anchor_sizes": list(FPN_ANCHOR_SIZES)} if p["fpn"] and "anchor_sizes" not in given else {}
-    summary = train_faster(dataset, p["split"], out, FasterRCNNConfig(**given, **pyramid), train_config, given=set(given),
+    summary = train_faster(dataset, p["split"], out, FasterRCNNConfig(**given), train_config, given=set(given),
                            fit=defaults == "data",
                            fit_schedule=defaults == "data" and sources["epochs"] == sources["lr_steps"] == "default",
                            images=images, val_split=p["val_split"], resume=p["resume"], init=init, sources=sources)

@@ -11,8 +11,10 @@ wired to a trunk of :mod:`rcnn_cli.backbones`:
 - **Trunk**: ``build_trunk`` (stride 16: EfficientNet-Lite0 blocks 0-4, 112 channels; VGG16
   conv5_3, 512; ResNet-50 layer3, 1024; AlexNet conv5, 256) with frozen batch norms (batches of 2
   images cannot estimate statistics) and the first layers frozen as in the papers (VGG16
-  conv1-conv2; ResNet-50 conv1 + layer1; EfficientNet-Lite0 stem + blocks 0-1). Or ResNet-50 with
-  an FPN (``fpn=True``: torchvision's ``resnet_fpn_backbone``, registry weights copied in).
+  conv1-conv2; ResNet-50 conv1 + layer1; EfficientNet-Lite0 stem + blocks 0-1). Or a feature
+  pyramid (``fpn=True``): EfficientNet-Lite0's P3-P6 (blocks 2, 4, 6 + a max-pooled P6, 64 channels
+  as EfficientDet-D0's, one fitted anchor size per level), or torchvision's ResNet-50 and
+  MobileNetV3 pyramids with the registry weights copied in.
 - **RPN**: a 3x3 conv and two 1x1 convs (objectness and 4 deltas per anchor, torchvision's
   ``RPNHead``); anchors ``anchor_sizes`` x ``aspect_ratios`` (paper: 128, 256, 512 and 0.5, 1, 2)
   at every feature cell, centred on ``(x * 16, y * 16)`` (torchvision's convention; the Caffe

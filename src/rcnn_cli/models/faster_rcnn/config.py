@@ -4,7 +4,7 @@ run's ``model`` record), its defaults and checks, and the method's name."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 from rcnn_cli.detector import REGRESSED_NMS, DetectConfig
 from rcnn_cli.errors import UserError
@@ -35,9 +35,10 @@ def _check_anchors(cfg: "FasterRCNNConfig") -> None:
         raise UserError(f"anchor sizes must be positive numbers (got {sizes})")
     if not ratios or any(float(r) <= 0 for r in ratios):
         raise UserError(f"aspect ratios must be positive numbers (got {ratios})")
-    if cfg.fpn and len(sizes) != 5:
-        raise UserError(f"with --fpn give 5 anchor sizes (ResNet-50: one per pyramid level P2-P6; MobileNetV3: all "
-                        f"five at each of its 3 levels; got {len(sizes)})")
+    if cfg.fpn and len(sizes) != cfg.pyramid.anchor_count:
+        raise UserError(f"with --fpn on {cfg.backbone} give {cfg.pyramid.anchor_count} anchor sizes (ResNet-50: one per "
+                        f"level P2-P6; MobileNetV3: all five at each of its 3 levels; EfficientNet-Lite0: one per level "
+                        f"P3-P6; got {len(sizes)})")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class FasterRCNNConfig(ModelConfig):
     train_min_sizes: list[int] | None = None  # multi-scale training: shorter sides drawn per image (+ min_size)
     color_jitter: float = 0.0         # training: brightness, contrast, saturation x 1 +- up to this (DetectionDataset)
     crop_scale: float = 1.0           # training: half the images cropped to sides in [this, 1] x theirs (engine/augment.py)
-    anchor_sizes: list[float] = field(default_factory=lambda: list(PAPER_ANCHOR_SIZES))  # FPN_ANCHOR_SIZES with fpn
+    anchor_sizes: list[float] | None = None  # None: PAPER_ANCHOR_SIZES, with fpn Pyramid.default_anchor_sizes
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     auto_anchors: bool = False
     rpn_nms_thresh: float = 0.7
@@ -84,6 +85,17 @@ class FasterRCNNConfig(ModelConfig):
     box_detections_per_img: int = DetectConfig.top_k
     trained_on: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def pyramid(self) -> Pyramid | None:
+        """The backbone's :class:`Pyramid` with ``fpn``, else ``None``."""
+        return FPN_BACKBONES[self.backbone] if self.fpn else None
+
+    @property
+    def anchors_follow_data(self) -> bool:
+        """Whether the anchor sizes are fitted to the data unless given (:func:`rcnn_cli.fitting.fits_anchors`):
+        always on a single level; with a pyramid, when it has no COCO RPN to match."""
+        return self.pyramid is None or self.pyramid.fit_anchors
+
     def __post_init__(self) -> None:
         from rcnn_cli.backbones import get_spec
 
@@ -91,10 +103,12 @@ class FasterRCNNConfig(ModelConfig):
         self.classes = list(self.classes)
         self.image_mean = list(self.image_mean or spec.mean)
         self.image_std = list(self.image_std or spec.std)
-        self.anchor_sizes = [float(v) for v in self.anchor_sizes]
-        self.aspect_ratios = [float(v) for v in self.aspect_ratios]
         if self.fpn and self.backbone not in FPN_BACKBONES:
             raise UserError(f"--fpn is available for {', '.join(FPN_BACKBONES)} (not {self.backbone})")
+        if self.anchor_sizes is None:
+            self.anchor_sizes = self.pyramid.default_anchor_sizes() if self.fpn else list(PAPER_ANCHOR_SIZES)
+        self.anchor_sizes = [float(v) for v in self.anchor_sizes]
+        self.aspect_ratios = [float(v) for v in self.aspect_ratios]
         if self.head not in ("mlp", "backbone"):
             raise UserError(f"head must be 'mlp' or 'backbone' (got '{self.head}')")
         if self.fpn and self.head == "backbone":
@@ -128,7 +142,33 @@ def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0",
     return cfg
 
 
-#: Backbones with a feature pyramid: the body's layers named as the registry network's (prefix),
-#: the pyramid levels the RoI pooling reads, and whether every anchor size sits at every level.
-FPN_BACKBONES = {"resnet50": ("", ["0", "1", "2", "3"], False),
-                 "mobilenet_v3_large": ("features.", ["0", "1"], True)}
+class Pyramid(NamedTuple):
+    """A backbone's feature pyramid: the prefix of its body's layers in the registry network (torchvision
+    builds the pyramid: ResNet-50, MobileNetV3; ``None``: built here from
+    :func:`rcnn_cli.backbones.build_pyramid_trunk`), the levels the RoI pooling reads, the levels the
+    RPN sees, whether every anchor size sits at every level (else one size per level), the pyramid's
+    channels, and whether the anchor sizes are fitted to the data by default (no COCO RPN to match)."""
+
+    prefix: str | None
+    featmap_names: list[str]
+    levels: int
+    every_size: bool
+    channels: int
+    fit_anchors: bool
+
+    @property
+    def anchor_count(self) -> int:
+        """How many anchor sizes the pyramid takes."""
+        return len(FPN_ANCHOR_SIZES) if self.every_size else self.levels
+
+    def default_anchor_sizes(self) -> list[float]:
+        """The anchor sizes when neither given nor fitted: 32 px at stride 8 (or 4), doubling per level."""
+        return list(FPN_ANCHOR_SIZES[: self.anchor_count])
+
+
+#: Backbones with a feature pyramid (``--fpn``). ResNet-50: P2-P6 (strides 4-64), one size per level;
+#: MobileNetV3: its 3 levels, every size at each; EfficientNet-Lite0: P3-P6 from blocks 2, 4, 6
+#: (strides 8-64), one fitted size per level.
+FPN_BACKBONES = {"resnet50": Pyramid("", ["0", "1", "2", "3"], 5, False, 256, False),
+                 "mobilenet_v3_large": Pyramid("features.", ["0", "1"], 3, True, 256, False),
+                 "efficientnet_lite0": Pyramid(None, ["0", "1", "2"], 4, False, 64, True)}

@@ -19,7 +19,7 @@ def make_anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float]
                           every_size: bool = False):
     """torchvision ``AnchorGenerator``: with one level, every size x every ratio at each cell;
     with ``levels`` > 1 (FPN), one size per level and every ratio; ``every_size`` (MobileNetV3's
-    pyramid): every size x every ratio at each of its 3 levels.
+    pyramid): every size x every ratio at each level.
 
     A ratio ``r`` is height / width: the anchor of size ``s`` is ``s / sqrt(r)`` wide and
     ``s * sqrt(r)`` high (area ``s^2``), centred on the cell's top-left pixel times the stride,
@@ -32,7 +32,7 @@ def make_anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float]
     if levels == 1:
         return AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
     if every_size:
-        return AnchorGenerator(sizes=(sizes,) * 3, aspect_ratios=(ratios,) * 3)
+        return AnchorGenerator(sizes=(sizes,) * levels, aspect_ratios=(ratios,) * levels)
     if len(sizes) != levels:
         raise UserError(f"{levels} feature levels need {levels} anchor sizes (got {len(sizes)})")
     return AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=(ratios,) * levels)
@@ -50,12 +50,22 @@ class _Trunk(nn.Module):
         return self.body(x)
 
 
-def _fpn_backbone(name: str, weights: str) -> nn.Module:
-    """torchvision's FPN backbone of ``name`` (frozen batch norms, the last 3 stages trainable, as
-    its COCO detectors), the registry network's ``weights`` copied into the body."""
-    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+def _fpn_backbone(cfg: FasterRCNNConfig, weights: str) -> nn.Module:
+    """The feature-pyramid backbone of ``cfg`` (frozen batch norms): built here on the registry's pyramid
+    trunk (EfficientNet-Lite0: the registry's leading layers frozen, ``LastLevelMaxPool`` adding P6), or
+    torchvision's (ResNet-50, MobileNetV3: the last 3 stages trainable, as its COCO detectors) with the
+    registry network's ``weights`` copied into the body."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone, resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
     from torchvision.ops.misc import FrozenBatchNorm2d
 
+    name, pyramid = cfg.backbone, cfg.pyramid
+    if pyramid.prefix is None:
+        from rcnn_cli.backbones import build_pyramid_trunk, freeze_leading, get_spec
+
+        trunk, layers, channels = build_pyramid_trunk(name, weights, freeze_bn=True)
+        freeze_leading(trunk, get_spec(name).frozen_modules if cfg.frozen_modules is None else int(cfg.frozen_modules))
+        return BackboneWithFPN(trunk, layers, channels, pyramid.channels, extra_blocks=LastLevelMaxPool())
     if name == "resnet50":
         fpn = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=3, norm_layer=FrozenBatchNorm2d)
     else:
@@ -64,9 +74,9 @@ def _fpn_backbone(name: str, weights: str) -> nn.Module:
     if weights != "none":
         from rcnn_cli.backbones import build_feature_extractor
 
-        prefix = FPN_BACKBONES[name][0]
         src = build_feature_extractor(name, weights).net.state_dict()
         body = fpn.body.state_dict()
+        prefix = pyramid.prefix
         mapped = {k: src[prefix + k] for k in body if prefix + k in src and src[prefix + k].shape == body[k].shape}
         missing = [k for k in body if k not in mapped and not k.endswith("num_batches_tracked")]
         if missing:
@@ -96,9 +106,10 @@ def build_model(cfg: FasterRCNNConfig, weights: str = "none") -> nn.Module:
     box_head = None
     representation = int(cfg.representation_size)
     if cfg.fpn:
-        backbone = _fpn_backbone(name, str(weights))
-        _, featmap_names, every_size = FPN_BACKBONES[name]
-        anchor_gen = make_anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios, levels=5, every_size=every_size)
+        backbone = _fpn_backbone(cfg, str(weights))
+        featmap_names = cfg.pyramid.featmap_names
+        anchor_gen = make_anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios, levels=cfg.pyramid.levels,
+                                           every_size=cfg.pyramid.every_size)
     else:
         body, channels, _stride = build_trunk(name, weights, freeze_bn=True)
         frozen = cfg.frozen_modules
@@ -245,7 +256,7 @@ def load_init(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) ->
         missing = next(k for k in wanted if k not in loaded)
         raise UserError(f"--init {what}: only {len(loaded)} of {len(wanted)} tensors fit this model (e.g. '{missing}'"
                         f" is missing or another shape); COCO checkpoints need --fpn and their backbone "
-                        f"({' or '.join(FPN_BACKBONES)})")
+                        f"({' or '.join(b for b, _, _ in COCO_INITS.values())})")
     model.load_state_dict(loaded, strict=False)
     logger.info("--init %s: %d of %d tensors loaded; the box predictor starts anew for %d classes", what,
                 len(loaded), len(wanted), len(model.rcnn_config.classes))

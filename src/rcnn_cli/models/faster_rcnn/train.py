@@ -10,7 +10,7 @@ from torch import nn
 
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
-from rcnn_cli.models.faster_rcnn.config import FasterRCNNConfig, FPN_ANCHOR_SIZES, NAME
+from rcnn_cli.models.faster_rcnn.config import FasterRCNNConfig, NAME
 from rcnn_cli.models.faster_rcnn.model import (
     _model_config_from, build_model, COCO_INITS, decode_size, init_state, load_init)
 from rcnn_cli.models.faster_rcnn.detector import FasterRCNNDetector
@@ -41,7 +41,7 @@ def _for_init(model: FasterRCNNConfig, init: str | None, given: Collection[str])
     spec = get_spec(model.backbone)
     own = {k: None for k, mine in (("image_mean", spec.mean), ("image_std", spec.std))
            if list(getattr(model, k)) == list(mine)}
-    anchors = {} if "anchor_sizes" in given else {"anchor_sizes": list(FPN_ANCHOR_SIZES)}
+    anchors = {} if "anchor_sizes" in given else {"anchor_sizes": None}  # the pyramid's
     return replace(model, backbone=COCO_INITS[init][0], fpn=True, weights="none", **own, **anchors)
 
 
