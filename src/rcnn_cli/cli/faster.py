@@ -24,7 +24,7 @@ _M, _T = FasterRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 #: The model settings this command passes to the configuration as given (parameters are named as its fields).
 _MODEL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
                  "rpn_post_nms_top_n_test", "rpn_nms_thresh", "box_batch_size_per_image", "color_jitter",
-                 "crop_scale")
+                 "crop_scale", "mosaic")
 
 
 @faster_app.command("train")
@@ -60,6 +60,9 @@ def train_cmd(
     crop_scale: float = typer.Option(
         _M.crop_scale, "--crop-scale", help="Training: half the images cropped to a window whose sides are drawn in "
         "[this, 1] x the image's, never cutting an object below 60 % visible, e.g. 0.5 (default 1: no crops)."),
+    mosaic: float = typer.Option(
+        _M.mosaic, "--mosaic", help="Training: the probability that an image comes as a mosaic of four (YOLOv4's, each "
+        "at its own scale, never cutting an object below 60 % visible), e.g. 0.5 (default 0: none)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from a trained detector, the box predictor "
                                        "re-initialised for your classes: coco (torchvision's COCO "
                                        "fasterrcnn_resnet50_fpn; implies --backbone resnet50 --fpn), coco-mobilenet "

@@ -11,7 +11,10 @@ Bad boxes follow the package policy (:meth:`Dataset.training_targets`); images w
 with ``color_jitter=j`` the image's brightness, contrast and saturation are each scaled by a factor
 drawn from ``[1 - j, 1 + j]`` (torchvision's ``adjust_*``, in that order); with ``crop_scale=s < 1``
 half the images are cropped first (:mod:`rcnn_cli.engine.augment`: sides in ``[s, 1]`` times the
-image's, no object cut below the visibility rule; proposals clipped to the crop). Every decision is a pure
+image's, no object cut below the visibility rule; proposals clipped to the crop); with ``mosaic=p``
+(no proposals) an item is with probability ``p`` a mosaic of its image and three drawn at random
+(:func:`rcnn_cli.engine.augment.mosaic_layout`; ``target["mosaic"]`` lists the four indices), then
+jittered and flipped as a whole. Every decision is a pure
 function of ``(seed, epoch, index)`` so runs, resumes and DDP ranks are reproducible without any
 saved RNG state.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rcnn_cli.data.dataset import Dataset
 from rcnn_cli.data.images import load_image, load_image_for, to_tensor
@@ -32,7 +36,11 @@ from rcnn_cli.boxes import clip_boxes, flip_boxes, scale_boxes
 from rcnn_cli.proposals import boxes_for
 from rcnn_cli.log import logger
 
-__all__ = ["DetectionDataset"]
+__all__ = ["DetectionDataset", "MOSAIC_FILL"]
+
+#: The colour of a mosaic's canvas where no image reaches: mid-grey, about zero after the backbones'
+#: normalisation.
+MOSAIC_FILL = (127, 127, 127)
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -45,9 +53,13 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Dataset, flip: bool = True, proposals: Any = None, seed: int = 0,
                  max_proposals: int | None = None, keep_difficult: bool = True,
-                 fit: tuple[int, int] | None = None, color_jitter: float = 0.0, crop_scale: float = 1.0) -> None:
+                 fit: tuple[int, int] | None = None, color_jitter: float = 0.0, crop_scale: float = 1.0,
+                 mosaic: float = 0.0) -> None:
         if not 0.0 <= float(color_jitter) < 1.0:
             raise UserError(f"--color-jitter must be in [0, 1) (got {color_jitter})")
+        if not 0.0 <= float(mosaic) <= 1.0:
+            raise UserError(f"--mosaic must be a probability in [0, 1] (got {mosaic})")
+        self.mosaic = float(mosaic)
         self.dataset = dataset
         self.color_jitter = float(color_jitter)
         self.crop_scale = float(crop_scale)
@@ -147,31 +159,65 @@ class DetectionDataset(torch.utils.data.Dataset):
             boxes = boxes[: self.max_proposals]
         return clip_boxes(boxes, width, height, min_side=1e-3)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def mosaic_partners(self, index: int) -> list[int]:
+        """The three other items that item ``index`` is a mosaic with in this epoch (drawn at random), or
+        ``[]``: no mosaics, proposals (mosaics are for Faster R-CNN), or the coin fell the other way."""
+        if self.mosaic <= 0 or self.has_proposals or len(self.records) < 2:
+            return []
+        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+        if rng.random() >= self.mosaic:
+            return []
+        return [int(j) for j in rng.integers(0, len(self.records), 3)]
+
+    def _read(self, index: int):
+        """``(index, record, image, boxes, labels)`` of item ``index`` (or of the next readable image, whose
+        index is returned): the PIL image as decoded for training and its boxes in its pixels."""
         for attempt in range(len(self.records)):
             i = (index + attempt) % len(self.records)
             record = self.records[i]
             try:
-                image, scale = load_image_for(record.path, *self.fit) if self.fit else (load_image(record.path), (1, 1))
+                image, (sx, sy) = load_image_for(record.path, *self.fit) if self.fit else (load_image(record.path), (1, 1))
             except ImageError as e:
                 logger.warning("%s; using another image in its place", e)
                 continue
-            return self._item(i if attempt else index, record, image, scale)
+            width, height = image.size
+            boxes, labels = self.dataset.training_targets(record, width / sx, height / sy,
+                                                          keep_difficult=self.keep_difficult)
+            if (sx, sy) != (1, 1):
+                boxes = clip_boxes(scale_boxes(boxes, sx, sy), width, height)
+            return i, record, image, boxes, labels
         raise UserError("no training image could be read")
 
-    def _item(self, index: int, record, image, scale: tuple[float, float]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _mosaic(self, index: int, first: tuple, partners: list[int]):
+        """Item ``index``'s mosaic (:mod:`rcnn_cli.engine.augment`): ``(image, boxes, labels)``."""
+        from rcnn_cli.engine.augment import mosaic_boxes, mosaic_layout
+
+        parts = [first[2:]] + [self._read(j)[2:] for j in partners]
+        images, boxes, labels = zip(*parts)
+        tiles = mosaic_layout([im.size for im in images], boxes, np.random.default_rng([self.seed, self.epoch, index, 4]))
+        canvas = Image.new("RGB", images[0].size, MOSAIC_FILL)
+        for im, tile in zip(images, tiles):
+            canvas.paste(im.crop(tile.window), tile.origin)
+        kept, masks = mosaic_boxes(boxes, tiles)
+        return canvas, kept, np.concatenate([np.asarray(lab)[m] for lab, m in zip(labels, masks)])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        read = self._read(index)
+        index, record, image, boxes, labels = read
         width, height = image.size
-        sx, sy = scale
-        boxes, labels = self.dataset.training_targets(record, width / sx, height / sy, keep_difficult=self.keep_difficult)
-        if (sx, sy) != (1, 1):
-            boxes = clip_boxes(scale_boxes(boxes, sx, sy), width, height)
-        proposals = self.proposals_for(record.image_id, width, height) if self.has_proposals else None
-        window = self.crop_for(index, boxes, width, height)
+        proposals, window = None, None
+        partners = self.mosaic_partners(index)
+        if partners:
+            image, boxes, labels = self._mosaic(index, read, partners)
+        else:
+            proposals = self.proposals_for(record.image_id, width, height) if self.has_proposals else None
+            window = self.crop_for(index, boxes, width, height)
         if window is not None:
             image, boxes, labels, proposals = _cropped(window, image, boxes, labels, proposals)
             width, height = image.size
         tensor = self.jittered(to_tensor(image), index)
-        target: dict[str, Any] = {"image_id": record.image_id, "flipped": False, "crop": window}
+        target: dict[str, Any] = {"image_id": record.image_id, "flipped": False, "crop": window,
+                                  "mosaic": [index, *partners] if partners else None}
         if self.is_flipped(index):
             tensor = tensor.flip(-1)
             boxes = flip_boxes(boxes, width)

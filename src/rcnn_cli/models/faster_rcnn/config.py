@@ -62,6 +62,7 @@ class FasterRCNNConfig(ModelConfig):
     train_min_sizes: list[int] | None = None  # multi-scale training: shorter sides drawn per image (+ min_size)
     color_jitter: float = 0.0         # training: brightness, contrast, saturation x 1 +- up to this (DetectionDataset)
     crop_scale: float = 1.0           # training: half the images cropped to sides in [this, 1] x theirs (engine/augment.py)
+    mosaic: float = 0.0               # training: probability of a mosaic of four images (engine/augment.py)
     anchor_sizes: list[float] | None = None  # None: PAPER_ANCHOR_SIZES, with fpn Pyramid.default_anchor_sizes
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     auto_anchors: bool = False
@@ -120,6 +121,8 @@ class FasterRCNNConfig(ModelConfig):
             raise UserError(f"--max-size ({self.max_size}) is smaller than --min-size ({self.min_size})")
         if not 0.1 <= float(self.crop_scale) <= 1.0:
             raise UserError(f"--crop-scale must be in [0.1, 1] (got {self.crop_scale}; 1: no crops)")
+        if not 0.0 <= float(self.mosaic) <= 1.0:
+            raise UserError(f"--mosaic must be a probability in [0, 1] (got {self.mosaic})")
         sizes = self.train_min_sizes
         if sizes is not None and (not sizes or any(int(v) < 16 for v in sizes)):
             raise UserError(f"training sizes must be at least 16 pixels (got {sizes})")
