@@ -248,6 +248,28 @@ def test_color_jitter_scales_a_grey_image_by_the_items_brightness_factor(tmp_pat
         DetectionDataset(ds, color_jitter=1.0)
 
 
+def test_hue_jitter_turns_a_red_image_by_the_items_hue_shift(tmp_path):
+    import colorsys
+
+    import torch
+
+    from rcnn_cli.data.dataset import Dataset, ImageRecord
+    from rcnn_cli.engine.dataset import DetectionDataset
+
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "red.png")
+    rec = ImageRecord("red", tmp_path / "red.png", 20, 10, np.array([[2, 2, 8, 8]], np.float32), ["a"])
+    ds = DetectionDataset(Dataset(tmp_path, "x", ["a"], [rec]), flip=False, hue_jitter=0.4, seed=2)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        image, _ = ds[0]
+        rng = np.random.default_rng([2, epoch, 0, 1])
+        rng.uniform(1, 1, 3)  # the brightness, contrast and saturation factors come first
+        want = colorsys.hsv_to_rgb(rng.uniform(-0.4, 0.4) % 1.0, 1.0, 1.0)
+        assert torch.allclose(image[:, 5, 5], torch.tensor(want, dtype=torch.float32), atol=2e-3), epoch
+    with pytest.raises(UserError, match="--hue-jitter"):
+        DetectionDataset(ds.dataset, hue_jitter=0.6)
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(ImageError, match="missing.jpg: image file not found"):
         load_image(tmp_path / "missing.jpg")

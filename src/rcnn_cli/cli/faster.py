@@ -24,7 +24,7 @@ _M, _T = FasterRCNNConfig(), TrainConfig(**TRAIN_DEFAULTS)
 #: The model settings this command passes to the configuration as given (parameters are named as its fields).
 _MODEL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
                  "rpn_post_nms_top_n_test", "rpn_nms_thresh", "box_batch_size_per_image", "color_jitter",
-                 "crop_scale", "mosaic")
+                 "hue_jitter", "crop_scale", "mosaic")
 
 
 @faster_app.command("train")
@@ -57,6 +57,9 @@ def train_cmd(
     color_jitter: float = typer.Option(
         _M.color_jitter, "--color-jitter", help="Training: each image's brightness, contrast and saturation scaled "
         "by a factor drawn in 1 +- this, e.g. 0.3 (default 0: flips and scales only; README: measured)."),
+    hue_jitter: float = typer.Option(
+        _M.hue_jitter, "--hue-jitter", help="Training: each image's hue turned by a fraction of the colour circle drawn "
+        "in +- this, e.g. 0.015 as YOLO's HSV jitter (default 0)."),
     crop_scale: float = typer.Option(
         _M.crop_scale, "--crop-scale", help="Training: half the images cropped to a window whose sides are drawn in "
         "[this, 1] x the image's, never cutting an object below 60 % visible, e.g. 0.5 (default 1: no crops)."),

@@ -9,7 +9,9 @@ float32 pixels, "labels": (M,) int64 in 1..K, "image_id": str, "proposals": (P, 
 Bad boxes follow the package policy (:meth:`Dataset.training_targets`); images without objects give
 ``M = 0``. A horizontal flip (probability 0.5) is applied to the image, boxes and proposals alike;
 with ``color_jitter=j`` the image's brightness, contrast and saturation are each scaled by a factor
-drawn from ``[1 - j, 1 + j]`` (torchvision's ``adjust_*``, in that order); with ``crop_scale=s < 1``
+drawn from ``[1 - j, 1 + j]`` (torchvision's ``adjust_*``, in that order); with ``hue_jitter=h`` the
+hue is then turned by a fraction of the colour circle drawn from ``[-h, h]`` (YOLO's HSV jitter uses
+0.015); with ``crop_scale=s < 1``
 half the images are cropped first (:mod:`rcnn_cli.engine.augment`: sides in ``[s, 1]`` times the
 image's, no object cut below the visibility rule; proposals clipped to the crop); with ``mosaic=p``
 (no proposals) an item is with probability ``p`` a mosaic of its image and three drawn at random
@@ -54,9 +56,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __init__(self, dataset: Dataset, flip: bool = True, proposals: Any = None, seed: int = 0,
                  max_proposals: int | None = None, keep_difficult: bool = True,
                  fit: tuple[int, int] | None = None, color_jitter: float = 0.0, crop_scale: float = 1.0,
-                 mosaic: float = 0.0) -> None:
+                 mosaic: float = 0.0, hue_jitter: float = 0.0) -> None:
         if not 0.0 <= float(color_jitter) < 1.0:
             raise UserError(f"--color-jitter must be in [0, 1) (got {color_jitter})")
+        if not 0.0 <= float(hue_jitter) <= 0.5:
+            raise UserError(f"--hue-jitter must be in [0, 0.5] of the colour circle (got {hue_jitter})")
+        self.hue_jitter = float(hue_jitter)
         if not 0.0 <= float(mosaic) <= 1.0:
             raise UserError(f"--mosaic must be a probability in [0, 1] (got {mosaic})")
         self.mosaic = float(mosaic)
@@ -127,14 +132,18 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def jittered(self, tensor: torch.Tensor, index: int) -> torch.Tensor:
         """``tensor`` ``(3, H, W)`` in ``[0, 1]`` with item ``index``'s brightness, contrast and
-        saturation factors of this epoch (unchanged without ``color_jitter``)."""
-        if not self.color_jitter:
+        saturation factors and hue shift of this epoch (unchanged without ``color_jitter`` and
+        ``hue_jitter``)."""
+        if not self.color_jitter and not self.hue_jitter:
             return tensor
         from torchvision.transforms.v2 import functional as TF
 
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
         b, c, s = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter, 3)
-        return TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(tensor, b), c), s)
+        hue = rng.uniform(-self.hue_jitter, self.hue_jitter)
+        if self.color_jitter:
+            tensor = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(tensor, b), c), s)
+        return TF.adjust_hue(tensor, hue) if self.hue_jitter else tensor
 
     def crop_for(self, index: int, boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
         """Item ``index``'s crop window of this epoch (:func:`rcnn_cli.engine.augment.crop_window`), or

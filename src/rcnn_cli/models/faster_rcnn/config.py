@@ -61,6 +61,7 @@ class FasterRCNNConfig(ModelConfig):
     max_size: int = 1000
     train_min_sizes: list[int] | None = None  # multi-scale training: shorter sides drawn per image (+ min_size)
     color_jitter: float = 0.0         # training: brightness, contrast, saturation x 1 +- up to this (DetectionDataset)
+    hue_jitter: float = 0.0           # training: hue turned by up to this fraction of the colour circle (DetectionDataset)
     crop_scale: float = 1.0           # training: half the images cropped to sides in [this, 1] x theirs (engine/augment.py)
     mosaic: float = 0.0               # training: probability of a mosaic of four images (engine/augment.py)
     anchor_sizes: list[float] | None = None  # None: PAPER_ANCHOR_SIZES, with fpn Pyramid.default_anchor_sizes

@@ -131,7 +131,8 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, m
         val = load_dataset(dataset_path, val_split, images, classes=list(ds.classes))
         evaluate_fn = make_evaluate_fn(val, ds.classes)
     train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed, fit=decode_size(cfg),
-                                color_jitter=cfg.color_jitter, crop_scale=cfg.crop_scale, mosaic=cfg.mosaic)
+                                color_jitter=cfg.color_jitter, hue_jitter=cfg.hue_jitter, crop_scale=cfg.crop_scale,
+                                mosaic=cfg.mosaic)
     summary = train(model, train_ds, out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
                     command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
