@@ -12,6 +12,8 @@ in the main process) for:
   where the boxes come from);
 * both with ``torch.compile`` of the training forward (``TrainConfig.compile``; the first
   ``--warmup`` iterations, which include the compilation, are excluded).
+* issue 34's levers against the engine's defaults (variant 3): the EfficientNet-Lite0 pyramid, the
+  Lite1 and Lite2 trunks, mosaics, hue and colour jitter (``--only 3,8,9,10,11,12``).
 
 Each variant trains ``--iters`` iterations of 2 images; the first ``--warmup`` are excluded (the
 engine logs images/s per window of ``--warmup`` iterations). Variants are interleaved over
@@ -36,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "bccd"
 
-VARIANTS = [  # (name, model, channels_last, RPN pre-NMS top-N in training, torch.compile)
+VARIANTS = [  # (name, model, channels_last, RPN pre-NMS top-N in training, torch.compile[, model settings])
     ("faster, NCHW, pre-NMS 12000", "faster", False, 12000, False),
     ("faster, channels_last, pre-NMS 12000", "faster", True, 12000, False),
     ("faster, channels_last, pre-NMS 2000", "faster", True, 2000, False),
@@ -44,6 +46,14 @@ VARIANTS = [  # (name, model, channels_last, RPN pre-NMS top-N in training, torc
     ("fast, NCHW", "fast", False, None, False),
     ("fast, channels_last", "fast", True, None, False),
     ("fast, channels_last, compile", "fast", True, None, True),
+    # issue 34's levers, each against variant 3 (the engine's defaults): run with --only 3,8,9,10,11,12
+    ("faster, Lite0 pyramid P3-P6 (--fpn)", "faster", True, 2000, False,
+     {"fpn": True, "anchor_sizes": [32.0, 64.0, 128.0, 256.0]}),
+    ("faster, EfficientNet-Lite1", "faster", True, 2000, False, {"backbone": "efficientnet_lite1"}),
+    ("faster, EfficientNet-Lite2", "faster", True, 2000, False, {"backbone": "efficientnet_lite2"}),
+    ("faster, --mosaic 0.5", "faster", True, 2000, False, {"mosaic": 0.5}),
+    ("faster, --hue-jitter 0.015 --color-jitter 0.3", "faster", True, 2000, False,
+     {"hue_jitter": 0.015, "color_jitter": 0.3}),
 ]
 
 
@@ -67,9 +77,10 @@ def steady_images_per_s(run_dir: Path, warmup: int) -> float:
 
 
 def run_variant(kind: str, channels_last: bool, pre_nms: int | None, ds, data: Path, split: str, proposals: Path,
-                args, out: Path, compile: bool = False, **train_options) -> float:
-    """Train ``args.iters`` iterations of one variant into ``out``; steady images/s. ``train_options``
-    go to :class:`rcnn_cli.engine.TrainConfig` (e.g. ``device``, ``amp``)."""
+                args, out: Path, compile: bool = False, model_settings: dict | None = None, **train_options) -> float:
+    """Train ``args.iters`` iterations of one variant into ``out``; steady images/s. ``model_settings``
+    go to Faster R-CNN's configuration, ``train_options`` to :class:`rcnn_cli.engine.TrainConfig` (e.g.
+    ``device``, ``amp``)."""
     from rcnn_cli.engine import TrainConfig
     from rcnn_cli.models.fast_rcnn import FastRCNNConfig, train_fast_rcnn
     from rcnn_cli.models.faster_rcnn import FasterRCNNConfig, train_faster
@@ -78,8 +89,9 @@ def run_variant(kind: str, channels_last: bool, pre_nms: int | None, ds, data: P
     cfg = TrainConfig(epochs=1000, max_iters=args.iters, warmup_iters=5, log_every=args.warmup, progress=False,
                       channels_last=channels_last, seed=0, compile=compile, **train_options)
     if kind == "faster":
-        model = FasterRCNNConfig(anchor_sizes=[32.0, 96.0, 256.0], min_size=args.min_size, max_size=args.max_size,
-                                 rpn_pre_nms_top_n_train=pre_nms)
+        settings = {"anchor_sizes": [32.0, 96.0, 256.0], **(model_settings or {})}
+        model = FasterRCNNConfig(min_size=args.min_size, max_size=args.max_size, rpn_pre_nms_top_n_train=pre_nms,
+                                 **settings)
         train_faster(data, split, out, model, cfg, fit=False)
     else:
         model_cfg = FastRCNNConfig(classes=list(ds.classes), min_size=args.min_size, max_size=args.max_size)
@@ -97,7 +109,7 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--proposals", type=int, default=300, help="random proposals per image for Fast R-CNN")
-    p.add_argument("--only", help="comma-separated variant numbers (1-7) to run")
+    p.add_argument("--only", help=f"comma-separated variant numbers (1-{len(VARIANTS)}) to run")
     args = p.parse_args(argv)
     if args.iters <= args.warmup:
         p.error("--iters must exceed --warmup")
@@ -117,8 +129,9 @@ def main(argv=None) -> dict:
         chosen = [VARIANTS[int(i) - 1] for i in args.only.split(",")] if args.only else VARIANTS
         best: dict[str, float] = {}
         for rnd in range(args.repeats):
-            for name, kind, cl, pre, comp in chosen:
-                ips = run_variant(kind, cl, pre, ds, data, args.split, proposals, args, work / "run", compile=comp)
+            for name, kind, cl, pre, comp, *settings in chosen:
+                ips = run_variant(kind, cl, pre, ds, data, args.split, proposals, args, work / "run", compile=comp,
+                                  model_settings=settings[0] if settings else None)
                 best[name] = max(best.get(name, 0.0), ips)
                 print(f"round {rnd + 1}: {name}: {ips:.3f} images/s", file=sys.stderr, flush=True)
     finally:
@@ -132,7 +145,7 @@ def main(argv=None) -> dict:
     print(f"| {'variant':40s} | images/s | ratio to the model's first row |")
     print(f"|{'-' * 42}|---------:|-------------------------------:|")
     first: dict[str, float] = {}
-    for name, kind, _cl, _pre, _comp in chosen:
+    for name, kind, *_ in chosen:
         first.setdefault(kind, best[name])
         print(f"| {name:40s} | {best[name]:8.3f} | {best[name] / first[kind]:30.3f} |")
     return best

