@@ -49,12 +49,12 @@ def random_proposer(n: int):
 
 def make_proposals(data: Path, split: str, count: int, per_image: int, out: Path):
     from rcnn_cli.data.inputs import ImageInput, load_dataset
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.proposals import ProposalConfig, run_propose
 
     ds = load_dataset(data, split)
     ds.records = ds.records[:count]
     run_propose([ImageInput(r.image_id, r.path) for r in ds.records], out, proposer=random_proposer(per_image),
-                min_size=0, progress=False, attrs={"method": "random"})
+                config=ProposalConfig(method="random", min_size=0), progress=False, attrs={"method": "random"})
     return ds
 
 

@@ -62,10 +62,10 @@ def random_proposals(ds, per_image: int, out: Path) -> Path:
     from bench_features import random_proposer  # scripts/ is on sys.path when this file runs as a script
 
     from rcnn_cli.data.inputs import ImageInput
-    from rcnn_cli.proposals import run_propose
+    from rcnn_cli.proposals import ProposalConfig, run_propose
 
     run_propose([ImageInput(r.image_id, r.path) for r in ds.records], out, proposer=random_proposer(per_image),
-                min_size=0, progress=False, attrs={"method": "random"})
+                config=ProposalConfig(method="random", min_size=0), progress=False, attrs={"method": "random"})
     return out
 
 
