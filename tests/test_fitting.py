@@ -14,6 +14,7 @@ from torch import nn
 
 from rcnn_cli import fitting as F
 from rcnn_cli.engine import TrainConfig, budget, train
+from rcnn_cli.engine.trainer import lr_at
 from rcnn_cli.errors import UserError
 from rcnn_cli.models.faster_rcnn import FasterRCNNConfig
 
@@ -161,6 +162,30 @@ def test_engine_fits_the_epochs_to_the_budget_and_records_the_plan(tmp_path):
     with pytest.raises(UserError, match="give at least"):
         train(_Slow(), _Data(), tmp_path / "small", TrainConfig(epochs=2, batch_size=3, progress=False,
                                                                 device="cpu", time_budget=0.05), kind="faster")
+
+
+def test_auto_schedule_follows_the_budget(tmp_path):
+    """--lr-schedule auto: the cosine with the weights' average where the budget cuts the schedule, the step
+    schedule without one where it runs whole or without a budget; a resumed run keeps what was chosen."""
+    cfg = TrainConfig(epochs=40, batch_size=3, warmup_iters=0, progress=False, device="cpu", time_budget="1s",
+                      max_iters=15, lr_schedule="auto", ema=0.9)
+
+    def chosen(run):
+        record = json.loads((run / "config.json").read_text())["train"]
+        return record["lr_schedule"], record["ema"], (run / "checkpoint" / "ema.safetensors").is_file()
+
+    train(_Slow(), _Data(), tmp_path / "cut", cfg, kind="faster")  # 10 ms x 10 per epoch: 1 s fits < 40 epochs
+    assert chosen(tmp_path / "cut") == ("cosine", 0.9, True)
+    plan = json.loads((tmp_path / "cut" / "config.json").read_text())["train"]["time_budget_plan"]
+    assert (plan["lr_schedule"], plan["ema"]) == ("cosine", 0.9)
+    summary = train(_Slow(), _Data(), tmp_path / "cut", replace(cfg, max_iters=25), resume=True, kind="faster")
+    assert summary["iterations"] == 25 and chosen(tmp_path / "cut") == ("cosine", 0.9, True)
+    train(_Slow(), _Data(), tmp_path / "whole", replace(cfg, epochs=2, max_iters=None), kind="faster")
+    assert chosen(tmp_path / "whole") == ("step", 0.0, False)
+    train(_Slow(), _Data(), tmp_path / "free", replace(cfg, epochs=1, max_iters=None, time_budget=None), kind="faster")
+    assert chosen(tmp_path / "free") == ("step", 0.0, False)
+    assert lr_at(replace(cfg, lr_schedule="auto", lr=0.1), 5, 3, 100) == lr_at(replace(cfg, lr_schedule="step", lr=0.1),
+                                                                              5, 3, 100)  # until it is chosen
 
 
 def budget_steps(epochs: int):

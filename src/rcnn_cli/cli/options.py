@@ -283,12 +283,14 @@ def _training(d: Any) -> list[tuple[str, Any, Any]]:
                                                     "time, e.g. 20m or 2h: the schedule's epochs (and default lr steps) "
                                                     "cut to what fits at the speed of the first iterations (a ceiling: "
                                                     "give --epochs to train longer).")),
-        ("lr_schedule", str, typer.Option(d.lr_schedule, "--lr-schedule", help="step (x --lr-gamma at --lr-steps) "
-                                          "or cosine (from --lr down to --lr x --lr-final, after the warmup).")),
+        ("lr_schedule", str, typer.Option(d.lr_schedule, "--lr-schedule", help="step (x --lr-gamma at --lr-steps), "
+                                          "cosine (from --lr down to --lr x --lr-final, after the warmup) or auto (cosine "
+                                          "with --ema where --time-budget cuts the schedule, else step without it).")),
         ("lr_final", float, typer.Option(d.lr_final, "--lr-final", help="With --lr-schedule cosine: the last "
                                          "learning rate as a fraction of --lr.")),
         ("ema", float, typer.Option(d.ema, "--ema", help="Keep a moving average of the weights with this decay "
-                                    "(e.g. 0.999; 0: none); validation and the saved model use it.")),
+                                    "(e.g. 0.999; 0: none); validation and the saved model use it (with --lr-schedule "
+                                    "auto: only where the budget cuts the schedule).")),
         ("compile", bool, typer.Option(False, "--compile", help="torch.compile the training forward (first "
                                        "iterations compile; README: measured speed).")),
         ("progress", bool, progress()),

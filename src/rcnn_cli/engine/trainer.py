@@ -65,6 +65,11 @@ def default_lr_steps(epochs: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(epochs * 2 / 3)), max(1, round(epochs * 11 / 12))}))
 
 
+#: ``--lr-schedule``: the step schedule, the cosine, or ``auto``: the cosine with ``--ema`` where a time budget
+#: cuts the schedule, else the step schedule without an average (:meth:`_Loop.resolve_schedule`).
+SCHEDULES = ("step", "cosine", "auto")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings. ``lr_steps`` are epochs at which the learning rate is multiplied by
@@ -95,7 +100,7 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard events into RUN/tensorboard
     compile: bool = False  # torch.compile the training forward (README: bench_train figures)
     time_budget: float | None = None  # seconds (or "30m", "2h"): the schedule capped to fit it (engine/budget.py)
-    lr_schedule: str = "step"  # "step" (x lr_gamma at lr_steps) or "cosine" (from lr down to lr * lr_final)
+    lr_schedule: str = "step"  # "step" (x lr_gamma at lr_steps), "cosine" (lr down to lr * lr_final) or "auto"
     lr_final: float = 0.01     # cosine: the last iteration's learning rate, as a fraction of lr
     ema: float = 0.0           # the weights' moving-average decay (engine/ema.py), e.g. 0.999; 0: none
 
@@ -114,8 +119,8 @@ class TrainConfig:
         self.lr_steps = tuple(int(s) for s in self.lr_steps)
         if any(s < 1 for s in self.lr_steps):
             raise UserError(f"--lr-steps are epochs, at least 1 (got {', '.join(map(str, self.lr_steps))})")
-        if self.lr_schedule not in ("step", "cosine"):
-            raise UserError(f"--lr-schedule must be step or cosine (got {self.lr_schedule})")
+        if self.lr_schedule not in SCHEDULES:
+            raise UserError(f"--lr-schedule must be {', '.join(SCHEDULES[:-1])} or {SCHEDULES[-1]} (got {self.lr_schedule})")
         if not 0.0 <= self.ema < 1.0:
             raise UserError(f"--ema is a decay in [0, 1), e.g. 0.9998 (got {self.ema})")
         if self.patience is not None and self.patience < 1:
@@ -324,7 +329,7 @@ class _Loop:
         self.history: list[dict[str, Any]] = []
         self.collate_fn = collate_fn
         self.interrupt = _StopOnSigint(enabled=not self.distributed)
-        self.ema = ModelEMA(model, config.ema) if config.ema else None
+        self.ema = ModelEMA(model, config.ema) if config.ema and config.lr_schedule != "auto" else None
 
     # -- setup -------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -344,6 +349,8 @@ class _Loop:
         if self.config.time_budget and saved.get("budget_plan"):  # keep the plan made before the interruption
             self.plan = dict(saved["budget_plan"])
             self.config = replace(self.config, epochs=int(saved["epochs"]), lr_steps=tuple(saved["lr_steps"]))
+            if "lr_schedule" in self.plan:  # --lr-schedule auto, resolved before the interruption
+                self._use_schedule(self.plan["lr_schedule"], float(self.plan["ema"]))
         for key in ("lr", "batch_size", "momentum", "weight_decay", "seed"):
             if key in saved and saved[key] != getattr(self.config, key):
                 logger.warning("resuming with %s=%s but the checkpoint was trained with %s", key,
@@ -456,6 +463,26 @@ class _Loop:
                      "schedule_epochs": c.epochs, "epochs_that_fit": fit}
         self._set_epochs(min(fit, c.epochs), f"{per_iter:.2f} s per iteration x {self.iters_per_epoch} per epoch: "
                                              f"{fit} epochs fit, the schedule has {c.epochs}")
+        self.resolve_schedule(fit < c.epochs, f"the budget fits {fit} of the schedule's {c.epochs} epochs")
+
+    def resolve_schedule(self, cut: bool, why: str) -> None:
+        """``--lr-schedule auto``: the cosine schedule with the weights' average (``--ema``) when the time
+        budget cuts the schedule (``cut``), else the step schedule without an average (docs/quality.md:
+        the paired runs behind the rule); recorded in the plan. Other schedules are left alone."""
+        c = self.config
+        if c.lr_schedule != "auto":
+            return
+        schedule, ema = ("cosine", c.ema) if cut else ("step", 0.0)
+        self._use_schedule(schedule, ema)
+        if self.plan:  # resumed runs keep it
+            self.plan.update(lr_schedule=schedule, ema=ema)
+        if self.is_main:
+            logger.info("--lr-schedule auto: %s%s (%s)", schedule, f" with --ema {ema:g}" if ema else "", why)
+
+    def _use_schedule(self, schedule: str, ema: float) -> None:
+        self.config = replace(self.config, lr_schedule=schedule, ema=ema)
+        if ema and self.ema is None:
+            self.ema = ModelEMA(self.model, ema)
 
     def _set_epochs(self, epochs: int, why: str) -> None:
         c = self.config
@@ -654,6 +681,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, out_dir: str | os
     loop = _Loop(model, dataset, out_dir, config, collate_fn, param_groups)
     resumed = loop.resume() if resume else False
     loop.start_iteration, loop.started = loop.iteration, time.perf_counter()
+    if not config.time_budget:
+        loop.resolve_schedule(False, "no time budget: the whole schedule runs")
     loop.build_loader()
     metrics = _Metrics(out_dir / "metrics.jsonl", loop.is_main, keep_until=loop.iteration if resumed else None,
                        tensorboard=config.tensorboard)
