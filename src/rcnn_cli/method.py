@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
+#: The backbone every CNN method starts from unless told otherwise (offline ImageNet weights; rcnn_cli.backbones).
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
 __all__ = ["Method", "Export", "CompareEntry", "ModelConfig", "resize_text", "schedule_text", "measured"]
 
 
@@ -25,7 +28,7 @@ class ModelConfig:
     gives ``kind`` and ``version`` their values."""
 
     classes: list[str] = field(default_factory=list)
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     kind: str = ""
     version: int = 1
     weights: str = "imagenet"

@@ -10,6 +10,7 @@ import typer
 from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
 from rcnn_cli.log import console
+from rcnn_cli.method import DEFAULT_BACKBONE
 
 
 @app.command("compare")
@@ -19,7 +20,7 @@ def compare_cmd(
     test_split: str = typer.Option("test", "--test-split", help="Test split (evaluation and timing)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for every run, compare.json, compare.md and compare.png (reused on rerun)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone of every CNN detector (rcnn_cli.backbones)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Backbone of every CNN detector (rcnn_cli.backbones)."),
     methods: str = typer.Option("overfeat,hog,rcnn,fast,faster,yolo", "--methods", help="Comma-separated subset of overfeat, hog (HOG + SVM), rcnn, fast, faster, yolo."),
     budget: str = typer.Option("quick", "--budget", help="quick (2-core CPU, minutes: fewer proposals, smaller sizes, short schedules) or full (the papers' settings)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),

@@ -14,6 +14,7 @@ from rcnn_cli.engine import TrainConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
 from rcnn_cli.models.fast_rcnn import TRAIN_DEFAULTS, FastRCNNConfig
+from rcnn_cli.method import DEFAULT_BACKBONE
 
 fast_app = group("fast")
 
@@ -29,7 +30,7 @@ def train_cmd(
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a COCO dataset."),
     proposals: Path = typer.Option(..., "--proposals", "-p", help="Proposals HDF5 file of the training images (rcnn propose)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, metrics.jsonl, model.safetensors, config.json."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone of the registry (rcnn_cli.backbones)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Backbone of the registry (rcnn_cli.backbones)."),
     weights: str = typer.Option("imagenet", "--weights", help="Backbone weights: imagenet | none | PATH (.safetensors)."),
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two new FC layers), backbone (the backbone's own layers), auto (backbone for VGG16/AlexNet, else mlp)."),
     min_size: int = typer.Option(_M.min_size, "--min-size", help="Shorter image side after resizing (pixels; default: "

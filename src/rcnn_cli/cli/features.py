@@ -11,6 +11,7 @@ from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import console
+from rcnn_cli.method import DEFAULT_BACKBONE
 
 
 @app.command("extract-features")
@@ -21,7 +22,7 @@ def extract_features_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Features HDF5 file (resumable: rerun the same command to continue)."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split of a VOC dataset input."),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder of a COCO JSON input."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="efficientnet_lite0 | alexnet | vgg16 | resnet50."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help="efficientnet_lite0 | alexnet | vgg16 | resnet50."),
     weights: str = typer.Option("imagenet", "--weights", "-w", help="imagenet | none (random, tests) | PATH (.safetensors, e.g. from `rcnn finetune`)."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Feature layer (alexnet/vgg16: pool5, fc6, fc7; default fc7; resnet50: pool; efficientnet_lite0: pool, or grid = 2x2 cells of the last map, 5120-d, better for box regression)."),
     warp_size: Optional[int] = typer.Option(None, "--warp-size", help="Warp regions to S x S pixels (default: the backbone's native size, 227 AlexNet, 224 others)."),

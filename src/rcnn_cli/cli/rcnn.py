@@ -9,14 +9,15 @@ import typer
 
 from rcnn_cli.cli import options as O
 from rcnn_cli.cli.app import app
+from rcnn_cli.errors import UserError
+from rcnn_cli.log import console
+from rcnn_cli.method import DEFAULT_BACKBONE
 from rcnn_cli.rcnn.classifiers import BBoxConfig, SVMConfig
 from rcnn_cli.rcnn.finetune import FinetuneConfig
 from rcnn_cli.rcnn.pipeline import PipelineConfig
 
 _FT, _SVM, _BOX = FinetuneConfig(), SVMConfig(), BBoxConfig()
 _P = PipelineConfig()
-from rcnn_cli.errors import UserError
-from rcnn_cli.log import console
 
 
 @app.command("finetune")
@@ -25,7 +26,7 @@ def finetune_cmd(
     split: Optional[str] = O.train_split(),
     images: Optional[str] = typer.Option(None, "--images", help="Image folder when DATASET is a COCO JSON."),
     proposals: Path = typer.Option(..., "--proposals", "-p", help="Proposals file of the split (rcnn propose)."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone (see extract-features)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Backbone (see extract-features)."),
     weights: str = typer.Option("imagenet", "--weights", help="Starting weights: imagenet, none or a .safetensors file."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Feature layer the classifier sits on (default: the backbone's)."),
     warp_size: Optional[int] = typer.Option(None, "--warp-size", help="Warped region size in pixels (default: native)."),

@@ -73,6 +73,7 @@ from rcnn_cli.device import resolve_device
 from rcnn_cli.errors import ImageError, UserError
 from rcnn_cli.log import logger, progress_bar
 from rcnn_cli.memory import release_memory, reuse_memory
+from rcnn_cli.method import DEFAULT_BACKBONE
 
 __all__ = [
     "FeatureConfig",
@@ -181,7 +182,7 @@ class FeatureExtractor:
     else is processed. CUDA: bf16 autocast (fp16 where bf16 is unsupported); CPU: float32.
     """
 
-    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | os.PathLike = "imagenet",
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "imagenet",
                  layer: str | None = None, warp_size: int | None = None, padding: int = 16, batch_size: int = 64,
                  device: str | torch.device = "auto", dtype: str = "float16", runtime: str = "torch",
                  cache_dir: str | os.PathLike | None = None):
@@ -407,7 +408,7 @@ class FeatureConfig:
     network's (``torch``, ``onnxruntime``, ``openvino``, ``auto``); ``device``: ``auto``, ``cpu``, ``cuda``.
     """
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
     layer: str | None = None
     warp_size: int | None = None

@@ -34,7 +34,7 @@ from rcnn_cli.boxes import iou_matrix
 from rcnn_cli.errors import UserError
 from rcnn_cli.io.files import jsonable
 from rcnn_cli.log import logger, progress_bar
-from rcnn_cli.method import Method
+from rcnn_cli.method import DEFAULT_BACKBONE, Method
 
 #: The name of a fine-tuning run's kind (a feature network, not a detector).
 NAME = "finetune"
@@ -44,7 +44,7 @@ NAME = "finetune"
 class FinetuneConfig:
     """Settings of :func:`finetune` (defaults are the paper's)."""
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
     layer: str | None = None
     warp_size: int | None = None

@@ -46,6 +46,7 @@ from rcnn_cli.errors import UserError
 from rcnn_cli.io import jsonable, read_json, write_json, write_run_record
 from rcnn_cli.log import console, logger
 from rcnn_cli.models import faster_rcnn
+from rcnn_cli.method import DEFAULT_BACKBONE
 
 STAGES_DIR = "stages"
 
@@ -73,7 +74,7 @@ class PipelineConfig:
     limit: int | None = None  # proposals per image (0: all)
     workers: int | None = None
     # features
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None  # imagenet, none, a file; None: the Faster R-CNN run's trunk when its RPN proposes
     layer: str | None = None
     warp_size: int | None = None

@@ -37,6 +37,7 @@ from rcnn_cli.log import console, logger
 from rcnn_cli.registry import compared
 from rcnn_cli.workflows.report import map_interval, markdown, plot_compare, print_table, table_rows
 from rcnn_cli.workflows.timing import speedups, threads_info, time_in_child
+from rcnn_cli.method import DEFAULT_BACKBONE
 
 __all__ = ["METHODS", "BUDGETS", "budget_settings", "run_compare", "print_table", "parse_methods", "parse_set",
            "Context"]
@@ -372,7 +373,7 @@ def _write_report(c: Context, budget: str, overrides: dict, t_start: float) -> d
 
 
 def run_compare(dataset: str | Path | None = None, train_split: str | None = None, test_split: str = "test",
-                out: str | Path = "compare", backbone: str = "efficientnet_lite0",
+                out: str | Path = "compare", backbone: str = DEFAULT_BACKBONE,
                 methods: str | Sequence[str] | None = None, budget: str = "quick", device: str = "auto",
                 seed: int = 0, progress: bool = True, images: str | Path | None = None,
                 timing_images: int | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,

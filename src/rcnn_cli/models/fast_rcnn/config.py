@@ -8,6 +8,7 @@ from typing import Any
 
 from rcnn_cli.detector import REGRESSED_NMS, DetectConfig
 from rcnn_cli.errors import UserError
+from rcnn_cli.method import DEFAULT_BACKBONE
 
 
 #: The method's one name: its runs' kind, command group and folder in ``rcnn compare``.
@@ -24,7 +25,7 @@ BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 class FastRCNNConfig:
     """Everything needed to rebuild the network (stored in the run's ``config.json``)."""
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     classes: list[str] = field(default_factory=list)
     weights: str = "imagenet"  # the backbone's starting weights (imagenet | none | a file)
     weights_id: str = ""

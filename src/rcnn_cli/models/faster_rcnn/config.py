@@ -9,7 +9,7 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 from rcnn_cli.detector import REGRESSED_NMS, DetectConfig
 from rcnn_cli.errors import UserError
 from rcnn_cli.fitting import RPN_TEST_PROPOSALS
-from rcnn_cli.method import ModelConfig
+from rcnn_cli.method import DEFAULT_BACKBONE, ModelConfig
 
 
 MODEL_KIND = "faster_rcnn"
@@ -131,7 +131,7 @@ class FasterRCNNConfig(ModelConfig):
         _check_anchors(self)
 
 
-def default_config(classes: Sequence[str], backbone: str = "efficientnet_lite0", **overrides: Any) -> FasterRCNNConfig:
+def default_config(classes: Sequence[str], backbone: str = DEFAULT_BACKBONE, **overrides: Any) -> FasterRCNNConfig:
     """The paper's configuration for ``classes`` with ``overrides`` (``None`` values are not given).
 
     Names not known here are a :class:`UserError` (typos must not pass silently).
