@@ -188,6 +188,74 @@ def test_auto_schedule_follows_the_budget(tmp_path):
                                                                               5, 3, 100)  # until it is chosen
 
 
+class _Paced(_Slow):
+    """Slow on its first two calls (warm-up), then 10 ms; counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        time.sleep(0.2 if self.calls <= 2 else 0.01)
+        return {"loss": (self.w - 1) ** 2}
+
+
+def test_time_iterations_leaves_out_the_warm_up_and_cycles_small_data():
+    from rcnn_cli.engine import time_iterations
+
+    model = _Paced()
+    cfg = TrainConfig(batch_size=3, progress=False, device="cpu")
+    per_iter = time_iterations(model, torch.utils.data.Subset(_Data(), range(6)), cfg, iterations=5)
+    assert model.calls == 7  # 2 warm-up + 5 timed over 2 batches per pass
+    assert 0.01 <= per_iter < 0.1  # the 0.2-s warm-up iterations are not in it
+    assert model.w.item() == 0.0  # learning rate 0: a probe, not training
+    with pytest.raises(UserError, match="no training images"):
+        time_iterations(model, torch.utils.data.Subset(_Data(), []), cfg)
+
+
+def test_fit_backbone_takes_the_largest_whose_schedule_fits_the_budget(monkeypatch):
+    """100 images, batch 2: 50 iterations per epoch, 12 epochs = 600 iterations. Lite2 at 1.0 s per
+    iteration needs 600 s, Lite1 at 0.8 s 480 s: a 700-s budget buys Lite2, 550 s Lite1, 310 s neither."""
+    from rcnn_cli.models.faster_rcnn import train as T
+
+    speed = {"efficientnet_lite2": 1.0, "efficientnet_lite1": 0.8}
+    monkeypatch.setattr(T, "build_model", lambda cfg, weights: SimpleNamespace(backbone=cfg.backbone))
+    monkeypatch.setattr(T, "training_dataset", lambda ds, cfg, seed: None)
+    monkeypatch.setattr("rcnn_cli.engine.time_iterations", lambda model, data, config: speed[model.backbone])
+    from rcnn_cli.backbones import weights_id
+
+    ds = SimpleNamespace(records=[None] * 100)
+    cfg = FasterRCNNConfig(classes=["a"], weights_id=weights_id("efficientnet_lite0"))  # as _new_config gives it
+
+    def fit(budget_s):
+        fitted = F.Fitted()
+        tc = TrainConfig(epochs=12, batch_size=2, time_budget=budget_s, progress=False)
+        chosen, tc2 = T.fit_backbone(ds, cfg, tc, fitted)
+        assert chosen.backbone == fitted.values["backbone"] and chosen.weights_id.startswith(chosen.backbone)
+        assert budget_s - 5 < tc2.time_budget <= budget_s  # the seconds spent measuring come off the budget
+        return chosen.backbone, fitted.reasons["backbone"]
+
+    assert fit(700)[0] == "efficientnet_lite2"
+    assert "12 epochs x 50 iterations at 1.00 s" in fit(700)[1]
+    assert fit(550)[0] == "efficientnet_lite1"
+    backbone, why = fit(310)
+    assert backbone == "efficientnet_lite0"
+    assert "efficientnet_lite2: 6 epochs at 1.00 s per iteration, efficientnet_lite1: 7 epochs at 0.80 s" in why
+    assert fit(30)[0] == "efficientnet_lite0"  # not one epoch of either
+
+
+def test_the_backbone_is_fitted_only_when_nothing_fixes_it():
+    from rcnn_cli.models.faster_rcnn.train import backbone_is_fitted
+
+    cfg, tc = FasterRCNNConfig(classes=["a"]), TrainConfig(time_budget="30m")
+    assert backbone_is_fitted(cfg, set(), tc, None)
+    assert not backbone_is_fitted(cfg, set(), replace(tc, time_budget=None), None)  # no budget: the default
+    assert not backbone_is_fitted(cfg, {"backbone"}, tc, None)
+    assert not backbone_is_fitted(replace(cfg, weights="lite0.safetensors"), set(), tc, None)
+    assert not backbone_is_fitted(cfg, set(), tc, "coco")
+
+
 def budget_steps(epochs: int):
     from rcnn_cli.engine import default_lr_steps
 

@@ -36,7 +36,7 @@ def train_cmd(
     split: Optional[str] = O.train_split(),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (model.safetensors, config.json, checkpoint/, metrics.jsonl)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for a COCO JSON."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Backbone from the registry (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, vgg16, resnet50, alexnet; mobilenet_v3_large with --fpn)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Backbone from the registry (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, vgg16, resnet50, alexnet; mobilenet_v3_large with --fpn). Default: {DEFAULT_BACKBONE}; with --time-budget the largest EfficientNet-Lite whose whole schedule fits it at the speed measured on your data and machine."),
     weights: str = typer.Option("imagenet", "--weights", help="Backbone initialisation: imagenet, none or a .safetensors file."),
     fpn: bool = typer.Option(False, "--fpn", help="A feature pyramid (efficientnet_lite0-2: P3-P6, one fitted anchor size per level; resnet50: 5 anchor sizes, one per level; mobilenet_v3_large: all 5 at each of 3 levels)."),
     head: str = typer.Option(_M.head, "--head", help="RoI head: mlp (two FC layers of 1024) or backbone (the net's own layers after the trunk, e.g. VGG16 fc6/fc7)."),

@@ -55,7 +55,8 @@ from rcnn_cli.device import barrier, dist_info, init_distributed, resolve_device
 
 BEST_DIR = "best"
 
-__all__ = ["BEST_DIR", "TrainConfig", "default_lr_steps", "collate_detection", "train", "lr_at", "CHECKPOINT_DIR"]
+__all__ = ["BEST_DIR", "TrainConfig", "default_lr_steps", "collate_detection", "train", "lr_at", "CHECKPOINT_DIR",
+           "time_iterations"]
 
 
 def default_lr_steps(epochs: int) -> tuple[int, ...]:
@@ -195,6 +196,38 @@ def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.de
     targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
                for t in targets]
     return images, targets
+
+
+def time_iterations(model: nn.Module, dataset, config: TrainConfig, collate_fn: Callable = collate_detection,
+                    iterations: int = 6, warmup: int = 2) -> float:
+    """Seconds per training iteration of ``model`` on ``dataset`` at ``config``'s batch size, workers and
+    device: data loading, forward, backward and an SGD step (at learning rate 0), the first ``warmup``
+    iterations left out; in float32 (on CUDA the trainer's ``--amp`` is faster, never slower). For
+    choosing a model before training: the model's batch-norm statistics change, so train a new one."""
+    if len(dataset) == 0:
+        raise UserError("no training images")
+    device = resolve_device(config.device)
+    model.to(device).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0,
+                                momentum=config.momentum)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn,
+                        num_workers=config.workers, generator=torch.Generator().manual_seed(config.seed))
+    done, start = 0, time.perf_counter()
+    while done < warmup + iterations:
+        for images, targets in loader:
+            images, targets = _to_device(images, targets, device)
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            done += 1
+            if done == warmup:
+                start = time.perf_counter()
+            if done == warmup + iterations:
+                break
+    return (time.perf_counter() - start) / iterations
 
 
 # ----------------------------------------------------------------------------------------------

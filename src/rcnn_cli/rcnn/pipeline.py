@@ -427,7 +427,9 @@ def _faster_stage(r: _Run) -> None:
                                 progress=r.progress))
         model = faster_rcnn.FasterRCNNConfig(backbone=cfg.backbone, head=cfg.faster_head,
                                              box_batch_size_per_image=FASTER_ROIS[cfg.faster_head])
-        summary = faster_rcnn.train_faster(r.data.path, r.data.train_split, out, model, tc, fit_schedule=True,
+        # The backbone stays the pipeline's: the R-CNN stages' time was estimated with it (_faster_budget).
+        summary = faster_rcnn.train_faster(r.data.path, r.data.train_split, out, model, tc, given={"backbone"},
+                                           fit_schedule=True,
                                            images=r.data.images, resume=(out / "checkpoint").exists(),
                                            command=f"rcnn pipeline ({faster_rcnn.NAME})")
         return {k: summary.get(k) for k in ("iterations", "train_time_s", "images_per_s", "time_budget")}

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 from torch import nn
 
+from rcnn_cli.config import format_duration
 from rcnn_cli.errors import UserError
 from rcnn_cli.log import logger
+from rcnn_cli.method import DEFAULT_BACKBONE
 from rcnn_cli.models.faster_rcnn.config import FasterRCNNConfig, NAME
 from rcnn_cli.models.faster_rcnn.model import (
     _model_config_from, build_model, COCO_INITS, decode_size, init_state, load_init)
 from rcnn_cli.models.faster_rcnn.detector import FasterRCNNDetector
+
+if TYPE_CHECKING:
+    from rcnn_cli.engine import TrainConfig
+    from rcnn_cli.fitting import Fitted
 
 
 def make_evaluate_fn(dataset, classes: Sequence[str], metrics: Sequence[str] = ("voc12",)) -> Callable[[nn.Module, int], dict]:
@@ -45,8 +51,69 @@ def _for_init(model: FasterRCNNConfig, init: str | None, given: Collection[str])
     return replace(model, backbone=COCO_INITS[init][0], fpn=True, weights="none", **own, **anchors)
 
 
+#: Larger backbones a time budget may buy instead of the default one, largest first (:func:`fit_backbone`).
+LARGER_BACKBONES = ("efficientnet_lite2", "efficientnet_lite1")
+
+
+def training_dataset(ds, cfg: FasterRCNNConfig, seed: int):
+    """The training split ``ds`` as the trainer reads it: flips, the configuration's scales and jitters."""
+    from rcnn_cli.engine.dataset import DetectionDataset
+
+    return DetectionDataset(ds, flip=True, seed=seed, fit=decode_size(cfg), color_jitter=cfg.color_jitter,
+                            hue_jitter=cfg.hue_jitter, crop_scale=cfg.crop_scale, mosaic=cfg.mosaic)
+
+
+def backbone_is_fitted(cfg: FasterRCNNConfig, given: Collection[str], train_config, init: str | None) -> bool:
+    """Whether :func:`fit_backbone` chooses the backbone: with a time budget, in one process, when neither
+    the backbone nor its weights (nor ``--init``) were given."""
+    from rcnn_cli.device import dist_info
+
+    return (bool(train_config.time_budget) and "backbone" not in given and cfg.backbone == DEFAULT_BACKBONE
+            and str(cfg.weights) == "imagenet" and init is None and dist_info()[1] == 1)
+
+
+def fit_backbone(ds, cfg: FasterRCNNConfig, train_config: TrainConfig,
+                 fitted: Fitted) -> tuple[FasterRCNNConfig, TrainConfig]:
+    """The largest of :data:`LARGER_BACKBONES` whose whole schedule (``train_config.epochs``) fits the time
+    budget at its speed measured here, on this data and machine (:func:`rcnn_cli.engine.time_iterations`,
+    the budget's own rule :func:`rcnn_cli.engine.budget.plan_epochs`), else ``cfg``'s default. The choice
+    and its reason go into ``fitted``; the seconds spent measuring come off the budget. Returns the
+    configuration and the training configuration (its budget reduced)."""
+    import math
+    import time
+    from dataclasses import replace
+
+    from rcnn_cli.backbones import weights_id
+    from rcnn_cli.engine import budget, time_iterations
+
+    start, c = time.perf_counter(), train_config
+    per_epoch, missed = math.ceil(len(ds.records) / c.batch_size), []
+    chosen, why = cfg, None
+    for name in LARGER_BACKBONES:
+        candidate = replace(cfg, backbone=name, weights_id=weights_id(name, cfg.weights))
+        model = build_model(candidate, weights=cfg.weights)
+        per_iter = time_iterations(model, training_dataset(ds, candidate, c.seed), c)
+        try:
+            fit = budget.plan_epochs(c.time_budget, per_iter, per_epoch, spent_s=time.perf_counter() - start)
+        except UserError:  # not one epoch
+            fit = 0
+        if fit >= c.epochs:
+            chosen = candidate
+            why = (f"the schedule's {c.epochs} epochs x {per_epoch} iterations at {per_iter:.2f} s (measured here) "
+                   f"take {format_duration(c.epochs * per_epoch * per_iter)} of the budget's "
+                   f"{format_duration(c.time_budget)}")
+            break
+        missed.append(f"{name}: {fit} epochs at {per_iter:.2f} s per iteration")
+    spent = time.perf_counter() - start
+    if why is None:
+        why = (f"the budget's {format_duration(c.time_budget)} fit fewer than the schedule's {c.epochs} epochs with a "
+               f"larger backbone: {', '.join(missed)}")
+    fitted.choose("backbone", chosen.backbone, f"{why}; measured in {spent:.0f} s, taken from the budget")
+    return chosen, replace(c, time_budget=max(c.time_budget - spent, 1.0))
+
+
 def _new_config(ds, dataset_path, split, model: FasterRCNNConfig, given: Collection[str], train_config, sources,
-                fit: bool, fit_schedule: bool):
+                fit: bool, fit_schedule: bool, init: str | None = None):
     """A new run's configuration: ``model`` for the split's classes with every data-dependent field not
     ``given`` chosen by :func:`rcnn_cli.fitting.fit_faster` (with ``fit``; without it only
     ``auto_anchors`` fits the anchors), the training configuration (epochs chosen with
@@ -65,10 +132,12 @@ def _new_config(ds, dataset_path, split, model: FasterRCNNConfig, given: Collect
     elif cfg.auto_anchors:
         cfg.anchor_sizes = anchor_sizes_from(stats, len(cfg.anchor_sizes), cfg.min_size, cfg.max_size)
         logger.info("anchor sizes fitted to the training boxes: %s", ", ".join(f"{s:g}" for s in cfg.anchor_sizes))
-    cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records),
-                      "fitted": fitted.record()}
     if "epochs" in fitted.values:
         train_config = replace(train_config, epochs=int(fitted.values["epochs"]), lr_steps=None)
+    if fit and backbone_is_fitted(cfg, given, train_config, init):
+        cfg, train_config = fit_backbone(ds, cfg, train_config, fitted)
+    cfg.trained_on = {"dataset": str(Path(dataset_path).resolve()), "split": split, "images": len(ds.records),
+                      "fitted": fitted.record()}
     sources = dict(sources or {}, **{k: f"chosen: {r}" for k, r in fitted.reasons.items()})
     fitted.print("settings chosen from the training data (flags override)")
     return cfg, train_config, sources
@@ -99,7 +168,6 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, m
     """
     model = model or FasterRCNNConfig()
     from rcnn_cli.data.inputs import load_dataset, load_training_dataset, training_split
-    from rcnn_cli.engine.dataset import DetectionDataset
     from rcnn_cli.engine import find_checkpoint, train
     from rcnn_cli.device import seed_everything
 
@@ -119,7 +187,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, m
             cfg = None
     if cfg is None:
         cfg, train_config, sources = _new_config(ds, dataset_path, split, model, given, train_config, sources,
-                                                 fit=fit, fit_schedule=fit_schedule)
+                                                 fit=fit, fit_schedule=fit_schedule, init=init)
     elif list(cfg.classes) != list(ds.classes):
         raise UserError(f"{out}: the checkpoint was trained on classes {cfg.classes}, this split has {ds.classes}")
     seed_everything(train_config.seed)  # the new layers' initialisation
@@ -130,10 +198,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, m
     if val_split:
         val = load_dataset(dataset_path, val_split, images, classes=list(ds.classes))
         evaluate_fn = make_evaluate_fn(val, ds.classes)
-    train_ds = DetectionDataset(ds, flip=True, seed=train_config.seed, fit=decode_size(cfg),
-                                color_jitter=cfg.color_jitter, hue_jitter=cfg.hue_jitter, crop_scale=cfg.crop_scale,
-                                mosaic=cfg.mosaic)
-    summary = train(model, train_ds, out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
+    summary = train(model, training_dataset(ds, cfg, train_config.seed), out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
                     command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
     return summary
