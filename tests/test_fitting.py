@@ -201,15 +201,19 @@ class _Paced(_Slow):
         return {"loss": (self.w - 1) ** 2}
 
 
-def test_time_iterations_leaves_out_the_warm_up_and_cycles_small_data():
+def test_time_iterations_leaves_out_the_warm_up_and_cycles_small_data(monkeypatch):
+    from rcnn_cli import memory
     from rcnn_cli.engine import time_iterations
 
+    policy = []
+    monkeypatch.setattr(memory, "reuse_memory", lambda: policy.append("reuse"))
     model = _Paced()
     cfg = TrainConfig(batch_size=3, progress=False, device="cpu")
     per_iter = time_iterations(model, torch.utils.data.Subset(_Data(), range(6)), cfg, iterations=5)
     assert model.calls == 7  # 2 warm-up + 5 timed over 2 batches per pass
     assert 0.01 <= per_iter < 0.1  # the 0.2-s warm-up iterations are not in it
     assert model.w.item() == 0.0  # learning rate 0: a probe, not training
+    assert policy == ["reuse"]  # timed under the trainer's memory policy
     with pytest.raises(UserError, match="no training images"):
         time_iterations(model, torch.utils.data.Subset(_Data(), []), cfg)
 

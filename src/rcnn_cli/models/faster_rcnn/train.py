@@ -81,7 +81,6 @@ def fit_backbone(ds, cfg: FasterRCNNConfig, train_config: TrainConfig,
     configuration and the training configuration (its budget reduced)."""
     import math
     import time
-    from dataclasses import replace
 
     from rcnn_cli.backbones import weights_id
     from rcnn_cli.engine import budget, time_iterations
@@ -156,7 +155,8 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, m
     given (``min_size``, ``max_size``, ``train_min_sizes``, ``anchor_sizes``, ``auto_anchors``, the
     RPN's training pre-NMS and test post-NMS counts, detections per image) is chosen from the
     training split by :func:`rcnn_cli.fitting.fit_faster`, printed once with its reason and recorded;
-    ``fit_schedule`` also chooses the epochs (and their steps); ``fit=False``: the configuration's
+    ``fit_schedule`` also chooses the epochs (and their steps); with a time budget the backbone is
+    chosen too where nothing fixes it (:func:`fit_backbone`); ``fit=False``: the configuration's
     values (the paper's by default). ``auto_anchors`` replaces the anchor sizes by
     :func:`rcnn_cli.fitting.anchor_sizes_from` of the training boxes (as many sizes as given, 3 by default, 5 with
     ``fpn``); ``train_min_sizes`` turns on multi-scale training (each image's shorter side drawn from
@@ -198,7 +198,7 @@ def train_faster(dataset_path: str | Path, split: str | None, out: str | Path, m
     if val_split:
         val = load_dataset(dataset_path, val_split, images, classes=list(ds.classes))
         evaluate_fn = make_evaluate_fn(val, ds.classes)
-    summary = train(model, training_dataset(ds, cfg, train_config.seed), out, train_config, resume=resume, model_config=cfg, evaluate_fn=evaluate_fn,
-                    command=command, kind=NAME, sources=sources)
+    summary = train(model, training_dataset(ds, cfg, train_config.seed), out, train_config, resume=resume,
+                    model_config=cfg, evaluate_fn=evaluate_fn, command=command, kind=NAME, sources=sources)
     summary["model_config"] = cfg.to_dict()
     return summary
