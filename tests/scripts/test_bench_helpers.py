@@ -20,11 +20,11 @@ def test_random_proposals_file_holds_the_boxes_asked_for(shapes_root, tmp_path, 
 
     ds = load_dataset(shapes_root, "trainval")
     out = bench_train.random_proposals(ds, 5, tmp_path / "p.h5")
-    reader = load(out)
-    for record in ds.records[:3]:
-        boxes = np.asarray(reader.boxes(record.image_id))
-        assert boxes.shape == (5, 4)
-        assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes >= 0).all()
-        assert (boxes[:, 2] <= record.width).all() and (boxes[:, 3] <= record.height).all()
+    with load(out) as reader:
+        for record in ds.records[:3]:
+            boxes = np.asarray(reader.boxes(record.image_id))
+            assert boxes.shape == (5, 4)
+            assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes >= 0).all()
+            assert (boxes[:, 2] <= record.width).all() and (boxes[:, 3] <= record.height).all()
     sys.modules.pop("bench_train", None)
     sys.modules.pop("bench_features", None)
