@@ -208,12 +208,19 @@ def test_time_iterations_leaves_out_the_warm_up_and_cycles_small_data(monkeypatc
     policy = []
     monkeypatch.setattr(memory, "reuse_memory", lambda: policy.append("reuse"))
     model = _Paced()
+    model.conv = torch.nn.Conv2d(3, 8, 3)
     cfg = TrainConfig(batch_size=3, progress=False, device="cpu")
     per_iter = time_iterations(model, torch.utils.data.Subset(_Data(), range(6)), cfg, iterations=5)
     assert model.calls == 7  # 2 warm-up + 5 timed over 2 batches per pass
     assert 0.01 <= per_iter < 0.1  # the 0.2-s warm-up iterations are not in it
     assert model.w.item() == 0.0  # learning rate 0: a probe, not training
     assert policy == ["reuse"]  # timed under the trainer's memory policy
+    w = model.conv.weight  # and in its memory layout
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    plain = _Paced()
+    plain.conv = torch.nn.Conv2d(3, 8, 3)
+    time_iterations(plain, torch.utils.data.Subset(_Data(), range(6)), replace(cfg, channels_last=False), iterations=1)
+    assert plain.conv.weight.is_contiguous()
     with pytest.raises(UserError, match="no training images"):
         time_iterations(model, torch.utils.data.Subset(_Data(), []), cfg)
 
@@ -223,30 +230,40 @@ def test_fit_backbone_takes_the_largest_whose_schedule_fits_the_budget(monkeypat
     iteration needs 600 s, Lite1 at 0.8 s 480 s: a 700-s budget buys Lite2, 550 s Lite1, 310 s neither."""
     from rcnn_cli.models.faster_rcnn import train as T
 
-    speed = {"efficientnet_lite2": 1.0, "efficientnet_lite1": 0.8}
+    assert T.LARGER_BACKBONES == ("efficientnet_lite2",)  # the one measured against Lite0 at equal time
+    monkeypatch.setattr(T, "LARGER_BACKBONES", ("efficientnet_lite1", "efficientnet_lite2"))  # smallest first
+    speed, probed = {"efficientnet_lite2": 1.0, "efficientnet_lite1": 0.8}, []
     monkeypatch.setattr(T, "build_model", lambda cfg, weights: SimpleNamespace(backbone=cfg.backbone))
     monkeypatch.setattr(T, "training_dataset", lambda ds, cfg, seed: None)
-    monkeypatch.setattr("rcnn_cli.engine.time_iterations", lambda model, data, config: speed[model.backbone])
+    monkeypatch.setattr("rcnn_cli.engine.time_iterations",
+                        lambda model, data, config: probed.append(model.backbone) or speed[model.backbone])
     from rcnn_cli.backbones import weights_id
 
     ds = SimpleNamespace(records=[None] * 100)
     cfg = FasterRCNNConfig(classes=["a"], weights_id=weights_id("efficientnet_lite0"))  # as _new_config gives it
 
-    def fit(budget_s):
-        fitted = F.Fitted()
+    def fit(budget_s, budget_for=None):
+        fitted, probed[:] = F.Fitted(), []
         tc = TrainConfig(epochs=12, batch_size=2, time_budget=budget_s, progress=False)
-        chosen, tc2 = T.fit_backbone(ds, cfg, tc, fitted)
+        chosen, tc2 = T.fit_backbone(ds, cfg, tc, fitted, budget_for)
         assert chosen.backbone == fitted.values["backbone"] and chosen.weights_id.startswith(chosen.backbone)
-        assert budget_s - 5 < tc2.time_budget <= budget_s  # the seconds spent measuring come off the budget
+        own = budget_for(chosen.backbone) if budget_for and chosen.backbone in speed else budget_s
+        assert own - 5 < tc2.time_budget <= own  # the chosen one's budget, less the seconds spent measuring
         return chosen.backbone, fitted.reasons["backbone"]
 
-    assert fit(700)[0] == "efficientnet_lite2"
-    assert "12 epochs x 50 iterations at 1.00 s" in fit(700)[1]
-    assert fit(550)[0] == "efficientnet_lite1"
+    backbone, why = fit(700)
+    assert backbone == "efficientnet_lite2" and probed == ["efficientnet_lite1", "efficientnet_lite2"]
+    assert "(12 epochs x 50 iterations)" in why and "efficientnet_lite2: 12 of 12 epochs at 1.00 s" in why
+    backbone, why = fit(550)
+    # (550 s less the probe's few milliseconds) // 50 s per epoch = 10
+    assert backbone == "efficientnet_lite1" and "efficientnet_lite2: 10 of 12 epochs at 1.00 s" in why
     backbone, why = fit(310)
-    assert backbone == "efficientnet_lite0"
-    assert "efficientnet_lite2: 6 epochs at 1.00 s per iteration, efficientnet_lite1: 7 epochs at 0.80 s" in why
+    assert backbone == "efficientnet_lite0" and "efficientnet_lite1: 7 of 12 epochs at 0.80 s" in why
+    assert probed == ["efficientnet_lite1"]  # Lite2 is never faster: not measured
     assert fit(30)[0] == "efficientnet_lite0"  # not one epoch of either
+    # a pipeline's stage: Lite2's slower later stages leave it 550 s, Lite1's 700 s
+    stage = {"efficientnet_lite1": 700.0, "efficientnet_lite2": 550.0}
+    assert fit(400, stage.get)[0] == "efficientnet_lite1"
 
 
 def test_the_backbone_is_fitted_only_when_nothing_fixes_it():

@@ -202,10 +202,11 @@ def time_iterations(model: nn.Module, dataset, config: TrainConfig, collate_fn: 
                     iterations: int = 6, warmup: int = 2) -> float:
     """Seconds per training iteration of ``model`` on ``dataset`` at ``config``'s batch size, workers and
     device: data loading, forward, backward and an SGD step (at learning rate 0), the first ``warmup``
-    iterations left out; in float32 (on CUDA the trainer's ``--amp`` is faster, never slower), under the
-    trainer's memory policy (:func:`rcnn_cli.memory.reuse_memory`: without it the same iterations took
-    1.3-1.5x as long, docs/quality.md). For choosing a model before training: the model's batch-norm
-    statistics change, so train a new one."""
+    iterations left out; in float32 (on CUDA the trainer's ``--amp`` is faster, never slower), in the
+    trainer's memory layout (``channels_last``) and under its memory policy
+    (:func:`rcnn_cli.memory.reuse_memory`: without it the same iterations took 1.3-1.5x as long,
+    docs/quality.md). For choosing a model before training: the model's batch-norm statistics change,
+    so train a new one."""
     from rcnn_cli import memory
 
     if len(dataset) == 0:
@@ -213,6 +214,8 @@ def time_iterations(model: nn.Module, dataset, config: TrainConfig, collate_fn: 
     memory.reuse_memory()
     device = resolve_device(config.device)
     model.to(device).train()
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0,
                                 momentum=config.momentum)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate_fn,
