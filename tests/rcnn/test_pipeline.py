@@ -192,7 +192,7 @@ def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_r
 
     monkeypatch.setattr(faster_rcnn, "TRAIN_DEFAULTS", {"epochs": 1, "max_iters": 2, "warmup_iters": 1})
     settings = dict(dataset=str(shapes_root), limit=10, workers=1, warp_size=32, batch_size=64, device="cpu",
-                    time_budget="1h")
+                    time_budget="1h", backbone="efficientnet_lite0")  # given: no larger one is measured
     run = tmp_path / "run"
     metrics = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert list(metrics["stages"])[:3] == ["faster", "export-backbone", "propose-train"]
@@ -214,6 +214,60 @@ def test_pipeline_trains_its_own_faster_rcnn_and_uses_its_rpn_and_trunk(shapes_r
     again = run_pipeline(PipelineConfig(**settings), run, progress=False)
     assert {v["status"] for v in again["stages"].values()} == {"skipped"}
     assert again["mAP"] == metrics["mAP"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_pipeline_faster_stage_buys_the_backbone_its_budget_fits(shapes_root, tmp_path, monkeypatch):
+    """With a time budget and no --backbone, stage faster chooses its backbone as `rcnn faster train`
+    does, each candidate within what the R-CNN stages leave with it (slower crops leave less), and the
+    R-CNN settings follow the one it trained; a given backbone is kept and nothing is measured."""
+    from rcnn_cli.backbones import get_spec
+    from rcnn_cli.models import faster_rcnn
+    from rcnn_cli.rcnn import pipeline as P
+
+    rates = {"efficientnet_lite0": 400.0, "efficientnet_lite1": 300.0, "efficientnet_lite2": 200.0}
+    monkeypatch.setattr(P, "crops_per_second", lambda cfg, probe=128, cache_dir=None: rates[cfg.backbone])
+    calls, seen = [], {}
+
+    def fake_train(dataset, split, out, model, tc, *, given, budget_for=None, **kw):
+        stage = {n: budget_for(n) for n in ("efficientnet_lite1", "efficientnet_lite2")} if budget_for else {}
+        calls.append((set(given), tc.time_budget, stage))
+        chosen = "efficientnet_lite2" if budget_for else model.backbone
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_bytes(b"stub")
+        fitted = {"backbone": {"value": chosen, "reason": "its schedule fits"}} if budget_for else {}
+        (out / "config.json").write_text(json.dumps({"model": {"backbone": chosen, "trained_on": {"fitted": fitted}}}))
+        return {}
+
+    def stop(r):
+        seen.update(cfg=r.cfg, budget=r.budget)
+        raise _Stop
+
+    monkeypatch.setattr(faster_rcnn, "train_faster", fake_train)
+    monkeypatch.setattr(P, "_export_stage", stop)
+    settings = dict(dataset=str(shapes_root), limit=10, workers=1, device="cpu", time_budget="1h")
+    with pytest.raises(_Stop):
+        run_pipeline(PipelineConfig(**settings), tmp_path / "run", progress=False)
+    given, lite0_s, stage = calls[0]
+    assert "backbone" not in given
+    cfg = seen["cfg"]
+    rest = {n: 3600 - b for n, b in [("efficientnet_lite0", lite0_s), *stage.items()]}  # the R-CNN stages' estimate
+    assert rest["efficientnet_lite0"] * 400 == pytest.approx(rest["efficientnet_lite1"] * 300, rel=2e-2)
+    assert rest["efficientnet_lite0"] * 400 == pytest.approx(rest["efficientnet_lite2"] * 200, rel=2e-2)
+    assert lite0_s > stage["efficientnet_lite1"] > stage["efficientnet_lite2"]  # slower crops leave less
+    assert cfg.backbone == "efficientnet_lite2" and cfg.layer in get_spec("efficientnet_lite2").layers
+    assert seen["budget"]["backbone"] == "efficientnet_lite2"
+    assert seen["budget"]["faster_s"] == stage["efficientnet_lite2"]
+    assert seen["budget"]["crops_per_s"] == 200.0
+
+    calls.clear()
+    with pytest.raises(_Stop):
+        run_pipeline(PipelineConfig(**dict(settings, backbone="efficientnet_lite0")), tmp_path / "given",
+                     progress=False)
+    assert calls == [({"backbone"}, lite0_s, {})] and seen["cfg"].backbone == "efficientnet_lite0"
 
 
 def test_pipeline_cli_errors_are_one_line_and_write_nothing(shapes_root, tmp_path, capsys):

@@ -165,7 +165,9 @@ def pipeline_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Top-K proposals per image (0: all; default: chosen "
                                         "from the objects per image)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Proposal processes (default: all cores)."),
-    backbone: str = typer.Option(_P.backbone, "--backbone", help="Backbone of the registry (efficientnet_lite0, alexnet, vgg16, resnet50, hog)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone of the registry (efficientnet_lite0-2, "
+                                           "alexnet, vgg16, resnet50, hog; default: efficientnet_lite0, or with "
+                                           "--time-budget the largest Lite whose Faster R-CNN stage fits it)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: imagenet, none or a .safetensors "
                                           "file (default: the proposing Faster R-CNN's fine-tuned trunk with "
                                           "--method rpn, else imagenet)."),

@@ -74,7 +74,7 @@ class PipelineConfig:
     limit: int | None = None  # proposals per image (0: all)
     workers: int | None = None
     # features
-    backbone: str = DEFAULT_BACKBONE
+    backbone: str | None = None  # None: EfficientNet-Lite0, or a larger one a time budget buys (stage faster)
     weights: str | None = None  # imagenet, none, a file; None: the Faster R-CNN run's trunk when its RPN proposes
     layer: str | None = None
     warp_size: int | None = None
@@ -238,11 +238,13 @@ def _tuned_trunk(cfg: PipelineConfig, run_dir: Path) -> tuple[str, str]:
 def resolve_settings(cfg: PipelineConfig, run_dir: Path, stats) -> tuple[PipelineConfig, Any]:
     """``cfg`` with every setting left ``None`` chosen from the training split's ``stats``
     (:class:`rcnn_cli.fitting.DataStats`; with ``fit``) or taken from :data:`UNFITTED`, and the
-    :class:`rcnn_cli.fitting.Fitted` record of the chosen ones."""
+    :class:`rcnn_cli.fitting.Fitted` record of the chosen ones. A backbone left ``None`` is
+    :data:`DEFAULT_BACKBONE` here; stage faster may buy a larger one (:func:`_faster_stage`)."""
     from rcnn_cli.backbones import get_spec
     from rcnn_cli.fitting import Fitted, fit_rcnn
     from rcnn_cli.device import resolve_device
 
+    cfg = replace(cfg, backbone=cfg.backbone or DEFAULT_BACKBONE)
     given = {k: getattr(cfg, k) for k in UNFITTED}
     if not cfg.fit:
         unfitted = dict(UNFITTED, method="rpn" if cfg.rpn_model else UNFITTED["method"])
@@ -322,6 +324,7 @@ class _Run:
     """What the stages of :func:`run_pipeline` share."""
 
     cfg: PipelineConfig
+    asked: PipelineConfig  # the caller's, settings left None unchosen
     dir: Path
     st: StageRunner
     data: DataSource
@@ -386,40 +389,58 @@ def rcnn_seconds(cfg: PipelineConfig, images: int, image_pixels: float, rate: fl
     return RCNN_MARGIN * images * per_image / rate
 
 
-def _faster_budget(r: _Run) -> float | None:
-    """Seconds of ``--time-budget`` for stage faster (its ceiling): what the R-CNN stages after it
-    leave, at the region network's speed measured here (at least a fifth of the budget)."""
+def _stage_budget(r: _Run, cfg: PipelineConfig) -> dict[str, Any]:
+    """Stage faster's share of ``--time-budget`` with ``cfg``'s backbone (its ceiling, ``"faster_s"``):
+    what the R-CNN stages after it leave at the region network's speed measured here, at least a
+    fifth of the budget; with the measured speed and the estimate."""
     from rcnn_cli.fitting import image_scale
     from rcnn_cli.device import resolve_device
 
-    cfg = r.cfg
-    if not cfg.time_budget:
-        return None
     short, _, _ = image_scale(r.stats, resolve_device(cfg.device).type)
     pixels = short * short * r.stats.aspect()
     images = len(r.data.train_ds.records) + len(r.data.test_ds.records)
     rate = crops_per_second(cfg, cache_dir=r.dir / "graphs")
     rest = rcnn_seconds(cfg, images, pixels, rate)
-    budget = max(cfg.time_budget - rest, cfg.time_budget / 5)
-    r.budget = {"budget_s": cfg.time_budget, "crops_per_s": round(rate, 1), "rcnn_estimate_s": round(rest, 1),
-                "faster_s": round(budget, 1)}
-    logger.info("time budget: %.0f s for the Faster R-CNN stage; the R-CNN stages after it about %.0f s (%d images, "
-                "%.0f crops/s measured)", budget, rest, images, rate)
-    return round(budget, 1)
+    return {"backbone": cfg.backbone, "budget_s": cfg.time_budget, "crops_per_s": round(rate, 1),
+            "rcnn_estimate_s": round(rest, 1), "faster_s": round(max(cfg.time_budget - rest, cfg.time_budget / 5), 1)}
 
 
-def _faster_stage(r: _Run) -> None:
+def _recorded_backbone(run: Path) -> str | None:
+    """The backbone a Faster R-CNN run (finished or checkpointed) recorded, ``None`` without a record."""
+    try:
+        return read_json(run / "config.json").get("model", {}).get("backbone")
+    except UserError:
+        return None
+
+
+def _faster_stage(r: _Run) -> str:
     """Train the Faster R-CNN whose RPN proposes (``method "rpn"`` without ``rpn_model``) into
     ``RUN/faster`` with the settings chosen from the data, within what the budget leaves it
-    (:func:`_faster_budget`); by
-    default with the backbone's own later layers as its RoI head (``faster_head``, 64 RoIs per image,
-    the Fast R-CNN paper's), so that every layer R-CNN's features come from is fine-tuned. A
-    half-finished run of the same configuration resumes from its checkpoint."""
+    (:func:`_stage_budget`); by default with the backbone's own later layers as its RoI head
+    (``faster_head``, 64 RoIs per image, the Fast R-CNN paper's), so that every layer R-CNN's
+    features come from is fine-tuned. With a time budget and no ``backbone`` asked, the stage chooses
+    its backbone as ``rcnn faster train`` does, each candidate within what the R-CNN stages leave with
+    it (:func:`rcnn_cli.models.faster_rcnn.train.fit_backbone`). A half-finished run of the same
+    configuration resumes from its checkpoint. Returns the backbone it trained."""
     cfg, out = r.cfg, r.path(faster_rcnn.NAME)
-    c = {"backbone": cfg.backbone, "head": cfg.faster_head, "seed": cfg.seed, "time_budget": cfg.time_budget,
-         **r.data.data_id}
+    fit = r.asked.backbone is None and r.asked.weights is None and bool(cfg.time_budget) and cfg.fit
+    c = {"backbone": "fitted" if fit else cfg.backbone, "head": cfg.faster_head, "seed": cfg.seed,
+         "time_budget": cfg.time_budget, **r.data.data_id}
     done = r.st.done(faster_rcnn.NAME, config_hash(c), [out / "model.safetensors"])
-    budget = None if done else _faster_budget(r)
+    plans: dict[str, dict[str, Any]] = {}
+
+    def budget_for(name: str) -> float:
+        if name not in plans:
+            alt = cfg if name == cfg.backbone else resolve_settings(replace(r.asked, backbone=name), r.dir, r.stats)[0]
+            plans[name] = plan = _stage_budget(r, alt)
+            logger.info("time budget with %s: %.0f s for the Faster R-CNN stage; the R-CNN stages after it about "
+                        "%.0f s (%.0f crops/s measured)", name, plan["faster_s"], plan["rcnn_estimate_s"],
+                        plan["crops_per_s"])
+        return plans[name]["faster_s"]
+
+    prev = r.st.record_path(faster_rcnn.NAME)
+    resumes = (out / "checkpoint").exists() and not prev.exists()  # a half-finished run of this configuration
+    budget = None if done or not cfg.time_budget else budget_for((resumes and _recorded_backbone(out)) or cfg.backbone)
 
     def train() -> dict:
         from rcnn_cli.engine import TrainConfig
@@ -427,17 +448,26 @@ def _faster_stage(r: _Run) -> None:
                                 progress=r.progress))
         model = faster_rcnn.FasterRCNNConfig(backbone=cfg.backbone, head=cfg.faster_head,
                                              box_batch_size_per_image=FASTER_ROIS[cfg.faster_head])
-        # The backbone stays the pipeline's: the R-CNN stages' time was estimated with it (_faster_budget).
-        summary = faster_rcnn.train_faster(r.data.path, r.data.train_split, out, model, tc, given={"backbone"},
-                                           fit_schedule=True,
-                                           images=r.data.images, resume=(out / "checkpoint").exists(),
+        summary = faster_rcnn.train_faster(r.data.path, r.data.train_split, out, model, tc,
+                                           given=set() if fit else {"backbone"}, budget_for=budget_for if fit else None,
+                                           fit_schedule=True, images=r.data.images, resume=resumes,
                                            command=f"rcnn pipeline ({faster_rcnn.NAME})")
         return {k: summary.get(k) for k in ("iterations", "train_time_s", "images_per_s", "time_budget")}
 
-    prev = r.st.record_path(faster_rcnn.NAME)
-    r.st.run(faster_rcnn.NAME, c, [out / "model.safetensors"], train,
-             clean=[out] if (prev.exists() or not (out / "checkpoint").exists()) else [])
+    r.st.run(faster_rcnn.NAME, c, [out / "model.safetensors"], train, clean=[] if resumes else [out])
+    backbone = _recorded_backbone(out) or cfg.backbone
+    r.budget = plans.get(backbone, {})
     r.cfg = replace(r.cfg, rpn_model=str(out))
+    return backbone
+
+
+def _faster_reason(run: Path, setting: str) -> str:
+    """Why stage faster's run chose ``setting`` (its record), for the pipeline's own table."""
+    try:
+        fitted = read_json(run / "config.json")["model"]["trained_on"]["fitted"]
+        return f"stage faster's: {fitted[setting]['reason']}"
+    except (UserError, KeyError, TypeError):
+        return "stage faster's (given or not recorded)"
 
 
 def _export_stage(r: _Run) -> None:
@@ -615,12 +645,18 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
     from rcnn_cli.fitting import data_stats
 
     stats = data_stats(data.train_ds)  # a split without one valid box: a one-line error before any work
-    cfg, fitted = resolve_settings(cfg, run_dir, stats)
+    asked = cfg
+    cfg, fitted = resolve_settings(asked, run_dir, stats)
+    r = _Run(cfg, asked, run_dir, st, data, progress, "", weights=str(cfg.weights), stats=stats)
+    if cfg.method == "rpn" and not cfg.rpn_model:
+        backbone = _faster_stage(r)
+        if backbone != cfg.backbone:  # the budget bought a larger one: the R-CNN settings follow it
+            cfg, fitted = resolve_settings(replace(asked, backbone=backbone), run_dir, stats)
+            r.cfg, r.weights = replace(cfg, rpn_model=r.cfg.rpn_model), str(cfg.weights)
+        if asked.backbone is None and cfg.time_budget:
+            fitted.choose("backbone", backbone, _faster_reason(r.path(faster_rcnn.NAME), "backbone"))
     fitted.print("R-CNN settings chosen from the training data (flags override)")
     sources = dict(sources or {}, **{k: f"chosen: {why}" for k, why in fitted.reasons.items()})
-    r = _Run(cfg, run_dir, st, data, progress, "", weights=str(cfg.weights), stats=stats)
-    if cfg.method == "rpn" and not cfg.rpn_model:
-        _faster_stage(r)
     if fitted.values.get("weights", "").endswith(".safetensors"):
         _export_stage(r)
     # a weights file enters the stage configurations by its content: a retrained file redoes the features
