@@ -225,6 +225,7 @@ def test_pipeline_faster_stage_buys_the_backbone_its_budget_fits(shapes_root, tm
     does, each candidate within what the R-CNN stages leave with it (slower crops leave less), and the
     R-CNN settings follow the one it trained; a given backbone is kept and nothing is measured."""
     from rcnn_cli.backbones import get_spec
+    from rcnn_cli.fitting import Fitted
     from rcnn_cli.models import faster_rcnn
     from rcnn_cli.rcnn import pipeline as P
 
@@ -248,6 +249,8 @@ def test_pipeline_faster_stage_buys_the_backbone_its_budget_fits(shapes_root, tm
 
     monkeypatch.setattr(faster_rcnn, "train_faster", fake_train)
     monkeypatch.setattr(P, "_export_stage", stop)
+    tables = []  # what the pipeline's table of chosen settings shows
+    monkeypatch.setattr(Fitted, "print", lambda self, title: tables.append(self.record()))
     settings = dict(dataset=str(shapes_root), limit=10, workers=1, device="cpu", time_budget="1h")
     with pytest.raises(_Stop):
         run_pipeline(PipelineConfig(**settings), tmp_path / "run", progress=False)
@@ -262,12 +265,14 @@ def test_pipeline_faster_stage_buys_the_backbone_its_budget_fits(shapes_root, tm
     assert seen["budget"]["backbone"] == "efficientnet_lite2"
     assert seen["budget"]["faster_s"] == stage["efficientnet_lite2"]
     assert seen["budget"]["crops_per_s"] == 200.0
+    assert tables[-1]["backbone"] == {"value": "efficientnet_lite2", "reason": "stage faster's: its schedule fits"}
 
     calls.clear()
     with pytest.raises(_Stop):
         run_pipeline(PipelineConfig(**dict(settings, backbone="efficientnet_lite0")), tmp_path / "given",
                      progress=False)
     assert calls == [({"backbone"}, lite0_s, {})] and seen["cfg"].backbone == "efficientnet_lite0"
+    assert "backbone" not in tables[-1]  # given, not chosen
 
 
 def test_pipeline_cli_errors_are_one_line_and_write_nothing(shapes_root, tmp_path, capsys):

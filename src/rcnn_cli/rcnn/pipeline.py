@@ -461,13 +461,14 @@ def _faster_stage(r: _Run) -> str:
     return backbone
 
 
-def _faster_reason(run: Path, setting: str) -> str:
-    """Why stage faster's run chose ``setting`` (its record), for the pipeline's own table."""
+def _faster_reason(run: Path, setting: str) -> str | None:
+    """Why stage faster's run chose ``setting`` (its record), for the pipeline's own table; ``None``
+    where it did not choose it."""
     try:
         fitted = read_json(run / "config.json")["model"]["trained_on"]["fitted"]
         return f"stage faster's: {fitted[setting]['reason']}"
     except (UserError, KeyError, TypeError):
-        return "stage faster's (given or not recorded)"
+        return None
 
 
 def _export_stage(r: _Run) -> None:
@@ -653,8 +654,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, progress: bool = True
         if backbone != cfg.backbone:  # the budget bought a larger one: the R-CNN settings follow it
             cfg, fitted = resolve_settings(replace(asked, backbone=backbone), run_dir, stats)
             r.cfg, r.weights = replace(cfg, rpn_model=r.cfg.rpn_model), str(cfg.weights)
-        if asked.backbone is None and cfg.time_budget:
-            fitted.choose("backbone", backbone, _faster_reason(r.path(faster_rcnn.NAME), "backbone"))
+        why = _faster_reason(r.path(faster_rcnn.NAME), "backbone")
+        if why:  # stage faster chose it
+            fitted.choose("backbone", backbone, why)
     fitted.print("R-CNN settings chosen from the training data (flags override)")
     sources = dict(sources or {}, **{k: f"chosen: {why}" for k, why in fitted.reasons.items()})
     if fitted.values.get("weights", "").endswith(".safetensors"):
